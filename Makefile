@@ -1,0 +1,34 @@
+# Tuneboard: `make dev` sets everything up and starts the dashboard with a worker and a demo run;
+# `make test` runs every test. Both work on a fresh clone of a machine with PostgreSQL and Redis.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PYTEST_WORKERS ?= 2
+
+.PHONY: install dev test test-fast services clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# The CPU torch first (a bare `torch` would pull GBs of CUDA); the constraint keeps it through what follows.
+	$(PIP) install -q "torch==2.13.0" || $(PIP) install -q "torch>=2.4,<2.15"
+	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/constraints.txt
+	$(PIP) install -q -c $(VENV)/constraints.txt -e ".[dev]"
+	$(PIP) install -q --no-deps "unsloth==2026.10.9" "unsloth-zoo==2026.10.9"
+	# pip's torchvision does not load with a CPU torch and breaks every transformers import.
+	$(PIP) uninstall -q -y torchvision xformers 2>/dev/null || true
+	touch $@
+
+install: $(VENV)/.installed
+
+services:
+	@bash scripts/services.sh
+
+dev: install services
+	$(PY) -m dashboard.dev
+
+test: install services
+	$(PY) -m pytest -n $(PYTEST_WORKERS)
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,90 @@
+"""Command line: `python -m training.engine run CONFIG.json` prints the job's events as JSON lines on stdout."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run_p = sub.add_parser("run", help="run one SFT job; events go to stdout, library chatter to stderr")
+    run_p.add_argument("config", help="path of a JSON config file, or - for stdin")
+    run_p.add_argument("--stop-file", help="the job stops (checkpoint, then `stopped`) once this file exists")
+    run_p.add_argument("--resume-from", help="a checkpoint-N directory to continue from")
+
+    check_p = sub.add_parser("check", help="validate a config; print its errors or derived values as JSON")
+    check_p.add_argument("config")
+    check_p.add_argument("--examples", type=int, help="dataset size, for steps per epoch and total steps")
+
+    tiny_p = sub.add_parser("tiny-model", help="build a random model with a locally trained tokenizer")
+    tiny_p.add_argument("out_dir")
+    tiny_p.add_argument("--arch", choices=["llama", "qwen2"], default="llama")
+    tiny_p.add_argument("--size", choices=["tiny", "1b"], default="tiny")
+
+    data_p = sub.add_parser("tiny-dataset", help="write a small learnable JSONL dataset")
+    data_p.add_argument("path")
+    data_p.add_argument("--rows", type=int, default=64)
+    data_p.add_argument("--format", choices=["text", "prompt_completion", "messages"], default="messages")
+
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "check":
+        return _check(args)
+    if args.command == "tiny-model":
+        from .tiny import build_tiny_model
+
+        print(build_tiny_model(args.out_dir, arch=args.arch, size=args.size))
+        return 0
+    from .tiny import write_dataset
+
+    print(write_dataset(args.path, n=args.rows, fmt=args.format))
+    return 0
+
+
+def _read(path: str) -> dict:
+    return json.load(sys.stdin) if path == "-" else json.load(open(path))
+
+
+def _check(args) -> int:
+    from .config import ConfigError, parse_config
+    from .derived import derive
+
+    try:
+        config = parse_config(_read(args.config))
+    except ConfigError as exc:
+        print(json.dumps({"ok": False, "errors": exc.errors}))
+        return 2
+    print(json.dumps({"ok": True, "derived": derive(config, args.examples).as_dict()}))
+    return 0
+
+
+def _run(args) -> int:
+    from .config import ConfigError, parse_config
+    from .events import EventSink
+    from .runner import StopRequest, run
+
+    # Events own stdout; libraries print progress and banners there too, so point fd 1 at stderr for them.
+    events_out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sink = EventSink(events_out)
+    try:
+        config = parse_config(_read(args.config))
+    except (ConfigError, ValueError, OSError) as exc:
+        errors = getattr(exc, "errors", {"config": str(exc)})
+        sink.emit("failed", step=0, error_class=type(exc).__name__, message=str(exc), errors=errors, traceback="",
+                  oom=False)
+        return 2
+    stop = StopRequest(args.stop_file)
+    stop.install_signal_handlers()
+    with contextlib.redirect_stdout(sys.stderr):
+        return run(config, sink, stop=stop, resume_from=args.resume_from)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

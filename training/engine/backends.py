@@ -1,0 +1,133 @@
+"""Loading a model with LoRA adapters: the unsloth backend (FastLanguageModel) or the hf one (transformers + PEFT).
+
+Both take the same TrainConfig and return (model, tokenizer) ready for TRL's SFTTrainer. unsloth is imported only
+inside load_unsloth: importing it patches transformers/TRL for the whole process.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+from .config import TrainConfig
+
+
+def resolve_backend(config: TrainConfig) -> str:
+    if config.backend != "auto":
+        return config.backend
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("unsloth") is not None:
+        return "unsloth"
+    return "hf"
+
+
+def resolve_dtype(config: TrainConfig):
+    """auto: bf16 where the GPU supports it, else fp16 on GPU; fp32 on CPU."""
+    import torch
+
+    if config.dtype != "auto":
+        return getattr(torch, config.dtype)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _loftq_kwargs(config: TrainConfig) -> dict:
+    if config.loftq_config is None:
+        return {}
+    from peft import LoftQConfig
+
+    return {"init_lora_weights": "loftq", "loftq_config": LoftQConfig(**config.loftq_config.model_dump())}
+
+
+def load_unsloth(config: TrainConfig, dtype):
+    import unsloth  # noqa: F401  (must come before transformers/TRL are used)
+    from unsloth import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=config.model, max_seq_length=config.max_length, dtype=dtype, load_in_4bit=config.load_in_4bit,
+    )
+    loftq = _loftq_kwargs(config)
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=config.r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        bias=config.bias,
+        target_modules=config.target_module_names,
+        use_gradient_checkpointing="unsloth" if config.gradient_checkpointing else False,
+        random_state=config.random_state,
+        use_rslora=config.use_rslora,
+        max_seq_length=config.max_length,
+        **({"init_lora_weights": loftq["init_lora_weights"], "loftq_config": loftq["loftq_config"]} if loftq else {}),
+    )
+    return model, tokenizer
+
+
+def lora_config(config: TrainConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        bias=config.bias,
+        use_rslora=config.use_rslora,
+        target_modules=config.target_module_names,
+        task_type="CAUSAL_LM",
+        **_loftq_kwargs(config),
+    )
+
+
+def load_hf(config: TrainConfig, dtype):
+    import torch
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    kwargs = {"dtype": dtype}
+    if config.load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        )
+    if torch.cuda.is_available():
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    model = AutoModelForCausalLM.from_pretrained(config.model, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(config.model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if config.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    torch.manual_seed(config.random_state)
+    model = get_peft_model(model, lora_config(config))
+    return model, tokenizer
+
+
+def load(config: TrainConfig, backend: str, dtype):
+    return load_unsloth(config, dtype) if backend == "unsloth" else load_hf(config, dtype)
+
+
+def lora_scale_in_effect(model) -> float | None:
+    """The scaling factor stored on the first LoRA layer: alpha/r, or alpha/√r under rsLoRA."""
+    for module in model.modules():
+        scaling = getattr(module, "scaling", None)
+        if isinstance(scaling, dict) and scaling:
+            return float(next(iter(scaling.values())))
+    return None
+
+
+def parameter_counts(model) -> dict[str, int]:
+    trainable = total = trainable_bias = 0
+    for name, param in model.named_parameters():
+        n = param.numel()
+        # 4-bit weights are packed two to a byte: count what they stand for.
+        if param.__class__.__name__ == "Params4bit":
+            n *= 2
+        total += n
+        if param.requires_grad:
+            trainable += n
+            if name.endswith(".bias"):
+                trainable_bias += n
+    return {"trainable_params": trainable, "total_params": total, "trainable_bias_params": trainable_bias}
+
+
+def model_bias_params(model) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if n.endswith(".bias"))

@@ -1,0 +1,244 @@
+"""The one validated, versioned, JSON-serialisable description of a LoRA/QLoRA SFT job."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_VERSION = 1
+
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "warmup_stable_decay",
+)
+
+# The keyword arguments transformers' get_scheduler passes on for each type (transformers 5.17).
+SCHEDULER_KWARGS: dict[str, frozenset[str]] = {
+    "linear": frozenset(),
+    "cosine": frozenset({"num_cycles"}),
+    "cosine_with_restarts": frozenset({"num_cycles"}),
+    "polynomial": frozenset({"lr_end", "power"}),
+    "constant": frozenset(),
+    "constant_with_warmup": frozenset(),
+    "inverse_sqrt": frozenset({"timescale"}),
+    "reduce_lr_on_plateau": frozenset(
+        {"mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps"}
+    ),
+    "cosine_with_min_lr": frozenset({"num_cycles", "min_lr", "min_lr_rate"}),
+    "warmup_stable_decay": frozenset(
+        {"num_stable_steps", "num_decay_steps", "warmup_type", "decay_type", "min_lr_ratio", "num_cycles"}
+    ),
+}
+
+OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
+BNB_OPTIMIZERS = frozenset({"adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit"})
+
+TARGET_GROUPS: dict[str, tuple[str, ...]] = {
+    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mlp": ("gate_proj", "up_proj", "down_proj"),
+    "all-linear": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+}
+
+
+class ConfigError(ValueError):
+    """A config that must not start: `errors` maps each field to what is wrong and what is allowed."""
+
+    def __init__(self, errors: dict[str, str]):
+        self.errors = errors
+        super().__init__("; ".join(f"{field}: {msg}" for field, msg in errors.items()))
+
+
+class LoftQ(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    loftq_bits: Literal[2, 4, 8] = 4
+    loftq_iter: Annotated[int, Field(ge=1, le=20)] = 4
+
+
+class TrainConfig(BaseModel):
+    """Every field a run can set. Defaults follow the seed's "simple default" where one exists."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+    version: Literal[1] = CONFIG_VERSION
+
+    # Model (FastLanguageModel.from_pretrained)
+    model: Annotated[str, Field(min_length=1)]
+    max_length: Annotated[int, Field(ge=16, le=262144)] = 2048
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    load_in_4bit: bool = False
+
+    # LoRA (get_peft_model)
+    r: Annotated[int, Field(ge=1, le=4096)] = 16
+    lora_alpha: Annotated[float, Field(gt=0)] = 32
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    bias: Literal["none", "lora_only", "all"] = "none"
+    use_rslora: bool = False
+    loftq_config: LoftQ | None = None
+    target_modules: Union[Literal["attention", "mlp", "all-linear"], list[Annotated[str, Field(min_length=1)]]] = "all-linear"
+    random_state: int = 3407
+    gradient_checkpointing: bool = True
+
+    # Data
+    train_file: Annotated[str, Field(min_length=1)]
+    eval_file: str | None = None
+    eval_split: Annotated[float, Field(gt=0, lt=1)] | None = None
+    data_format: Literal["auto", "text", "prompt_completion", "messages"] = "auto"
+
+    # SFT (SFTConfig)
+    packing: bool = False
+    eval_packing: bool = False
+    per_device_train_batch_size: Annotated[int, Field(ge=1, le=4096)] = 2
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=65536)] = 4
+    warmup_steps: Union[Annotated[int, Field(ge=0)], Annotated[float, Field(ge=0, lt=1)]] = 0.03
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 2e-4
+    optim: Literal[OPTIMIZERS] = "adamw_torch_fused"  # type: ignore[valid-type]
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.01
+    lr_scheduler_type: Literal[SCHEDULERS] = "linear"  # type: ignore[valid-type]
+    lr_scheduler_kwargs: dict[str, Any] = Field(default_factory=dict)
+    max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
+    num_train_epochs: Annotated[float, Field(gt=0)] = 1.0
+    max_steps: Annotated[int, Field(ge=1)] | None = None
+    eval_steps: Annotated[int, Field(ge=1)] | None = None
+    logging_steps: Annotated[int, Field(ge=1)] = 1
+    save_steps: Annotated[int, Field(ge=1)] | None = None
+    seed: int = 3407
+    completion_only_loss: bool | None = None
+
+    # Where and how
+    backend: Literal["auto", "unsloth", "hf"] = "auto"
+    output_dir: str = "run"
+    merge_16bit: bool = False
+    sample_prompts: list[str] = Field(default_factory=list)
+    sample_max_new_tokens: Annotated[int, Field(ge=1, le=2048)] = 32
+
+    @field_validator("warmup_steps", mode="before")
+    @classmethod
+    def _warmup_kind(cls, v: Any) -> Any:
+        # 1.0 is not a ratio (a ratio is < 1) and not an int either: say so rather than silently meaning 1 step.
+        if isinstance(v, float) and v >= 1:
+            raise ValueError("a warmup ratio must be in [0, 1); give a whole number of steps as an integer")
+        return v
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("name at least one module, or a group: attention, mlp, all-linear")
+        return v
+
+    @model_validator(mode="after")
+    def _combinations(self) -> "TrainConfig":
+        allowed = SCHEDULER_KWARGS[self.lr_scheduler_type]
+        unknown = sorted(set(self.lr_scheduler_kwargs) - allowed)
+        if unknown:
+            allowed_text = ", ".join(sorted(allowed)) if allowed else "none"
+            raise ValueError(
+                f"lr_scheduler_kwargs: {', '.join(unknown)} not accepted by {self.lr_scheduler_type}; "
+                f"allowed: {allowed_text}"
+            )
+        if self.lr_scheduler_type == "cosine_with_min_lr":
+            given = {"min_lr", "min_lr_rate"} & set(self.lr_scheduler_kwargs)
+            if len(given) != 1:
+                raise ValueError("lr_scheduler_kwargs: cosine_with_min_lr needs exactly one of min_lr, min_lr_rate")
+        if self.lr_scheduler_type == "warmup_stable_decay" and "num_decay_steps" not in self.lr_scheduler_kwargs:
+            raise ValueError("lr_scheduler_kwargs: warmup_stable_decay needs num_decay_steps (e.g. 30-50% of the run)")
+        if self.lr_scheduler_type == "reduce_lr_on_plateau" and not self.has_eval:
+            raise ValueError(
+                "lr_scheduler_type: reduce_lr_on_plateau steps on eval loss; give eval_file or eval_split "
+                "and eval_steps"
+            )
+        if self.eval_file and self.eval_split:
+            raise ValueError("eval_split: give eval_file or eval_split, not both")
+        if self.loftq_config is not None and self.load_in_4bit:
+            raise ValueError(
+                "loftq_config: LoftQ initialises LoRA from the full-precision weights; "
+                "it cannot start from a 4-bit load (set load_in_4bit to false)"
+            )
+        return self
+
+    @property
+    def has_eval(self) -> bool:
+        return bool((self.eval_file or self.eval_split) and self.eval_steps)
+
+    @property
+    def target_module_names(self) -> list[str]:
+        if isinstance(self.target_modules, str):
+            return list(TARGET_GROUPS[self.target_modules])
+        return list(self.target_modules)
+
+
+def _field_of(error: dict[str, Any]) -> str:
+    loc = [str(p) for p in error["loc"] if not str(p).startswith(("int", "float", "constrained", "literal", "list["))]
+    if loc:
+        return ".".join(loc)
+    # A model-level error names its field at the start of its message ("field: ...").
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    return msg.split(":", 1)[0] if ":" in msg else "config"
+
+
+def _message_of(error: dict[str, Any]) -> str:
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    if not [p for p in error["loc"]] and ":" in msg:
+        msg = msg.split(":", 1)[1].strip()
+    if error["type"] == "extra_forbidden":
+        return f"unknown field; allowed fields: {', '.join(TrainConfig.model_fields)}"
+    return msg
+
+
+def parse_config(data: dict[str, Any]) -> TrainConfig:
+    """Validate a plain dict; raise ConfigError naming every bad field and what is allowed."""
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        errors: dict[str, str] = {}
+        for err in exc.errors():
+            errors.setdefault(_field_of(err), _message_of(err))
+        raise ConfigError(errors) from None
+
+
+def check_environment(config: TrainConfig, *, cuda: bool | None = None, bf16: bool | None = None) -> None:
+    """Checks that need the machine, not just the config: run before any model loads."""
+    if cuda is None or bf16 is None:
+        import torch
+
+        cuda = torch.cuda.is_available() if cuda is None else cuda
+        bf16 = (cuda and torch.cuda.is_bf16_supported()) if bf16 is None else bf16
+    errors: dict[str, str] = {}
+    has = importlib.util.find_spec
+    if config.loftq_config is not None:
+        if not cuda:
+            errors["loftq_config"] = "LoftQ initialisation runs on a GPU only; this machine has no CUDA device"
+        elif has("scipy") is None:
+            errors["loftq_config"] = "LoftQ needs scipy; install it on the worker"
+    if config.optim in BNB_OPTIMIZERS:
+        if has("bitsandbytes") is None:
+            errors["optim"] = f"{config.optim} needs bitsandbytes; allowed without it: adamw_torch_fused, adamw_torch"
+        elif not cuda:
+            errors["optim"] = f"{config.optim} needs a CUDA GPU; allowed on CPU: adamw_torch_fused, adamw_torch"
+    if config.load_in_4bit and not cuda:
+        errors["load_in_4bit"] = "4-bit loading (bitsandbytes) needs a CUDA GPU; set it to false on CPU"
+    if config.load_in_4bit and has("bitsandbytes") is None:
+        errors["load_in_4bit"] = "4-bit loading needs bitsandbytes; install it on the worker"
+    if config.dtype == "bfloat16" and not bf16:
+        errors["dtype"] = "this hardware has no bfloat16 support; allowed: auto, float16, float32"
+    if config.dtype == "float16" and not cuda:
+        errors["dtype"] = "float16 training needs a GPU; allowed on CPU: auto, float32"
+    if config.backend == "unsloth" and has("unsloth") is None:
+        errors["backend"] = "unsloth is not installed on this worker; allowed: hf, auto"
+    if errors:
+        raise ConfigError(errors)
+
+
+def load_config_file(path: str | Path) -> TrainConfig:
+    return parse_config(json.loads(Path(path).read_text()))

@@ -1,0 +1,75 @@
+"""Reading training data in the formats TRL takes (text, prompt/completion, messages) from JSONL/JSON/CSV/Parquet."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import ConfigError, TrainConfig
+
+LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+FORMAT_COLUMNS = {"messages": {"messages"}, "prompt_completion": {"prompt", "completion"}, "text": {"text"}}
+
+
+def load_file(path: str, field: str):
+    import datasets
+
+    p = Path(path)
+    loader = LOADERS.get(p.suffix.lower())
+    if loader is None:
+        raise ConfigError({field: f"{p.name}: unsupported file type; allowed: {', '.join(LOADERS)}"})
+    if not p.is_file():
+        raise ConfigError({field: f"{path}: no such file"})
+    datasets.disable_progress_bars()
+    return datasets.load_dataset(loader, data_files=str(p), split="train")
+
+
+def detect_format(columns: list[str], wanted: str = "auto", field: str = "train_file") -> str:
+    cols = set(columns)
+    if wanted != "auto":
+        missing = FORMAT_COLUMNS[wanted] - cols
+        if missing:
+            raise ConfigError({field: f"format {wanted} needs column(s) {', '.join(sorted(missing))}; "
+                                      f"the file has {', '.join(sorted(cols))}"})
+        return wanted
+    for fmt, needed in FORMAT_COLUMNS.items():
+        if needed <= cols:
+            return fmt
+    raise ConfigError({field: f"no known format: columns {', '.join(sorted(cols)) or 'none'}; allowed: "
+                              "'text', 'prompt'+'completion', or 'messages'"})
+
+
+def load_data(config: TrainConfig):
+    """Return (train, eval or None, format). Only the columns of the format travel to the trainer."""
+    train = load_file(config.train_file, "train_file")
+    if len(train) == 0:
+        raise ConfigError({"train_file": "the file has no rows"})
+    fmt = detect_format(train.column_names, config.data_format)
+    if config.completion_only_loss and fmt == "text":
+        raise ConfigError({"completion_only_loss": "text rows have no completion part; allowed with "
+                                                   "prompt_completion or messages data"})
+    keep = sorted(FORMAT_COLUMNS[fmt])
+    train = train.select_columns(keep)
+    evaluation = None
+    if config.eval_file:
+        evaluation = load_file(config.eval_file, "eval_file")
+        detect_format(evaluation.column_names, fmt, field="eval_file")
+        evaluation = evaluation.select_columns(keep)
+    elif config.eval_split:
+        split = train.train_test_split(test_size=config.eval_split, seed=config.seed)
+        train, evaluation = split["train"], split["test"]
+    return train, evaluation, fmt
+
+
+def rendered_lengths(dataset, tokenizer, fmt: str, limit: int = 2000) -> list[int]:
+    """Token counts of up to `limit` rows as the trainer will see them (chat template applied to messages)."""
+    lengths = []
+    for row in dataset.select(range(min(limit, len(dataset)))):
+        if fmt == "messages":
+            ids = tokenizer.apply_chat_template(row["messages"], tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+        elif fmt == "prompt_completion":
+            ids = tokenizer(row["prompt"] + row["completion"])["input_ids"]
+        else:
+            ids = tokenizer(row["text"])["input_ids"]
+        lengths.append(len(ids))
+    return lengths

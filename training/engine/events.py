@@ -1,0 +1,83 @@
+"""The engine's event stream: one JSON object per line, each with the schema version `v` and a `type`.
+
+Schema (v = 1). Every event has: v, type, time (unix seconds, float).
+- started:    config (the resolved config), derived (effective_batch, steps_per_epoch, total_steps, warmup_steps,
+              lora_scale, tokens_per_step, devices), versions {library: version}, backend, device (name),
+              dtype (in effect), trainable_params, total_params, trainable_bias_params, lora_scale (read from a
+              LoRA layer), train_examples, eval_examples, resumed_from_step
+- metrics:    step, epoch, tokens_seen, loss, grad_norm, learning_rate, tokens_per_s, peak_vram_bytes
+- eval:       step, epoch, eval_loss
+- sample:     step, prompt, completion
+- warning:    code, field, message
+- log:        message
+- checkpoint: step, path
+- finished:   step, adapter_path, merged_path (or null), train_loss, runtime_s
+- stopped:    step, checkpoint (path or null), reason
+- failed:     step, error_class, message, traceback, oom (bool)
+Exactly one of finished / stopped / failed ends a stream.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import threading
+import time
+from typing import IO, Any, Callable
+
+SCHEMA_VERSION = 1
+TERMINAL = frozenset({"finished", "stopped", "failed"})
+TYPES = frozenset({"started", "metrics", "eval", "sample", "warning", "log", "checkpoint"}) | TERMINAL
+
+
+def _finite(value: Any) -> Any:
+    # JSON has no NaN/Inf: send them as strings so a reader can still see that the loss went NaN.
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def make_event(type_: str, **fields: Any) -> dict[str, Any]:
+    if type_ not in TYPES:
+        raise ValueError(f"unknown event type {type_!r}")
+    return {"v": SCHEMA_VERSION, "type": type_, "time": time.time(), **_finite(fields)}
+
+
+def parse_float(value: Any) -> float | None:
+    """Read a number from an event, turning the 'nan'/'inf' strings back into floats."""
+    if value is None:
+        return None
+    return float(value)
+
+
+class EventSink:
+    """Writes events as JSON lines (stdout by default) and, optionally, hands each to a callback."""
+
+    def __init__(self, stream: IO[str] | None = None, callback: Callable[[dict], None] | None = None):
+        self._stream = stream if stream is not None else sys.stdout
+        self._callback = callback
+        self._lock = threading.Lock()
+        self.terminal: dict | None = None
+
+    def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
+        event = make_event(type_, **fields)
+        with self._lock:
+            if self.terminal is not None:
+                return event  # a stream ends with exactly one terminal event
+            if type_ in TERMINAL:
+                self.terminal = event
+            self._stream.write(json.dumps(event, default=str) + "\n")
+            self._stream.flush()
+        if self._callback:
+            self._callback(event)
+        return event
+
+    def warning(self, code: str, field: str, message: str) -> None:
+        self.emit("warning", code=code, field=field, message=message)
+
+    def log(self, message: str) -> None:
+        self.emit("log", message=message)

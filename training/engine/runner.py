@@ -1,0 +1,326 @@
+"""Runs one SFT job from a TrainConfig, reporting everything as events; the one place that owns a job's outcome."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import traceback
+from importlib import metadata
+from pathlib import Path
+
+from . import backends
+from .config import ConfigError, TrainConfig, check_environment
+from .data import load_data, rendered_lengths
+from .derived import derive
+from .events import EventSink
+
+LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "unsloth", "unsloth_zoo")
+
+
+def library_versions() -> dict[str, str]:
+    found = {}
+    for name in LIBRARIES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+class StopRequest:
+    """Set by SIGTERM/SIGINT or by the appearance of a stop file; read at every step end."""
+
+    def __init__(self, stop_file: str | None = None):
+        self.stop_file = Path(stop_file) if stop_file else None
+        self._event = threading.Event()
+        self.reason = ""
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum, _frame):
+            self.set(f"signal {signal.Signals(signum).name}")
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def set(self, reason: str) -> None:
+        self.reason = reason
+        self._event.set()
+
+    def requested(self) -> bool:
+        if not self._event.is_set() and self.stop_file is not None and self.stop_file.exists():
+            self.set("stop file")
+        return self._event.is_set()
+
+
+def sft_config(config: TrainConfig, fmt: str, dtype, has_eval: bool):
+    """The TRL SFTConfig for a TrainConfig: every SFT field maps here, nowhere else."""
+    import torch
+    from trl import SFTConfig
+
+    on_gpu = torch.cuda.is_available()
+    kwargs = dict(
+        output_dir=str(Path(config.output_dir) / "checkpoints"),
+        max_length=config.max_length,
+        packing=config.packing,
+        eval_packing=config.eval_packing,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        warmup_steps=config.warmup_steps,
+        learning_rate=config.learning_rate,
+        optim=config.optim,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type=config.lr_scheduler_type,
+        lr_scheduler_kwargs=dict(config.lr_scheduler_kwargs),
+        max_grad_norm=config.max_grad_norm,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps or -1,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        eval_strategy="steps" if has_eval and config.eval_steps else "no",
+        eval_steps=config.eval_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=on_gpu and dtype == torch.bfloat16,
+        fp16=on_gpu and dtype == torch.float16,
+        gradient_checkpointing=config.gradient_checkpointing and on_gpu,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataset_num_proc=1,
+    )
+    if config.completion_only_loss is not None:
+        if fmt == "messages":
+            kwargs["assistant_only_loss"] = config.completion_only_loss
+        else:
+            kwargs["completion_only_loss"] = config.completion_only_loss
+    if config.lr_scheduler_type == "reduce_lr_on_plateau":
+        kwargs["metric_for_best_model"] = "eval_loss"
+    return SFTConfig(**kwargs)
+
+
+def _event_callback(sink: EventSink, stop: StopRequest, model, tokenizer, config: TrainConfig, state_box: dict):
+    import torch
+    from transformers import TrainerCallback
+
+    class EventCallback(TrainerCallback):
+        def __init__(self):
+            self.last_time = None
+            self.last_tokens = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.last_time = time.perf_counter()
+            self.last_tokens = state.num_input_tokens_seen
+
+        def on_step_end(self, args, state, control, **kwargs):
+            state_box["step"] = state.global_step
+            if stop.requested():
+                control.should_save = True
+                control.should_training_stop = True
+                state_box["stopping"] = True
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" in logs:
+                now = time.perf_counter()
+                tokens = state.num_input_tokens_seen
+                elapsed = now - self.last_time
+                rate = (tokens - self.last_tokens) / elapsed if elapsed > 0 else None
+                self.last_time, self.last_tokens = now, tokens
+                sink.emit(
+                    "metrics", step=state.global_step, epoch=logs.get("epoch", state.epoch), tokens_seen=tokens,
+                    loss=float(logs["loss"]), grad_norm=_float(logs.get("grad_norm")),
+                    learning_rate=_float(logs.get("learning_rate")), tokens_per_s=rate,
+                    peak_vram_bytes=torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+                )
+            if "eval_loss" in logs:
+                sink.emit("eval", step=state.global_step, epoch=state.epoch, eval_loss=float(logs["eval_loss"]))
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            _emit_samples(sink, model, tokenizer, config, state.global_step)
+
+        def on_save(self, args, state, control, **kwargs):
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            state_box["checkpoint"] = str(path)
+            sink.emit("checkpoint", step=state.global_step, path=str(path))
+
+    return EventCallback()
+
+
+def _float(value):
+    return None if value is None else float(value)
+
+
+def _emit_samples(sink: EventSink, model, tokenizer, config: TrainConfig, step: int) -> None:
+    if not config.sample_prompts:
+        return
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        for prompt in config.sample_prompts:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                 add_generation_prompt=True) if tokenizer.chat_template else prompt
+            inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=config.sample_max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+            completion = tokenizer.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            sink.emit("sample", step=step, prompt=prompt, completion=completion)
+    except Exception as exc:  # a sample is a nicety: it must never end a run
+        sink.warning("sample_failed", "sample_prompts", f"generation failed: {type(exc).__name__}: {exc}")
+    finally:
+        if was_training:
+            model.train()
+
+
+def _setting_warnings(sink: EventSink, config: TrainConfig, model, counts: dict, lengths: list[int], backend: str,
+                      loftq_applied: bool) -> None:
+    if config.bias != "none" and counts["trainable_bias_params"] == 0:
+        sink.warning(
+            "bias_no_effect", "bias",
+            f'bias="{config.bias}" made no bias trainable: the targeted modules of this model have no bias '
+            "parameters, so the trainable count is unchanged; this run is the same as bias=\"none\"",
+        )
+    if config.loftq_config is not None and not loftq_applied:
+        sink.warning("loftq_not_applied", "loftq_config",
+                     f"LoftQ was asked for but the {backend} backend did not initialise LoRA with it")
+    if lengths:
+        near = sum(1 for n in lengths if n >= 0.5 * config.max_length) / len(lengths)
+        truncated = sum(1 for n in lengths if n > config.max_length) / len(lengths)
+        if config.packing and near >= 0.5:
+            sink.warning("packing_no_gain", "packing",
+                         f"{near:.0%} of examples are at least half of max_length ({config.max_length}); "
+                         "packing gains little and costs memory")
+        if truncated > 0:
+            sink.warning("truncation", "max_length",
+                         f"{truncated:.1%} of examples are longer than max_length ({config.max_length}) "
+                         "and will be cut")
+
+
+def _save_outputs(config: TrainConfig, trainer, tokenizer, dtype) -> tuple[str, str | None]:
+    adapter_dir = Path(config.output_dir) / "adapter"
+    trainer.model.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)
+    merged = None
+    if config.merge_16bit:
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        # Merge into a fresh 16-bit copy of the base: merging into 4-bit weights would round the adapter away.
+        merge_dtype = dtype if dtype in (torch.bfloat16, torch.float16) else torch.float16
+        base = AutoModelForCausalLM.from_pretrained(config.model, dtype=merge_dtype)
+        merged_model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+        merged = Path(config.output_dir) / "merged"
+        merged_model.save_pretrained(merged)
+        tokenizer.save_pretrained(merged)
+        merged = str(merged)
+    return str(adapter_dir), merged
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if exc.__class__.__name__ == "OutOfMemoryError":
+        return True
+    return "out of memory" in str(exc).lower()
+
+
+def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None, resume_from: str | None = None) -> int:
+    """Run the job; every outcome ends in exactly one terminal event. Returns 0 finished/stopped, 1 failed."""
+    stop = stop or StopRequest()
+    state_box: dict = {"step": 0, "checkpoint": None, "stopping": False}
+    try:
+        check_environment(config)
+        train, evaluation, fmt = load_data(config)
+        backend = backends.resolve_backend(config)
+        dtype = backends.resolve_dtype(config)
+        model, tokenizer = backends.load(config, backend, dtype)
+        trainer_class = _trainer_class(backend)  # after backends.load: unsloth must patch TRL first
+        counts = backends.parameter_counts(model)
+        lengths = rendered_lengths(train, tokenizer, fmt)
+        args = sft_config(config, fmt, dtype, evaluation is not None)
+        trainer = trainer_class(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
+                             processing_class=tokenizer)
+        trainer.add_callback(_event_callback(sink, stop, model, tokenizer, config, state_box))
+        # Count what the trainer will iterate: after packing, rows are blocks of max_length, not examples.
+        derived = derive(config, num_examples=len(trainer.train_dataset)).as_dict()
+        loftq_applied = config.loftq_config is not None and _has_loftq(model)
+        resumed_step = None
+        if resume_from:
+            resumed_step = _checkpoint_step(resume_from)
+        sink.emit(
+            "started", config=config.model_dump(mode="json"), derived=derived, versions=library_versions(),
+            backend=backend, device=_device_name(), dtype=str(dtype).removeprefix("torch."),
+            lora_scale=backends.lora_scale_in_effect(model), train_examples=len(train),
+            eval_examples=len(evaluation) if evaluation is not None else 0, data_format=fmt,
+            resumed_from_step=resumed_step, pid=os.getpid(), **counts,
+        )
+        _setting_warnings(sink, config, model, counts, lengths, backend, loftq_applied)
+        started = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        step = trainer.state.global_step
+        if state_box["stopping"]:
+            sink.emit("stopped", step=step, checkpoint=state_box["checkpoint"], reason=stop.reason)
+            return 0
+        if evaluation is None:
+            _emit_samples(sink, model, tokenizer, config, step)
+        adapter, merged = _save_outputs(config, trainer, tokenizer, dtype)
+        sink.emit("finished", step=step, adapter_path=adapter, merged_path=merged,
+                  train_loss=float(result.training_loss), runtime_s=time.perf_counter() - started)
+        return 0
+    except ConfigError as exc:
+        sink.emit("failed", step=state_box["step"], error_class="ConfigError", message=str(exc), errors=exc.errors,
+                  traceback="", oom=False)
+        return 1
+    except BaseException as exc:  # noqa: BLE001 - every outcome becomes an event, even KeyboardInterrupt
+        sink.emit("failed", step=state_box["step"], error_class=type(exc).__name__, message=str(exc),
+                  traceback=traceback.format_exc(), oom=_is_oom(exc))
+        return 1
+
+
+def _trainer_class(backend: str):
+    """TRL's SFTTrainer; on a CPU with the hf backend, one whose loss is transformers' own.
+
+    TRL 1.15 computes the SFT loss with a Triton kernel that needs a GPU. Unsloth's CPU fallback patches that away;
+    plain TRL does not, so on CPU the hf backend takes the model's standard causal-LM loss (same value: mean token
+    cross-entropy over the labels TRL's collator built).
+    """
+    import torch
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    if backend == "unsloth" or torch.cuda.is_available():
+        return SFTTrainer
+
+    class CPUSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels",
+                                                             "position_ids")}
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return CPUSFTTrainer
+
+
+def _has_loftq(model) -> bool:
+    cfg = getattr(model, "peft_config", {}).get("default")
+    return getattr(cfg, "init_lora_weights", None) == "loftq"
+
+
+def _checkpoint_step(path: str) -> int | None:
+    name = Path(path).name
+    return int(name.rsplit("-", 1)[1]) if name.startswith("checkpoint-") else None
+
+
+def _device_name() -> str:
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

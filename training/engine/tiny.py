@@ -1,0 +1,108 @@
+"""Small random-initialised causal LMs with a locally trained tokenizer, for tests, the demo and GPU benches.
+
+Nothing here touches a model hub: the tokenizer is trained on generated text and the model is saved with
+save_pretrained, to be loaded back through the same from_pretrained path as a real model.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{% else %}{{ message['content'] + '<|im_end|>' }}{% endif %}{{ '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|pad|>", "<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>"]
+
+COLOURS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple"]
+THINGS = ["apple", "leaf", "sky", "sun", "coal", "snow", "carrot", "plum", "grass", "cherry", "cloud", "lemon"]
+
+# Sizes: "tiny" trains in seconds on a CPU; "1b" matches Llama-3.2-1B's shapes for GPU throughput benches.
+SIZES = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=1024),
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, max_position_embeddings=8192, vocab_size=128256),
+}
+
+
+def synthetic_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Prompt/answer pairs with a rule a tiny model can learn: each thing has one colour."""
+    rng = random.Random(seed)
+    colour_of = {thing: COLOURS[i % len(COLOURS)] for i, thing in enumerate(THINGS)}
+    pairs = []
+    for _ in range(n):
+        thing = rng.choice(THINGS)
+        count = rng.randint(1, 5)
+        pairs.append((f"What colour is the {thing}? Say it {count} times.",
+                      " ".join([colour_of[thing]] * count) + "."))
+    return pairs
+
+
+def write_dataset(path: str | Path, n: int = 64, fmt: str = "messages", seed: int = 0) -> Path:
+    """A learnable JSONL dataset in one of TRL's formats: text, prompt_completion or messages."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        for prompt, answer in synthetic_pairs(n, seed):
+            if fmt == "text":
+                row = {"text": f"Q: {prompt} A: {answer}"}
+            elif fmt == "prompt_completion":
+                row = {"prompt": f"Q: {prompt} A:", "completion": f" {answer}"}
+            elif fmt == "messages":
+                row = {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
+            else:
+                raise ValueError(f"fmt must be text, prompt_completion or messages, not {fmt!r}")
+            fh.write(json.dumps(row) + "\n")
+    return path
+
+
+def _train_tokenizer(vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [f"Q: {p} A: {a}" for p, a in synthetic_pairs(2000, seed=1)]
+    corpus += ["user assistant system The quick brown fox jumps over the lazy dog. 0123456789 ,.;:!?'\"()[]{}"]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|im_end|>", pad_token="<|pad|>",
+        chat_template=CHAT_TEMPLATE, model_max_length=131072,
+    )
+
+
+def build_tiny_model(out_dir: str | Path, arch: str = "llama", size: str = "tiny", seed: int = 0) -> Path:
+    """Build, save and return the directory of a random causal LM ("llama", or "qwen2" with q/k/v biases)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    if arch not in ("llama", "qwen2"):
+        raise ValueError(f"arch must be llama or qwen2, not {arch!r}")
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {', '.join(SIZES)}, not {size!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = _train_tokenizer(vocab_size=512)
+    dims = dict(SIZES[size])
+    vocab = max(dims.pop("vocab_size", 0), len(tokenizer))
+    common = dict(
+        vocab_size=vocab, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, rope_theta=10000.0, **dims,
+    )
+    config = LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32 if size == "tiny" else torch.bfloat16)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
