@@ -1,0 +1,136 @@
+"""Real tiny training jobs on CPU through the engine: loss falls, outputs are saved, stop and resume work."""
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import base_config, of_type, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_loss_falls_and_every_event_is_well_formed(tiny_llama, data_dir, tmp_path):
+    config = base_config(tiny_llama, data_dir, tmp_path / "out", max_steps=40, learning_rate=1e-2,
+                         eval_split=0.125, eval_steps=20, save_steps=20,
+                         sample_prompts=["What colour is the sky? Say it 2 times."])
+    code, events = run_cli(config, tmp_path)
+    assert code == 0, events[-1]
+    assert events[0]["type"] == "started" and events[-1]["type"] == "finished"
+    assert all(e["v"] == 1 for e in events)
+    started = events[0]
+    assert started["backend"] == "hf" and started["dtype"] == "float32"
+    assert started["derived"]["total_steps"] == 40 and started["derived"]["effective_batch"] == 8
+    assert started["trainable_params"] > 0 and started["lora_scale"] == 2.0
+    assert {"torch", "transformers", "trl", "peft"} <= set(started["versions"])
+
+    metrics = of_type(events, "metrics")
+    assert [m["step"] for m in metrics] == list(range(1, 41))
+    losses = [m["loss"] for m in metrics]
+    assert sum(losses[-5:]) / 5 < losses[0] - 1.0, losses
+    assert all(m["tokens_seen"] > 0 and m["tokens_per_s"] > 0 for m in metrics)
+    assert metrics[-1]["tokens_seen"] > metrics[0]["tokens_seen"]
+
+    evals = of_type(events, "eval")
+    assert [e["step"] for e in evals] == [20, 40]
+    assert evals[1]["eval_loss"] < evals[0]["eval_loss"]
+    assert [s["step"] for s in of_type(events, "sample")] == [20, 40]
+    assert [c["step"] for c in of_type(events, "checkpoint")] == [20, 40]
+
+    adapter = Path(events[-1]["adapter_path"])
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 16
+
+
+def test_accumulation_changes_the_optimizer_step_count(tiny_llama, data_dir, tmp_path):
+    steps = {}
+    for accum in (1, 4):
+        config = base_config(tiny_llama, data_dir, tmp_path / f"out{accum}", max_steps=None, num_train_epochs=1,
+                             per_device_train_batch_size=4, gradient_accumulation_steps=accum)
+        code, events = run_cli(config, tmp_path)
+        assert code == 0, events[-1]
+        steps[accum] = events[-1]["step"]
+        assert events[0]["derived"]["total_steps"] == steps[accum]
+    assert steps == {1: 16, 4: 4}  # 64 rows / micro-batch 4 = 16 micro-batches
+
+
+def test_stop_saves_a_checkpoint_and_resume_continues_the_curve(tiny_llama, data_dir, tmp_path):
+    config = base_config(tiny_llama, data_dir, tmp_path / "out", max_steps=30, learning_rate=1e-3)
+    code, events = run_cli(config, tmp_path, stop_after_step=3)
+    assert code == 0
+    stopped = events[-1]
+    assert stopped["type"] == "stopped" and stopped["reason"] == "stop file"
+    step = stopped["step"]
+    assert 3 <= step < 30
+    checkpoint = Path(stopped["checkpoint"])
+    assert checkpoint.name == f"checkpoint-{step}" and (checkpoint / "adapter_model.safetensors").is_file()
+    assert of_type(events, "checkpoint")[-1]["step"] == step
+    first_losses = {m["step"]: m["loss"] for m in of_type(events, "metrics")}
+
+    (tmp_path / "STOP").unlink()
+    code, resumed = run_cli(config, tmp_path, "--resume-from", str(checkpoint))
+    assert code == 0, resumed[-1]
+    assert resumed[0]["resumed_from_step"] == step
+    steps = [m["step"] for m in of_type(resumed, "metrics")]
+    assert steps == list(range(step + 1, 31))
+    assert resumed[-1]["type"] == "finished" and resumed[-1]["step"] == 30
+    # The resumed curve joins the first: its first loss is close to the last loss before the stop.
+    assert abs(of_type(resumed, "metrics")[0]["loss"] - first_losses[step]) < 0.5
+
+
+def test_formats_text_and_prompt_completion_train(tiny_llama, data_dir, tmp_path):
+    for fmt in ("text", "prompt_completion"):
+        extra = {"completion_only_loss": True} if fmt == "prompt_completion" else {}
+        config = base_config(tiny_llama, data_dir, tmp_path / fmt, train_file=str(data_dir / f"{fmt}.jsonl"),
+                             max_steps=3, **extra)
+        code, events = run_cli(config, tmp_path)
+        assert code == 0, events[-1]
+        assert events[0]["data_format"] == fmt
+
+
+def test_merge_to_16bit_writes_a_loadable_model(tiny_llama, data_dir, tmp_path):
+    config = base_config(tiny_llama, data_dir, tmp_path / "out", max_steps=2, merge_16bit=True)
+    code, events = run_cli(config, tmp_path)
+    assert code == 0, events[-1]
+    merged = Path(events[-1]["merged_path"])
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    assert str(model.dtype) == "torch.float16"
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_a_bad_config_fails_before_loading_and_names_the_field(tiny_llama, data_dir, tmp_path):
+    config = base_config(tiny_llama, data_dir, tmp_path / "out", r=0, lora_dropout=1.5)
+    code, events = run_cli(config, tmp_path)
+    assert code == 2 and len(events) == 1
+    assert events[0]["type"] == "failed" and set(events[0]["errors"]) == {"r", "lora_dropout"}
+
+
+def test_a_missing_data_file_and_a_bad_model_fail_cleanly(tiny_llama, data_dir, tmp_path):
+    code, events = run_cli(base_config(tiny_llama, data_dir, tmp_path / "a", train_file="/nope/x.jsonl"), tmp_path)
+    assert code == 1 and events[-1]["errors"] == {"train_file": "/nope/x.jsonl: no such file"}
+    code, events = run_cli(base_config(str(tmp_path / "no-model"), data_dir, tmp_path / "b"), tmp_path)
+    assert code == 1 and events[-1]["type"] == "failed" and events[-1]["traceback"]
+    assert events[-1]["oom"] is False
+
+
+def test_unsloth_backend_trains_on_cpu_in_its_own_process(tiny_llama, data_dir, tmp_path):
+    config = base_config(tiny_llama, data_dir, tmp_path / "out", backend="unsloth", max_steps=6, r=16,
+                         lora_alpha=16, use_rslora=True)
+    code, events = run_cli(config, tmp_path)
+    assert code == 0, events[-1]
+    started = events[0]
+    assert started["backend"] == "unsloth" and "unsloth" in started["versions"]
+    assert started["lora_scale"] == pytest.approx(16 / 4)  # alpha / sqrt(r)
+    assert [m["step"] for m in of_type(events, "metrics")] == list(range(1, 7))
+    assert (Path(events[-1]["adapter_path"]) / "adapter_model.safetensors").is_file()
+
+
+def test_unsloth_backend_bias_on_a_biased_model(tiny_qwen, data_dir, tmp_path):
+    config = base_config(tiny_qwen, data_dir, tmp_path / "out", backend="unsloth", max_steps=2, bias="lora_only")
+    code, events = run_cli(config, tmp_path)
+    assert code == 0, events[-1]
+    started = events[0]
+    warnings = [w["code"] for w in of_type(events, "warning")]
+    # Either Unsloth made the q/k/v biases trainable, or the engine says that the setting did not take effect.
+    assert started["trainable_bias_params"] > 0 or "bias_no_effect" in warnings

@@ -1,0 +1,125 @@
+"""The engine's config model: every bad value or combination is refused before any model loads, naming the field."""
+import pytest
+
+from training.engine.config import SCHEDULER_KWARGS, SCHEDULERS, ConfigError, check_environment, parse_config
+
+BASE = {"model": "/models/tiny", "train_file": "/data/train.jsonl"}
+
+
+def errors_of(**overrides):
+    with pytest.raises(ConfigError) as exc:
+        parse_config({**BASE, **overrides})
+    return exc.value.errors
+
+
+def test_defaults_follow_the_seed():
+    config = parse_config(BASE)
+    assert config.version == 1
+    assert (config.r, config.lora_alpha, config.lora_dropout, config.bias) == (16, 32, 0.0, "none")
+    assert config.lr_scheduler_type == "linear" and config.optim == "adamw_torch_fused"
+    assert config.warmup_steps == 0.03 and config.weight_decay == 0.01
+
+
+def test_config_round_trips_through_json():
+    config = parse_config({**BASE, "loftq_config": {"loftq_bits": 4, "loftq_iter": 2}, "target_modules": ["q_proj"]})
+    assert parse_config(config.model_dump(mode="json")) == config
+
+
+@pytest.mark.parametrize(
+    "overrides, field, words",
+    [
+        ({"r": 0}, "r", "greater than or equal to 1"),
+        ({"lora_alpha": 0}, "lora_alpha", "greater than 0"),
+        ({"lora_alpha": -2}, "lora_alpha", "greater than 0"),
+        ({"lora_dropout": 1.0}, "lora_dropout", "less than 1"),
+        ({"lora_dropout": -0.1}, "lora_dropout", "greater than or equal to 0"),
+        ({"learning_rate": 0}, "learning_rate", "greater than 0"),
+        ({"warmup_steps": 1.0}, "warmup_steps", "[0, 1)"),
+        ({"warmup_steps": -3}, "warmup_steps", "greater than or equal to 0"),
+        ({"bias": "some"}, "bias", "'none', 'lora_only' or 'all'"),
+        ({"optim": "sgd"}, "optim", "adamw_torch_fused"),
+        ({"lr_scheduler_type": "step"}, "lr_scheduler_type", "warmup_stable_decay"),
+        ({"dtype": "int8"}, "dtype", "'auto', 'bfloat16', 'float16' or 'float32'"),
+        ({"target_modules": []}, "target_modules", "attention, mlp, all-linear"),
+        ({"colour": "red"}, "colour", "allowed fields"),
+    ],
+)
+def test_bad_values_name_the_field_and_what_is_allowed(overrides, field, words):
+    errors = errors_of(**overrides)
+    assert field in errors, errors
+    assert words in errors[field]
+
+
+def test_unknown_scheduler_kwargs_list_the_allowed_ones():
+    errors = errors_of(lr_scheduler_type="cosine", lr_scheduler_kwargs={"min_lr_rate": 0.1})
+    assert errors["lr_scheduler_kwargs"] == "min_lr_rate not accepted by cosine; allowed: num_cycles"
+    errors = errors_of(lr_scheduler_type="linear", lr_scheduler_kwargs={"power": 2})
+    assert "allowed: none" in errors["lr_scheduler_kwargs"]
+
+
+def test_every_scheduler_accepts_its_own_kwargs():
+    assert set(SCHEDULERS) == set(SCHEDULER_KWARGS) and len(SCHEDULERS) == 10
+    examples = {
+        "cosine": {"num_cycles": 0.5},
+        "cosine_with_restarts": {"num_cycles": 2},
+        "polynomial": {"power": 1.0, "lr_end": 1e-7},
+        "inverse_sqrt": {"timescale": 10},
+        "reduce_lr_on_plateau": {"factor": 0.5, "patience": 2},
+        "cosine_with_min_lr": {"min_lr_rate": 0.1},
+        "warmup_stable_decay": {"num_decay_steps": 10, "min_lr_ratio": 0.05},
+    }
+    for name in SCHEDULERS:
+        extra = {"eval_split": 0.1, "eval_steps": 5} if name == "reduce_lr_on_plateau" else {}
+        parse_config({**BASE, "lr_scheduler_type": name, "lr_scheduler_kwargs": examples.get(name, {}), **extra})
+
+
+def test_cosine_with_min_lr_needs_exactly_one_floor():
+    assert "exactly one of min_lr, min_lr_rate" in errors_of(lr_scheduler_type="cosine_with_min_lr")["lr_scheduler_kwargs"]
+
+
+def test_reduce_on_plateau_without_evaluation_is_refused():
+    errors = errors_of(lr_scheduler_type="reduce_lr_on_plateau")
+    assert "eval_file or eval_split" in errors["lr_scheduler_type"]
+
+
+def test_loftq_with_4bit_is_refused():
+    errors = errors_of(load_in_4bit=True, loftq_config={"loftq_bits": 4, "loftq_iter": 1})
+    assert "load_in_4bit" in errors["loftq_config"]
+
+
+def test_several_errors_are_reported_together():
+    errors = errors_of(r=0, learning_rate=-1)
+    assert {"r", "learning_rate"} <= set(errors)
+
+
+@pytest.mark.parametrize(
+    "overrides, cuda, bf16, field, words",
+    [
+        ({"loftq_config": {"loftq_bits": 4}}, False, False, "loftq_config", "GPU only"),
+        ({"optim": "paged_adamw_8bit"}, False, False, "optim", "needs a CUDA GPU"),
+        ({"optim": "adamw_8bit"}, False, False, "optim", "allowed on CPU"),
+        ({"dtype": "bfloat16"}, True, False, "dtype", "no bfloat16 support"),
+        ({"load_in_4bit": True}, False, False, "load_in_4bit", "needs a CUDA GPU"),
+    ],
+)
+def test_hardware_checks_name_the_field(overrides, cuda, bf16, field, words):
+    config = parse_config({**BASE, **overrides})
+    with pytest.raises(ConfigError) as exc:
+        check_environment(config, cuda=cuda, bf16=bf16)
+    assert words in exc.value.errors[field]
+
+
+def test_hardware_checks_pass_on_a_capable_machine():
+    config = parse_config({**BASE, "optim": "paged_adamw_8bit", "dtype": "bfloat16", "load_in_4bit": True})
+    check_environment(config, cuda=True, bf16=True)
+
+
+def test_missing_bitsandbytes_is_named(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "bitsandbytes" else real(name))
+    config = parse_config({**BASE, "optim": "adamw_bnb_8bit"})
+    with pytest.raises(ConfigError) as exc:
+        check_environment(config, cuda=True, bf16=True)
+    assert "needs bitsandbytes" in exc.value.errors["optim"]
