@@ -1,0 +1,8 @@
+"""Tuneboard's URLs: the admin, log in/out, and each app's pages."""
+from django.contrib import admin
+from django.urls import include, path
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("accounts/", include("django.contrib.auth.urls")),
+]

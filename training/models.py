@@ -1,0 +1,303 @@
+"""What Tuneboard records: datasets, presets, runs and everything a run reports, workers and sweeps."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from dashboard.models import Team
+
+
+class Dataset(models.Model):
+    class Source(models.TextChoices):
+        UPLOAD = "upload", "Uploaded"
+        REGISTERED = "registered", "Registered path"
+
+    class Format(models.TextChoices):
+        TEXT = "text", "text"
+        PROMPT_COMPLETION = "prompt_completion", "prompt/completion"
+        MESSAGES = "messages", "messages (chat)"
+
+    # Once a run trained on a dataset these describe what it trained on, so they never change.
+    CONTENT_FIELDS = ("path", "source", "format", "rows", "size_bytes", "sha256")
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="datasets")
+    name = models.CharField(max_length=200)
+    path = models.CharField(max_length=1000, help_text="Absolute path of the JSONL file on the shared var dir")
+    source = models.CharField(max_length=12, choices=Source.choices)
+    format = models.CharField(max_length=20, choices=Format.choices)
+    rows = models.PositiveIntegerField()
+    size_bytes = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    stats = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="dataset_team_name_unique")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_locked(self) -> bool:
+        return self.pk is not None and self.runs.exists()
+
+    def save(self, *args, **kwargs) -> None:
+        if self.pk is not None:
+            stored = Dataset.objects.filter(pk=self.pk).values(*self.CONTENT_FIELDS).first()
+            changed = [f for f in self.CONTENT_FIELDS if stored and stored[f] != getattr(self, f)]
+            if changed and self.is_locked:
+                raise ValidationError(
+                    {f: "a run trained on this dataset, so its file cannot change; upload a new dataset" for f in changed}
+                )
+        super().save(*args, **kwargs)
+
+
+class Preset(models.Model):
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, null=True, blank=True, related_name="presets",
+                             help_text="Empty for a preset every team sees")
+    name = models.CharField(max_length=200)
+    config = models.JSONField(default=dict, blank=True,
+                              help_text="The config fields this preset sets, e.g. {\"r\": 16, \"learning_rate\": 0.0002}")
+    notes = models.TextField(blank=True)
+    version = models.PositiveIntegerField(default=1, editable=False)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            # Global presets (team NULL) must have unique names too, hence NULLS NOT DISTINCT.
+            models.UniqueConstraint(fields=["team", "name"], name="preset_team_name_unique", nulls_distinct=False),
+        ]
+
+    def __str__(self) -> str:
+        return self.name if self.team_id else f"{self.name} (global)"
+
+    def clean(self) -> None:
+        from training.services import preset_config_errors
+
+        if not isinstance(self.config, dict):
+            raise ValidationError({"config": "must be a JSON object of config fields, e.g. {\"r\": 16}"})
+        errors = preset_config_errors(self.config)
+        if errors:
+            raise ValidationError({"config": [f"{field}: {message}" for field, message in errors.items()]})
+
+    def save(self, *args, **kwargs) -> None:
+        bump = False
+        if self.pk is not None:
+            stored = Preset.objects.filter(pk=self.pk).values("config", "notes", "name").first()
+            bump = bool(stored) and (stored["config"], stored["notes"], stored["name"]) != (
+                self.config, self.notes, self.name)
+        if bump:
+            # In SQL, so two admins saving at once both count.
+            self.version = models.F("version") + 1
+        super().save(*args, **kwargs)
+        if bump:
+            self.refresh_from_db(fields=["version"])
+
+
+class Sweep(models.Model):
+    """A tuning procedure: one parameter tried at several values, the winner picked by the procedure's rule."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        FINISHED = "finished", "Finished"
+        STOPPED = "stopped", "Stopped"
+        FAILED = "failed", "Failed"
+
+    class Rule(models.TextChoices):
+        LOWEST_EVAL_LOSS = "lowest_eval_loss", "Lowest final eval loss"
+        LOWEST_TRAIN_LOSS = "lowest_train_loss", "Lowest final train loss"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="sweeps")
+    name = models.CharField(max_length=200)
+    base_config = models.JSONField(default=dict)
+    parameter = models.CharField(max_length=100)
+    values = models.JSONField(default=list)
+    rule = models.CharField(max_length=30, choices=Rule.choices, default=Rule.LOWEST_EVAL_LOSS)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    winner = models.ForeignKey("Run", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Worker(models.Model):
+    name = models.CharField(max_length=200, unique=True, help_text="Celery node name, e.g. gpu@box1")
+    hostname = models.CharField(max_length=200)
+    queues = models.JSONField(default=list)
+    pid = models.IntegerField(null=True)
+    gpus = models.JSONField(default=list, help_text="[{name, memory_total, memory_used, utilization}]")
+    current_run = models.ForeignKey("Run", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    started_at = models.DateTimeField(default=timezone.now)
+    last_heartbeat_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def heartbeat_age(self) -> timedelta:
+        return timezone.now() - self.last_heartbeat_at
+
+    @property
+    def is_silent(self) -> bool:
+        return self.heartbeat_age.total_seconds() > settings.TUNEBOARD_WORKER_SILENT_S
+
+
+class Run(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        STARTING = "starting", "Starting"
+        RUNNING = "running", "Running"
+        STOPPING = "stopping", "Stopping"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        STOPPED = "stopped", "Stopped"
+        LOST = "lost", "Lost"
+
+    TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.STOPPED, Status.LOST})
+    # A worker owns the run in these: the ones a silent worker leaves behind as lost.
+    ON_WORKER = frozenset({Status.STARTING, Status.RUNNING, Status.STOPPING})
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="runs")
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="runs")
+    preset = models.ForeignKey(Preset, on_delete=models.SET_NULL, null=True, blank=True, related_name="runs")
+    preset_version = models.PositiveIntegerField(null=True, blank=True)
+    sweep = models.ForeignKey(Sweep, on_delete=models.SET_NULL, null=True, blank=True, related_name="runs")
+    resumed_from = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True,
+                                     related_name="continuations")
+    # The checkpoint this run continues from (kept here: the original may be deleted); its curve joins the
+    # original's at resumed_from_step.
+    resumed_from_checkpoint = models.CharField(max_length=1000, blank=True)
+    resumed_from_step = models.PositiveIntegerField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    name = models.CharField(max_length=200)
+
+    config = models.JSONField(help_text="The full, validated config the run trains with; never changes")
+    dataset_sha256 = models.CharField(max_length=64)
+    queue = models.CharField(max_length=100)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    worker = models.ForeignKey(Worker, on_delete=models.SET_NULL, null=True, blank=True, related_name="runs")
+    celery_task_id = models.CharField(max_length=255, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    error_class = models.CharField(max_length=200, blank=True)
+    error = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+
+    derived = models.JSONField(default=dict, blank=True)
+    versions = models.JSONField(default=dict, blank=True)
+    started = models.JSONField(default=dict, blank=True,
+                               help_text="Facts from the started event: trainable_params, lora_scale, device, ...")
+
+    artifact_dir = models.CharField(max_length=1000, blank=True)
+    adapter_path = models.CharField(max_length=1000, blank=True)
+    last_checkpoint_path = models.CharField(max_length=1000, blank=True)
+    last_checkpoint_step = models.PositiveIntegerField(null=True, blank=True)
+    last_step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(null=True, blank=True)
+    log_tail = models.TextField(blank=True, help_text="The last lines the training process wrote to stderr")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["team", "-created_at"], name="run_team_created_idx"),
+            # Queue positions count the queued runs ahead on the same queue.
+            models.Index(fields=["queue", "id"], name="run_queued_idx", condition=Q(status="queued")),
+            # The lost-run sweep looks only at runs a worker holds.
+            models.Index(fields=["worker"], name="run_on_worker_idx",
+                         condition=Q(status__in=["starting", "running", "stopping"])),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+    @property
+    def progress(self) -> float | None:
+        """Fraction of the total steps done, 0..1; None while the total is unknown."""
+        if self.status == self.Status.SUCCEEDED:
+            return 1.0
+        if not self.total_steps:
+            return None
+        return min(self.last_step / self.total_steps, 1.0)
+
+
+class MetricPoint(models.Model):
+    """One training step's numbers; metrics and eval events for the same step land in the same row."""
+
+    # The columns each engine event carries: an upsert updates only those, so eval never erases metrics.
+    METRICS_FIELDS = ("epoch", "tokens_seen", "loss", "grad_norm", "learning_rate", "tokens_per_s",
+                      "peak_vram_bytes", "time")
+    EVAL_FIELDS = ("epoch", "eval_loss", "time")
+    SERIES = ("epoch", "tokens_seen", "loss", "eval_loss", "grad_norm", "learning_rate", "tokens_per_s",
+              "peak_vram_bytes")
+
+    id = models.BigAutoField(primary_key=True)
+    # No separate index on run: UNIQUE(run, step) is the access path and already leads with run.
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="points", db_index=False)
+    step = models.PositiveIntegerField()
+    epoch = models.FloatField(null=True)
+    tokens_seen = models.BigIntegerField(null=True)
+    loss = models.FloatField(null=True)
+    eval_loss = models.FloatField(null=True)
+    grad_norm = models.FloatField(null=True)
+    learning_rate = models.FloatField(null=True)
+    tokens_per_s = models.FloatField(null=True)
+    peak_vram_bytes = models.BigIntegerField(null=True)
+    time = models.DateTimeField()
+
+    class Meta:
+        ordering = ["run", "step"]
+        constraints = [models.UniqueConstraint(fields=["run", "step"], name="metricpoint_run_step_unique")]
+
+
+class RunEvent(models.Model):
+    """Every event of a run other than its metric points, in the order the engine sent them."""
+
+    id = models.BigAutoField(primary_key=True)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events", db_index=False)
+    seq = models.PositiveIntegerField()
+    type = models.CharField(max_length=20)
+    data = models.JSONField(default=dict)
+    time = models.DateTimeField()
+
+    class Meta:
+        ordering = ["run", "seq"]
+        constraints = [models.UniqueConstraint(fields=["run", "seq"], name="runevent_run_seq_unique")]
+
+
+class Sample(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="samples")
+    step = models.PositiveIntegerField()
+    prompt = models.TextField()
+    completion = models.TextField()
+    time = models.DateTimeField()
+
+    class Meta:
+        ordering = ["run", "step", "id"]
