@@ -1,10 +1,31 @@
 """The Celery app: settings come from Django's (CELERY_*), tasks from each app's tasks.py."""
 import os
 
-from celery import Celery
+from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
 
 app = Celery("dashboard")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@signals.worker_init.connect
+def check_services(**kwargs) -> None:
+    from dashboard.preflight import exit_unless_services_up
+
+    exit_unless_services_up("The Tuneboard worker")
+
+
+@signals.worker_ready.connect
+def start_heartbeat(sender, **kwargs) -> None:
+    from training import worker
+
+    worker.start(name=sender.hostname, queues=sorted(sender.app.amqp.queues.consume_from or {}))
+
+
+@signals.worker_shutdown.connect
+def stop_heartbeat(**kwargs) -> None:
+    from training import worker
+
+    worker.stop()

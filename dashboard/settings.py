@@ -128,6 +128,8 @@ DATASETS_DIR = VAR_DIR / "datasets"
 MODELS_DIR = VAR_DIR / "models"
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 TUNEBOARD_DATASET_MAX_BYTES = env_int("TUNEBOARD_DATASET_MAX_BYTES", 2 * 1024**3, minimum=1)
+# Team admins may register files in place (no copy) only inside these folders.
+TUNEBOARD_DATASET_ROOTS = env_list("TUNEBOARD_DATASET_ROOTS", [str(VAR_DIR / "registered")])
 
 REDIS_URL = redis_url("REDIS_URL", "redis://127.0.0.1:6379/0")
 

@@ -1,9 +1,38 @@
 """Every write Tuneboard makes: datasets, presets, runs and their lifecycle. Views, tasks and the worker call these."""
 from __future__ import annotations
 
-from django.core.exceptions import ValidationError
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from collections import deque
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from pathlib import Path
+from typing import IO, Any, Iterable
 
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from dashboard.models import Membership, Team
+from training import live
 from training.engine.config import ConfigError, parse_config
+from training.engine.events import parse_float
+from training.models import Dataset, MetricPoint, Preset, Run, RunEvent, Sample, Worker
+from training.process import TrainingProcess
+from training.selectors import event_dict, membership_for, run_status_dict, sample_dict
+
+log = logging.getLogger(__name__)
 
 # Fields Tuneboard sets on every run itself; a preset or override may not set them.
 RESERVED_FIELDS = {
@@ -13,7 +42,149 @@ RESERVED_FIELDS = {
 }
 # Stand-ins for what a preset does not know, so its fields can be validated alone.
 PRESET_PLACEHOLDERS = {"model": "placeholder-model", "train_file": "placeholder-dataset.jsonl"}
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,100}$")
+Role = Membership.Role
+Status = Run.Status
 
+
+def _field_errors(errors: dict[str, str]) -> ValidationError:
+    return ValidationError({field: [message] for field, message in errors.items()})
+
+
+def _require_role(*, user, team: Team, role: str, action: str) -> None:
+    membership = membership_for(user, team)
+    if membership is None or not membership.allows(role):
+        raise PermissionDenied(f"{action} needs the {role} role in team {team.name}")
+
+
+# Datasets -----------------------------------------------------------------------------------------------------
+
+def _row_format(row: Any) -> str | None:
+    """The TRL format of one row, checked in the engine's order (messages, prompt/completion, text)."""
+    if not isinstance(row, dict):
+        return None
+    messages = row.get("messages")
+    if isinstance(messages, list) and messages and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        return Dataset.Format.MESSAGES
+    if "prompt" in row and "completion" in row:
+        return Dataset.Format.PROMPT_COMPLETION
+    if isinstance(row.get("text"), str):
+        return Dataset.Format.TEXT
+    return None
+
+
+def _row_chars(row: dict, fmt: str) -> int:
+    if fmt == Dataset.Format.MESSAGES:
+        return sum(len(m["content"]) for m in row["messages"])
+    if fmt == Dataset.Format.PROMPT_COMPLETION:
+        return len(str(row["prompt"])) + len(str(row["completion"]))
+    return len(row["text"])
+
+
+def dataset_inspect(path: Path) -> dict[str, Any]:
+    """Format, row count and character stats of a JSONL file; a ValidationError on "file" naming the bad line."""
+    fmt: str | None = None
+    rows = 0
+    chars: list[int] = []
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                raise _field_errors({"file": f"line {number} is empty; a JSONL file has one JSON object per line"})
+            try:
+                row = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise _field_errors({"file": f"line {number} is not JSON ({exc}); one JSON object per line"}) from None
+            row_fmt = _row_format(row)
+            if row_fmt is None:
+                raise _field_errors({"file": (
+                    f"line {number} has no known format; allowed: {{\"text\": ...}}, {{\"prompt\": ..., "
+                    f"\"completion\": ...}} or {{\"messages\": [{{\"role\": ..., \"content\": ...}}]}}")})
+            if fmt is not None and row_fmt != fmt:
+                raise _field_errors({"file": f"line {number} is {row_fmt} but line 1 is {fmt}; one format per file"})
+            fmt = row_fmt
+            rows += 1
+            chars.append(_row_chars(row, row_fmt))
+    if fmt is None:
+        raise _field_errors({"file": "the file has no rows"})
+    return {"format": fmt, "rows": rows,
+            "stats": {"chars_mean": sum(chars) / rows, "chars_max": max(chars), "chars_min": min(chars)}}
+
+
+def _check_dataset_name(team: Team, name: str) -> str:
+    name = (name or "").strip()
+    if not name:
+        raise _field_errors({"name": "give the dataset a name"})
+    if len(name) > 200:
+        raise _field_errors({"name": "at most 200 characters"})
+    if Dataset.objects.filter(team=team, name=name).exists():
+        raise _field_errors({"name": f"team {team.name} already has a dataset called {name!r}"})
+    return name
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dataset_create_from_upload(*, team: Team, user, name: str, file: IO[bytes]) -> Dataset:
+    """Store an uploaded JSONL file under the var dir, named by its checksum, and record it."""
+    _require_role(user=user, team=team, role=Role.MEMBER, action="Adding a dataset")
+    name = _check_dataset_name(team, name)
+    folder = settings.DATASETS_DIR / str(team.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    limit = settings.TUNEBOARD_DATASET_MAX_BYTES
+    with tempfile.NamedTemporaryFile(dir=folder, prefix="upload-", suffix=".jsonl", delete=False) as tmp:
+        tmp_path = Path(tmp.name)
+        try:
+            chunks = file.chunks() if hasattr(file, "chunks") else iter(lambda: file.read(1 << 20), b"")
+            for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise _field_errors({"file": f"larger than the {limit} byte limit (TUNEBOARD_DATASET_MAX_BYTES)"})
+                digest.update(chunk)
+                tmp.write(chunk)
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            raise
+    try:
+        facts = dataset_inspect(tmp_path)
+        sha = digest.hexdigest()
+        final = folder / f"{sha}.jsonl"
+        os.replace(tmp_path, final)  # same content, same name: an identical earlier upload is simply reused
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    return Dataset.objects.create(team=team, name=name, path=str(final), source=Dataset.Source.UPLOAD,
+                                  format=facts["format"], rows=facts["rows"], size_bytes=size, sha256=sha,
+                                  stats=facts["stats"], created_by=user)
+
+
+def dataset_register(*, team: Team, user, name: str, path: str) -> Dataset:
+    """Record a JSONL file already on the shared storage (inside TUNEBOARD_DATASET_ROOTS) without copying it."""
+    _require_role(user=user, team=team, role=Role.ADMIN, action="Registering a dataset path")
+    name = _check_dataset_name(team, name)
+    file = Path(path)
+    roots = [Path(root).resolve() for root in settings.TUNEBOARD_DATASET_ROOTS]
+    if not file.is_absolute():
+        raise _field_errors({"path": "give an absolute path"})
+    file = file.resolve()
+    if not any(file.is_relative_to(root) for root in roots):
+        raise _field_errors({"path": f"must be inside one of {', '.join(map(str, roots))} (TUNEBOARD_DATASET_ROOTS)"})
+    if file.suffix != ".jsonl" or not file.is_file():
+        raise _field_errors({"path": f"{file} is not a .jsonl file"})
+    facts = dataset_inspect(file)
+    return Dataset.objects.create(team=team, name=name, path=str(file), source=Dataset.Source.REGISTERED,
+                                  format=facts["format"], rows=facts["rows"], size_bytes=file.stat().st_size,
+                                  sha256=_sha256_of(file), stats=facts["stats"], created_by=user)
+
+
+# Presets ------------------------------------------------------------------------------------------------------
 
 def preset_config_errors(config: dict) -> dict[str, str]:
     """The engine's verdict on a preset's fields, {field: message}; empty when the preset is valid."""
@@ -26,6 +197,414 @@ def preset_config_errors(config: dict) -> dict[str, str]:
     return errors
 
 
-def _raise_field_errors(errors: dict[str, str]) -> None:
+def preset_duplicate(*, preset: Preset, user) -> Preset:
+    """A copy named "<name> (copy)", "<name> (copy 2)", ... in the same team, at version 1."""
+    base = f"{preset.name} (copy)"
+    name, n = base, 1
+    while Preset.objects.filter(team=preset.team, name=name).exists():
+        n += 1
+        name = f"{preset.name} (copy {n})"
+    return Preset.objects.create(team=preset.team, name=name, config=dict(preset.config), notes=preset.notes,
+                                 created_by=user)
+
+
+# Runs: creation -----------------------------------------------------------------------------------------------
+
+def run_config_build(*, dataset: Dataset, preset: Preset | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The full config a run trains with: the engine's defaults, then the preset, then the overrides."""
+    if not isinstance(overrides, dict):
+        raise _field_errors({"overrides": "must be an object of config fields, e.g. {\"learning_rate\": 0.0001}"})
+    errors = {field: RESERVED_FIELDS[field] for field in overrides if field in RESERVED_FIELDS}
+    merged = {**(preset.config if preset else {}), **overrides}
+    merged.update(train_file=dataset.path, output_dir="run")
+    merged.pop("eval_file", None)
+    try:
+        config = parse_config(merged)
+    except ConfigError as exc:
+        errors.update(exc.errors)
     if errors:
-        raise ValidationError({field: [message] for field, message in errors.items()})
+        raise _field_errors(errors)
+    return config.model_dump(mode="json")
+
+
+def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = None,
+               overrides: dict[str, Any] | None = None, name: str = "", queue: str | None = None) -> Run:
+    """Validate and save a run, then queue it once the transaction commits. Nothing is saved on an error."""
+    _require_role(user=user, team=team, role=Role.MEMBER, action="Starting a run")
+    if dataset.team_id != team.id:
+        raise _field_errors({"dataset": "no such dataset in this team"})
+    if preset is not None and preset.team_id not in (None, team.id):
+        raise _field_errors({"preset": "no such preset in this team"})
+    queue = queue or settings.TUNEBOARD_DEFAULT_QUEUE
+    if not QUEUE_NAME.match(queue):
+        raise _field_errors({"queue": "letters, digits and _ . @ - only, at most 100"})
+    config = run_config_build(dataset=dataset, preset=preset, overrides=overrides or {})
+    name = (name or "").strip()[:200] or f"{preset.name if preset else 'custom'} on {dataset.name}"
+    with transaction.atomic():
+        run = Run.objects.create(
+            team=team, dataset=dataset, preset=preset, preset_version=preset.version if preset else None,
+            created_by=user, name=name, config=config, dataset_sha256=dataset.sha256, queue=queue,
+            total_steps=config["max_steps"],
+        )
+        _run_set_dir(run)
+        transaction.on_commit(lambda: _enqueue(run))
+    return run
+
+
+def run_resume(*, run: Run, user) -> Run:
+    """A new run that continues `run` from its last checkpoint, with the same config and dataset."""
+    _require_role(user=user, team=run.team, role=Role.MEMBER, action="Resuming a run")
+    resumable = (Status.STOPPED, Status.LOST, Status.FAILED)
+    if run.status not in resumable:
+        raise _field_errors({"run": f"only a stopped, lost or failed run can be resumed; this one is {run.status}"})
+    if not run.last_checkpoint_path or run.last_checkpoint_step is None:
+        raise _field_errors({"run": "this run saved no checkpoint to resume from (set save_steps to save some)"})
+    with transaction.atomic():
+        continuation = Run.objects.create(
+            team=run.team, dataset=run.dataset, preset=run.preset, preset_version=run.preset_version,
+            created_by=user, name=f"{run.name} (resumed)"[:200], config=dict(run.config),
+            dataset_sha256=run.dataset_sha256, queue=run.queue, resumed_from=run,
+            resumed_from_checkpoint=run.last_checkpoint_path, resumed_from_step=run.last_checkpoint_step,
+            last_step=run.last_checkpoint_step, total_steps=run.total_steps, sweep=run.sweep,
+        )
+        _run_set_dir(continuation)
+        transaction.on_commit(lambda: _enqueue(continuation))
+    return continuation
+
+
+def _run_set_dir(run: Run) -> None:
+    run.artifact_dir = str(settings.RUNS_DIR / str(run.id))
+    run.config = {**run.config, "output_dir": run.artifact_dir}
+    run.save(update_fields=["artifact_dir", "config"])
+
+
+def _enqueue(run: Run) -> None:
+    from training.tasks import run_train  # here, not at the top: tasks imports this module
+
+    try:
+        result = run_train.apply_async(args=[run.id], queue=run.queue)
+    except Exception as exc:  # noqa: BLE001 - an unreachable broker must not leave the run queued forever
+        log.exception("run %s could not be queued", run.id)
+        _transition(run, to=Status.FAILED, allowed_from=[Status.QUEUED], finished_at=timezone.now(),
+                    error_class=type(exc).__name__, error=f"the task queue (Redis) did not take the run: {exc}")
+        return
+    Run.objects.filter(id=run.id).update(celery_task_id=result.id)
+
+
+# Runs: lifecycle (the only code that changes Run.status) --------------------------------------------------------
+
+def _transition(run: Run, *, to: str, allowed_from: Iterable[str], **fields: Any) -> bool:
+    """Move the run to `to` if its status is one of allowed_from, in one conditional UPDATE; tell the browsers."""
+    changed = Run.objects.filter(id=run.id, status__in=list(allowed_from)).update(status=to, **fields)
+    try:
+        run.refresh_from_db()
+    except Run.DoesNotExist:
+        return False
+    if changed:
+        live.send_run_message(run.id, "status", run_status_dict(run))
+    return bool(changed)
+
+
+def run_claim(*, run_id: int, worker_name: str, task_id: str = "") -> Run | None:
+    """Atomically take a queued run for this worker; None if another delivery (or a stop) got there first."""
+    worker = worker_get_or_create(name=worker_name)
+    with transaction.atomic():
+        claimed = Run.objects.filter(id=run_id, status=Status.QUEUED).update(
+            status=Status.STARTING, worker=worker, started_at=timezone.now(), celery_task_id=task_id)
+        if not claimed:
+            return None
+        Worker.objects.filter(id=worker.id).update(current_run_id=run_id)
+    run = Run.objects.select_related("worker").get(id=run_id)
+    live.send_run_message(run.id, "status", run_status_dict(run))
+    return run
+
+
+def run_stop(*, run: Run, user) -> None:
+    """Stop a run: a queued one at once; a training one at its next step (checkpoint, then `stopped`)."""
+    _require_role(user=user, team=run.team, role=Role.MEMBER, action="Stopping a run")
+    if _transition(run, to=Status.STOPPED, allowed_from=[Status.QUEUED], finished_at=timezone.now()):
+        return
+    _transition(run, to=Status.STOPPING, allowed_from=[Status.STARTING, Status.RUNNING])
+
+
+def runs_mark_lost(*, now: datetime | None = None) -> list[int]:
+    """Runs whose worker went silent, or no longer runs them, become lost; returns their ids."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.TUNEBOARD_WORKER_SILENT_S)
+    orphaned = (
+        Run.objects.filter(status__in=list(Run.ON_WORKER))
+        .filter(
+            Q(worker__isnull=True, started_at__lt=cutoff)
+            | Q(worker__last_heartbeat_at__lt=cutoff)
+            # the worker is alive but says it runs something else (it crashed out of this run unrecorded)
+            | (Q(started_at__lt=cutoff) & (Q(worker__current_run__isnull=True) | ~Q(worker__current_run=F("id"))))
+        )
+        .select_related("worker")
+    )
+    lost = []
+    for run in orphaned:
+        who = run.worker.name if run.worker else "its worker"
+        silent = f"{who} has been silent since {run.worker.last_heartbeat_at:%Y-%m-%d %H:%M:%S} UTC" if (
+            run.worker and run.worker.last_heartbeat_at < cutoff) else f"{who} is no longer running it"
+        if _transition(run, to=Status.LOST, allowed_from=Run.ON_WORKER, finished_at=now, error_class="WorkerLost",
+                       error=f"lost: {silent}; resume it from its last checkpoint"):
+            lost.append(run.id)
+    return lost
+
+
+def worker_get_or_create(*, name: str) -> Worker:
+    worker, _ = Worker.objects.get_or_create(name=name, defaults={"hostname": socket.gethostname(),
+                                                                 "pid": os.getpid()})
+    return worker
+
+
+def worker_heartbeat(*, name: str, hostname: str, queues: list[str], pid: int, gpus: list[dict],
+                     current_run_id: int | None, started_at: datetime) -> None:
+    """Record that this worker is alive, what it runs and its GPUs' state."""
+    Worker.objects.update_or_create(name=name, defaults={
+        "hostname": hostname, "queues": queues, "pid": pid, "gpus": gpus, "started_at": started_at,
+        "current_run_id": current_run_id, "last_heartbeat_at": timezone.now(),
+    })
+
+
+def worker_runs_mark_lost(*, name: str) -> list[int]:
+    """At a worker's start: whatever it was running in its previous life died with it."""
+    lost = []
+    for run in Run.objects.filter(worker__name=name, status__in=list(Run.ON_WORKER)):
+        if _transition(run, to=Status.LOST, allowed_from=Run.ON_WORKER, finished_at=timezone.now(),
+                       error_class="WorkerLost", error=f"lost: worker {name} restarted while running it; "
+                                                        "resume it from its last checkpoint"):
+            lost.append(run.id)
+    return lost
+
+
+# Runs: execution ------------------------------------------------------------------------------------------------
+
+class RunSetupError(Exception):
+    """The run cannot start on this worker; the message says why and what to do."""
+
+
+def _event_time(event: dict) -> datetime:
+    try:
+        return datetime.fromtimestamp(float(event["time"]), tz=dt_timezone.utc)
+    except (KeyError, TypeError, ValueError):
+        return timezone.now()
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(float(value))
+
+
+class RunRecorder:
+    """Persists one run's engine events in order, then sends each to the browsers; keeps its stderr tail."""
+
+    LOG_FLUSH_S = 1.0
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.seq = RunEvent.objects.filter(run=run).order_by("-seq").values_list("seq", flat=True).first() or 0
+        self.terminal: dict | None = None
+        self.log_tail: deque[str] = deque(run.log_tail.splitlines(), maxlen=settings.TUNEBOARD_LOG_TAIL_LINES)
+        self._log_dirty = False
+        self._log_flushed_at = 0.0
+
+    def record(self, event: dict) -> None:
+        kind = event.get("type")
+        if kind == "metrics":
+            self._point(event, MetricPoint.METRICS_FIELDS, "metrics")
+        elif kind == "eval":
+            self._point(event, MetricPoint.EVAL_FIELDS, "eval")
+        elif kind == "sample":
+            self._sample(event)
+        else:
+            self._event(event)
+
+    def _point(self, event: dict, fields: tuple[str, ...], kind: str) -> None:
+        step = int(event["step"])
+        values = {
+            "epoch": parse_float(event.get("epoch")),
+            "tokens_seen": _int_or_none(event.get("tokens_seen")),
+            "loss": parse_float(event.get("loss")),
+            "eval_loss": parse_float(event.get("eval_loss")),
+            "grad_norm": parse_float(event.get("grad_norm")),
+            "learning_rate": parse_float(event.get("learning_rate")),
+            "tokens_per_s": parse_float(event.get("tokens_per_s")),
+            "peak_vram_bytes": _int_or_none(event.get("peak_vram_bytes")),
+            "time": _event_time(event),
+        }
+        carried = {f: values[f] for f in fields}
+        MetricPoint.objects.bulk_create([MetricPoint(run_id=self.run.id, step=step, **carried)],
+                                        update_conflicts=True, unique_fields=["run", "step"], update_fields=list(fields))
+        if kind == "metrics":
+            Run.objects.filter(id=self.run.id).update(last_step=step)
+        payload = {f: v for f, v in carried.items() if f != "time"}
+        live.send_run_message(self.run.id, "point", {"kind": kind, "step": step, **payload})
+
+    def _sample(self, event: dict) -> None:
+        sample = Sample.objects.create(run_id=self.run.id, step=int(event.get("step") or 0),
+                                       prompt=str(event.get("prompt", "")), completion=str(event.get("completion", "")),
+                                       time=_event_time(event))
+        live.send_run_message(self.run.id, "sample", sample_dict(sample))
+
+    def _event(self, event: dict) -> None:
+        kind = str(event.get("type") or "unknown")[:20]
+        self.seq += 1
+        data = {k: v for k, v in event.items() if k not in ("type", "time", "v")}
+        stored = RunEvent.objects.create(run_id=self.run.id, seq=self.seq, type=kind, data=live.json_safe(data),
+                                         time=_event_time(event))
+        live.send_run_message(self.run.id, "event", event_dict(stored))
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is not None:
+            handler(event)
+
+    def _on_started(self, event: dict) -> None:
+        facts = ("trainable_params", "total_params", "trainable_bias_params", "lora_scale", "device", "backend",
+                 "dtype", "train_examples", "eval_examples", "data_format", "resumed_from_step", "pid")
+        derived = event.get("derived") or {}
+        Run.objects.filter(id=self.run.id).update(
+            started={k: event.get(k) for k in facts}, derived=derived, versions=event.get("versions") or {},
+            total_steps=derived.get("total_steps") or self.run.total_steps)
+        _transition(self.run, to=Status.RUNNING, allowed_from=[Status.STARTING])
+
+    def _on_checkpoint(self, event: dict) -> None:
+        Run.objects.filter(id=self.run.id).update(last_checkpoint_path=str(event.get("path") or ""),
+                                                  last_checkpoint_step=_int_or_none(event.get("step")))
+
+    def _on_finished(self, event: dict) -> None:
+        self.terminal = event
+        _transition(self.run, to=Status.SUCCEEDED, allowed_from=Run.ON_WORKER, finished_at=timezone.now(),
+                    adapter_path=str(event.get("adapter_path") or ""), last_step=int(event.get("step") or 0))
+
+    def _on_stopped(self, event: dict) -> None:
+        self.terminal = event
+        fields: dict[str, Any] = {"finished_at": timezone.now()}
+        if event.get("checkpoint"):
+            fields["last_checkpoint_path"] = str(event["checkpoint"])
+            fields["last_checkpoint_step"] = int(event.get("step") or 0)
+        _transition(self.run, to=Status.STOPPED, allowed_from=Run.ON_WORKER, **fields)
+
+    def _on_failed(self, event: dict) -> None:
+        self.terminal = event
+        _transition(self.run, to=Status.FAILED, allowed_from=Run.ON_WORKER, finished_at=timezone.now(),
+                    error_class=str(event.get("error_class") or "Error")[:200], error=str(event.get("message") or ""),
+                    traceback=str(event.get("traceback") or ""))
+
+    def add_log_lines(self, lines: list[str]) -> None:
+        if lines:
+            self.log_tail.extend(line[:2000] for line in lines)
+            self._log_dirty = True
+
+    def flush_log(self, *, force: bool = False) -> None:
+        """Save the stderr tail and send it whole (the page replaces its log view), at most once a second."""
+        now = time.monotonic()
+        if not self._log_dirty or (not force and now - self._log_flushed_at < self.LOG_FLUSH_S):
+            return
+        tail = list(self.log_tail)
+        Run.objects.filter(id=self.run.id).update(log_tail="\n".join(tail))
+        live.send_run_message(self.run.id, "log", {"tail": tail})
+        self._log_dirty = False
+        self._log_flushed_at = now
+
+
+def _check_dataset_unchanged(run: Run) -> None:
+    path = Path(run.config["train_file"])
+    if not path.is_file():
+        raise RunSetupError(f"train_file: {path} is not on this worker; the var dir must be shared with the web app")
+    if _sha256_of(path) != run.dataset_sha256:
+        raise RunSetupError(f"train_file: {path} changed since the run was created (checksum differs); "
+                            "datasets are immutable, upload it again as a new dataset")
+
+
+def _describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "the training process did not exit"
+    if returncode < 0:
+        return f"the training process was killed by {signal.Signals(-returncode).name} without reporting a result"
+    return f"the training process exited with code {returncode} without reporting a result"
+
+
+def run_execute(*, run: Run) -> None:
+    """Train a claimed run in a child process. The one wrapper that owns failure: every outcome is terminal."""
+    recorder = RunRecorder(run)
+    process: TrainingProcess | None = None
+    try:
+        run_dir = Path(run.artifact_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_path = run_dir / "config.json"
+        config_path.write_text(json.dumps(run.config, indent=2))
+        stop_file = run_dir / "STOP"
+        stop_file.unlink(missing_ok=True)
+        _check_dataset_unchanged(run)
+        # Stopped between the claim and here: end without loading anything.
+        if _transition(run, to=Status.STOPPED, allowed_from=[Status.STOPPING], finished_at=timezone.now()):
+            return
+        args = [sys.executable, "-m", "training.engine", "run", str(config_path), "--stop-file", str(stop_file)]
+        if run.resumed_from_checkpoint:
+            args += ["--resume-from", run.resumed_from_checkpoint]
+        process = TrainingProcess(args, cwd=run_dir, stop_file=stop_file)
+        _run_follow(run, process, recorder)
+    except BaseException as exc:
+        if process is not None:
+            process.kill()
+        log.exception("run %s failed in the worker", run.id)
+        _transition(run, to=Status.FAILED, allowed_from=Run.ON_WORKER, finished_at=timezone.now(),
+                    error_class=type(exc).__name__, error=str(exc) or repr(exc), traceback=traceback.format_exc())
+        if not isinstance(exc, Exception):
+            raise
+    finally:
+        Worker.objects.filter(current_run_id=run.id).update(current_run=None)
+
+
+def _run_follow(run: Run, process: TrainingProcess, recorder: RunRecorder) -> None:
+    """Record the child's events until it exits, acting on a stop request; end the run if it dies unreported."""
+    poll_s = 0.5
+    last_poll = 0.0
+    stop_sent_at: float | None = None
+    killed_for_stop = False
+    for line in process.lines(timeout=poll_s):
+        if line is not None:
+            event = _parse_event(line)
+            if event is None:
+                recorder.add_log_lines([f"[stdout] {line}"])
+            else:
+                recorder.record(event)
+        recorder.add_log_lines(process.take_stderr())
+        recorder.flush_log()
+        now = time.monotonic()
+        if now - last_poll < poll_s:
+            continue
+        last_poll = now
+        status = Run.objects.filter(id=run.id).values_list("status", flat=True).first()
+        if status is None or status in Run.TERMINAL:
+            # Deleted, or given up on as lost: nobody will read what it does next, and it holds a GPU.
+            process.kill()
+        elif status == Status.STOPPING:
+            if stop_sent_at is None:
+                process.request_stop()
+                stop_sent_at = now
+            elif not killed_for_stop and now - stop_sent_at > settings.TUNEBOARD_STOP_KILL_AFTER_S:
+                log.warning("run %s: no stop after %.0f s, killing it", run.id, settings.TUNEBOARD_STOP_KILL_AFTER_S)
+                process.kill()
+                killed_for_stop = True
+    returncode = process.wait()
+    recorder.add_log_lines(process.take_stderr())
+    recorder.flush_log(force=True)
+    if recorder.terminal is not None:
+        return
+    tail = "\n".join(list(recorder.log_tail)[-50:])
+    if killed_for_stop:
+        _transition(run, to=Status.STOPPED, allowed_from=Run.ON_WORKER, finished_at=timezone.now(),
+                    error_class="StopTimeout",
+                    error=f"killed {settings.TUNEBOARD_STOP_KILL_AFTER_S:.0f} s after the stop request: the step "
+                          "did not end; resume from the last periodic checkpoint", traceback=tail)
+        return
+    _transition(run, to=Status.FAILED, allowed_from=Run.ON_WORKER, finished_at=timezone.now(),
+                error_class="ProcessDied", error=_describe_exit(returncode), traceback=tail)
+
+
+def _parse_event(line: str) -> dict | None:
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) and isinstance(event.get("type"), str) else None

@@ -1,0 +1,65 @@
+"""Admin: presets are curated here (validated by the engine); runs, datasets and workers are inspected here."""
+from django.contrib import admin, messages
+
+from training import services
+from training.models import Dataset, Preset, Run, Sweep, Worker
+
+
+@admin.register(Preset)
+class PresetAdmin(admin.ModelAdmin):
+    list_display = ["name", "team", "version", "updated_at", "created_by"]
+    list_filter = ["team"]
+    search_fields = ["name", "notes"]
+    readonly_fields = ["version", "created_by", "created_at", "updated_at"]
+    fields = ["team", "name", "config", "notes", "version", "created_by", "created_at", "updated_at"]
+    actions = ["duplicate"]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+
+    @admin.action(description="Duplicate the selected presets")
+    def duplicate(self, request, queryset):
+        copies = [services.preset_duplicate(preset=preset, user=request.user) for preset in queryset]
+        self.message_user(request, f"Created {', '.join(c.name for c in copies)}", messages.SUCCESS)
+
+
+@admin.register(Dataset)
+class DatasetAdmin(admin.ModelAdmin):
+    list_display = ["name", "team", "format", "rows", "size_bytes", "source", "created_at"]
+    list_filter = ["team", "format", "source"]
+    search_fields = ["name", "sha256"]
+    # Files are added through the app (upload or register), which checks them; here they are read-only.
+    readonly_fields = ["path", "source", "format", "rows", "size_bytes", "sha256", "stats", "created_by", "created_at"]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(Run)
+class RunAdmin(admin.ModelAdmin):
+    list_display = ["id", "name", "team", "status", "last_step", "total_steps", "queue", "worker", "created_at"]
+    list_filter = ["status", "team", "queue"]
+    search_fields = ["name", "error", "celery_task_id"]
+    list_select_related = ["team", "worker"]
+    # Status and results are written by the lifecycle functions only.
+    readonly_fields = [f.name for f in Run._meta.fields if f.name not in ("name",)]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(Worker)
+class WorkerAdmin(admin.ModelAdmin):
+    list_display = ["name", "hostname", "queues", "current_run", "last_heartbeat_at"]
+    search_fields = ["name", "hostname"]
+    readonly_fields = ["name", "hostname", "queues", "pid", "gpus", "current_run", "started_at", "last_heartbeat_at"]
+
+
+@admin.register(Sweep)
+class SweepAdmin(admin.ModelAdmin):
+    list_display = ["name", "team", "parameter", "rule", "status", "winner", "created_at"]
+    list_filter = ["status", "team", "rule"]
+    search_fields = ["name", "parameter"]
+    raw_id_fields = ["winner"]

@@ -1,0 +1,107 @@
+"""The training child process: `python -m training.engine run` in its own process group, read line by line."""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Iterator
+
+from django.conf import settings
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform == "linux" else None
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: if the worker is SIGKILLed, the kernel kills the training too,
+    # so a lost run never keeps a GPU busy. (libc is loaded before the fork; this call allocates nothing.)
+    if _libc is not None:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class TrainingProcess:
+    """One training job's process: its stdout (events) as lines, its stderr as new lines, stop and kill."""
+
+    def __init__(self, args: list[str], *, cwd: Path, stop_file: Path):
+        env = dict(os.environ)
+        # The engine is imported from the checkout, whatever the run directory (its cwd) is.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.BASE_DIR), env.get("PYTHONPATH")]))
+        env["PYTHONUNBUFFERED"] = "1"
+        self.stop_file = stop_file
+        self._popen = subprocess.Popen(
+            args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, encoding="utf-8", errors="replace", bufsize=1,
+            start_new_session=True,  # its own process group: a kill reaches every process the job started
+            preexec_fn=_die_with_parent,
+        )
+        self._stdout: queue.Queue[str | None] = queue.Queue()
+        self._stderr: list[str] = []
+        self._stderr_lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._read_stdout, name=f"run-stdout-{self.pid}", daemon=True),
+            threading.Thread(target=self._read_stderr, name=f"run-stderr-{self.pid}", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    def _read_stdout(self) -> None:
+        for line in self._popen.stdout:
+            self._stdout.put(line.rstrip("\n"))
+        self._stdout.put(None)
+
+    def _read_stderr(self) -> None:
+        for line in self._popen.stderr:
+            # Progress bars redraw with \r: keep the last state of each line.
+            line = line.rstrip("\n").rsplit("\r", 1)[-1]
+            if line:
+                with self._stderr_lock:
+                    self._stderr.append(line)
+
+    def lines(self, *, timeout: float) -> Iterator[str | None]:
+        """stdout lines until the process closes it; None whenever `timeout` passes with no line."""
+        while True:
+            try:
+                line = self._stdout.get(timeout=timeout)
+            except queue.Empty:
+                yield None
+                continue
+            if line is None:
+                return
+            yield line
+
+    def take_stderr(self) -> list[str]:
+        """The stderr lines written since the last call."""
+        with self._stderr_lock:
+            lines, self._stderr = self._stderr, []
+        return lines
+
+    def request_stop(self) -> None:
+        """Graceful: the engine checkpoints and reports `stopped` at the end of its current step."""
+        self.stop_file.touch()
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self._popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """The exit code (negative: killed by that signal); kills a process that closed stdout but lingers."""
+        try:
+            returncode = self._popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            returncode = self._popen.wait()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        return returncode

@@ -1,0 +1,202 @@
+"""Every read the pages, the consumer and the worker make, scoped to the user's teams."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import Case, Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models.functions import Coalesce
+from django.http import Http404
+
+from dashboard.models import Membership, Team
+from guidance.models import Finding
+from training.models import Dataset, MetricPoint, Preset, Run, RunEvent, Sample, Worker
+
+User = AbstractBaseUser | AnonymousUser
+
+# A replay goes out in chunks of this many points: a 100k-step run must not be one 10 MB websocket frame.
+REPLAY_CHUNK = 5000
+
+
+def team_ids_for(user: User) -> list[int]:
+    if not user.is_authenticated:
+        return []
+    return list(Membership.objects.filter(user=user).values_list("team_id", flat=True))
+
+
+def team_list_for(user: User) -> QuerySet[Team]:
+    return Team.objects.filter(id__in=team_ids_for(user))
+
+
+def membership_for(user: User, team: Team) -> Membership | None:
+    if not user.is_authenticated:
+        return None
+    return Membership.objects.filter(user=user, team=team).first()
+
+
+def get_team_for_user(user: User, slug: str) -> Team:
+    team = Team.objects.filter(slug=slug, id__in=team_ids_for(user)).first()
+    if team is None:
+        raise Http404("No such team")
+    return team
+
+
+def get_run_for_user(user: User, run_id: int) -> Run:
+    """The run if the user is in its team; another team's run is a 404, exactly like a missing one."""
+    run = Run.objects.select_related("team", "dataset", "preset", "worker").filter(
+        id=run_id, team_id__in=team_ids_for(user)).first()
+    if run is None:
+        raise Http404("No such run")
+    return run
+
+
+def get_dataset_for_user(user: User, dataset_id: int) -> Dataset:
+    dataset = Dataset.objects.filter(id=dataset_id, team_id__in=team_ids_for(user)).first()
+    if dataset is None:
+        raise Http404("No such dataset")
+    return dataset
+
+
+def get_preset_for_user(user: User, preset_id: int) -> Preset:
+    """A preset of one of the user's teams, or a global one."""
+    preset = preset_list_for(user).filter(id=preset_id).first()
+    if preset is None:
+        raise Http404("No such preset")
+    return preset
+
+
+def dataset_list_for(user: User, *, team: Team | None = None) -> QuerySet[Dataset]:
+    datasets = Dataset.objects.filter(team_id__in=team_ids_for(user)).select_related("team")
+    return datasets.filter(team=team) if team is not None else datasets
+
+
+def preset_list_for(user: User, *, team: Team | None = None) -> QuerySet[Preset]:
+    """The presets of the user's teams (or of one of them) and the global ones."""
+    teams = team_ids_for(user)
+    if team is not None:
+        teams = [team_id for team_id in teams if team_id == team.id]
+    return Preset.objects.filter(Q(team_id__in=teams) | Q(team__isnull=True)).select_related("team")
+
+
+def _count(queryset: QuerySet, group: str) -> Subquery:
+    return Subquery(queryset.order_by().values(group).annotate(n=Count("id")).values("n"), output_field=IntegerField())
+
+
+def run_list_for(user: User, *, team: Team | None = None) -> QuerySet[Run]:
+    """Runs newest first, with finding_count and, for queued runs, queue_position (1 = next on its queue)."""
+    ahead = Run.objects.filter(status=Run.Status.QUEUED, queue=OuterRef("queue"), id__lt=OuterRef("id"))
+    runs = (
+        Run.objects.filter(team_id__in=team_ids_for(user))
+        .select_related("team", "dataset", "preset", "worker")
+        .annotate(
+            queue_position=Case(
+                When(status=Run.Status.QUEUED, then=Coalesce(_count(ahead, "queue"), Value(0)) + 1),
+                default=None, output_field=IntegerField(),
+            ),
+            finding_count=Coalesce(_count(Finding.objects.filter(run=OuterRef("pk")), "run"), Value(0)),
+        )
+    )
+    return runs.filter(team=team) if team is not None else runs
+
+
+def run_queue_position(run: Run) -> int | None:
+    """1 for the next queued run on its queue; None once it left the queue."""
+    if run.status != Run.Status.QUEUED:
+        return None
+    return Run.objects.filter(status=Run.Status.QUEUED, queue=run.queue, id__lt=run.id).count() + 1
+
+
+def worker_list() -> QuerySet[Worker]:
+    return Worker.objects.select_related("current_run").order_by("name")
+
+
+def run_lineage(run: Run) -> list[tuple[int, int | None]]:
+    """(run id, the step its own points start after) from the first run of a resume chain to this one."""
+    chain: list[tuple[int, int | None]] = []
+    current: Run | None = run
+    seen: set[int] = set()
+    while current is not None and current.id not in seen:
+        seen.add(current.id)
+        chain.append((current.id, current.resumed_from_step))
+        current = current.resumed_from
+    return list(reversed(chain))
+
+
+def _curve_filter(run: Run) -> Q:
+    """The points of a run's curve: each run of its resume chain up to the checkpoint the next one continued from."""
+    lineage = run_lineage(run)
+    where = Q()
+    for index, (run_id, start_after) in enumerate(lineage):
+        part = Q(run_id=run_id)
+        if start_after is not None:
+            part &= Q(step__gt=start_after)
+        if index + 1 < len(lineage):
+            part &= Q(step__lte=lineage[index + 1][1] or 0)
+        where |= part
+    return where
+
+
+POINT_FIELDS = ("step", *MetricPoint.SERIES)
+
+
+def point_dict(point: MetricPoint | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(point, dict):
+        return {field: point.get(field) for field in POINT_FIELDS}
+    return {field: getattr(point, field) for field in POINT_FIELDS}
+
+
+def run_points(run: Run, *, after_step: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+    """The run's curve after after_step in step order, joined to the runs it resumed from."""
+    points = MetricPoint.objects.filter(_curve_filter(run), step__gt=after_step).order_by("step").values(*POINT_FIELDS)
+    if limit is not None:
+        points = points[:limit]
+    return list(points)
+
+
+def run_point_chunks(run: Run, *, after_step: int = 0) -> Iterable[list[dict[str, Any]]]:
+    """run_points in REPLAY_CHUNK pieces (keyset pagination on step, the unique index's order)."""
+    while True:
+        chunk = run_points(run, after_step=after_step, limit=REPLAY_CHUNK)
+        if not chunk:
+            return
+        yield chunk
+        if len(chunk) < REPLAY_CHUNK:
+            return
+        after_step = chunk[-1]["step"]
+
+
+def event_dict(event: RunEvent) -> dict[str, Any]:
+    return {"seq": event.seq, "type": event.type, "data": event.data, "time": event.time.timestamp()}
+
+
+def run_events(run: Run, *, after_seq: int = 0) -> list[dict[str, Any]]:
+    return [event_dict(e) for e in RunEvent.objects.filter(run=run, seq__gt=after_seq).order_by("seq")]
+
+
+def sample_dict(sample: Sample) -> dict[str, Any]:
+    return {"id": sample.id, "step": sample.step, "prompt": sample.prompt, "completion": sample.completion}
+
+
+def run_samples(run: Run) -> list[dict[str, Any]]:
+    return [sample_dict(s) for s in Sample.objects.filter(run=run).order_by("step", "id")]
+
+
+def run_status_dict(run: Run) -> dict[str, Any]:
+    """What the run page's header shows; sent on every status change and with every replay."""
+    return {
+        "id": run.id,
+        "status": run.status,
+        "is_terminal": run.is_terminal,
+        "last_step": run.last_step,
+        "total_steps": run.total_steps,
+        "progress": run.progress,
+        "queue_position": run_queue_position(run),
+        "started": run.started,
+        "derived": run.derived,
+        "last_checkpoint_step": run.last_checkpoint_step,
+        "error_class": run.error_class,
+        "error": run.error,
+        "worker": run.worker.name if run.worker_id and run.worker else None,
+        "started_at": run.started_at.timestamp() if run.started_at else None,
+        "finished_at": run.finished_at.timestamp() if run.finished_at else None,
+    }

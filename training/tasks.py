@@ -1,0 +1,16 @@
+"""Celery tasks: training a run on a worker of its queue."""
+import socket
+
+from celery import shared_task
+
+from training import services, worker
+
+
+@shared_task(bind=True, name="training.run_train")
+def run_train(self, run_id: int) -> None:
+    run = services.run_claim(run_id=run_id, worker_name=self.request.hostname or f"local@{socket.gethostname()}",
+                             task_id=self.request.id or "")
+    if run is None:
+        return  # delivered twice, or stopped while queued
+    with worker.running(run.id):
+        services.run_execute(run=run)

@@ -1,0 +1,127 @@
+"""What a Celery worker process adds for training: a heartbeat thread (GPUs, current run, lost-run sweep)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from datetime import datetime
+from typing import Iterator
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from training import services
+from training.models import Run
+
+log = logging.getLogger(__name__)
+
+NVIDIA_SMI_QUERY = "name,memory.total,memory.used,utilization.gpu"
+
+
+def gpu_info() -> list[dict]:
+    """Each GPU's name, memory (bytes) and utilisation (%) from nvidia-smi; [] on a machine without one."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        out = subprocess.run([smi, f"--query-gpu={NVIDIA_SMI_QUERY}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=5, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("nvidia-smi failed: %s", exc)
+        return []
+    gpus = []
+    for row in out.strip().splitlines():
+        name, total, used, util = (part.strip() for part in row.split(","))
+        gpus.append({"name": name, "memory_total": _mib(total), "memory_used": _mib(used), "utilization": _num(util)})
+    return gpus
+
+
+def _mib(value: str) -> int | None:
+    number = _num(value)
+    return None if number is None else int(number * 1024 * 1024)
+
+
+def _num(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None  # "[N/A]" on some GPUs
+
+
+class Heartbeat(threading.Thread):
+    """Every TUNEBOARD_HEARTBEAT_S: this worker's row (alive, GPUs, current run), then the lost-run sweep."""
+
+    def __init__(self, *, name: str, queues: list[str]):
+        super().__init__(name="tuneboard-heartbeat", daemon=True)
+        self.worker_name = name
+        self.queues = queues
+        self.started_at: datetime = timezone.now()
+        self.current_run_id: int | None = None
+        self._stopping = threading.Event()
+        self._failing = False
+
+    def run(self) -> None:
+        while True:
+            self.beat()
+            if self._stopping.wait(settings.TUNEBOARD_HEARTBEAT_S):
+                return
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def beat(self) -> None:
+        try:
+            close_old_connections()
+            current = self.current_run_id
+            if current is not None and not Run.objects.filter(id=current).exists():
+                current = None  # deleted while running: the worker will notice and end it
+            services.worker_heartbeat(name=self.worker_name, hostname=socket.gethostname(), queues=self.queues,
+                                      pid=os.getpid(), gpus=gpu_info(), current_run_id=current,
+                                      started_at=self.started_at)
+            lost = services.runs_mark_lost()
+            if lost:
+                log.warning("runs %s marked lost: their worker is silent or no longer runs them", lost)
+            if self._failing:
+                log.info("heartbeat recorded again")
+            self._failing = False
+        except Exception as exc:  # noqa: BLE001 - a database outage must not kill the thread; it retries
+            if not self._failing:
+                log.error("heartbeat not recorded (%s: %s); retrying every %.0f s", type(exc).__name__, exc,
+                          settings.TUNEBOARD_HEARTBEAT_S)
+            self._failing = True
+
+
+_heartbeat: Heartbeat | None = None
+
+
+def start(*, name: str, queues: list[str]) -> Heartbeat:
+    """At worker start: runs this worker held in a previous life are lost; then beat until the process ends."""
+    global _heartbeat
+    lost = services.worker_runs_mark_lost(name=name)
+    if lost:
+        log.warning("runs %s were running on %s before it restarted: marked lost", lost, name)
+    _heartbeat = Heartbeat(name=name, queues=queues)
+    _heartbeat.start()
+    return _heartbeat
+
+
+def stop() -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
+
+
+@contextlib.contextmanager
+def running(run_id: int) -> Iterator[None]:
+    """Tell the heartbeat which run this process is training, so a run it dropped can be found lost."""
+    if _heartbeat is not None:
+        _heartbeat.current_run_id = run_id
+    try:
+        yield
+    finally:
+        if _heartbeat is not None:
+            _heartbeat.current_run_id = None
