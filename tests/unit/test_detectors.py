@@ -5,12 +5,9 @@ import random
 
 import pytest
 
+from guidance.content import GUIDED_PARAMS, SECTIONS
 from guidance.detectors import (IMPACT, Finding, RunSeries, Thresholds, Watcher, detect, loss_floor,
                                 series_from_events)
-
-# The seed's fifteen parameters: a finding may only point at guidance that exists.
-GUIDED = {"dtype", "load_in_4bit", "r", "lora_alpha", "lora_dropout", "bias", "use_rslora", "loftq_config", "packing",
-          "gradient_accumulation_steps", "warmup_steps", "learning_rate", "optim", "weight_decay", "lr_scheduler_type"}
 
 
 def healthy(n=300, *, seed=0, warmup=10, total=None, noise=0.08, grad_noise=0.3, eval_every=25):
@@ -64,7 +61,8 @@ def only(findings, code):
 
 
 def check_links(f: Finding):
-    assert f.parameters and set(f.parameters) <= GUIDED
+    # a finding may only point at guidance that exists
+    assert f.parameters and set(f.parameters) <= set(GUIDED_PARAMS) and IMPACT in SECTIONS
     assert set(f.sections) == {(p, IMPACT) for p in f.parameters}
     assert f.severity in ("info", "warning", "error")
     json.dumps(f.as_dict(), allow_nan=False)  # stored as JSON and sent over a websocket as is
