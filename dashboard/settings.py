@@ -108,6 +108,11 @@ STORAGES = {
     },
 }
 
+# Decided at start-up, not by the DEBUG a test runner forces off: development serves static files from the apps'
+# folders as they change; production serves what collectstatic wrote.
+WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_AUTOREFRESH = DEBUG
+
 # Security: on by default when DEBUG is off, each one switchable for a deployment behind a TLS proxy.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)

@@ -251,9 +251,13 @@ def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = No
     return run
 
 
-def run_resume(*, run: Run, user) -> Run:
-    """A new run that continues `run` from its last checkpoint, with the same config and dataset."""
+def run_resume(*, run: Run, user, queue: str | None = None) -> Run:
+    """A new run that continues `run` from its last checkpoint, with the same config and dataset, on `queue`
+    (by default the original's: a lost run's worker may be gone, so the page can offer another)."""
     _require_role(user=user, team=run.team, role=Role.MEMBER, action="Resuming a run")
+    queue = queue or run.queue
+    if not QUEUE_NAME.match(queue):
+        raise _field_errors({"queue": "letters, digits and _ . @ - only, at most 100"})
     resumable = (Status.STOPPED, Status.LOST, Status.FAILED)
     if run.status not in resumable:
         raise _field_errors({"run": f"only a stopped, lost or failed run can be resumed; this one is {run.status}"})
@@ -263,7 +267,7 @@ def run_resume(*, run: Run, user) -> Run:
         continuation = Run.objects.create(
             team=run.team, dataset=run.dataset, preset=run.preset, preset_version=run.preset_version,
             created_by=user, name=f"{run.name} (resumed)"[:200], config=dict(run.config),
-            dataset_sha256=run.dataset_sha256, queue=run.queue, resumed_from=run,
+            dataset_sha256=run.dataset_sha256, queue=queue, resumed_from=run,
             resumed_from_checkpoint=run.last_checkpoint_path, resumed_from_step=run.last_checkpoint_step,
             last_step=run.last_checkpoint_step, total_steps=run.total_steps, sweep=run.sweep,
         )
