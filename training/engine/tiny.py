@@ -27,7 +27,7 @@ SIZES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=1024),
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-               num_key_value_heads=8, max_position_embeddings=8192, vocab_size=128256),
+               num_key_value_heads=8, max_position_embeddings=8192, vocab_size=128256, tie_word_embeddings=True),
 }
 
 
@@ -96,7 +96,7 @@ def build_tiny_model(out_dir: str | Path, arch: str = "llama", size: str = "tiny
     vocab = max(dims.pop("vocab_size", 0), len(tokenizer))
     common = dict(
         vocab_size=vocab, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, rope_theta=10000.0, **dims,
+        pad_token_id=tokenizer.pad_token_id, rope_theta=10000.0, **{"tie_word_embeddings": False, **dims},
     )
     config = LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
     torch.manual_seed(seed)
