@@ -66,7 +66,8 @@ class LoftQ(BaseModel):
 
 
 class TrainConfig(BaseModel):
-    """Every field a run can set. Defaults follow the seed's "simple default" where one exists."""
+    """Every field a run can set. Defaults are PEFT's and TRL's own, so a config means the same thing as in those
+    libraries; the seed's "simple defaults" live in the guidance and in presets."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
