@@ -1,0 +1,74 @@
+"""The engine's data reader, event stream and failure classification: pure logic, no model."""
+import io
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from training.engine.config import ConfigError, parse_config
+from training.engine.data import detect_format, load_data
+from training.engine.events import EventSink, make_event
+from training.engine.runner import _is_oom
+
+
+def config_for(path, **extra):
+    return parse_config({"model": "m", "train_file": str(path), **extra})
+
+
+def test_csv_and_parquet_and_jsonl_are_read(tmp_path):
+    rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(10)]
+    pd.DataFrame(rows).to_csv(tmp_path / "d.csv", index=False)
+    pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    for name in ("d.csv", "d.parquet", "d.jsonl"):
+        train, evaluation, fmt = load_data(config_for(tmp_path / name, eval_split=0.2))
+        assert fmt == "prompt_completion" and (len(train), len(evaluation)) == (8, 2)
+
+
+def test_an_eval_file_must_have_the_train_format(tmp_path):
+    (tmp_path / "t.jsonl").write_text(json.dumps({"text": "a"}) + "\n")
+    (tmp_path / "e.jsonl").write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
+    with pytest.raises(ConfigError) as exc:
+        load_data(config_for(tmp_path / "t.jsonl", eval_file=str(tmp_path / "e.jsonl")))
+    assert "format text needs column(s) text" in exc.value.errors["eval_file"]
+
+
+def test_unknown_columns_and_types_are_named(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        detect_format(["question", "answer"])
+    assert "columns answer, question" in exc.value.errors["train_file"]
+    (tmp_path / "d.txt").write_text("x")
+    with pytest.raises(ConfigError) as exc:
+        load_data(config_for(tmp_path / "d.txt"))
+    assert "unsupported file type; allowed: .jsonl, .json, .csv, .parquet" in exc.value.errors["train_file"]
+
+
+def test_completion_only_loss_needs_a_completion(tmp_path):
+    (tmp_path / "t.jsonl").write_text(json.dumps({"text": "a"}) + "\n")
+    with pytest.raises(ConfigError) as exc:
+        load_data(config_for(tmp_path / "t.jsonl", completion_only_loss=True))
+    assert "prompt_completion or messages" in exc.value.errors["completion_only_loss"]
+
+
+def test_non_finite_numbers_travel_as_strings():
+    event = make_event("metrics", step=3, loss=float("nan"), grad_norm=float("inf"))
+    assert json.loads(json.dumps(event))["loss"] == "nan" and event["grad_norm"] == "inf"
+    with pytest.raises(ValueError):
+        make_event("progress")
+
+
+def test_a_stream_ends_with_exactly_one_terminal_event():
+    out = io.StringIO()
+    sink = EventSink(out)
+    sink.emit("log", message="hi")
+    sink.emit("stopped", step=4, checkpoint=None, reason="signal SIGTERM")
+    sink.emit("failed", step=4, error_class="X", message="late", traceback="", oom=False)
+    types = [json.loads(line)["type"] for line in out.getvalue().splitlines()]
+    assert types == ["log", "stopped"]
+
+
+def test_cuda_out_of_memory_is_recognised():
+    assert _is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert _is_oom(RuntimeError("CUDA error: out of memory"))
+    assert not _is_oom(ValueError("bad shape"))
