@@ -1,9 +1,11 @@
 """Every read the pages, the consumer and the worker make, scoped to the user's teams."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterable
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core.paginator import Page, Paginator
 from django.db.models import Case, Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.http import Http404
@@ -200,3 +202,51 @@ def run_status_dict(run: Run) -> dict[str, Any]:
         "started_at": run.started_at.timestamp() if run.started_at else None,
         "finished_at": run.finished_at.timestamp() if run.finished_at else None,
     }
+
+
+def team_list_where(user: User, role: str) -> QuerySet[Team]:
+    """The user's teams in which their role allows `role` (e.g. the teams they may start runs in)."""
+    if not user.is_authenticated:
+        return Team.objects.none()
+    allowed = [r for r, rank in Membership.RANK.items() if rank >= Membership.RANK[role]]
+    return Team.objects.filter(memberships__user=user, memberships__role__in=allowed).distinct()
+
+
+def role_for(user: User, team: Team) -> str | None:
+    membership = membership_for(user, team)
+    return membership.role if membership else None
+
+
+def run_findings(run: Run) -> QuerySet[Finding]:
+    return Finding.objects.filter(run=run).order_by("step", "code")
+
+
+def run_adapter_files(run: Run) -> list[dict[str, Any]]:
+    """The files of the run's saved adapter (name and size), for download; [] until it finished."""
+    if not run.adapter_path:
+        return []
+    folder = Path(run.adapter_path)
+    if not folder.is_dir():
+        return []
+    return [{"name": f.name, "size": f.stat().st_size} for f in sorted(folder.iterdir()) if f.is_file()]
+
+
+def run_adapter_file(run: Run, name: str):
+    """The path of one adapter file of the run; Http404 for anything else (other folders, .., links out)."""
+    if not run.adapter_path or not name or name.startswith(".") or "/" in name or "\\" in name:
+        raise Http404("No such file")
+    folder = Path(run.adapter_path).resolve()
+    path = (folder / name).resolve()
+    if path.parent != folder or not path.is_file():
+        raise Http404("No such file")
+    return path
+
+
+def run_page_for(user: User, page_number: Any, *, per_page: int) -> Page:
+    """One page of run_list_for, newest first. The page's ids come from the (team, -created_at) index alone; only
+    those rows get the per-run subqueries, so a deep page of 10,000 runs costs what the first one does."""
+    ordered = Run.objects.filter(team_id__in=team_ids_for(user)).order_by("-created_at", "-id")
+    page = Paginator(ordered.values_list("id", flat=True), per_page).get_page(page_number)
+    ids = list(page.object_list)
+    by_id = {run.id: run for run in run_list_for(user).filter(id__in=ids)}
+    return Page([by_id[i] for i in ids if i in by_id], page.number, page.paginator)

@@ -1,0 +1,335 @@
+// The run page: live Plotly charts and status over the run's websocket (replay from the database, then live points).
+const data = JSON.parse(document.getElementById("run-data").textContent);
+
+const STATUS_LABELS = {
+  queued: "Queued", starting: "Starting", running: "Running", stopping: "Stopping",
+  succeeded: "Succeeded", failed: "Failed", stopped: "Stopped", lost: "Lost",
+};
+const GIB = 1024 ** 3;
+// Each chart and its traces; `key` is the metric point's field.
+const CHARTS = [
+  { id: "chart-loss", traces: [
+    { key: "loss", name: "train loss", color: "#2563eb" },
+    { key: "eval_loss", name: "eval loss", color: "#dc2626", markers: true },
+  ] },
+  { id: "chart-grad_norm", traces: [{ key: "grad_norm", name: "grad norm", color: "#7c3aed" }] },
+  { id: "chart-learning_rate", traces: [{ key: "learning_rate", name: "learning rate", color: "#059669" }] },
+  { id: "chart-tokens_per_s", yaxis: { tickformat: "~s" },
+    traces: [{ key: "tokens_per_s", name: "tokens/s", color: "#d97706" }] },
+  { id: "chart-peak_vram", yaxis: { rangemode: "tozero" }, empty: "no points yet (a CPU run reports no VRAM)",
+    traces: [{ key: "peak_vram_bytes", name: "peak VRAM", color: "#0891b2", scale: 1 / GIB }] },
+];
+
+// One series per metric: the steps already drawn (a point is drawn once) and the points waiting for the next frame.
+const series = new Map();
+for (const chart of CHARTS) {
+  chart.traces.forEach((trace, index) => {
+    series.set(trace.key, { chart, index, scale: trace.scale || 1, seen: new Set(), lastStep: -1, pending: [] });
+  });
+}
+let lastStep = 0; // the highest step received: a reconnect asks for what came after it
+let lastSeq = 0; // the highest event seq received
+let firstReplay = true;
+let flushScheduled = false;
+
+function number(value) {
+  // Non-finite values travel as "nan"/"inf"/"-inf": drawn as a gap.
+  if (typeof value === "number") return value;
+  return null;
+}
+
+function addRow(row) {
+  for (const [key, s] of series) {
+    if (!(key in row) || row[key] === null || row[key] === undefined) continue;
+    if (s.seen.has(row.step)) continue;
+    s.seen.add(row.step);
+    const value = number(row[key]);
+    s.pending.push([row.step, value === null ? null : value * s.scale]);
+  }
+  lastStep = Math.max(lastStep, row.step);
+  scheduleFlush();
+}
+
+function scheduleFlush() {
+  if (flushScheduled) return;
+  flushScheduled = true;
+  requestAnimationFrame(flush);
+}
+
+// Appends each chart's new points in one extendTraces call; a point older than the drawn ones re-sorts the trace.
+function flush() {
+  flushScheduled = false;
+  for (const chart of CHARTS) {
+    const el = document.getElementById(chart.id);
+    const batch = chart.traces.map((trace) => series.get(trace.key));
+    if (!batch.some((s) => s.pending.length)) continue;
+    const inOrder = batch.every((s) => !s.pending.length || s.pending[0][0] > s.lastStep);
+    if (inOrder) {
+      Plotly.extendTraces(el, {
+        x: batch.map((s) => s.pending.map((p) => p[0])),
+        y: batch.map((s) => s.pending.map((p) => p[1])),
+      }, batch.map((s) => s.index));
+    } else {
+      batch.forEach((s) => {
+        const trace = el.data[s.index];
+        const merged = trace.x.map((x, i) => [x, trace.y[i]]).concat(s.pending).sort((a, b) => a[0] - b[0]);
+        trace.x = merged.map((p) => p[0]);
+        trace.y = merged.map((p) => p[1]);
+      });
+      Plotly.react(el, el.data, el.layout);
+    }
+    for (const s of batch) {
+      s.lastStep = s.pending.reduce((max, p) => Math.max(max, p[0]), s.lastStep);
+      s.pending = [];
+    }
+    if (chart.showsEmpty) {
+      chart.showsEmpty = false;
+      Plotly.relayout(el, { annotations: chart.annotations });
+    }
+    el.dataset.points = String(el.data[0].x.length);
+  }
+}
+
+function initCharts() {
+  const shapes = [];
+  const annotations = [];
+  if (data.resumed_from_step) {
+    shapes.push({ type: "line", xref: "x", yref: "paper", x0: data.resumed_from_step, x1: data.resumed_from_step,
+      y0: 0, y1: 1, line: { color: "#9ca3af", dash: "dot", width: 1 } });
+    annotations.push({ x: data.resumed_from_step, y: 1, xref: "x", yref: "paper", text: "resumed", showarrow: false,
+      xanchor: "left", yanchor: "top", font: { size: 10, color: "#6b7280" } });
+  }
+  for (const chart of CHARTS) {
+    const traces = chart.traces.map((trace) => ({
+      x: [], y: [], name: trace.name, type: "scatter",
+      mode: trace.markers ? "lines+markers" : "lines",
+      line: { color: trace.color, width: 1.6 }, marker: { size: 5 },
+      hovertemplate: "step %{x}<br>%{y:.4g}<extra>" + trace.name + "</extra>",
+    }));
+    // Until its first point a chart says so, rather than showing bare axes.
+    chart.annotations = annotations;
+    chart.showsEmpty = true;
+    const empty = { text: chart.empty || "no points yet", xref: "paper", yref: "paper", x: 0.5, y: 0.5,
+      showarrow: false, font: { size: 12, color: "#9ca3af" } };
+    Plotly.newPlot(chart.id, traces, {
+      height: 230, margin: { l: 56, r: 12, t: 8, b: 36 },
+      font: { family: "system-ui, -apple-system, Segoe UI, sans-serif", size: 11, color: "#374151" },
+      xaxis: { title: { text: "step", standoff: 4 }, gridcolor: "#eef0f3", zeroline: false, rangemode: "tozero" },
+      yaxis: { gridcolor: "#eef0f3", zeroline: false, ...chart.yaxis },
+      showlegend: chart.traces.length > 1, legend: { orientation: "h", x: 1, xanchor: "right", y: 1.02, yanchor: "bottom" },
+      paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
+      shapes, annotations: [...annotations, empty],
+    }, { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["select2d", "lasso2d"] });
+  }
+}
+
+// Status, progress and controls -----------------------------------------------------------------------------
+
+function formatValue(value) {
+  if (typeof value === "number") {
+    return Number.isInteger(value) ? value.toLocaleString("en-US") : String(Number(value.toPrecision(4)));
+  }
+  return String(value);
+}
+
+function setText(id, text) {
+  document.getElementById(id).textContent = text;
+}
+
+function applyStatus(status) {
+  const badge = document.getElementById("run-status");
+  badge.textContent = STATUS_LABELS[status.status] || status.status;
+  badge.className = `status status-${status.status}`;
+  setText("run-queue", status.queue_position ? `#${status.queue_position} in queue` : "");
+  setText("run-steps", `step ${status.last_step}` + (status.total_steps ? ` of ${status.total_steps}` : ""));
+  setText("run-worker", status.worker ? `on ${status.worker}` : "");
+  const progress = status.progress === null || status.progress === undefined ? 0 : status.progress;
+  document.getElementById("run-progress-bar").style.width = `${Math.round(progress * 100)}%`;
+  const error = document.getElementById("run-error");
+  error.hidden = !status.error;
+  setText("run-error-class", status.error_class || "");
+  setText("run-error-text", status.error || "");
+  const stop = document.getElementById("stop-form");
+  if (stop) stop.hidden = status.is_terminal;
+  const resume = document.getElementById("resume-form");
+  if (resume) {
+    resume.hidden = !(data.resumable.includes(status.status) && status.last_checkpoint_step !== null);
+  }
+  if (status.last_checkpoint_step !== null && status.last_checkpoint_step !== undefined) {
+    showCheckpoint(status.last_checkpoint_step);
+  }
+  renderFacts(status);
+  if (status.status === "succeeded" && data.status.status !== "succeeded") loadAdapterFiles();
+  data.status = status;
+}
+
+function showCheckpoint(step) {
+  let note = document.getElementById("checkpoint-note");
+  if (!note) {
+    note = Object.assign(document.createElement("p"), { id: "checkpoint-note", className: "muted small" });
+    document.getElementById("adapter-files").after(note);
+  }
+  note.textContent = `Last checkpoint: step ${step}`;
+}
+
+function renderFacts(status) {
+  const sources = { started: status.started || {}, derived: status.derived || {} };
+  const items = data.facts.filter((f) => sources[f.where][f.key] !== null && sources[f.where][f.key] !== undefined);
+  if (!items.length) return;
+  const list = document.getElementById("facts");
+  list.replaceChildren(...items.flatMap((f) => [
+    Object.assign(document.createElement("dt"), { textContent: f.label }),
+    Object.assign(document.createElement("dd"), { textContent: formatValue(sources[f.where][f.key]) }),
+  ]));
+}
+
+function renderVersions(versions) {
+  if (!versions || !Object.keys(versions).length) return;
+  document.getElementById("versions").hidden = false;
+  document.getElementById("versions-list").replaceChildren(...Object.keys(versions).sort().flatMap((name) => [
+    Object.assign(document.createElement("dt"), { textContent: name }),
+    Object.assign(document.createElement("dd"), { textContent: String(versions[name]) }),
+  ]));
+}
+
+async function loadAdapterFiles() {
+  const response = await fetch(`/runs/${data.id}/adapter/`, { headers: { Accept: "application/json" } });
+  if (!response.ok) return;
+  const files = await response.json();
+  if (!files.length) return;
+  document.getElementById("adapter-files").replaceChildren(...files.map((file) => {
+    const item = document.createElement("li");
+    const link = Object.assign(document.createElement("a"), { href: file.url, textContent: file.name });
+    link.setAttribute("download", "");
+    item.append(link, " ", Object.assign(document.createElement("span"),
+      { className: "muted small", textContent: `${(file.size / 1024).toFixed(1)} KB` }));
+    return item;
+  }));
+}
+
+// Events, warnings, samples, log ---------------------------------------------------------------------------
+
+function clearPlaceholder(list) {
+  list.querySelectorAll(":scope > li.muted").forEach((li) => li.remove());
+}
+
+function addEvent(event) {
+  if (event.seq <= lastSeq) return;
+  lastSeq = event.seq;
+  if (event.type === "warning") {
+    const list = document.getElementById("warnings");
+    clearPlaceholder(list);
+    const item = document.createElement("li");
+    item.append(Object.assign(document.createElement("code"), { textContent: event.data.field || "" }),
+      ` ${event.data.message || ""}`);
+    list.append(item);
+    return;
+  }
+  if (event.type === "started") renderVersions(event.data.versions);
+  const list = document.getElementById("events");
+  clearPlaceholder(list);
+  const item = document.createElement("li");
+  const step = event.data.step !== undefined && event.data.step !== null ? ` at step ${event.data.step}` : "";
+  item.append(Object.assign(document.createElement("span"), { className: "muted small", textContent: `#${event.seq}` }),
+    " ", Object.assign(document.createElement("strong"), { textContent: event.type }),
+    step + (event.data.message ? ` — ${event.data.message}` : ""));
+  list.append(item);
+}
+
+function addSample(sample) {
+  const list = document.getElementById("samples");
+  if (list.querySelector(`[data-sample="${sample.id}"]`)) return;
+  clearPlaceholder(list);
+  const item = document.createElement("li");
+  item.dataset.sample = sample.id;
+  item.append(
+    Object.assign(document.createElement("span"), { className: "muted small", textContent: `step ${sample.step}` }),
+    Object.assign(document.createElement("div"), { className: "prompt", textContent: sample.prompt }),
+    Object.assign(document.createElement("div"), { className: "completion", textContent: sample.completion }),
+  );
+  list.prepend(item); // newest first
+}
+
+function setLog(lines) {
+  const log = document.getElementById("log");
+  const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+  log.textContent = lines.join("\n");
+  if (atBottom) log.scrollTop = log.scrollHeight;
+}
+
+// The websocket --------------------------------------------------------------------------------------------
+
+let retryMs = 1000;
+
+function setLiveState(text, state) {
+  const el = document.getElementById("live-state");
+  el.textContent = text;
+  el.dataset.state = state;
+}
+
+function handle(message) {
+  switch (message.type) {
+    case "replay":
+      message.points.forEach(addRow);
+      if (message.done) {
+        if (firstReplay) {
+          // The page's server-rendered lists are replaced by the replay, which has everything up to now.
+          for (const id of ["events", "warnings"]) document.getElementById(id).replaceChildren();
+          firstReplay = false;
+        }
+        message.events.forEach(addEvent);
+        message.samples.forEach(addSample);
+        applyStatus(message.status);
+        setLog(message.log);
+        setLiveState(message.status.is_terminal ? "ended" : "live", message.status.is_terminal ? "ended" : "live");
+      }
+      break;
+    case "point":
+      addRow(message);
+      break;
+    case "event":
+      addEvent(message);
+      break;
+    case "sample":
+      addSample(message);
+      break;
+    case "status":
+      applyStatus(message);
+      if (message.is_terminal) setLiveState("ended", "ended");
+      break;
+    case "log":
+      setLog(message.tail);
+      break;
+    case "error":
+      console.warn("run websocket:", message.error);
+      break;
+    default:
+      break;
+  }
+}
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const socket = new WebSocket(`${scheme}://${location.host}${data.ws}`);
+  socket.addEventListener("open", () => {
+    retryMs = 1000;
+    socket.send(JSON.stringify({ type: "replay", after_step: lastStep, after_seq: lastSeq }));
+  });
+  socket.addEventListener("message", (event) => handle(JSON.parse(event.data)));
+  socket.addEventListener("close", (event) => {
+    if (event.code === 4401) {
+      setLiveState("logged out: reload to log in", "error");
+      return;
+    }
+    if (event.code === 4404) {
+      setLiveState("run not found", "error");
+      return;
+    }
+    setLiveState("reconnecting…", "reconnecting");
+    setTimeout(connect, retryMs);
+    retryMs = Math.min(retryMs * 2, 10000);
+  });
+}
+
+initCharts();
+connect();

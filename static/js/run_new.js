@@ -1,0 +1,151 @@
+// The New run page: shows each field's effective value (override, preset or default) and the derived values as the user types.
+import { effectiveBatch, loraScale, stepsPerEpoch, totalSteps, trainRows, warmupStepsResolved } from "./derived.js";
+
+const data = JSON.parse(document.getElementById("run-form-data").textContent);
+const form = document.getElementById("run-form");
+const INT_TEXT = /^[+-]?\d+$/;
+
+function valueText(value) {
+  if (value === null || value === undefined) return "none";
+  if (typeof value === "object") return JSON.stringify(value);
+  return String(value);
+}
+
+function input(name) {
+  return form.elements.namedItem(name);
+}
+
+function presetConfig() {
+  const presetId = input("preset").value;
+  return (presetId && data.presets[presetId]) || {};
+}
+
+// The value the run would get for a field without an override, and where it comes from.
+function inherited(name) {
+  const config = presetConfig();
+  if (Object.prototype.hasOwnProperty.call(config, name)) return { value: config[name], source: "preset" };
+  if (data.required.includes(name)) return { value: undefined, source: "required" };
+  return { value: data.defaults[name], source: "default" };
+}
+
+// The typed text as a value: {value} when it parses, {error} when it does not, null when blank.
+function typed(name) {
+  const field = input(name);
+  const text = field ? field.value.trim() : "";
+  if (!text) return null;
+  const kind = field.closest("[data-kind]").dataset.kind;
+  if (text.toLowerCase() === "none" || text.toLowerCase() === "null") return { value: null, text };
+  if (kind === "bool") return { value: text === "true", text };
+  if (kind === "int" || kind === "float" || kind === "number") {
+    const value = Number(text);
+    if (text === "" || Number.isNaN(value) || (kind === "int" && !INT_TEXT.test(text))) return { error: true, text };
+    return { value, text };
+  }
+  return { value: text, text };
+}
+
+// The effective number for a derived value, with whether it is a ratio (a float in the engine's terms).
+function effective(name) {
+  const override = typed(name);
+  if (override && override.error) return { error: `${name} is not a number` };
+  if (override) return { value: override.value, isRatio: !INT_TEXT.test(override.text) };
+  const { value } = inherited(name);
+  return { value, isRatio: typeof value === "number" && !Number.isInteger(value) };
+}
+
+function show(id, text, note = "") {
+  document.getElementById(`derived-${id}`).textContent = text;
+  const noteEl = document.getElementById(`derived-${id}-note`) || document.getElementById(`derived-${id}-formula`);
+  if (noteEl) noteEl.textContent = note;
+}
+
+function round(value, digits = 4) {
+  return Number.isFinite(value) ? String(Number(value.toPrecision(digits))) : "—";
+}
+
+function positiveInt(v) {
+  return !v.error && Number.isInteger(v.value) && v.value >= 1;
+}
+
+function updateDerived() {
+  const micro = effective("per_device_train_batch_size");
+  const accum = effective("gradient_accumulation_steps");
+  const epochs = effective("num_train_epochs");
+  const maxSteps = effective("max_steps");
+  const warmup = effective("warmup_steps");
+  const evalSplit = effective("eval_split");
+  const packing = effective("packing");
+  const r = effective("r");
+  const alpha = effective("lora_alpha");
+  const rslora = effective("use_rslora");
+
+  const batchOk = positiveInt(micro) && positiveInt(accum);
+  show("effective_batch", batchOk ? String(effectiveBatch(micro.value, accum.value)) : "—",
+    batchOk ? `= ${micro.value} × ${accum.value} (micro-batch × accumulation)` : "fix the batch fields");
+
+  const rows = data.datasets[input("dataset").value];
+  const splitOk = !evalSplit.error && (evalSplit.value === null || (evalSplit.value > 0 && evalSplit.value < 1));
+  const train = rows !== undefined && splitOk ? trainRows(rows, evalSplit.value) : null;
+  show("train_rows", train === null ? "—" : String(train),
+    train === null ? "" : (evalSplit.value ? `${rows} rows, ${rows - train} held out for eval` : `all ${rows} rows`));
+
+  const packed = packing.value === true;
+  const maxStepsValue = !maxSteps.error && maxSteps.value ? maxSteps.value : null;
+  let total = null;
+  if (batchOk && maxStepsValue) {
+    total = totalSteps(0, micro.value, accum.value, 1, maxStepsValue);
+    show("total_steps", String(total), "set by max_steps");
+  } else if (batchOk && train !== null && !packed && !epochs.error && epochs.value > 0) {
+    total = totalSteps(train, micro.value, accum.value, epochs.value);
+    show("total_steps", String(total), `${round(epochs.value)} epoch(s)`);
+  } else {
+    show("total_steps", "—", packed ? "packing on: known once the run has packed its data" : "");
+  }
+  document.getElementById("derived-steps_per_epoch").textContent =
+    batchOk && train !== null && !packed ? String(stepsPerEpoch(train, micro.value, accum.value)) : "—";
+
+  if (total !== null && !warmup.error && warmup.value !== null && warmup.value >= 0 && !(warmup.isRatio && warmup.value >= 1)) {
+    show("warmup_steps", String(warmupStepsResolved(warmup, total)),
+      warmup.isRatio ? `${round(warmup.value * 100, 3)}% of ${total}` : "a whole number of steps");
+  } else {
+    show("warmup_steps", "—", warmup.error || (warmup.isRatio && warmup.value >= 1) ? "fix warmup_steps" : "");
+  }
+
+  const loraOk = positiveInt(r) && !alpha.error && alpha.value > 0;
+  show("lora_scale", loraOk ? round(loraScale(alpha.value, r.value, rslora.value === true)) : "—",
+    loraOk ? (rslora.value === true ? `= ${alpha.value} / √${r.value} (rsLoRA)` : `= ${alpha.value} / ${r.value}`)
+      : "fix r and lora_alpha");
+}
+
+// Each field's hint says what it will be: the override typed, else the preset's value, else the default.
+function updateEffective() {
+  for (const hint of form.querySelectorAll("[data-effective-for]")) {
+    const name = hint.dataset.effectiveFor;
+    const { value, source } = inherited(name);
+    const field = input(name);
+    const override = typed(name);
+    if (source === "required") {
+      hint.textContent = override ? "" : "required: the preset does not set it";
+      field.placeholder = "required";
+      continue;
+    }
+    hint.replaceChildren(
+      document.createTextNode(override ? `overrides ${source} ` : `${source}: `),
+      Object.assign(document.createElement("code"), { textContent: valueText(value) }),
+    );
+    if (field.tagName === "SELECT") {
+      field.options[0].textContent = `keep ${source} (${valueText(value)})`;
+    } else if (field.tagName === "INPUT") {
+      field.placeholder = valueText(value);
+    }
+  }
+}
+
+function update() {
+  updateEffective();
+  updateDerived();
+}
+
+form.addEventListener("input", update);
+form.addEventListener("change", update);
+update();

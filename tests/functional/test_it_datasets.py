@@ -1,0 +1,60 @@
+"""The Datasets page: the team's datasets, and an upload checked by the services with errors on the field."""
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from training.models import Dataset
+
+pytestmark = pytest.mark.django_db
+
+
+def upload(client, team, name, content: bytes, filename="data.jsonl"):
+    return client.post("/datasets/", {"team": str(team.id), "name": name,
+                                      "file": SimpleUploadedFile(filename, content)})
+
+
+def test_lists_only_the_teams_datasets(world, member_client):
+    html = member_client.get("/datasets/").content.decode()
+    assert "alpha data" in html and "beta data" not in html and "Upload a dataset" in html
+
+
+def test_an_upload_is_checked_and_recorded(world, member_client):
+    rows = b'{"prompt": "2+2=", "completion": "4"}\n{"prompt": "3+3=", "completion": "6"}\n'
+    response = upload(member_client, world.team, "sums", rows)
+    assert response.status_code == 302
+    dataset = Dataset.objects.get(name="sums")
+    assert dataset.team == world.team and dataset.rows == 2 and dataset.format == "prompt_completion"
+    assert "sums" in member_client.get("/datasets/").content.decode()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"text": "ok"}\nnot json\n', "line 2 is not JSON"),
+    (b'{"colour": "red"}\n', "line 1 has no known format"),
+    (b"", "The submitted file is empty"),
+])
+def test_a_bad_file_is_refused_on_the_file_field(world, member_client, content, message):
+    before = Dataset.objects.count()
+    response = upload(member_client, world.team, "bad", content)
+    assert response.status_code == 400
+    errors = response.context["form"].errors
+    assert message in " ".join(errors["file"]), errors
+    assert Dataset.objects.count() == before
+
+
+def test_a_taken_name_is_refused_on_the_name_field(world, member_client):
+    response = upload(member_client, world.team, "alpha data", b'{"text": "hi"}\n')
+    assert response.status_code == 400 and "already has a dataset" in " ".join(response.context["form"].errors["name"])
+
+
+def test_uploading_to_another_team_is_refused(world, member_client):
+    before = Dataset.objects.count()
+    response = upload(member_client, world.other_team, "sneaky", b'{"text": "hi"}\n')
+    assert response.status_code == 400 and "team" in response.context["form"].errors
+    assert Dataset.objects.count() == before
+
+
+def test_a_viewer_sees_datasets_but_cannot_upload(world, viewer_client):
+    html = viewer_client.get("/datasets/").content.decode()
+    assert "alpha data" in html and "Upload a dataset" not in html
+    before = Dataset.objects.count()
+    assert upload(viewer_client, world.team, "viewer data", b'{"text": "hi"}\n').status_code == 403
+    assert Dataset.objects.count() == before

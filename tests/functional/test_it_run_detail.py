@@ -1,0 +1,162 @@
+"""The run page: status, the `started` facts, warnings, samples, findings, log and adapter files; Stop and Resume
+for members only; every run, file and action of another team is a 404."""
+import json
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from guidance.models import Finding
+from training.models import Run, RunEvent, Sample
+
+from .conftest import client_for
+
+pytestmark = pytest.mark.django_db
+
+
+def run_data(response) -> dict:
+    html = response.content.decode()
+    start = html.index('<script id="run-data" type="application/json">') + len(
+        '<script id="run-data" type="application/json">')
+    return json.loads(html[start:html.index("</script>", start)])
+
+
+def make_running(run: Run) -> Run:
+    Run.objects.filter(id=run.id).update(
+        status=Run.Status.RUNNING, last_step=7, total_steps=20, started_at=timezone.now(), log_tail="line one\nline two",
+        started={"trainable_params": 1234567, "total_params": 9000000, "trainable_bias_params": 0, "lora_scale": 2.0,
+                 "device": "cpu", "backend": "hf", "dtype": "float32"},
+        derived={"effective_batch": 8, "total_steps": 20, "warmup_steps": 1},
+        versions={"torch": "2.13.0", "transformers": "5.17.0"})
+    now = timezone.now()
+    RunEvent.objects.create(run=run, seq=1, type="started", data={"versions": {"torch": "2.13.0"}}, time=now)
+    RunEvent.objects.create(run=run, seq=2, type="warning", time=now,
+                            data={"code": "bias_no_effect", "field": "bias", "message": "this model has no biases"})
+    Sample.objects.create(run=run, step=5, prompt="What colour is the sky?", completion="blue blue.", time=now)
+    Finding.objects.create(run=run, code="loss_spike", severity="warning", step=6, title="Loss spike after warmup",
+                           message="loss 9.1 is 3x its running median", parameters=["learning_rate"])
+    run.refresh_from_db()
+    return run
+
+
+def make_succeeded(run: Run, tmp_path: Path) -> Run:
+    adapter = tmp_path / f"adapter-{run.id}"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 16}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+    (adapter / "nested").mkdir()
+    Run.objects.filter(id=run.id).update(status=Run.Status.SUCCEEDED, adapter_path=str(adapter), last_step=20,
+                                         total_steps=20, finished_at=timezone.now())
+    run.refresh_from_db()
+    return run
+
+
+def test_the_page_shows_status_facts_warnings_samples_findings_and_log(world, member_client):
+    run = make_running(world.run)
+    response = member_client.get(f"/runs/{run.id}/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    for text in ("Running", "step 7 of 20", "1,234,567", "Trainable bias parameters", "LoRA scale", "cpu",
+                 "this model has no biases", "What colour is the sky?", "blue blue.", "Loss spike after warmup",
+                 "learning_rate", "line two", "transformers", "5.17.0", 'id="chart-loss"'):
+        assert text in html, text
+    data = run_data(response)
+    assert data["id"] == run.id and data["ws"] == f"/ws/runs/{run.id}/"
+    assert data["status"]["status"] == "running" and data["can_control"] is True
+    assert 'src="/static/vendor/plotly.min.js"' in html and 'src="/static/js/run_detail.js"' in html
+    assert 'id="stop-form"' in html and 'id="resume-form" hidden' in html
+
+
+def test_plotly_is_served_by_the_app(member_client):
+    response = member_client.get("/static/vendor/plotly.min.js")
+    assert response.status_code == 200
+    assert b"plotly" in b"".join(response.streaming_content)[:2000].lower()
+
+
+def test_another_teams_run_and_its_actions_are_404(world, member_client):
+    other = make_succeeded(world.other_run, Path(world.other_dataset.path).parent)
+    for url in (f"/runs/{other.id}/", f"/runs/{other.id}/adapter/", f"/runs/{other.id}/adapter/adapter_config.json",
+                "/runs/999999/"):
+        assert member_client.get(url).status_code == 404, url
+    for url in (f"/runs/{other.id}/stop/", f"/runs/{other.id}/resume/"):
+        assert member_client.post(url).status_code == 404
+    other.refresh_from_db()
+    assert other.status == Run.Status.SUCCEEDED
+    assert Run.objects.filter(resumed_from=other).count() == 0
+
+
+def test_a_member_stops_a_queued_run(world, member_client):
+    response = member_client.post(f"/runs/{world.run.id}/stop/")
+    assert response.status_code == 302 and response["Location"] == f"/runs/{world.run.id}/"
+    world.run.refresh_from_db()
+    assert world.run.status == Run.Status.STOPPED
+
+
+def test_a_member_stopping_a_running_run_asks_it_to_stop(world, member_client):
+    run = make_running(world.run)
+    member_client.post(f"/runs/{run.id}/stop/")
+    run.refresh_from_db()
+    assert run.status == Run.Status.STOPPING
+    page = member_client.get(f"/runs/{run.id}/", follow=True)
+    assert b"Stopping" in page.content
+
+
+def test_stop_and_resume_are_posts(world, member_client):
+    assert member_client.get(f"/runs/{world.run.id}/stop/").status_code == 405
+    assert member_client.get(f"/runs/{world.run.id}/resume/").status_code == 405
+    world.run.refresh_from_db()
+    assert world.run.status == Run.Status.QUEUED
+
+
+def test_a_viewer_watches_but_cannot_stop_or_resume(world, viewer_client):
+    run = make_running(world.run)
+    page = viewer_client.get(f"/runs/{run.id}/")
+    assert page.status_code == 200 and 'id="stop-form"' not in page.content.decode()
+    assert run_data(page)["can_control"] is False
+    assert viewer_client.post(f"/runs/{run.id}/stop/").status_code == 403
+    run.refresh_from_db()
+    assert run.status == Run.Status.RUNNING
+    Run.objects.filter(id=run.id).update(status=Run.Status.STOPPED, last_checkpoint_path="/x", last_checkpoint_step=5)
+    assert viewer_client.post(f"/runs/{run.id}/resume/").status_code == 403
+    assert Run.objects.filter(resumed_from=run).count() == 0
+
+
+def test_resume_without_a_checkpoint_says_why(world, member_client):
+    Run.objects.filter(id=world.run.id).update(status=Run.Status.STOPPED)
+    response = member_client.post(f"/runs/{world.run.id}/resume/", follow=True)
+    assert b"saved no checkpoint to resume from" in response.content
+    assert Run.objects.filter(resumed_from=world.run).count() == 0
+
+
+def test_resume_creates_a_continuation_whose_page_says_where_it_joins(world, member_client):
+    Run.objects.filter(id=world.run.id).update(status=Run.Status.STOPPED, last_checkpoint_path="/ckpt/checkpoint-5",
+                                               last_checkpoint_step=5)
+    page = member_client.get(f"/runs/{world.run.id}/")
+    assert 'id="resume-form" hidden' not in page.content.decode()
+    response = member_client.post(f"/runs/{world.run.id}/resume/")
+    continuation = Run.objects.get(resumed_from=world.run)
+    assert response["Location"] == f"/runs/{continuation.id}/"
+    page = member_client.get(f"/runs/{continuation.id}/")
+    assert f"Continues <a href=\"/runs/{world.run.id}/\">run #{world.run.id}</a>" in page.content.decode()
+    assert run_data(page)["resumed_from_step"] == 5
+    assert f"Resumed as <a href=\"/runs/{continuation.id}/\"" in member_client.get(
+        f"/runs/{world.run.id}/").content.decode()
+
+
+def test_adapter_files_download_for_the_team_only(world, member_client, tmp_path):
+    run = make_succeeded(world.run, tmp_path)
+    page = member_client.get(f"/runs/{run.id}/").content.decode()
+    assert f'href="/runs/{run.id}/adapter/adapter_config.json"' in page
+    listing = member_client.get(f"/runs/{run.id}/adapter/").json()
+    assert [f["name"] for f in listing] == ["adapter_config.json", "adapter_model.safetensors"]
+    download = member_client.get(f"/runs/{run.id}/adapter/adapter_config.json")
+    assert download.status_code == 200 and b"".join(download.streaming_content) == b'{"r": 16}'
+    assert "attachment" in download["Content-Disposition"]
+    for name in ("nested", "..", "..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", ".hidden", "missing.bin"):
+        assert member_client.get(f"/runs/{run.id}/adapter/{name}").status_code == 404, name
+    assert client_for(world.outsider).get(f"/runs/{run.id}/adapter/adapter_config.json").status_code == 404
+
+
+def test_a_run_without_an_adapter_has_no_files(world, member_client):
+    assert member_client.get(f"/runs/{world.run.id}/adapter/").json() == []
+    assert member_client.get(f"/runs/{world.run.id}/adapter/adapter_config.json").status_code == 404

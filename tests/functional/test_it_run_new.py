@@ -1,0 +1,136 @@
+"""The New run page: a form generated from the engine's config with guidance beside each field; a valid run is
+created and queued, a bad value is refused on its field with nothing saved; a viewer cannot start runs."""
+import pytest
+from django.utils.html import escape
+
+from dashboard.models import Membership
+from guidance import content
+from tests.factories import make_member, make_preset
+from training.engine.config import TrainConfig
+from training.forms import GROUPS, NOT_OFFERED
+from training.models import Run
+
+pytestmark = pytest.mark.django_db
+
+
+def form_data(world, **fields):
+    return {"dataset": str(world.dataset.id), "preset": "", "name": "", "model": "tiny-model", **fields}
+
+
+def field_errors(response) -> dict:
+    return {name: list(errors) for name, errors in response.context["form"].errors.items()}
+
+
+def test_every_config_field_is_offered_once_or_set_by_tuneboard():
+    offered = [name for names in GROUPS.values() for name in names]
+    assert len(offered) == len(set(offered))
+    assert set(offered) | NOT_OFFERED == set(TrainConfig.model_fields)
+    assert not set(offered) & NOT_OFFERED
+
+
+def test_the_form_shows_each_field_with_its_guidance_and_default(world, member_client):
+    page = member_client.get("/runs/new/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    for key in ("Model", "LoRA adapter", "SFT trainer"):
+        assert f"<legend>{key}</legend>" in html
+    for param, guidance in content.load_all().items():
+        assert f'data-field="{param}"' in html
+        assert escape(guidance.one_line) in html, param
+        assert escape(guidance.default_note) in html, param
+    assert 'name="train_file"' not in html and 'name="output_dir"' not in html
+    assert "beta data" not in html  # the other team's dataset is not offered
+    data = page.context["form_data"]
+    assert data["datasets"] == {str(world.dataset.id): world.dataset.rows}
+    assert data["defaults"]["r"] == 16 and data["required"] == ["model"]
+    assert 'src="/static/js/run_new.js"' in html and 'id="run-form-data"' in html
+
+
+def test_a_valid_form_creates_a_queued_run_with_the_overrides(world, member_client):
+    preset = make_preset(world.team, name="small", model="tiny-model", r=8, lora_alpha=16)
+    response = member_client.post("/runs/new/", form_data(
+        world, preset=str(preset.id), model="", name="my run", r="32", learning_rate="1e-4", warmup_steps="10",
+        use_rslora="true", target_modules="q_proj, v_proj", sample_prompts="Hi\n\nWhat colour?\n",
+        lr_scheduler_type="cosine", lr_scheduler_kwargs='{"num_cycles": 0.5}', max_steps="none"))
+    run = Run.objects.get(name="my run")
+    assert response.status_code == 302 and response["Location"] == f"/runs/{run.id}/"
+    assert run.status == Run.Status.QUEUED and run.team == world.team and run.preset == preset
+    config = run.config
+    assert config["r"] == 32 and config["lora_alpha"] == 16  # override, and the preset's value kept
+    assert config["learning_rate"] == 1e-4 and config["warmup_steps"] == 10 and config["use_rslora"] is True
+    assert config["target_modules"] == ["q_proj", "v_proj"] and config["sample_prompts"] == ["Hi", "What colour?"]
+    assert config["lr_scheduler_kwargs"] == {"num_cycles": 0.5} and config["max_steps"] is None
+    assert config["train_file"] == world.dataset.path
+
+
+def test_a_warmup_ratio_stays_a_ratio(world, member_client):
+    member_client.post("/runs/new/", form_data(world, name="ratio", warmup_steps="0.1"))
+    assert Run.objects.get(name="ratio").config["warmup_steps"] == 0.1
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("r", "sixteen", "give a whole number"),
+    ("r", "0", "greater than or equal to 1"),
+    ("learning_rate", "5", "less than or equal to 1"),
+    ("learning_rate", "fast", "give a number"),
+    ("warmup_steps", "1.5", "a warmup ratio must be in [0, 1)"),
+    ("lr_scheduler_kwargs", "{not json", "not valid JSON"),
+    ("lr_scheduler_kwargs", '{"bogus": 1}', "bogus not accepted by linear"),
+    ("loftq_config", '{"loftq_bits": 3}', "loftq_bits"),
+    ("dtype", "float64", "Select a valid choice"),
+    ("model", "", "Field required"),
+])
+def test_a_bad_value_is_shown_on_its_field_and_nothing_is_created(world, member_client, field, value, message):
+    before = Run.objects.count()
+    response = member_client.post("/runs/new/", form_data(world, **{field: value}))
+    assert response.status_code == 400
+    errors = field_errors(response)
+    assert field in errors and message in " ".join(errors[field]), errors
+    assert Run.objects.count() == before
+    html = response.content.decode()
+    assert 'class="field has-error" data-field="%s"' % field in html
+
+
+def test_another_teams_dataset_or_preset_is_refused(world, member_client):
+    before = Run.objects.count()
+    response = member_client.post("/runs/new/", form_data(world, dataset=str(world.other_dataset.id)))
+    assert "dataset" in field_errors(response)
+    other_preset = make_preset(world.other_team, name="beta preset")
+    response = member_client.post("/runs/new/", form_data(world, preset=str(other_preset.id)))
+    assert "preset" in field_errors(response)
+    response = member_client.post("/runs/new/", form_data(world, dataset="not-a-number"))
+    assert response.status_code == 400 and "dataset" in field_errors(response)
+    assert Run.objects.count() == before
+
+
+def test_a_viewer_is_refused_and_nothing_is_created(world, viewer_client):
+    before = Run.objects.count()
+    page = viewer_client.get("/runs/new/")
+    assert page.status_code == 403 and b"viewer" in page.content
+    response = viewer_client.post("/runs/new/", form_data(world))
+    assert response.status_code == 403
+    assert Run.objects.count() == before
+
+
+def test_a_viewer_of_one_team_starts_runs_only_in_the_team_where_they_are_a_member(world):
+    from .conftest import client_for
+
+    user = make_member(world.other_team)
+    Membership.objects.create(user=user, team=world.team, role=Membership.Role.VIEWER)
+    client = client_for(user)
+    html = client.get("/runs/new/").content.decode()
+    assert "beta data" in html and "alpha data" not in html
+    before = Run.objects.count()
+    response = client.post("/runs/new/", form_data(world))  # team Alpha's dataset
+    assert response.status_code == 400 and "dataset" in field_errors(response)
+    assert Run.objects.count() == before
+
+
+@pytest.mark.parametrize("junk", ["{[", "-1", "1e999", "nan", "none", "true", "[]", "{}", "\u00e9\u2603", "9" * 400])
+def test_junk_in_every_field_gets_field_errors_never_a_server_error(world, member_client, junk):
+    before = Run.objects.count()
+    fields = {name: junk for names in GROUPS.values() for name in names}
+    response = member_client.post("/runs/new/", form_data(world, **fields))
+    assert response.status_code == 400
+    assert field_errors(response)
+    assert Run.objects.count() == before

@@ -1,0 +1,250 @@
+"""The run and dataset forms: the run form's config fields are generated from the engine's TrainConfig."""
+from __future__ import annotations
+
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.db.models import Q
+
+from guidance import content
+from training import selectors
+from training.engine.config import TrainConfig
+from training.models import Dataset, Preset
+from training.services import RESERVED_FIELDS
+
+# Every TrainConfig field the form offers, by group; a field the engine gains must be placed here (a test checks).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "model": ("model", "max_length", "dtype", "load_in_4bit", "backend"),
+    "lora": ("r", "lora_alpha", "lora_dropout", "bias", "use_rslora", "loftq_config", "target_modules",
+             "random_state", "gradient_checkpointing"),
+    "sft": ("data_format", "eval_split", "packing", "eval_packing", "per_device_train_batch_size",
+            "gradient_accumulation_steps", "warmup_steps", "learning_rate", "optim", "weight_decay",
+            "lr_scheduler_type", "lr_scheduler_kwargs", "max_grad_norm", "num_train_epochs", "max_steps",
+            "eval_steps", "logging_steps", "save_steps", "seed", "completion_only_loss", "sample_prompts",
+            "sample_max_new_tokens", "merge_16bit"),
+}
+GROUP_TITLES = {"model": "Model", "lora": "LoRA adapter", "sft": "SFT trainer"}
+# Not offered: set by Tuneboard for every run, or the config format's own version.
+NOT_OFFERED = frozenset(RESERVED_FIELDS) | {"version"}
+
+NONE_WORDS = {"none", "null"}
+INT_TEXT = re.compile(r"^[+-]?\d+$")
+# Config keys on errors that are not config fields: where on the form they belong.
+FORM_KEYS = {"dataset": "dataset", "preset": "preset", "name": "name"}
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    """How one TrainConfig field is typed into the form; `kind` decides the widget and the parsing."""
+
+    name: str
+    kind: str  # int, float, number (int steps or float ratio), bool, choice, text, targets, json, lines
+    nullable: bool
+    choices: tuple[Any, ...]
+    default: Any
+    group: str
+    guidance: content.ParamGuidance | None
+    required: bool = False
+
+    @property
+    def default_text(self) -> str:
+        return "required" if self.required else value_text(self.default)
+
+    @property
+    def simple_default_text(self) -> str:
+        """The guidance's simple default, written the way the form takes it."""
+        return value_text(self.guidance.default) if self.guidance else ""
+
+
+def value_text(value: Any) -> str:
+    """A config value as the form shows it (JSON for lists and objects, "none" for null)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _strip_annotated(annotation: Any) -> Any:
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is typing.Annotated else annotation
+
+
+def _describe(name: str) -> tuple[str, bool, tuple[Any, ...]]:
+    annotation = TrainConfig.model_fields[name].annotation
+    args = (typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+            else (annotation,))
+    nullable = type(None) in args
+    bases = [_strip_annotated(a) for a in args if a is not type(None)]
+    if name == "target_modules":
+        return "targets", nullable, typing.get_args(bases[0])
+    if name == "sample_prompts":
+        return "lines", nullable, ()
+    if all(typing.get_origin(b) is typing.Literal for b in bases):
+        return "choice", nullable, tuple(c for b in bases for c in typing.get_args(b))
+    kinds = {bool: "bool", int: "int", float: "float", str: "text"}
+    found = {kinds.get(b, "json") for b in bases}
+    if found == {"int", "float"}:
+        return "number", nullable, ()
+    if len(found) == 1:
+        return found.pop(), nullable, ()
+    return "json", nullable, ()
+
+
+def _default(name: str) -> Any:
+    field = TrainConfig.model_fields[name]
+    if field.is_required():
+        return None
+    return field.get_default(call_default_factory=True)
+
+
+def config_fields() -> list[ConfigField]:
+    guided = content.load_all()
+    fields = []
+    for group, names in GROUPS.items():
+        for name in names:
+            kind, nullable, choices = _describe(name)
+            default = _default(name)
+            if hasattr(default, "model_dump"):
+                default = default.model_dump()
+            fields.append(ConfigField(name=name, kind=kind, nullable=nullable, choices=choices, default=default,
+                                      group=group, guidance=guided.get(name),
+                                      required=TrainConfig.model_fields[name].is_required()))
+    return fields
+
+
+def parse_value(field: ConfigField, text: str) -> Any:
+    """The typed text as the JSON value the engine validates; ValueError says what to type instead."""
+    text = text.strip()
+    if field.nullable and text.lower() in NONE_WORDS:
+        return None
+    if field.kind == "int":
+        if not INT_TEXT.match(text):
+            raise ValueError(f"give a whole number, e.g. {field.default_text}")
+        return int(text)
+    if field.kind in ("float", "number"):
+        if field.kind == "number" and INT_TEXT.match(text):
+            return int(text)
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"give a number, e.g. {field.default_text}") from None
+    if field.kind == "bool":
+        if text.lower() in ("true", "on", "yes", "1"):
+            return True
+        if text.lower() in ("false", "off", "no", "0"):
+            return False
+        raise ValueError("choose true or false")
+    if field.kind == "targets":
+        if text.startswith("["):
+            return _json(text, "a JSON list of module names")
+        if text in field.choices:
+            return text
+        return [part.strip() for part in text.split(",") if part.strip()]
+    if field.kind == "lines":
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    if field.kind == "json":
+        return _json(text, "a JSON object, e.g. {\"loftq_bits\": 4, \"loftq_iter\": 4}"
+                     if field.name == "loftq_config" else "a JSON object, e.g. {\"num_cycles\": 0.5}")
+    return text
+
+
+def _json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(f"not valid JSON; give {what}") from None
+
+
+class RunForm(forms.Form):
+    """Dataset, preset, a name, and an optional override for every config field (blank: the preset's value)."""
+
+    name = forms.CharField(max_length=200, required=False, help_text="Default: \"<preset> on <dataset>\"")
+    dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), empty_label=None)
+    preset = forms.ModelChoiceField(queryset=Preset.objects.none(), required=False, empty_label="No preset (engine defaults)")
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        teams = selectors.team_list_where(user, "member")
+        self.fields["dataset"].queryset = selectors.dataset_list_for(user).filter(team__in=teams).order_by(
+            "team__name", "-created_at")
+        presets = selectors.preset_list_for(user).filter(Q(team__isnull=True) | Q(team__in=teams))
+        self.fields["preset"].queryset = presets.order_by("team__name", "name")
+        multi_team = teams.count() > 1
+        self.fields["dataset"].label_from_instance = (
+            lambda d: f"{d.team.name} / {d.name} ({d.rows} rows)" if multi_team else f"{d.name} ({d.rows} rows)")
+        self.fields["preset"].label_from_instance = (
+            lambda p: f"{p.name} (v{p.version}, {p.team.name if p.team_id else 'global'})")
+        self.config_fields = config_fields()
+        for field in self.config_fields:
+            self.fields[field.name] = self._form_field(field)
+        self.overrides: dict[str, Any] = {}
+
+    @staticmethod
+    def _form_field(field: ConfigField) -> forms.Field:
+        if field.kind == "choice" or field.kind == "bool":
+            values = [value_text(c) for c in field.choices] if field.kind == "choice" else ["true", "false"]
+            if field.nullable:
+                values.append("none")
+            return forms.ChoiceField(choices=[("", "preset / default")] + [(v, v) for v in values], required=False)
+        if field.kind == "lines":
+            return forms.CharField(required=False, widget=forms.Textarea(
+                attrs={"rows": 2, "placeholder": "one prompt per line (none by default)"}))
+        attrs = {"autocomplete": "off", "spellcheck": "false", "placeholder": field.default_text}
+        if field.kind in ("int", "float", "number"):
+            attrs["inputmode"] = "decimal"
+        return forms.CharField(required=False, widget=forms.TextInput(attrs=attrs))
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        for field in self.config_fields:
+            text = cleaned.get(field.name) or ""
+            if field.name in self.errors or not text.strip():
+                continue  # refused by its form field already, or left blank: the preset's value stands
+            if field.kind == "choice":
+                by_text = {value_text(c): c for c in field.choices}
+                self.overrides[field.name] = None if text == "none" else by_text[text]
+                continue
+            try:
+                self.overrides[field.name] = parse_value(field, text)
+            except ValueError as exc:
+                self.add_error(field.name, str(exc))
+        return cleaned
+
+    def add_service_errors(self, error: ValidationError) -> None:
+        """The services' {field: [message]} on the form field they name (nested keys on their top field)."""
+        for key, messages in error.message_dict.items():
+            top, _, rest = key.partition(".")
+            target = FORM_KEYS.get(top) or (top if top in self.fields and top not in FORM_KEYS else None)
+            for message in messages:
+                self.add_error(target, f"{rest}: {message}" if rest and target else
+                               (message if target else f"{key}: {message}"))
+
+    def groups(self) -> list[dict[str, Any]]:
+        """The config fields grouped for the template: each with its bound field and guidance."""
+        return [{"key": key, "title": GROUP_TITLES[key],
+                 "fields": [{"spec": f, "bound": self[f.name]} for f in self.config_fields if f.group == key]}
+                for key in GROUPS]
+
+
+class DatasetUploadForm(forms.Form):
+    team = forms.ModelChoiceField(queryset=None, empty_label=None)
+    name = forms.CharField(max_length=200)
+    file = forms.FileField(help_text="JSONL: one {\"text\"}, {\"prompt\", \"completion\"} or {\"messages\"} object "
+                                     "per line")
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["team"].queryset = selectors.team_list_where(user, "member")
+
+    def add_service_errors(self, error: ValidationError) -> None:
+        for key, messages in error.message_dict.items():
+            for message in messages:
+                self.add_error(key if key in self.fields else None, message)

@@ -1,0 +1,17 @@
+"""URLs of the training pages."""
+from django.urls import path
+
+from training import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("runs/", views.run_list, name="run_list"),
+    path("runs/new/", views.run_new, name="run_new"),
+    path("runs/<int:run_id>/", views.run_detail, name="run_detail"),
+    path("runs/<int:run_id>/stop/", views.run_stop, name="run_stop"),
+    path("runs/<int:run_id>/resume/", views.run_resume, name="run_resume"),
+    path("runs/<int:run_id>/adapter/", views.run_adapter_list, name="run_adapter_list"),
+    path("runs/<int:run_id>/adapter/<str:name>", views.run_adapter_file, name="run_adapter_file"),
+    path("datasets/", views.dataset_list, name="dataset_list"),
+    path("workers/", views.worker_list, name="worker_list"),
+]

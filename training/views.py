@@ -1,0 +1,198 @@
+"""The training pages: runs (list, new, detail, stop, resume, adapter files), datasets and workers."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from training import selectors, services
+from training.engine.config import TrainConfig
+from training.forms import DatasetUploadForm, RunForm, value_text
+from training.models import Run
+
+RUNS_PER_PAGE = 50
+# The `started` facts the run page shows: (where the value is, key, label).
+FACTS = (
+    ("started", "trainable_params", "Trainable parameters"),
+    ("started", "total_params", "Total parameters"),
+    ("started", "trainable_bias_params", "Trainable bias parameters"),
+    ("started", "lora_scale", "LoRA scale"),
+    ("derived", "effective_batch", "Effective batch"),
+    ("derived", "total_steps", "Total optimizer steps"),
+    ("derived", "warmup_steps", "Warmup steps"),
+    ("started", "train_examples", "Training examples"),
+    ("started", "eval_examples", "Eval examples"),
+    ("started", "device", "Device"),
+    ("started", "backend", "Backend"),
+    ("started", "dtype", "Compute dtype"),
+    ("started", "data_format", "Data format"),
+)
+RESUMABLE = {Run.Status.STOPPED, Run.Status.LOST, Run.Status.FAILED}
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    return redirect("run_list")
+
+
+@login_required
+def run_list(request: HttpRequest) -> HttpResponse:
+    page = selectors.run_page_for(request.user, request.GET.get("page"), per_page=RUNS_PER_PAGE)
+    can_start = selectors.team_list_where(request.user, "member").exists()
+    return render(request, "training/run_list.html", {"page": page, "can_start": can_start})
+
+
+def _run_form_data(form: RunForm) -> dict[str, Any]:
+    """What the form's script needs: engine defaults, each preset's config and each dataset's row count."""
+    return {
+        "defaults": {f.name: f.default for f in form.config_fields if not f.required},
+        "required": [f.name for f in form.config_fields if f.required],
+        "presets": {str(p.id): p.config for p in form.fields["preset"].queryset},
+        "datasets": {str(d.id): d.rows for d in form.fields["dataset"].queryset},
+    }
+
+
+@login_required
+def run_new(request: HttpRequest) -> HttpResponse:
+    if not selectors.team_list_where(request.user, "member").exists():
+        in_a_team = selectors.team_list_for(request.user).exists()
+        return render(request, "training/run_new_refused.html", {"in_a_team": in_a_team}, status=403)
+    form = RunForm(request.POST or None, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        dataset = form.cleaned_data["dataset"]
+        try:
+            run = services.run_create(team=dataset.team, user=request.user, dataset=dataset,
+                                      preset=form.cleaned_data["preset"], overrides=form.overrides,
+                                      name=form.cleaned_data["name"])
+        except ValidationError as exc:
+            form.add_service_errors(exc)
+        else:
+            messages.success(request, f"Run {run.name} is queued.")
+            return redirect("run_detail", run_id=run.id)
+    status = 400 if form.is_bound else 200
+    return render(request, "training/run_new.html", {"form": form, "form_data": _run_form_data(form)},
+                  status=status)
+
+
+def _fact_text(value: Any) -> str:
+    """As the page's script writes it: thousands separators for counts, four significant digits otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
+
+
+def _facts(run: Run) -> list[dict[str, Any]]:
+    sources = {"started": run.started or {}, "derived": run.derived or {}}
+    return [{"label": label, "value": _fact_text(sources[where][key])} for where, key, label in FACTS
+            if sources[where].get(key) is not None]
+
+
+@login_required
+def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = selectors.get_run_for_user(request.user, run_id)
+    role = selectors.role_for(request.user, run.team)
+    can_control = role in ("member", "admin")
+    status = selectors.run_status_dict(run)
+    events = selectors.run_events(run)
+    data = {
+        "id": run.id,
+        "ws": f"/ws/runs/{run.id}/",
+        "status": status,
+        "resumed_from_step": run.resumed_from_step,
+        "can_control": can_control,
+        "resumable": sorted(RESUMABLE),
+        "facts": [{"where": where, "key": key, "label": label} for where, key, label in FACTS],
+    }
+    return render(request, "training/run_detail.html", {
+        "run": run,
+        "status": status,
+        "can_control": can_control,
+        "can_resume": can_control and run.status in RESUMABLE and run.last_checkpoint_step is not None,
+        "facts": _facts(run),
+        "versions": sorted((run.versions or {}).items()),
+        "warnings": [e for e in events if e["type"] == "warning"],
+        "events": [e for e in events if e["type"] != "warning"],
+        "samples": list(reversed(selectors.run_samples(run))),
+        "findings": selectors.run_findings(run),
+        "adapter_files": selectors.run_adapter_files(run),
+        "continuations": run.continuations.filter(team=run.team).order_by("id"),
+        "config": [(name, value_text(run.config.get(name))) for name in TrainConfig.model_fields
+                   if name in run.config],
+        "run_data": data,
+    })
+
+
+@require_POST
+@login_required
+def run_stop(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = selectors.get_run_for_user(request.user, run_id)
+    services.run_stop(run=run, user=request.user)  # PermissionDenied (a viewer) is a 403
+    messages.info(request, "Stop requested: the run checkpoints and ends at its next step."
+                  if run.status == Run.Status.STOPPING else f"The run is {run.get_status_display().lower()}.")
+    return redirect("run_detail", run_id=run.id)
+
+
+@require_POST
+@login_required
+def run_resume(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = selectors.get_run_for_user(request.user, run_id)
+    try:
+        continuation = services.run_resume(run=run, user=request.user)
+    except ValidationError as exc:
+        for message in exc.messages:
+            messages.error(request, message)
+        return redirect("run_detail", run_id=run.id)
+    messages.success(request, f"Resumed from step {continuation.resumed_from_step}.")
+    return redirect("run_detail", run_id=continuation.id)
+
+
+@login_required
+def run_adapter_list(request: HttpRequest, run_id: int) -> JsonResponse:
+    """The adapter's files as JSON: the run page lists them when the run succeeds."""
+    run = selectors.get_run_for_user(request.user, run_id)
+    files = [{**f, "url": reverse("run_adapter_file", args=[run.id, f["name"]])}
+             for f in selectors.run_adapter_files(run)]
+    return JsonResponse(files, safe=False)
+
+
+@login_required
+def run_adapter_file(request: HttpRequest, run_id: int, name: str) -> FileResponse:
+    run = selectors.get_run_for_user(request.user, run_id)
+    path = selectors.run_adapter_file(run, name)
+    return FileResponse(path.open("rb"), as_attachment=True, filename=f"run-{run.id}-{path.name}")
+
+
+@login_required
+def worker_list(request: HttpRequest) -> HttpResponse:
+    team_ids = set(selectors.team_ids_for(request.user))
+    workers = [{"worker": w, "run_visible": w.current_run is not None and w.current_run.team_id in team_ids}
+               for w in selectors.worker_list()]
+    return render(request, "training/worker_list.html", {"workers": workers})
+
+
+@login_required
+def dataset_list(request: HttpRequest) -> HttpResponse:
+    can_upload = selectors.team_list_where(request.user, "member").exists()
+    form = DatasetUploadForm(request.POST or None, request.FILES or None, user=request.user) if can_upload else None
+    status = 200
+    if request.method == "POST":
+        if form is None:
+            raise PermissionDenied("Adding a dataset needs the member role in a team")
+        if form.is_valid():
+            try:
+                dataset = services.dataset_create_from_upload(
+                    team=form.cleaned_data["team"], user=request.user, name=form.cleaned_data["name"],
+                    file=form.cleaned_data["file"])
+            except ValidationError as exc:
+                form.add_service_errors(exc)
+            else:
+                messages.success(request, f"Dataset {dataset.name} added: {dataset.rows} rows, {dataset.format}.")
+                return redirect(reverse("dataset_list"))
+        status = 400
+    datasets = selectors.dataset_list_for(request.user).order_by("-created_at")
+    return render(request, "training/dataset_list.html", {"datasets": datasets, "form": form}, status=status)
