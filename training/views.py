@@ -72,7 +72,7 @@ def run_new(request: HttpRequest) -> HttpResponse:
         except ValidationError as exc:
             form.add_service_errors(exc)
         else:
-            messages.success(request, f"Run {run.name} is queued.")
+            messages.success(request, f"Run #{run.id} is queued.")
             return redirect("run_detail", run_id=run.id)
     status = 400 if form.is_bound else 200
     return render(request, "training/run_new.html", {"form": form, "form_data": _run_form_data(form)},

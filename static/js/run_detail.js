@@ -29,6 +29,7 @@ for (const chart of CHARTS) {
 }
 let lastStep = 0; // the highest step received: a reconnect asks for what came after it
 let lastSeq = 0; // the highest event seq received
+let lastLossStep = 0; // the highest training step drawn: a status sent a moment ago may be a step behind it
 let firstReplay = true;
 let flushScheduled = false;
 
@@ -47,7 +48,26 @@ function addRow(row) {
     s.pending.push([row.step, value === null ? null : value * s.scale]);
   }
   lastStep = Math.max(lastStep, row.step);
+  if (row.loss !== undefined && row.loss !== null) {
+    lastLossStep = Math.max(lastLossStep, row.step);
+    showProgress(row.step);
+  }
   scheduleFlush();
+}
+
+// Status messages come on transitions only; between them each training step moves the progress on.
+function showProgress(step) {
+  const status = data.status;
+  if (status.is_terminal || step <= status.last_step) return;
+  status.last_step = step;
+  if (status.total_steps) status.progress = Math.min(step / status.total_steps, 1);
+  renderProgress(status);
+}
+
+function renderProgress(status) {
+  setText("run-steps", `step ${status.last_step}` + (status.total_steps ? ` of ${status.total_steps}` : ""));
+  const progress = status.progress === null || status.progress === undefined ? 0 : status.progress;
+  document.getElementById("run-progress-bar").style.width = `${Math.round(progress * 100)}%`;
 }
 
 function scheduleFlush() {
@@ -141,10 +161,12 @@ function applyStatus(status) {
   badge.textContent = STATUS_LABELS[status.status] || status.status;
   badge.className = `status status-${status.status}`;
   setText("run-queue", status.queue_position ? `#${status.queue_position} in queue` : "");
-  setText("run-steps", `step ${status.last_step}` + (status.total_steps ? ` of ${status.total_steps}` : ""));
   setText("run-worker", status.worker ? `on ${status.worker}` : "");
-  const progress = status.progress === null || status.progress === undefined ? 0 : status.progress;
-  document.getElementById("run-progress-bar").style.width = `${Math.round(progress * 100)}%`;
+  if (!status.is_terminal && lastLossStep > status.last_step) {
+    status.last_step = lastLossStep;
+    if (status.total_steps) status.progress = Math.min(lastLossStep / status.total_steps, 1);
+  }
+  renderProgress(status);
   const error = document.getElementById("run-error");
   error.hidden = !status.error;
   setText("run-error-class", status.error_class || "");
@@ -213,6 +235,11 @@ function clearPlaceholder(list) {
   list.querySelectorAll(":scope > li.muted").forEach((li) => li.remove());
 }
 
+function showIfEmpty(id, text) {
+  const list = document.getElementById(id);
+  if (!list.children.length) list.append(Object.assign(document.createElement("li"), { className: "muted", textContent: text }));
+}
+
 function addEvent(event) {
   if (event.seq <= lastSeq) return;
   lastSeq = event.seq;
@@ -278,6 +305,8 @@ function handle(message) {
           firstReplay = false;
         }
         message.events.forEach(addEvent);
+        showIfEmpty("events", "None yet.");
+        showIfEmpty("warnings", "None.");
         message.samples.forEach(addSample);
         applyStatus(message.status);
         setLog(message.log);
