@@ -1,0 +1,343 @@
+"""`make dev`: set up a fresh machine's database, demo data and tiny model, then run web, worker and a demo run."""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_USER = "demo"
+DEMO_PASSWORD = "demo"
+DEMO_TEAM = ("Demo team", "demo")
+DEMO_DATASET = "colours"
+DEMO_PRESET = "Demo: tiny model, live curve"
+# A few hundred steps on the tiny model: about a minute on a laptop CPU, long enough to watch the curve grow.
+DEMO_STEPS = 300
+
+
+def demo_preset_config(model_path: Path) -> dict:
+    return {
+        "model": str(model_path),
+        "backend": "auto",  # unsloth on a CUDA box, the hf backend on CPU
+        "optim": "adamw_torch",
+        "max_length": 128,
+        "per_device_train_batch_size": 8,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": 0.002,
+        "warmup_steps": 10,
+        "max_steps": DEMO_STEPS,
+        "logging_steps": 1,
+        "eval_split": 0.1,
+        "eval_steps": 20,
+        "save_steps": 100,
+        "sample_prompts": ["What colour is the plum? Say it 2 times."],
+    }
+
+
+def say(message: str) -> None:
+    print(f"[tuneboard] {message}", flush=True)
+
+
+def fail(message: str) -> None:
+    print(f"[tuneboard] cannot start: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+class Children:
+    """The processes this launcher started, stopped in reverse order (each in its own session, so a terminal's
+    Ctrl-C reaches only the launcher, which then shuts them down in order)."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.items: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, args: list[str], env: dict | None = None) -> subprocess.Popen:
+        log = (self.log_dir / f"{name}.log").open("a")
+        process = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        self.items.append((name, process))
+        return process
+
+    def running(self, name: str) -> bool:
+        return any(n == name and process.poll() is None for n, process in self.items)
+
+    def dead(self) -> list[str]:
+        return [name for name, process in self.items if process.poll() is not None]
+
+    def stop_all(self, timeout: float = 20) -> None:
+        """Last started, first stopped: the worker and web server go before the Redis they talk to."""
+        for name, process in reversed(self.items):
+            if process.poll() is not None:
+                continue
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                say(f"{name} did not stop in {timeout:.0f} s: killing it")
+                process.kill()
+                process.wait()
+
+
+# Services -----------------------------------------------------------------------------------------------------
+
+def ensure_redis(children: Children) -> None:
+    from django.conf import settings
+
+    from dashboard.preflight import redis_problem
+
+    if redis_problem() is None:
+        return
+    url = urlsplit(settings.REDIS_URL)
+    local = url.scheme == "redis" and (url.hostname or "localhost") in ("127.0.0.1", "localhost", "::1")
+    server = shutil.which("redis-server")
+    if not (local and server):
+        fail(redis_problem() + ("" if server else " (`redis-server` is not installed here: Debian "
+                                                  "`apt-get install redis-server`)"))
+    port = url.port or 6379
+    say(f"Redis is not running: starting {server} on 127.0.0.1:{port}")
+    children.start("redis", [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"])
+    for _ in range(40):
+        if redis_problem() is None:
+            return
+        time.sleep(0.25)
+    fail(f"redis-server did not answer on port {port}; see {children.log_dir / 'redis.log'}")
+
+
+def ensure_database() -> None:
+    """Create the database if the server answers but the database is missing; then check it answers."""
+    import psycopg
+    from django.conf import settings
+
+    from dashboard.preflight import postgres_problem
+
+    problem = postgres_problem()
+    if problem is None:
+        return
+    db = settings.DATABASES["default"]
+    if "does not exist" not in problem:
+        fail(problem)
+    say(f"creating database {db['NAME']}")
+    try:
+        with psycopg.connect(dbname="postgres", user=db["USER"] or None, password=db["PASSWORD"] or None,
+                             host=db["HOST"] or None, port=db["PORT"] or None, connect_timeout=3,
+                             autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{db["NAME"]}"')
+    except psycopg.Error as exc:
+        fail(f"could not create database {db['NAME']!r}: {str(exc).strip()}. Create it yourself "
+             f"(`createdb {db['NAME']}`) or point DATABASE_URL at one that exists.")
+    problem = postgres_problem()
+    if problem:
+        fail(problem)
+
+
+# Set-up ---------------------------------------------------------------------------------------------------------
+
+def setup_django() -> None:
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    say("applying migrations")
+    call_command("migrate", interactive=False, verbosity=0)
+    from django.conf import settings
+
+    if not settings.WHITENOISE_USE_FINDERS:
+        say("collecting static files")
+        call_command("collectstatic", interactive=False, verbosity=0)
+
+
+def setup_demo(log_dir: Path) -> tuple:
+    """The demo team, user (admin of the team and a superuser), tiny model, dataset and preset; reused if present."""
+    from django.conf import settings
+    from django.contrib.auth.models import User
+
+    from dashboard.models import Membership, Team
+    from training import services
+    from training.engine.tiny import write_dataset
+    from training.models import Dataset, Preset
+
+    team, _ = Team.objects.get_or_create(slug=DEMO_TEAM[1], defaults={"name": DEMO_TEAM[0]})
+    user = User.objects.filter(username=DEMO_USER).first()
+    if user is None:
+        user = User.objects.create_superuser(DEMO_USER, email="", password=DEMO_PASSWORD)
+    Membership.objects.update_or_create(user=user, team=team, defaults={"role": Membership.Role.ADMIN})
+
+    model_path = Path(settings.MODELS_DIR) / "tiny-llama"
+    if not (model_path / "config.json").is_file():
+        say(f"building the tiny demo model in {model_path} (log: {log_dir / 'tiny-model.log'})")
+        # In a child process: torch and transformers print pages of start-up chatter that belong in a log.
+        with (log_dir / "tiny-model.log").open("a") as log:
+            built = subprocess.run([sys.executable, "-m", "training.engine", "tiny-model", str(model_path)],
+                                   cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        if built.returncode != 0:
+            fail(f"building the tiny model failed; see {log_dir / 'tiny-model.log'}")
+
+    dataset = Dataset.objects.filter(team=team, name=DEMO_DATASET).first()
+    if dataset is None or not Path(dataset.path).is_file():
+        if dataset is not None:
+            # Its file was removed with var/: keep the record (runs point at it), add the data under a new name.
+            Dataset.objects.filter(id=dataset.id).update(name=f"{DEMO_DATASET} (file missing, {dataset.id})")
+        say("writing the demo dataset")
+        source = write_dataset(Path(settings.VAR_DIR) / "demo" / "colours.jsonl", n=256, fmt="messages")
+        dataset = services.dataset_create_from_upload(team=team, user=user, name=DEMO_DATASET,
+                                                      file=io.BytesIO(source.read_bytes()))
+
+    config = demo_preset_config(model_path)
+    preset = Preset.objects.filter(team=team, name=DEMO_PRESET).first()
+    if preset is None:
+        preset = Preset(team=team, name=DEMO_PRESET, created_by=user,
+                        notes="The tiny model on the demo dataset: a live curve in about a minute on a CPU.")
+    if preset.config != config:
+        preset.config = config
+        preset.full_clean()
+        preset.save()
+    return team, user, dataset, preset
+
+
+# Processes ------------------------------------------------------------------------------------------------------
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_http(host: str, port: int, process: subprocess.Popen, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def wait_worker(name: str, process: subprocess.Popen, timeout: float = 90) -> bool:
+    from training.models import Worker
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if Worker.objects.filter(name=name, pid=process.pid).exists():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dashboard.dev", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="address the web server listens on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="web server port (default 8000)")
+    parser.add_argument("--no-demo-run", action="store_true", help="set up and serve, but start no demo run")
+    args = parser.parse_args(argv)
+    if not 1 <= args.port <= 65535:
+        parser.error(f"--port must be 1-65535, not {args.port}")
+
+    from django.conf import settings
+
+    log_dir = Path(settings.VAR_DIR) / "log"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    children = Children(log_dir)
+    worker_name = f"dev-{settings.TUNEBOARD_DEFAULT_QUEUE}@{socket.gethostname()}"
+    # From here on a Ctrl-C (or a SIGTERM) shuts the children down in order rather than leaving them running.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return run(args, children, worker_name)
+    except KeyboardInterrupt:
+        say("shutting down")
+        return 0
+    finally:
+        if children.running("worker"):
+            stop_demo_runs(worker_name)
+        children.stop_all()
+        say("stopped")
+
+
+def run(args: argparse.Namespace, children: Children, worker_name: str) -> int:
+    from django.conf import settings
+
+    if not port_free(args.host, args.port):
+        fail(f"port {args.port} on {args.host} is in use; pick another with --port")
+    ensure_redis(children)
+    ensure_database()
+    setup_django()
+    team, user, dataset, preset = setup_demo(children.log_dir)
+
+    queue = settings.TUNEBOARD_DEFAULT_QUEUE
+    say(f"starting the web server on http://{args.host}:{args.port} (log: {children.log_dir / 'web.log'})")
+    web = children.start("web", [sys.executable, "-m", "daphne", "-b", args.host, "-p", str(args.port),
+                                 "dashboard.asgi:application"])
+    say(f"starting a worker for queue {queue!r} (log: {children.log_dir / 'worker.log'})")
+    worker = children.start("worker", [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "-Q", queue,
+                                       "-n", worker_name, "--pool", "solo", "-c", "1", "--without-gossip",
+                                       "--without-mingle", "-l", "info"])
+    if not wait_http(args.host, args.port, web):
+        fail(f"the web server did not start; see {children.log_dir / 'web.log'}")
+    if not wait_worker(worker_name, worker):
+        fail(f"the worker did not start; see {children.log_dir / 'worker.log'}")
+
+    url = f"http://{args.host}:{args.port}/"
+    if not args.no_demo_run:
+        from training import services
+
+        run_ = services.run_create(team=team, user=user, dataset=dataset, preset=preset, name="demo run")
+        url = f"http://{args.host}:{args.port}/runs/{run_.id}/"
+        say(f"demo run #{run_.id} queued: {DEMO_STEPS} steps of the tiny model")
+    print(f"\n  Tuneboard is running: {url}\n  Log in as {DEMO_USER} / {DEMO_PASSWORD}.  Ctrl-C stops everything.\n",
+          flush=True)
+    while True:
+        dead = children.dead()
+        if dead:
+            say(f"{', '.join(dead)} exited; see its log in {children.log_dir}")
+            return 1
+        time.sleep(1)
+
+
+def stop_demo_runs(worker_name: str) -> None:
+    """Stop what this launcher's worker trains, so the run ends `stopped` with a checkpoint rather than `lost`."""
+    try:
+        from django.contrib.auth.models import User
+        from django.core.exceptions import PermissionDenied
+
+        from training import services
+        from training.models import Run
+
+        user = User.objects.filter(username=DEMO_USER).first()
+        active = list(Run.objects.filter(status__in=list(Run.ON_WORKER), worker__name=worker_name)
+                      .select_related("team"))
+        for run_ in active:
+            try:
+                services.run_stop(run=run_, user=user)
+            except PermissionDenied:
+                pass  # another team's run (the demo user is not in it): it becomes lost, and can be resumed
+        if active:
+            say(f"stopping run(s) {', '.join(f'#{r.id}' for r in active)} at their next step")
+        deadline = time.monotonic() + 30
+        while active and time.monotonic() < deadline:
+            if not Run.objects.filter(id__in=[r.id for r in active], status__in=list(Run.ON_WORKER)).exists():
+                break
+            time.sleep(0.5)
+    except Exception as exc:  # noqa: BLE001 - shutting down must go on; the runs become lost at worst
+        say(f"could not stop the running runs ({type(exc).__name__}: {exc}); they will show as lost")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

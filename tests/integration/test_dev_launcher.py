@@ -1,0 +1,129 @@
+"""`make dev`'s launcher (python -m dashboard.dev) on a fresh database: it creates and migrates it, sets up the
+demo, serves the app with a worker training the demo run, and shuts everything down on Ctrl-C; a missing
+PostgreSQL or Redis is a clear sentence, not a traceback."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launcher_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "TUNEBOARD_"))}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def test_without_postgresql_it_says_how_to_get_one():
+    result = subprocess.run([sys.executable, "-m", "dashboard.dev", "--port", str(free_port())], cwd=ROOT,
+                            env=launcher_env(DATABASE_URL="postgres://postgres@127.0.0.1:1/tuneboard"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "PostgreSQL is not reachable at 127.0.0.1:1" in result.stderr and "DATABASE_URL" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_without_a_reachable_redis_it_says_how_to_get_one():
+    # A remote Redis it cannot start itself (192.0.2.0/24 is reserved for documentation: nothing answers).
+    result = subprocess.run([sys.executable, "-m", "dashboard.dev", "--port", str(free_port())], cwd=ROOT,
+                            env=launcher_env(REDIS_URL="redis://192.0.2.1:6379/0"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "Redis is not reachable at redis://192.0.2.1:6379/0" in result.stderr and "REDIS_URL" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_port_in_use_is_refused_before_anything_starts():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "dashboard.dev", "--port", str(port)], cwd=ROOT,
+                                env=launcher_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and f"port {port} on 127.0.0.1 is in use" in result.stderr
+
+
+class Launcher:
+    def __init__(self, env: dict, port: int, *args: str):
+        self.log = Path(env["TUNEBOARD_VAR_DIR"]) / f"launcher-{port}.out"
+        self.process = subprocess.Popen([sys.executable, "-m", "dashboard.dev", "--port", str(port), *args],
+                                        cwd=ROOT, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            assert self.process.poll() is None, f"the launcher exited:\n{self.output()}"
+            assert time.monotonic() < deadline, f"no {text!r} within {timeout} s:\n{self.output()}"
+            time.sleep(0.5)
+
+    def interrupt(self) -> int:
+        self.process.send_signal(signal.SIGINT)
+        return self.process.wait(timeout=90)
+
+
+@pytest.mark.slow
+def test_on_a_fresh_database_it_sets_up_serves_trains_the_demo_and_stops_cleanly(tmp_path):
+    name = f"tuneboard_devtest_{uuid.uuid4().hex[:8]}"
+    queue = f"devtest-{uuid.uuid4().hex[:8]}"
+    env = launcher_env(DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{name}", TUNEBOARD_VAR_DIR=str(tmp_path),
+                       TUNEBOARD_DEFAULT_QUEUE=queue, TUNEBOARD_CHANNEL_PREFIX=queue)
+    port = free_port()
+    try:
+        launcher = Launcher(env, port)
+        launcher.wait_for("Tuneboard is running", timeout=240)
+        out = launcher.output()
+        assert f"creating database {name}" in out and "Log in as demo / demo" in out
+        assert f"http://127.0.0.1:{port}/runs/1/" in out
+        login = urllib.request.urlopen(f"http://127.0.0.1:{port}/accounts/login/", timeout=10)
+        assert login.status == 200 and b"Log in" in login.read()
+        plotly = urllib.request.urlopen(f"http://127.0.0.1:{port}/static/vendor/plotly.min.js", timeout=10)
+        assert plotly.status == 200
+
+        with psycopg.connect(dbname=name, user="postgres", host="127.0.0.1", autocommit=True) as conn:
+            deadline = time.monotonic() + 180
+            while not conn.execute("SELECT count(*) FROM training_metricpoint WHERE run_id = 1").fetchone()[0]:
+                assert time.monotonic() < deadline, f"the demo run drew no point:\n{launcher.output()}"
+                time.sleep(1)
+            user = conn.execute("SELECT is_superuser FROM auth_user WHERE username = 'demo'").fetchone()
+            role = conn.execute("SELECT role FROM dashboard_membership").fetchone()
+            assert user == (True,) and role == ("admin",)
+            status = conn.execute("SELECT status FROM training_run WHERE id = 1").fetchone()[0]
+
+            assert launcher.interrupt() == 0
+            assert "stopped" in launcher.output().splitlines()[-1]
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            ended = conn.execute("SELECT status FROM training_run WHERE id = 1").fetchone()[0]
+            # A run training at Ctrl-C checkpoints and stops instead of being left for the lost-run sweep.
+            assert ended in ("stopped", "succeeded"), (status, ended)
+
+        # Run again on the same database: the demo set-up is reused, and --no-demo-run starts nothing.
+        again = Launcher(env, port, "--no-demo-run")
+        again.wait_for("Tuneboard is running", timeout=120)
+        assert "creating database" not in again.output() and "building the tiny demo model" not in again.output()
+        assert again.interrupt() == 0
+        with psycopg.connect(dbname=name, user="postgres", host="127.0.0.1") as conn:
+            counts = conn.execute("SELECT (SELECT count(*) FROM training_run), (SELECT count(*) FROM auth_user), "
+                                  "(SELECT count(*) FROM training_dataset), (SELECT count(*) FROM training_preset)"
+                                  ).fetchone()
+        assert counts == (1, 1, 1, 1)
+    finally:
+        with psycopg.connect(dbname="postgres", user="postgres", host="127.0.0.1", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
