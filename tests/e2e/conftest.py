@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 
 from tests.integration.conftest import celery_worker, tiny_model  # noqa: F401 - fixtures shared with integration
 
@@ -21,11 +21,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-# Playwright's sync API runs an event loop in this thread; the ORM calls the tests make between browser steps
-# are plain blocking calls of the test itself, not code inside that loop.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -37,7 +32,7 @@ def service_env() -> dict[str, str]:
     """The environment that points a server or worker process at this test session's database and Redis."""
     db = connection.settings_dict
     return {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"},
         "DEBUG": "1",
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
         "REDIS_URL": settings.REDIS_URL,
@@ -94,16 +89,23 @@ def web_server(django_db_setup, django_db_blocker, tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def browser():
+@pytest.fixture
+def browser(monkeypatch):
+    """One Chromium per test: Playwright's sync API keeps an event loop running in this thread while it is open,
+    which must not outlive the test (other tests' async_to_sync refuses to run beside it)."""
     if not shutil.which(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: install Debian's Chromium (apt-get install -y chromium)")
     from playwright.sync_api import sync_playwright
 
+    # The ORM calls a test makes between browser steps are its own blocking calls, not code inside that loop.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+        # Inside Playwright's loop Django keeps a connection per async context; close the test's own here, or it
+        # outlives the session and the test database cannot be dropped.
+        connections.close_all()
 
 
 @pytest.fixture
