@@ -1,9 +1,19 @@
-"""Fixtures for every test session: its own var dir, Celery queue and Channels prefix, so parallel sessions
-(pytest-xdist workers, a developer's `make dev`) sharing one Redis never see each other's runs."""
+"""Fixtures for every test session: its own database, var dir, Celery queue and Channels prefix, so parallel
+sessions (pytest-xdist workers, engineers side by side, a running `make dev`) never see each other's runs."""
+import os
 import uuid
 
 import pytest
+from channels.layers import channel_layers
 from django.conf import settings
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """test_tuneboard_gw0_<pid>: two pytest runs on one PostgreSQL must not create, flush or drop each other's."""
+    for db in settings.DATABASES.values():
+        test = db.setdefault("TEST", {})
+        test["NAME"] = f"{test.get('NAME') or 'test_' + db['NAME']}_{os.getpid()}"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -19,3 +29,12 @@ def isolated_session(tmp_path_factory):
     # Before the first get_channel_layer(): channels builds the layer once, from these settings.
     settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"test-{token}"
     return token
+
+
+@pytest.fixture(autouse=True)
+def fresh_channel_layer():
+    """A new channel layer per test: channels_redis ties its receive locks to the event loop that first used
+    them, and each test's async_to_sync runs its own loop (a server has one), so a reused layer can hang."""
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()

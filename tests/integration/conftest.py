@@ -2,6 +2,7 @@
 database, and helpers to wait on run rows and to talk to the websocket as a browser would."""
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -134,15 +135,16 @@ def communicator(run_id: int, cookie: str | None) -> WebsocketCommunicator:
 async def receive_until(comm: WebsocketCommunicator, stop: Callable[[dict], bool], *, timeout: float = 120) -> list:
     """Messages until (and including) the first for which stop() is true."""
     messages = []
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"no closing message within {timeout} s; got {[m['type'] for m in messages]}")
-        message = await comm.receive_json_from(timeout=remaining)
-        messages.append(message)
-        if stop(message):
-            return messages
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await comm.receive_json_from(timeout=timeout)
+                messages.append(message)
+                if stop(message):
+                    return messages
+    except TimeoutError:
+        got = [(m["type"], m.get("step") or m.get("status")) for m in messages]
+        raise AssertionError(f"no closing message within {timeout} s; got {got}") from None
 
 
 def is_terminal_status(message: dict) -> bool:
