@@ -1,7 +1,7 @@
 """URLs of the training pages."""
 from django.urls import path
 
-from training import views
+from training import compare_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -14,4 +14,8 @@ urlpatterns = [
     path("runs/<int:run_id>/adapter/<str:name>", views.run_adapter_file, name="run_adapter_file"),
     path("datasets/", views.dataset_list, name="dataset_list"),
     path("workers/", views.worker_list, name="worker_list"),
+    path("compare/", compare_views.compare_page, name="compare"),
+    path("compare/data/", compare_views.compare_data, name="compare_data"),
+    path("compare/export.csv", compare_views.compare_export, {"fmt": "csv"}, name="compare_export_csv"),
+    path("compare/export.json", compare_views.compare_export, {"fmt": "json"}, name="compare_export_json"),
 ]

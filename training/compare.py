@@ -1,0 +1,447 @@
+"""Reads for the Compare page: which runs (team-scoped, 2 to 20), their series smoothed and downsampled, and
+what differs between them, with the guidance and the seed's prediction for each difference."""
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import psycopg
+from django.db import connection
+from django.db.models import Count
+from django.http import Http404
+from django.urls import Resolver404, resolve
+from psycopg.adapt import Loader
+from psycopg.pq import Format
+
+from guidance import calculators, content
+from guidance.models import Finding
+from training import selectors, series
+from training.engine.config import TrainConfig
+from training.forms import value_text
+from training.models import MetricPoint, Run, Sweep
+
+MIN_RUNS, MAX_RUNS = 2, 20
+METRICS: dict[str, str] = {
+    "loss": "train loss",
+    "eval_loss": "eval loss",
+    "grad_norm": "grad norm",
+    "learning_rate": "learning rate",
+    "tokens_per_s": "tokens/s",
+    "peak_vram_bytes": "peak VRAM (bytes)",
+}
+# x axis name → the SQL for it (wall time: seconds since the epoch, made relative to the run's first point).
+X_AXES: dict[str, str] = {
+    "step": "mp.step::float8",
+    "tokens": "mp.tokens_seen::float8",
+    "epoch": "mp.epoch",
+    "time": "extract(epoch from mp.time)::float8",
+}
+DEFAULT_SMOOTH = 0.6
+MAX_SMOOTH = 0.999
+# Config fields that say where files live, not how the run trains: the dataset row stands for train_file.
+NOT_COMPARED = frozenset({"version", "train_file", "eval_file", "output_dir"})
+
+
+class CompareError(ValueError):
+    """A compare request that cannot be served; `field` names the parameter, `allowed` what it may be."""
+
+    def __init__(self, field: str, message: str, allowed: str):
+        self.field, self.message, self.allowed = field, message, allowed
+        super().__init__(f"{field}: {message} (allowed: {allowed})")
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "error": self.message, "allowed": self.allowed}
+
+
+@dataclass(frozen=True)
+class CompareQuery:
+    run_ids: tuple[int, ...]
+    x: str = "step"
+    smooth: float = DEFAULT_SMOOTH
+    metrics: tuple[str, ...] = tuple(METRICS)
+    x0: float | None = None
+    x1: float | None = None
+    group: str = ""
+
+
+def _float(params: Mapping[str, str], key: str, *, allowed: str) -> float | None:
+    text = (params.get(key) or "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise CompareError(key, f"{text!r} is not a number", allowed) from None
+    if not math.isfinite(value):
+        raise CompareError(key, f"{text!r} is not a finite number", allowed)
+    return value
+
+
+def parse_run_ids(text: str) -> tuple[int, ...]:
+    allowed = f"{MIN_RUNS} to {MAX_RUNS} run ids separated by commas, e.g. runs=12,15,19"
+    parts = [p.strip() for p in (text or "").split(",") if p.strip()]
+    ids: list[int] = []
+    for part in parts:
+        if not part.isdigit():
+            raise CompareError("runs", f"{part!r} is not a run id", allowed)
+        if int(part) not in ids:
+            ids.append(int(part))
+    if len(ids) < MIN_RUNS:
+        raise CompareError("runs", f"{len(ids)} run{'s' if len(ids) != 1 else ''} chosen; choose at least {MIN_RUNS}",
+                           allowed)
+    if len(ids) > MAX_RUNS:
+        raise CompareError("runs", f"{len(ids)} runs chosen; at most {MAX_RUNS} can be compared", allowed)
+    return tuple(ids)
+
+
+def parse_query(params: Mapping[str, str], *, run_ids: tuple[int, ...] | None = None) -> CompareQuery:
+    """The query string of the page, the data request or an export; CompareError names the bad parameter."""
+    ids = run_ids if run_ids is not None else parse_run_ids(params.get("runs", ""))
+    x = params.get("x") or "step"
+    if x not in X_AXES:
+        raise CompareError("x", f"{x!r} is not an x axis", ", ".join(X_AXES))
+    smooth = _float(params, "smooth", allowed=f"a number from 0 to {MAX_SMOOTH}")
+    smooth = DEFAULT_SMOOTH if smooth is None else smooth
+    if not 0 <= smooth <= MAX_SMOOTH:
+        raise CompareError("smooth", f"{smooth} is out of range", f"a number from 0 to {MAX_SMOOTH}")
+    metric_text = params.get("metric") or ""
+    metrics = tuple(m for m in metric_text.split(",") if m) or tuple(METRICS)
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise CompareError("metric", f"{', '.join(map(repr, unknown))} is not a compared metric", ", ".join(METRICS))
+    x0 = _float(params, "x0", allowed="a number on the x axis, or empty for the start")
+    x1 = _float(params, "x1", allowed="a number on the x axis, or empty for the end")
+    if x0 is not None and x1 is not None and x1 < x0:
+        raise CompareError("x1", f"the range ends ({x1}) before it starts ({x0})", "x1 >= x0")
+    group = params.get("group") or ""
+    if group and group not in compared_fields():
+        raise CompareError("group", f"{group!r} is not a config field", ", ".join(compared_fields()))
+    return CompareQuery(run_ids=ids, x=x, smooth=smooth, metrics=metrics, x0=x0, x1=x1, group=group)
+
+
+def compared_fields() -> tuple[str, ...]:
+    return ("dataset", *(f for f in TrainConfig.model_fields if f not in NOT_COMPARED))
+
+
+def runs_for_user(user, run_ids: Iterable[int]) -> list[Run]:
+    """The runs in the order asked; any run that is missing or another team's is a 404, like a missing run."""
+    run_ids = list(run_ids)
+    found = {r.id: r for r in Run.objects.select_related("dataset", "team", "resumed_from").filter(
+        id__in=run_ids, team_id__in=selectors.team_ids_for(user))}
+    missing = [i for i in run_ids if i not in found]
+    if missing:
+        raise Http404(f"No such run: {', '.join(map(str, missing))}")
+    return [found[i] for i in run_ids]
+
+
+def sweep_run_ids(user, sweep_id: int) -> tuple[int, ...]:
+    sweep = Sweep.objects.filter(id=sweep_id, team_id__in=selectors.team_ids_for(user)).first()
+    if sweep is None:
+        raise Http404("No such sweep")
+    return tuple(sweep.runs.order_by("id").values_list("id", flat=True))
+
+
+# Series ----------------------------------------------------------------------------------------------------
+
+class _Float8ArrayLoader(Loader):
+    """float8[] in PostgreSQL's binary array format straight into numpy (no Python float per value). The
+    queries leave NULLs out, so every element is a 4-byte length and 8 bytes of big-endian double."""
+
+    format = Format.BINARY
+    _element = np.dtype([("length", ">i4"), ("value", ">f8")])
+
+    def load(self, data) -> np.ndarray:
+        ndim, = struct.unpack_from(">i", data, 0)
+        if ndim == 0:
+            return np.empty(0)
+        count, = struct.unpack_from(">i", data, 12)
+        return np.frombuffer(data, dtype=self._element, count=count, offset=20)["value"].astype(np.float64)
+
+
+FLOAT8_ARRAY_OID = 1022
+
+
+def _curve_parts(runs: list[Run]) -> list[tuple[int, int, int, int]]:
+    """(run id, source run id, after step, up to step): a run's curve is its resume chain, each part up to the
+    checkpoint the next one continued from (as on the run page)."""
+    parts = []
+    for run in runs:
+        lineage = selectors.run_lineage(run) if run.resumed_from_id else [(run.id, None)]
+        for index, (source, start_after) in enumerate(lineage):
+            upto = lineage[index + 1][1] or 0 if index + 1 < len(lineage) else 2**31 - 1
+            parts.append((run.id, source, -1 if start_after is None else start_after, upto))
+    return parts
+
+
+def fetch_series(runs: list[Run], metric: str, x: str) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Each run's full-resolution (step, x, value) for one metric, steps ascending, rows without the value or the
+    x left out: one query over the UNIQUE(run, step) index, arrays decoded by numpy."""
+    if metric not in METRICS or x not in X_AXES:
+        raise ValueError(f"unknown metric {metric!r} or x axis {x!r}")
+    parts = _curve_parts(runs)
+    x_sql = X_AXES[x]
+    x_select = "" if x == "step" else f", array_agg({x_sql} ORDER BY mp.step)"
+    x_filter = "" if x == "step" else f" AND {x_sql} IS NOT NULL"
+    sql = (
+        f"SELECT parts.run, array_agg(mp.step::float8 ORDER BY mp.step), array_agg(mp.{metric}::float8 ORDER BY "
+        f"mp.step){x_select} FROM unnest(%s::int[], %s::int[], %s::int[], %s::int[]) AS parts(run, src, lo, hi) "
+        f"JOIN {MetricPoint._meta.db_table} mp ON mp.run_id = parts.src AND mp.step > parts.lo "
+        f"AND mp.step <= parts.hi WHERE mp.{metric} IS NOT NULL{x_filter} GROUP BY parts.run"
+    )
+    connection.ensure_connection()
+    # Django's cursors bind on the client, which cannot return binary results: a plain psycopg cursor can.
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.adapters.register_loader(FLOAT8_ARRAY_OID, _Float8ArrayLoader)
+        cursor.execute(sql, [list(col) for col in zip(*parts)] if parts else [[], [], [], []], binary=True)
+        rows = cursor.fetchall()
+    out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for row in rows:
+        steps, values = row[1], row[2]
+        xs = steps if x == "step" else row[3]
+        out[row[0]] = (steps, xs, values)
+    if x == "time":
+        origins = wall_time_origins(runs)
+        out = {run_id: (s, xs - origins.get(run_id, xs[0] if len(xs) else 0.0), v)
+               for run_id, (s, xs, v) in out.items()}
+    return out
+
+
+def wall_time_origins(runs: list[Run]) -> dict[int, float]:
+    """Where each run's wall-time axis starts (seconds since the epoch): when the first run of its resume chain
+    started, so every metric of a run shares one origin."""
+    origins = {}
+    for run in runs:
+        root = run
+        while root.resumed_from_id and root.resumed_from is not None:
+            root = root.resumed_from
+        if root.started_at is not None:
+            origins[run.id] = root.started_at.timestamp()
+    return origins
+
+
+def _json_floats(values: np.ndarray) -> list[float | None]:
+    """A JSON-able list: non-finite values become null, a gap in the chart."""
+    return [v if math.isfinite(v) else None for v in values.tolist()]
+
+
+def _sorted_by_x(steps: np.ndarray, xs: np.ndarray, ys: np.ndarray):
+    if len(xs) > 1 and np.any(np.diff(xs) < 0):  # tokens or epochs reset by a resume: draw in x order
+        order = np.argsort(xs, kind="stable")
+        return steps[order], xs[order], ys[order]
+    return steps, xs, ys
+
+
+def series_payload(runs: list[Run], query: CompareQuery) -> dict[str, Any]:
+    """What the charts draw for the query: per metric and run the raw line and the smoothed one, each at most
+    series.MAX_POINTS points over the query's x range; with query.group, a mean and min–max band per value."""
+    metrics: dict[str, Any] = {}
+    for metric in query.metrics:
+        fetched = fetch_series(runs, metric, query.x)
+        per_run = []
+        smoothed_full: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for run in runs:
+            steps, xs, ys = fetched.get(run.id, (np.empty(0), np.empty(0), np.empty(0)))
+            # Smoothing runs over the whole curve in step order, before any cut, so a zoom shows the same line.
+            smooth, state = series.ema(ys, query.smooth) if query.smooth > 0 else (None, None)
+            if smooth is not None:
+                _, xs_sorted, smooth_sorted = _sorted_by_x(steps, xs, smooth)
+                smoothed_full[run.id] = (xs_sorted, smooth_sorted)
+            steps_sorted, xs_sorted, ys_sorted = _sorted_by_x(steps, xs, ys)
+            keep = series.downsample(xs_sorted, ys_sorted, x0=query.x0, x1=query.x1)
+            entry: dict[str, Any] = {
+                "id": run.id,
+                "points": int(len(ys)),
+                "last_step": int(steps[-1]) if len(steps) else 0,
+                "raw": {"x": xs_sorted[keep].tolist(), "y": _json_floats(ys_sorted[keep])},
+                "smooth": None,
+                "ema": {"last": state.last, "count": state.count} if state else None,
+            }
+            if smooth is not None:
+                sx, sy = smoothed_full[run.id]
+                keep_s = series.downsample(sx, sy, x0=query.x0, x1=query.x1)
+                entry["smooth"] = {"x": sx[keep_s].tolist(), "y": _json_floats(sy[keep_s])}
+            per_run.append(entry)
+        metric_payload: dict[str, Any] = {"runs": per_run}
+        if query.group:
+            metric_payload["groups"] = _groups(runs, query, fetched, smoothed_full)
+        metrics[metric] = metric_payload
+    return {"x": query.x, "smooth": query.smooth, "x0": query.x0, "x1": query.x1, "metrics": metrics}
+
+
+def _groups(runs, query, fetched, smoothed_full) -> list[dict[str, Any]]:
+    by_value: dict[str, list[Run]] = {}
+    for run in runs:
+        by_value.setdefault(value_text(config_value(run, query.group)), []).append(run)
+    groups = []
+    for value, members in by_value.items():
+        lines = []
+        for run in members:
+            if run.id in smoothed_full:
+                lines.append(smoothed_full[run.id])
+            elif run.id in fetched:
+                _, xs, ys = _sorted_by_x(*fetched[run.id])
+                lines.append((xs, ys))
+        band = series.group_band(lines, x0=query.x0, x1=query.x1)
+        groups.append({"value": value, "runs": [r.id for r in members], "x": band["x"].tolist(),
+                       **{k: _json_floats(band[k]) for k in ("mean", "min", "max")}})
+    return groups
+
+
+# What differs ----------------------------------------------------------------------------------------------
+
+def config_value(run: Run, name: str) -> Any:
+    if name == "dataset":
+        return run.dataset.name
+    return (run.config or {}).get(name)
+
+
+def _key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def parameter_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """Every compared field with each run's value as text and whether the runs differ on it."""
+    rows = []
+    for name in compared_fields():
+        values = [config_value(run, name) for run in runs]
+        rows.append({"name": name, "values": [value_text(v) for v in values], "raw": values,
+                     "differs": len({_key(v) for v in values}) > 1})
+    return rows
+
+
+def outcomes(runs: list[Run]) -> dict[int, dict[str, Any]]:
+    """Per run: best and final eval loss, final train loss, train–eval gap, mean tokens/s, peak VRAM, last step."""
+    parts = _curve_parts(runs)
+    sql = (
+        "SELECT parts.run, min(mp.eval_loss), "
+        "(array_agg(mp.eval_loss ORDER BY mp.step DESC) FILTER (WHERE mp.eval_loss IS NOT NULL))[1], "
+        "(array_agg(mp.loss ORDER BY mp.step DESC) FILTER (WHERE mp.loss IS NOT NULL))[1], "
+        "avg(mp.tokens_per_s) FILTER (WHERE mp.tokens_per_s = mp.tokens_per_s), max(mp.peak_vram_bytes), "
+        "max(mp.step) "
+        f"FROM unnest(%s::int[], %s::int[], %s::int[], %s::int[]) AS parts(run, src, lo, hi) "
+        f"JOIN {MetricPoint._meta.db_table} mp ON mp.run_id = parts.src AND mp.step > parts.lo "
+        "AND mp.step <= parts.hi GROUP BY parts.run"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [list(col) for col in zip(*parts)])
+        rows = {row[0]: row[1:] for row in cursor.fetchall()}
+    findings = dict(Finding.objects.filter(run__in=runs).values("run").annotate(n=Count("id"))
+                    .values_list("run", "n"))
+    out = {}
+    for run in runs:
+        best, final_eval, final_loss, tokens_per_s, vram, last_step = rows.get(run.id, (None,) * 6)
+        gap = final_eval - final_loss if final_eval is not None and final_loss is not None else None
+        out[run.id] = {
+            "effective_batch": (run.derived or {}).get("effective_batch") or _effective_batch(run),
+            "lora_scale": (run.started or {}).get("lora_scale"),
+            "trainable_params": (run.started or {}).get("trainable_params"),
+            "tokens_per_s": tokens_per_s,
+            "peak_vram_gib": vram / 1024**3 if vram is not None else None,
+            "best_eval_loss": best,
+            "final_eval_loss": final_eval,
+            "final_train_loss": final_loss,
+            "train_eval_gap": gap,
+            "findings": findings.get(run.id, 0),
+            "last_step": last_step or 0,
+        }
+    return out
+
+
+def _effective_batch(run: Run) -> int | None:
+    config = run.config or {}
+    try:
+        return int(config["per_device_train_batch_size"]) * int(config["gradient_accumulation_steps"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+OUTCOME_ROWS = (
+    ("effective_batch", "Effective batch"),
+    ("lora_scale", "LoRA scale"),
+    ("trainable_params", "Trainable parameters"),
+    ("tokens_per_s", "Tokens/s (mean)"),
+    ("peak_vram_gib", "Peak VRAM (GiB)"),
+    ("best_eval_loss", "Best eval loss"),
+    ("final_eval_loss", "Final eval loss"),
+    ("train_eval_gap", "Train–eval gap (final eval − final train)"),
+    ("findings", "Findings"),
+)
+
+
+def _guidance_url(param: str) -> str | None:
+    path = f"/guidance/{param}/"
+    try:
+        resolve(path)
+    except Resolver404:
+        return None
+    return path
+
+
+def guidance_for(runs: list[Run], differing: list[str]) -> list[dict[str, Any]]:
+    """For each differing parameter with guidance: its one line, its page (or the content inline when there is no
+    page) and, for each run that moved it from the first run's value, the seed's prediction for that change."""
+    guided = content.load_all()
+    base = runs[0]
+    out = []
+    for name in differing:
+        if name not in guided:
+            continue
+        guidance = guided[name]
+        changes = []
+        for run in runs[1:]:
+            old, new = config_value(base, name), config_value(run, name)
+            prediction = calculators.prediction_for_change(name, old, new, total_steps=run.total_steps)
+            if prediction:
+                changes.append({"run": run.id, "from": value_text(old), "to": value_text(new),
+                                "prediction": prediction})
+        url = _guidance_url(name)
+        out.append({"param": name, "title": guidance.title, "one_line": guidance.one_line, "url": url,
+                    "sections": None if url else [(title, s["html"]) for title, s in guidance.sections.items()],
+                    "changes": changes, "base": base.id})
+    return out
+
+
+def legend_names(runs: list[Run], differing: list[str]) -> dict[int, str]:
+    """#id and the values of (up to three of) the differing parameters; the run's name when nothing differs."""
+    shown = differing[:3]
+    names = {}
+    for run in runs:
+        if shown:
+            names[run.id] = f"#{run.id} " + ", ".join(f"{p}={value_text(config_value(run, p))}" for p in shown)
+        else:
+            names[run.id] = f"#{run.id} {run.name}"
+    return names
+
+
+@dataclass
+class ComparePage:
+    runs: list[Run]
+    parameters: list[dict[str, Any]]
+    outcomes: dict[int, dict[str, Any]]
+    guidance: list[dict[str, Any]]
+    legend: dict[int, str]
+    differing: list[str] = field(default_factory=list)
+
+
+def compare_page(runs: list[Run]) -> ComparePage:
+    parameters = parameter_rows(runs)
+    differing = [row["name"] for row in parameters if row["differs"]]
+    return ComparePage(runs=runs, parameters=parameters, outcomes=outcomes(runs),
+                       guidance=guidance_for(runs, differing), legend=legend_names(runs, differing),
+                       differing=differing)
+
+
+# Export ----------------------------------------------------------------------------------------------------
+
+EXPORT_FIELDS = selectors.POINT_FIELDS
+
+
+def export_rows(runs: list[Run]) -> Iterable[tuple[Run, list[dict[str, Any]]]]:
+    """Each run's full-resolution curve, chunk by chunk (keyset on step, as the run page's replay)."""
+    for run in runs:
+        for chunk in selectors.run_point_chunks(run):
+            yield run, chunk
