@@ -22,7 +22,7 @@ from guidance.models import Finding
 from training import selectors, series
 from training.engine.config import TrainConfig
 from training.forms import value_text
-from training.models import MetricPoint, Run, Sweep
+from training.models import MetricPoint, Run, SeriesPack, Sweep
 
 MIN_RUNS, MAX_RUNS = 2, 20
 METRICS: dict[str, str] = {
@@ -34,12 +34,7 @@ METRICS: dict[str, str] = {
     "peak_vram_bytes": "peak VRAM (bytes)",
 }
 # x axis name → the SQL for it (wall time: seconds since the epoch, made relative to the run's first point).
-X_AXES: dict[str, str] = {
-    "step": "mp.step::float8",
-    "tokens": "mp.tokens_seen::float8",
-    "epoch": "mp.epoch",
-    "time": "extract(epoch from mp.time)::float8",
-}
+X_AXES: dict[str, str] = {"step": "step", "tokens": "tokens seen", "epoch": "epoch", "time": "wall time (s)"}
 DEFAULT_SMOOTH = 0.6
 MAX_SMOOTH = 0.999
 # Config fields that say where files live, not how the run trains: the dataset row stands for train_file.
@@ -177,32 +172,99 @@ def _curve_parts(runs: list[Run]) -> list[tuple[int, int, int, int]]:
     return parts
 
 
-def fetch_series(runs: list[Run], metric: str, x: str) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Each run's full-resolution (step, x, value) for one metric, steps ascending, rows without the value or the
-    x left out: one query over the UNIQUE(run, step) index, arrays decoded by numpy."""
-    if metric not in METRICS or x not in X_AXES:
-        raise ValueError(f"unknown metric {metric!r} or x axis {x!r}")
-    parts = _curve_parts(runs)
-    x_sql = X_AXES[x]
-    x_select = "" if x == "step" else f", array_agg({x_sql} ORDER BY mp.step)"
-    x_filter = "" if x == "step" else f" AND {x_sql} IS NOT NULL"
-    sql = (
-        f"SELECT parts.run, array_agg(mp.step::float8 ORDER BY mp.step), array_agg(mp.{metric}::float8 ORDER BY "
-        f"mp.step){x_select} FROM unnest(%s::int[], %s::int[], %s::int[], %s::int[]) AS parts(run, src, lo, hi) "
-        f"JOIN {MetricPoint._meta.db_table} mp ON mp.run_id = parts.src AND mp.step > parts.lo "
-        f"AND mp.step <= parts.hi WHERE mp.{metric} IS NOT NULL{x_filter} GROUP BY parts.run"
-    )
+# The SQL of each column a compare series reads; x axes other than step are columns too.
+COLUMN_SQL: dict[str, str] = {
+    **{metric: f"mp.{metric}::float8" for metric in METRICS},
+    "epoch": "mp.epoch",
+    "tokens_seen": "mp.tokens_seen::float8",
+    "time": "extract(epoch from mp.time)::float8",
+}
+X_COLUMNS: dict[str, str | None] = {"step": None, "tokens": "tokens_seen", "epoch": "epoch", "time": "time"}
+EMPTY = (np.empty(0), np.empty(0))
+
+
+def _query_columns(run_ids: list[int], column: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Each run's own (steps, values) of one column, NULLs left out, in one query over UNIQUE(run, step) with
+    the arrays decoded by numpy."""
+    expr = COLUMN_SQL[column]
+    sql = (f"SELECT mp.run_id, array_agg(mp.step::float8 ORDER BY mp.step), array_agg({expr} ORDER BY mp.step) "
+           f"FROM {MetricPoint._meta.db_table} mp WHERE mp.run_id = ANY(%s) AND {expr} IS NOT NULL "
+           "GROUP BY mp.run_id")
     connection.ensure_connection()
     # Django's cursors bind on the client, which cannot return binary results: a plain psycopg cursor can.
     with psycopg.Cursor(connection.connection) as cursor:
         cursor.adapters.register_loader(FLOAT8_ARRAY_OID, _Float8ArrayLoader)
-        cursor.execute(sql, [list(col) for col in zip(*parts)] if parts else [[], [], [], []], binary=True)
-        rows = cursor.fetchall()
+        cursor.execute(sql, [run_ids], binary=True)
+        return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
+
+
+def _pack(steps: np.ndarray, values: np.ndarray) -> bytes:
+    return steps.astype("<i4").tobytes() + values.astype("<f8").tobytes()
+
+
+def _unpack(data, points: int) -> tuple[np.ndarray, np.ndarray]:
+    steps = np.frombuffer(data, dtype="<i4", count=points).astype(np.float64)
+    values = np.frombuffer(data, dtype="<f8", count=points, offset=4 * points)
+    return steps, values
+
+
+def _columns(sources: dict[int, tuple[str, int]], column: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """(steps, values) of one column for each source run (id → (status, last_step)). A finished run's come from
+    its SeriesPack, built on first use; a live run's from its rows."""
+    finished = {i: last for i, (status, last) in sources.items() if status in Run.TERMINAL}
+    live = [i for i in sources if i not in finished]
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    connection.ensure_connection()
+    # In binary, bytea arrives as its bytes; Django's text-mode cursor would send it hex-encoded, twice the size.
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(f"SELECT run_id, last_step, points, data FROM {SeriesPack._meta.db_table} "
+                       "WHERE run_id = ANY(%s) AND \"column\" = %s", [list(finished), column], binary=True)
+        for run_id, last_step, points, data in cursor.fetchall():
+            if finished.get(run_id) == last_step:
+                out[run_id] = _unpack(data, points)
+    stale = [i for i in finished if i not in out]
+    if stale:
+        built = _query_columns(stale, column)
+        SeriesPack.objects.bulk_create(
+            [SeriesPack(run_id=i, column=column, last_step=finished[i], points=len(built.get(i, EMPTY)[0]),
+                        data=_pack(*built.get(i, EMPTY))) for i in stale],
+            update_conflicts=True, unique_fields=["run", "column"], update_fields=["last_step", "points", "data"])
+        out.update(built)
+    if live:
+        out.update(_query_columns(live, column))
+    return out
+
+
+def fetch_series(runs: list[Run], metric: str, x: str) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Each run's full-resolution (step, x, value) for one metric, steps ascending, joined along its resume chain;
+    steps without the value or the x left out."""
+    if metric not in METRICS or x not in X_AXES:
+        raise ValueError(f"unknown metric {metric!r} or x axis {x!r}")
+    parts = _curve_parts(runs)
+    source_ids = sorted({src for _, src, _, _ in parts})
+    sources = {row[0]: (row[1], row[2]) for row in
+               Run.objects.filter(id__in=source_ids).values_list("id", "status", "last_step")}
+    values = _columns(sources, metric)
+    x_column = X_COLUMNS[x]
+    xs_by_run = _columns(sources, x_column) if x_column else {}
     out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    for row in rows:
-        steps, values = row[1], row[2]
-        xs = steps if x == "step" else row[3]
-        out[row[0]] = (steps, xs, values)
+    for run in runs:
+        pieces = []
+        for run_id, src, lo, hi in parts:
+            if run_id != run.id:
+                continue
+            steps, ys = values.get(src, EMPTY)
+            keep = (steps > lo) & (steps <= hi)
+            steps, ys = steps[keep], ys[keep]
+            if x_column:
+                x_steps, x_values = xs_by_run.get(src, EMPTY)
+                at = np.minimum(np.searchsorted(x_steps, steps), max(len(x_steps) - 1, 0))
+                has_x = (x_steps[at] == steps) if len(x_steps) else np.zeros(len(steps), dtype=bool)
+                pieces.append((steps[has_x], x_values[at][has_x], ys[has_x]))
+            else:
+                pieces.append((steps, steps, ys))
+        if pieces:
+            out[run.id] = tuple(np.concatenate(column) for column in zip(*pieces))
     if x == "time":
         origins = wall_time_origins(runs)
         out = {run_id: (s, xs - origins.get(run_id, xs[0] if len(xs) else 0.0), v)
@@ -314,39 +376,33 @@ def parameter_rows(runs: list[Run]) -> list[dict[str, Any]]:
 
 
 def outcomes(runs: list[Run]) -> dict[int, dict[str, Any]]:
-    """Per run: best and final eval loss, final train loss, train–eval gap, mean tokens/s, peak VRAM, last step."""
-    parts = _curve_parts(runs)
-    sql = (
-        "SELECT parts.run, min(mp.eval_loss), "
-        "(array_agg(mp.eval_loss ORDER BY mp.step DESC) FILTER (WHERE mp.eval_loss IS NOT NULL))[1], "
-        "(array_agg(mp.loss ORDER BY mp.step DESC) FILTER (WHERE mp.loss IS NOT NULL))[1], "
-        "avg(mp.tokens_per_s) FILTER (WHERE mp.tokens_per_s = mp.tokens_per_s), max(mp.peak_vram_bytes), "
-        "max(mp.step) "
-        f"FROM unnest(%s::int[], %s::int[], %s::int[], %s::int[]) AS parts(run, src, lo, hi) "
-        f"JOIN {MetricPoint._meta.db_table} mp ON mp.run_id = parts.src AND mp.step > parts.lo "
-        "AND mp.step <= parts.hi GROUP BY parts.run"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [list(col) for col in zip(*parts)])
-        rows = {row[0]: row[1:] for row in cursor.fetchall()}
+    """Per run: best and final eval loss, final train loss, train–eval gap, mean tokens/s, peak VRAM, findings."""
+    columns = {m: fetch_series(runs, m, "step") for m in ("loss", "eval_loss", "tokens_per_s", "peak_vram_bytes")}
     findings = dict(Finding.objects.filter(run__in=runs).values("run").annotate(n=Count("id"))
                     .values_list("run", "n"))
     out = {}
     for run in runs:
-        best, final_eval, final_loss, tokens_per_s, vram, last_step = rows.get(run.id, (None,) * 6)
-        gap = final_eval - final_loss if final_eval is not None and final_loss is not None else None
+        def values(metric: str) -> np.ndarray:
+            return columns[metric].get(run.id, (None, None, np.empty(0)))[2]
+
+        evals, losses = values("eval_loss"), values("loss")
+        finite_evals = evals[np.isfinite(evals)]
+        tokens_per_s = values("tokens_per_s")
+        tokens_per_s = tokens_per_s[np.isfinite(tokens_per_s)]
+        vram = values("peak_vram_bytes")
+        final_eval = float(evals[-1]) if len(evals) else None
+        final_loss = float(losses[-1]) if len(losses) else None
         out[run.id] = {
             "effective_batch": (run.derived or {}).get("effective_batch") or _effective_batch(run),
             "lora_scale": (run.started or {}).get("lora_scale"),
             "trainable_params": (run.started or {}).get("trainable_params"),
-            "tokens_per_s": tokens_per_s,
-            "peak_vram_gib": vram / 1024**3 if vram is not None else None,
-            "best_eval_loss": best,
+            "tokens_per_s": float(tokens_per_s.mean()) if len(tokens_per_s) else None,
+            "peak_vram_gib": float(np.nanmax(vram)) / 1024**3 if len(vram) else None,
+            "best_eval_loss": float(finite_evals.min()) if len(finite_evals) else None,
             "final_eval_loss": final_eval,
             "final_train_loss": final_loss,
-            "train_eval_gap": gap,
+            "train_eval_gap": final_eval - final_loss if final_eval is not None and final_loss is not None else None,
             "findings": findings.get(run.id, 0),
-            "last_step": last_step or 0,
         }
     return out
 

@@ -301,3 +301,18 @@ class Sample(models.Model):
 
     class Meta:
         ordering = ["run", "step", "id"]
+
+
+class SeriesPack(models.Model):
+    """One column of a finished run's metric points packed into one row (steps as int32, then the values as float64),
+    so the Compare page reads a 100,000-step curve as one value instead of 100,000 rows. Derived data: rebuilt when
+    the run's last_step no longer matches."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="+", db_index=False)
+    column = models.CharField(max_length=20)
+    last_step = models.PositiveIntegerField()
+    points = models.PositiveIntegerField()
+    data = models.BinaryField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "column"], name="seriespack_run_column_unique")]

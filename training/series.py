@@ -39,9 +39,19 @@ def ema(values: np.ndarray, weight: float, state: EmaState | None = None) -> tup
         return out, EmaState(last=float(biased[-1]), count=len(yf))
     # y[n] = w·y[n-1] + (1-w)·x[n], started from the previous accumulator.
     biased, _ = lfilter([1 - weight], [1, -weight], yf, zi=[weight * state.last])
-    n = state.count + np.arange(1, len(yf) + 1)
-    out[finite] = biased / (1 - np.power(weight, n))
-    return out, EmaState(last=float(biased[-1]), count=int(n[-1]))
+    out[finite] = biased / _debias(weight, state.count, len(yf))
+    return out, EmaState(last=float(biased[-1]), count=state.count + len(yf))
+
+
+def _debias(weight: float, done: int, count: int) -> np.ndarray:
+    """1 − w^n for n = done+1 … done+count. Past the point where w^n is below double precision it is exactly 1;
+    computing those powers would only make denormals (slow) on the way to 0."""
+    debias = np.ones(count)
+    needed = int(np.ceil(np.log(1e-17) / np.log(weight))) if weight > 0 else 0
+    head = max(0, min(count, needed - done))
+    if head:
+        debias[:head] = -np.expm1(np.arange(done + 1, done + head + 1) * np.log(weight))
+    return debias
 
 
 def _first_per_segment(mask: np.ndarray, segment: np.ndarray) -> np.ndarray:
