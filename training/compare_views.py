@@ -26,12 +26,13 @@ def _bad_request(request: HttpRequest, error: compare.CompareError, *, as_json: 
 def _run_ids(request: HttpRequest) -> tuple[int, ...]:
     """From runs=1,2,3, or every run of sweep=<id>."""
     sweep = request.GET.get("sweep", "").strip()
-    if sweep and not request.GET.get("runs"):
+    if sweep and not request.GET.getlist("runs"):
         if not sweep.isdigit():
             raise compare.CompareError("sweep", f"{sweep!r} is not a sweep id", "a sweep id, e.g. sweep=4")
         ids = compare.sweep_run_ids(request.user, int(sweep))
         return compare.parse_run_ids(",".join(map(str, ids)))
-    return compare.parse_run_ids(request.GET.get("runs", ""))
+    # runs=1,2,3 (a shared link) or runs=1&runs=2 (the run list's checkboxes)
+    return compare.parse_run_ids(",".join(request.GET.getlist("runs")))
 
 
 @login_required
@@ -76,7 +77,7 @@ def _config_for(index: int, page: compare.ComparePage) -> dict[str, Any]:
 def compare_data(request: HttpRequest) -> JsonResponse:
     """The charts' series for metric(s), x axis, smoothing and x range; asked again on every zoom."""
     try:
-        query = compare.parse_query(request.GET)
+        query = compare.parse_query(request.GET, run_ids=_run_ids(request))
     except compare.CompareError as error:
         return _bad_request(request, error, as_json=True)
     runs = compare.runs_for_user(request.user, query.run_ids)
