@@ -35,6 +35,8 @@ def send_run_message(run_id: int, type_: MessageType, payload: dict[str, Any]) -
     """Send to everyone watching the run; False if Redis could not take it (the database still has it)."""
     if type_ not in MESSAGE_TYPES:
         raise ValueError(f"unknown run message type {type_!r}; allowed: {', '.join(sorted(MESSAGE_TYPES))}")
+    if "type" in payload:
+        raise ValueError(f"a {type_} message's payload must not have its own 'type' key: it would replace {type_!r}")
     message = {"type": "run.message", "message": {"type": type_, **json_safe(payload)}}
     try:
         async_to_sync(get_channel_layer().group_send)(run_group(run_id), message)

@@ -168,7 +168,8 @@ def run_point_chunks(run: Run, *, after_step: int = 0) -> Iterable[list[dict[str
 
 
 def event_dict(event: RunEvent) -> dict[str, Any]:
-    return {"seq": event.seq, "type": event.type, "data": event.data, "time": event.time.timestamp()}
+    # "event", not "type": a live message's own "type" ("event") must not be overwritten by the event's kind.
+    return {"seq": event.seq, "event": event.type, "data": event.data, "time": event.time.timestamp()}
 
 
 def run_events(run: Run, *, after_seq: int = 0) -> list[dict[str, Any]]:

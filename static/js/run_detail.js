@@ -243,7 +243,7 @@ function showIfEmpty(id, text) {
 function addEvent(event) {
   if (event.seq <= lastSeq) return;
   lastSeq = event.seq;
-  if (event.type === "warning") {
+  if (event.event === "warning") {
     const list = document.getElementById("warnings");
     clearPlaceholder(list);
     const item = document.createElement("li");
@@ -252,13 +252,13 @@ function addEvent(event) {
     list.append(item);
     return;
   }
-  if (event.type === "started") renderVersions(event.data.versions);
+  if (event.event === "started") renderVersions(event.data.versions);
   const list = document.getElementById("events");
   clearPlaceholder(list);
   const item = document.createElement("li");
   const step = event.data.step !== undefined && event.data.step !== null ? ` at step ${event.data.step}` : "";
   item.append(Object.assign(document.createElement("span"), { className: "muted small", textContent: `#${event.seq}` }),
-    " ", Object.assign(document.createElement("strong"), { textContent: event.type }),
+    " ", Object.assign(document.createElement("strong"), { textContent: event.event }),
     step + (event.data.message ? ` — ${event.data.message}` : ""));
   list.append(item);
 }
@@ -277,12 +277,18 @@ function addSample(sample) {
   list.prepend(item); // newest first
 }
 
+let logFollows = true; // the log view shows its newest lines until the user scrolls up in it
+
 function setLog(lines) {
   const log = document.getElementById("log");
-  const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
   log.textContent = lines.join("\n");
-  if (atBottom) log.scrollTop = log.scrollHeight;
+  if (logFollows) log.scrollTop = log.scrollHeight;
 }
+
+document.getElementById("log").addEventListener("scroll", (event) => {
+  const log = event.target;
+  logFollows = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+});
 
 // The websocket --------------------------------------------------------------------------------------------
 

@@ -92,6 +92,8 @@ def test_the_demo_run_started_in_the_browser_draws_its_loss_live(web_server, cel
     wait_until(lambda: page.locator("#adapter-files a").count() > 0, timeout=10, what="the adapter's files")
     assert page.locator("#samples li[data-sample]").count() > 0
     assert page.locator("#stop-form").is_hidden()
+    events = page.inner_text("#events")  # the last two arrived live, after the reconnect
+    assert "checkpoint at step 100" in events and "finished at step 120" in events, events
 
     # Opened after the end, the page draws the same curve from the database.
     page.reload()
