@@ -1,0 +1,214 @@
+"""The Compare page, its data requests and its exports: team scoping, clear errors, the differing parameters."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from guidance import calculators, content
+from training.models import MetricPoint, Run, SeriesPack
+
+from .conftest import client_for, named_run
+
+T0 = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+
+
+def add_points(run: Run, steps: int, *, spike_at: int | None = None, nan_at: int | None = None,
+               eval_every: int = 10) -> None:
+    points = []
+    for step in range(1, steps + 1):
+        loss = 2.0 - step / (steps * 2)
+        if step == spike_at:
+            loss = 50.0
+        if step == nan_at:
+            loss = math.nan
+        points.append(MetricPoint(run=run, step=step, epoch=step / steps, tokens_seen=step * 100, loss=loss,
+                                  eval_loss=loss + 0.1 if step % eval_every == 0 else None, grad_norm=1.0,
+                                  learning_rate=1e-4, tokens_per_s=1000.0 + step, peak_vram_bytes=2**30,
+                                  time=T0 + timedelta(seconds=step)))
+    MetricPoint.objects.bulk_create(points)
+    Run.objects.filter(id=run.id).update(last_step=steps, started_at=T0)
+    run.refresh_from_db()
+
+
+def finish(run: Run) -> None:
+    Run.objects.filter(id=run.id).update(status=Run.Status.SUCCEEDED)
+    run.refresh_from_db()
+
+
+@pytest.fixture
+def three(world):
+    """The world's run (r 16, lr 2e-4 by default) and two that differ in r and in learning_rate."""
+    b = named_run(world.team, world.member, world.dataset, "rank 8", r=8)
+    c = named_run(world.team, world.member, world.dataset, "rank 8 fast", r=8, learning_rate=5e-4)
+    return [world.run, b, c]
+
+
+def ids(runs) -> str:
+    return ",".join(str(r.id) for r in runs)
+
+
+def differing_rows(html: str) -> list[str]:
+    return re.findall(r'<tr class="param-row differs" data-param="(\w+)"', html)
+
+
+def test_the_page_shows_two_runs_and_only_the_differing_parameter(member_client, world, three):
+    response = member_client.get(f"/compare/?runs={ids(three[:2])}")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "Compare 2 runs" in html and "alpha run" in html and "rank 8" in html
+    assert differing_rows(html) == ["r"]
+    for metric in ("loss", "eval_loss", "grad_norm", "learning_rate", "tokens_per_s", "peak_vram_bytes"):
+        assert f'id="chart-{metric}"' in html
+    data = json.loads(re.search(r'<script id="compare-data" type="application/json">(.*?)</script>', html,
+                                re.S).group(1))
+    assert data["differing"] == ["r"]
+    assert [run["legend"] for run in data["runs"]] == [f"#{three[0].id} r=16", f"#{three[1].id} r=8"]
+
+
+def test_three_runs_list_exactly_the_fields_that_differ_with_guidance_and_prediction(member_client, world, three):
+    html = member_client.get(f"/compare/?runs={ids(three)}").content.decode()
+    assert differing_rows(html) == ["r", "learning_rate"]
+    # every other field is in the table too, hidden until "show all"
+    assert re.search(r'<tr class="param-row" data-param="lora_alpha" hidden>', html)
+    # guidance beside the charts: the one line and the seed's prediction for r 16 → 8 and lr 2e-4 → 5e-4
+    assert content.get("r").one_line in html or content.get("r").one_line.replace("'", "&#x27;") in html
+    from django.utils.html import escape
+    assert escape(calculators.prediction_for_change("r", 16, 8)) in html
+    assert escape(calculators.prediction_for_change("learning_rate", 2e-4, 5e-4)) in html
+
+
+@pytest.mark.parametrize("query, field, words", [
+    ("runs=", "runs", "choose at least 2"),
+    ("runs={a}", "runs", "1 run chosen; choose at least 2"),
+    ("runs=" + ",".join(str(i) for i in range(1, 22)), "runs", "at most 20"),
+    ("runs={a},abc", "runs", "'abc' is not a run id"),
+    ("runs={a},{b}&x=minutes", "x", "'minutes' is not an x axis"),
+    ("runs={a},{b}&smooth=1.5", "smooth", "out of range"),
+    ("runs={a},{b}&smooth=nan", "smooth", "not a finite number"),
+    ("runs={a},{b}&metric=accuracy", "metric", "'accuracy' is not a compared metric"),
+    ("runs={a},{b}&group=colour", "group", "'colour' is not a config field"),
+])
+def test_bad_input_is_a_clear_400_not_a_500(member_client, three, query, field, words):
+    query = query.format(a=three[0].id, b=three[1].id)
+    page = member_client.get(f"/compare/?{query}")
+    assert page.status_code == 400
+    assert words in page.content.decode().replace("&#x27;", "'")
+    data = member_client.get(f"/compare/data/?{query}")
+    assert data.status_code == 400
+    body = data.json()
+    assert body["field"] == field and words in body["error"] and body["allowed"]
+
+
+def test_another_teams_run_is_a_404_everywhere(member_client, world, three):
+    mixed = f"{three[0].id},{world.other_run.id}"
+    for url in (f"/compare/?runs={mixed}", f"/compare/data/?runs={mixed}&metric=loss",
+                f"/compare/export.csv?runs={mixed}", f"/compare/export.json?runs={mixed}"):
+        assert member_client.get(url).status_code == 404, url
+    assert member_client.get(f"/compare/?runs={three[0].id},999999").status_code == 404
+    outsider = client_for(world.outsider)
+    assert outsider.get(f"/compare/?runs={ids(three[:2])}").status_code == 404
+
+
+def test_logged_out_is_sent_to_log_in(client, three):
+    response = client.get(f"/compare/?runs={ids(three[:2])}")
+    assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+
+
+def test_the_checkboxes_of_the_run_list_reach_the_page(member_client, three):
+    html = member_client.get("/runs/").content.decode()
+    assert f'name="runs" value="{three[1].id}"' in html and 'action="/compare/"' in html
+    response = member_client.get(f"/compare/?runs={three[0].id}&runs={three[1].id}")
+    assert response.status_code == 200 and "Compare 2 runs" in response.content.decode()
+
+
+def test_the_csv_export_holds_every_point_of_every_run(member_client, three):
+    add_points(three[0], 30, nan_at=7)
+    add_points(three[1], 20)
+    response = member_client.get(f"/compare/export.csv?runs={ids(three[:2])}")
+    assert response.status_code == 200
+    assert response["Content-Disposition"] == f'attachment; filename="compare-{three[0].id}-{three[1].id}.csv"'
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert len(rows) == 50
+    first = [r for r in rows if r["run_id"] == str(three[0].id)]
+    assert [int(r["step"]) for r in first] == list(range(1, 31))
+    assert first[6]["loss"] == "nan" and first[6]["eval_loss"] == ""
+    assert float(first[9]["eval_loss"]) == pytest.approx(2.0 - 10 / 60 + 0.1)
+    assert first[0]["run_name"] == "alpha run" and first[0]["tokens_seen"] == "100"
+
+
+def test_the_json_export_holds_configs_outcomes_and_points(member_client, three):
+    add_points(three[0], 30)
+    add_points(three[1], 20)
+    response = member_client.get(f"/compare/export.json?runs={ids(three[:2])}")
+    assert response.status_code == 200
+    body = json.loads(b"".join(response.streaming_content))
+    assert body["differing"] == ["r"]
+    first, second = body["runs"]
+    assert (first["id"], second["id"]) == (three[0].id, three[1].id)
+    assert first["config"]["r"] == 16 and second["config"]["r"] == 8
+    assert first["points"]["step"] == list(range(1, 31)) and len(second["points"]["loss"]) == 20
+    assert first["points"]["eval_loss"][9] == pytest.approx(2.0 - 10 / 60 + 0.1)
+    assert first["outcomes"]["best_eval_loss"] == pytest.approx(2.0 - 30 / 60 + 0.1)
+
+
+def test_the_data_keeps_a_spike_and_at_most_1000_points_per_series(member_client, three):
+    add_points(three[0], 5000, spike_at=3333)
+    add_points(three[1], 200)
+    body = member_client.get(f"/compare/data/?runs={ids(three[:2])}&metric=loss&smooth=0.6").json()
+    first, second = body["metrics"]["loss"]["runs"]
+    assert first["points"] == 5000 and len(first["raw"]["x"]) <= 1000 and len(first["smooth"]["x"]) <= 1000
+    assert 3333 in first["raw"]["x"] and max(first["raw"]["y"]) == 50.0
+    assert max(first["smooth"]["y"]) < 50.0  # smoothed at full resolution
+    assert second["raw"]["x"] == list(range(1, 201))
+    assert first["ema"]["count"] == 5000
+    # a zoom asks for a range: bucketed over that range only, with one point either side
+    zoomed = member_client.get(f"/compare/data/?runs={ids(three[:2])}&metric=loss&x0=1000&x1=1200").json()
+    assert zoomed["metrics"]["loss"]["runs"][0]["raw"]["x"] == list(range(999, 1202))
+
+
+def test_other_x_axes_and_groups(member_client, three):
+    for run in three:
+        add_points(run, 100)
+    base = f"/compare/data/?runs={ids(three)}&metric=loss&smooth=0"
+    tokens = member_client.get(base + "&x=tokens").json()["metrics"]["loss"]["runs"][0]
+    assert tokens["raw"]["x"][:3] == [100, 200, 300] and tokens["smooth"] is None
+    wall = member_client.get(base + "&x=time").json()["metrics"]["loss"]["runs"][0]
+    assert wall["raw"]["x"][:2] == [1.0, 2.0]  # seconds since the run started
+    groups = member_client.get(base + "&group=r").json()["metrics"]["loss"]["groups"]
+    assert [(g["value"], len(g["runs"])) for g in groups] == [("16", 1), ("8", 2)]
+    assert groups[1]["mean"][0] == pytest.approx(2.0 - 1 / 200)
+
+
+def test_a_finished_runs_series_comes_from_its_pack_and_matches_the_rows(member_client, three):
+    add_points(three[0], 3000, spike_at=100)
+    add_points(three[1], 3000)
+    url = f"/compare/data/?runs={ids(three[:2])}&metric=loss,eval_loss&x=epoch"
+    from_rows = member_client.get(url).json()
+    assert not SeriesPack.objects.exists()
+    for run in three[:2]:
+        finish(run)
+    from_packs = member_client.get(url).json()
+    assert SeriesPack.objects.filter(run=three[0]).count() == 3  # loss, eval_loss and the epoch axis
+    assert from_packs == from_rows
+    # more points under a changed last_step: the pack is rebuilt, not served stale
+    MetricPoint.objects.create(run=three[0], step=3001, epoch=1.01, loss=0.25, time=T0)
+    Run.objects.filter(id=three[0].id).update(last_step=3001)
+    again = member_client.get(url).json()
+    assert again["metrics"]["loss"]["runs"][0]["points"] == 3001
+
+
+def test_a_sweep_link_compares_its_runs(member_client, world, three):
+    from training.models import Sweep
+
+    sweep = Sweep.objects.create(team=world.team, name="rank sweep", parameter="r", values=[16, 8])
+    Run.objects.filter(id__in=[three[0].id, three[1].id]).update(sweep=sweep)
+    response = member_client.get(f"/compare/?sweep={sweep.id}")
+    assert response.status_code == 200 and "Compare 2 runs" in response.content.decode()
+    other = Sweep.objects.create(team=world.other_team, name="theirs", parameter="r", values=[8])
+    assert member_client.get(f"/compare/?sweep={other.id}").status_code == 404
