@@ -176,7 +176,10 @@ function queue(metric, traceIndex, x, y) {
 }
 
 function xOf(run, point) {
-  if (state.x === "time") return Date.now() / 1000 - (run.t0 ?? Date.now() / 1000);
+  if (state.x === "time") {
+    if (run.t0 === null || run.t0 === undefined) run.t0 = Date.now() / 1000; // started after the page loaded
+    return Date.now() / 1000 - run.t0;
+  }
   const value = point[X_FIELD[state.x]];
   return typeof value === "number" ? value : null;
 }
@@ -299,10 +302,10 @@ document.getElementById("x-axis").addEventListener("change", (event) => {
   loadAll();
 });
 const smoothInput = document.getElementById("smooth");
-smoothInput.addEventListener("input", () => {
-  document.getElementById("smooth-value").textContent = smoothInput.value;
-});
+const showSmooth = () => { document.getElementById("smooth-value").textContent = smoothInput.value; };
+smoothInput.addEventListener("input", showSmooth);
 smoothInput.addEventListener("change", () => {
+  showSmooth();
   state.smooth = Number(smoothInput.value);
   loadAll();
 });
