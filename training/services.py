@@ -557,6 +557,19 @@ def run_execute(*, run: Run) -> None:
             raise
     finally:
         Worker.objects.filter(current_run_id=run.id).update(current_run=None)
+        _series_packs_build(run)
+
+
+def _series_packs_build(run: Run) -> None:
+    """Pack the ended run's curves for the Compare page now, while the worker has the time, rather than on the
+    first compare; a failure here only means that compare packs them instead."""
+    from training import compare  # late: compare imports training.forms, which imports this module
+
+    try:
+        run.refresh_from_db(fields=["status", "last_step"])
+        compare.series_packs_build(run)
+    except Exception:  # noqa: BLE001 - the run has ended either way
+        log.exception("run %s: compare series not packed", run.id)
 
 
 def _run_follow(run: Run, process: TrainingProcess, recorder: RunRecorder) -> None:
