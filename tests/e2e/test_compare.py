@@ -120,6 +120,18 @@ def test_compare_three_finished_runs_and_a_live_one(web_server, celery_worker, t
     assert len(inside) >= (x1 - x0) / 1000 - 2, (x0, x1, len(inside))  # every step in range, none bucketed away
     assert len(zoomed) - len(inside) <= 2  # plus one point either side
 
+    # log y on every chart; then group by learning_rate: a mean line and a min–max band per value
+    page.check("#log-y")
+    wait_until(lambda: page.evaluate("() => document.getElementById('chart-grad_norm').layout.yaxis.type") == "log",
+               timeout=10, what="log y")
+    before = loads(page)
+    page.select_option("#group-by", "learning_rate")
+    wait_until(lambda: loads(page) > before, timeout=20, what="the grouped charts")
+    assert sorted(t["kind"] for t in traces(page)) == ["max"] * 4 + ["mean"] * 4 + ["min"] * 4
+    before = loads(page)
+    page.select_option("#group-by", "")
+    wait_until(lambda: loads(page) > before, timeout=20, what="the per-run charts again")
+
     # still live after all that: the line keeps growing, now in tokens
     n1 = line(page, live.id)["n"]
     if Run.objects.get(id=live.id).status == Run.Status.RUNNING:

@@ -9,6 +9,7 @@ import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from django.urls import Resolver404, resolve
 
 from guidance import calculators, content
 from training.models import MetricPoint, Run, SeriesPack
@@ -81,6 +82,13 @@ def test_three_runs_list_exactly_the_fields_that_differ_with_guidance_and_predic
     from django.utils.html import escape
     assert escape(calculators.prediction_for_change("r", 16, 8)) in html
     assert escape(calculators.prediction_for_change("learning_rate", 2e-4, 5e-4)) in html
+    # the parameter's guidance page when there is one, else its content inline
+    try:
+        resolve("/guidance/r/")
+    except Resolver404:
+        assert "Guidance for r</summary>" in html and content.get("r").sections["Definition"]["html"] in html
+    else:
+        assert 'href="/guidance/r/"' in html
 
 
 @pytest.mark.parametrize("query, field, words", [
