@@ -251,11 +251,15 @@ function connect(run) {
     const message = JSON.parse(event.data);
     if (message.type === "replay") {
       message.points.forEach((point) => addPoint(run.id, point));
-      if (message.done && message.status.is_terminal) entry.live = false;
     } else if (message.type === "point") {
       addPoint(run.id, message);
-    } else if (message.type === "status" && message.is_terminal) {
-      entry.live = false;
+    }
+    const status = message.type === "status" ? message : (message.type === "replay" && message.done && message.status);
+    if (status) {
+      const badge = document.getElementById(`status-${run.id}`);
+      badge.textContent = status.status.charAt(0).toUpperCase() + status.status.slice(1);
+      badge.className = `status status-${status.status}`;
+      if (status.is_terminal) entry.live = false;
     }
     setLiveState();
   });

@@ -83,6 +83,7 @@ def test_compare_three_finished_runs_and_a_live_one(web_server, celery_worker, t
     n0 = wait_until(lambda: (line(page, live.id) or {"n": 0})["n"], timeout=180, what="the live run's first point")
     wait_until(lambda: line(page, live.id)["n"] > n0 + 3, timeout=60, what="the live line to grow")
     assert page.inner_text("#live-state") == "1 run live"
+    assert page.inner_text(f"#status-{live.id}") == "Running"  # the header follows the run's status messages
 
     # x axis: tokens seen
     before = loads(page)
