@@ -1,7 +1,9 @@
 """What the run page receives live: each message keeps its own type, whatever the payload carries."""
+import uuid
+
 import pytest
 
-from tests.factories import make_dataset, make_member, make_run, make_team
+from tests.factories import make_dataset, make_member, make_team, tiny_overrides
 from training import live, services
 
 from .conftest import communicator, run_async, session_cookie
@@ -12,7 +14,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def test_a_live_event_arrives_as_an_event_naming_its_kind(tmp_path):
     team = make_team()
     user = make_member(team)
-    run = make_run(team, user, make_dataset(team, user, tmp_dir=tmp_path))
+    # On a queue no worker consumes: the session's worker must not claim it and send messages of its own.
+    run = services.run_create(team=team, user=user, dataset=make_dataset(team, user, tmp_dir=tmp_path),
+                              overrides=tiny_overrides("tiny-model"), queue=f"nobody-{uuid.uuid4().hex[:8]}")
     cookie = session_cookie(user)
 
     async def watch():
