@@ -167,7 +167,7 @@ def _curve_parts(runs: list[Run]) -> list[tuple[int, int, int, int]]:
     for run in runs:
         lineage = selectors.run_lineage(run) if run.resumed_from_id else [(run.id, None)]
         for index, (source, start_after) in enumerate(lineage):
-            upto = lineage[index + 1][1] or 0 if index + 1 < len(lineage) else 2**31 - 1
+            upto = (lineage[index + 1][1] or 0) if index + 1 < len(lineage) else 2**31 - 1
             parts.append((run.id, source, -1 if start_after is None else start_after, upto))
     return parts
 

@@ -52,7 +52,7 @@ def compare_page(request: HttpRequest) -> HttpResponse:
                   "outcomes": json_safe(page.outcomes[r.id])} for i, r in enumerate(runs)],
         "ids": ids,
         "query": {"x": query.x, "smooth": query.smooth, "metric": ",".join(query.metrics), "group": query.group},
-        "metrics": compare.METRICS,
+        "metrics": {m: compare.METRICS[m] for m in query.metrics},  # metric=loss,eval_loss shows only those
         "x_axes": list(compare.X_AXES),
         "differing": page.differing,
         "outcome_rows": compare.OUTCOME_ROWS,

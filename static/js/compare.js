@@ -6,6 +6,7 @@ const COLORS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2"
   "#c2410c", "#1e3a8a"];
 const GIB = 1024 ** 3;
 const METRICS = Object.keys(data.metrics);
+const SHOWN = new URLSearchParams(location.search).get("metric");
 const SCALE = { peak_vram_bytes: 1 / GIB };
 // The point message's field for each x axis.
 const X_FIELD = { step: "step", tokens: "tokens_seen", epoch: "epoch" };
@@ -25,6 +26,7 @@ const requests = new Map(); // metric -> AbortController of the request in fligh
 
 function params(extra) {
   const query = new URLSearchParams({ runs: data.ids, x: state.x, smooth: String(state.smooth) });
+  if (SHOWN) query.set("metric", SHOWN); // a link with metric=… keeps showing only those charts
   if (state.group) query.set("group", state.group);
   for (const [key, value] of Object.entries(extra || {})) {
     if (value !== null && value !== undefined) query.set(key, String(value));
@@ -244,8 +246,9 @@ function connect(run) {
   sockets.set(run.id, entry);
   socket.addEventListener("open", () => {
     entry.retryMs = 1000;
-    const drawn = tails.get("loss").get(run.id);
-    socket.send(JSON.stringify({ type: "replay", after_step: drawn ? drawn.lastStep : 0 }));
+    // the last step drawn for this run on any chart (eval points are sparser than training ones)
+    const drawn = Math.max(0, ...METRICS.map((m) => (tails.get(m).get(run.id) || { lastStep: 0 }).lastStep));
+    socket.send(JSON.stringify({ type: "replay", after_step: drawn }));
   });
   socket.addEventListener("message", (event) => {
     const message = JSON.parse(event.data);

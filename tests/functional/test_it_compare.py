@@ -220,3 +220,9 @@ def test_a_sweep_link_compares_its_runs(member_client, world, three):
     assert response.status_code == 200 and "Compare 2 runs" in response.content.decode()
     other = Sweep.objects.create(team=world.other_team, name="theirs", parameter="r", values=[8])
     assert member_client.get(f"/compare/?sweep={other.id}").status_code == 404
+
+
+def test_a_link_with_metric_shows_only_those_charts(member_client, three):
+    html = member_client.get(f"/compare/?runs={ids(three[:2])}&metric=loss,eval_loss&x=epoch&smooth=0.3").content.decode()
+    assert 'id="chart-loss"' in html and 'id="chart-eval_loss"' in html and 'id="chart-grad_norm"' not in html
+    assert '<option value="epoch" selected>' in html and 'value="0.3"' in html
