@@ -61,11 +61,23 @@ def compare_page(request: HttpRequest) -> HttpResponse:
     return render(request, "training/compare.html", {
         "runs": runs,
         "page": page,
-        "outcome_rows": [(label, [page.outcomes[r.id][key] for r in runs]) for key, label in compare.OUTCOME_ROWS],
+        "outcome_rows": [(label, [_outcome_text(page.outcomes[r.id][key]) for r in runs])
+                         for key, label in compare.OUTCOME_ROWS],
         "ids": ids,
         "compare_data": data,
         "max_runs": compare.MAX_RUNS,
     })
+
+
+def _outcome_text(value: Any) -> str:
+    """As the run page writes facts: thousands separators for counts, four significant digits otherwise."""
+    if value is None:
+        return "—"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)
 
 
 def _config_for(index: int, page: compare.ComparePage) -> dict[str, Any]:

@@ -133,6 +133,7 @@ async function loadMetric(metric) {
   }
   await Plotly.react(el, traces, layout, { displaylogo: false, responsive: true,
     modeBarButtonsToRemove: ["select2d", "lasso2d"] });
+  for (const [runId, points] of recent) points.forEach((point) => addPoint(runId, point, metric));
   el.dataset.loaded = String(Number(el.dataset.loaded) + 1);
   if (!el.dataset.listening) {
     el.dataset.listening = "1";
@@ -186,10 +187,23 @@ function xOf(run, point) {
   return typeof value === "number" ? value : null;
 }
 
-function addPoint(runId, point) {
+// The latest live points of each run: a chart whose request was answered before they reached the database
+// draws them again on top of the answer.
+const recent = new Map();
+const RECENT = 500;
+
+function remember(runId, point) {
+  if (!recent.has(runId)) recent.set(runId, []);
+  const points = recent.get(runId);
+  points.push(point);
+  if (points.length > RECENT) points.splice(0, points.length - RECENT);
+}
+
+function addPoint(runId, point, only = null) {
+  if (!only) remember(runId, point);
   if (state.group) return; // a band is recomputed on the next request, not point by point
   const run = byId.get(runId);
-  for (const metric of METRICS) {
+  for (const metric of only ? [only] : METRICS) {
     if (!(metric in point) || point[metric] === null || point[metric] === undefined) continue;
     const tail = tails.get(metric).get(runId) || { lastStep: 0, ema: { last: 0, count: 0 } };
     tails.get(metric).set(runId, tail);

@@ -226,3 +226,13 @@ def test_a_link_with_metric_shows_only_those_charts(member_client, three):
     html = member_client.get(f"/compare/?runs={ids(three[:2])}&metric=loss,eval_loss&x=epoch&smooth=0.3").content.decode()
     assert 'id="chart-loss"' in html and 'id="chart-eval_loss"' in html and 'id="chart-grad_norm"' not in html
     assert '<option value="epoch" selected>' in html and 'value="0.3"' in html
+
+
+def test_the_outcomes_rows_show_each_runs_numbers(member_client, three):
+    add_points(three[0], 40, eval_every=10)
+    html = member_client.get(f"/compare/?runs={ids(three[:2])}").content.decode()
+    best = re.search(r"<th>Best eval loss</th><td>([^<]*)</td><td>([^<]*)</td>", html)
+    assert best.groups() == (f"{2.0 - 40 / 80 + 0.1:.4g}", "—")
+    vram = re.search(r"<th>Peak VRAM \(GiB\)</th><td>([^<]*)</td>", html)
+    assert vram.group(1) == "1"
+    assert re.search(r"<th>Effective batch</th><td>8</td><td>8</td>", html)
