@@ -25,7 +25,7 @@ services:
 	@bash scripts/services.sh
 
 dev: install services
-	$(PY) -m dashboard.dev
+	$(PY) -m dashboard.dev $(DEV_ARGS)
 
 test: install services
 	$(PY) -m pytest -n $(PYTEST_WORKERS)

@@ -22,6 +22,14 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
+@pytest.fixture
+def screenshot_path(tmp_path):
+    """Where a test saves its screenshot: docs/ only when UPDATE_SCREENSHOTS=1, so a test run leaves the tree clean."""
+    def path(name: str) -> Path:
+        return (ROOT / "docs" / name) if os.environ.get("UPDATE_SCREENSHOTS") == "1" else (tmp_path / name)
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -15,8 +15,6 @@ from .conftest import log_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOT = ROOT / "docs" / "screenshot.png"
 STEPS = 120
 
 
@@ -40,7 +38,7 @@ def wait_until(condition, *, timeout: float, what: str, interval: float = 0.25):
 
 
 def test_the_demo_run_started_in_the_browser_draws_its_loss_live(web_server, celery_worker, tiny_model, page,
-                                                                  tmp_path):
+                                                                  screenshot_path, tmp_path):
     team = make_team("Demo team")
     user = make_member(team, role=Membership.Role.ADMIN, user=make_user("demo", password="demo-password"))
     dataset = make_dataset(team, user, rows=256, tmp_dir=tmp_path, name="colours")
@@ -80,8 +78,7 @@ def test_the_demo_run_started_in_the_browser_draws_its_loss_live(web_server, cel
         shown = int(re.match(r"step (\d+) of", page.inner_text("#run-steps")).group(1))
         assert drawn - 2 <= shown <= drawn + 2, (shown, drawn)  # the header moves with the points
     page.evaluate("() => window.scrollTo(0, 0)")
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT))
+    page.screenshot(path=str(screenshot_path("screenshot.png")))
 
     wait_until(lambda: status_text(page) == "Succeeded", timeout=180, what="the run to succeed")
     wait_until(lambda: len(chart_steps(page)) == STEPS, timeout=10, what="every loss point")
