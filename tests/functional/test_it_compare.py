@@ -236,3 +236,8 @@ def test_the_outcomes_rows_show_each_runs_numbers(member_client, three):
     vram = re.search(r"<th>Peak VRAM \(GiB\)</th><td>([^<]*)</td>", html)
     assert vram.group(1) == "1"
     assert re.search(r"<th>Effective batch</th><td>8</td><td>8</td>", html)
+
+
+def test_a_viewer_of_the_team_may_compare_and_export(viewer_client, three):
+    assert viewer_client.get(f"/compare/?runs={ids(three)}").status_code == 200
+    assert viewer_client.get(f"/compare/export.csv?runs={ids(three)}").status_code == 200
