@@ -21,7 +21,9 @@ def check_services(**kwargs) -> None:
 def start_heartbeat(sender, **kwargs) -> None:
     from training import worker
 
-    worker.start(name=sender.hostname, queues=sorted(sender.app.amqp.queues.consume_from or {}))
+    pool = sender.controller.pool_cls
+    worker.start(name=sender.hostname, queues=sorted(sender.app.amqp.queues.consume_from or {}),
+                 solo=pool.__module__ == "celery.concurrency.solo")
 
 
 @signals.worker_shutdown.connect

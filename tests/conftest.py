@@ -4,6 +4,7 @@ import os
 import uuid
 
 import pytest
+import redis
 from channels.layers import channel_layers
 from django.conf import settings
 
@@ -28,7 +29,12 @@ def isolated_session(tmp_path_factory):
     settings.TUNEBOARD_DEFAULT_QUEUE = f"test-{token}"
     # Before the first get_channel_layer(): channels builds the layer once, from these settings.
     settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"test-{token}"
-    return token
+    yield token
+    # The session's queues, groups and channels: nothing of it must outlive the session in the shared Redis.
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    keys = list(client.scan_iter(match=f"*test-{token}*"))
+    if keys:
+        client.delete(*keys)
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@ import io
 import itertools
 from pathlib import Path
 
+from django.conf import settings
 from django.contrib.auth.models import User
 
 from dashboard.models import Membership, Team
@@ -53,5 +54,11 @@ def tiny_overrides(model: str, **overrides) -> dict:
     }
 
 
-def make_run(team: Team, user: User, dataset: Dataset, **overrides) -> Run:
-    return services.run_create(team=team, user=user, dataset=dataset, overrides=tiny_overrides("tiny-model", **overrides))
+def idle_queue() -> str:
+    """A queue no test worker consumes: a run sent there stays queued (and sends no live messages)."""
+    return f"{settings.TUNEBOARD_DEFAULT_QUEUE}-idle"
+
+
+def make_run(team: Team, user: User, dataset: Dataset, *, queue: str | None = None, **overrides) -> Run:
+    return services.run_create(team=team, user=user, dataset=dataset, queue=queue or idle_queue(),
+                               overrides=tiny_overrides("tiny-model", **overrides))

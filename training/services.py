@@ -25,9 +25,10 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from dashboard.models import Membership, Team
-from training import live
+from training import datasets, live
 from training.engine.config import ConfigError, parse_config
 from training.engine.events import parse_float
+from training.findings import RunWatcher
 from training.models import Dataset, MetricPoint, Preset, Run, RunEvent, Sample, Worker
 from training.process import TrainingProcess
 from training.selectors import event_dict, membership_for, run_status_dict, sample_dict
@@ -59,59 +60,6 @@ def _require_role(*, user, team: Team, role: str, action: str) -> None:
 
 # Datasets -----------------------------------------------------------------------------------------------------
 
-def _row_format(row: Any) -> str | None:
-    """The TRL format of one row, checked in the engine's order (messages, prompt/completion, text)."""
-    if not isinstance(row, dict):
-        return None
-    messages = row.get("messages")
-    if isinstance(messages, list) and messages and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in messages):
-        return Dataset.Format.MESSAGES
-    if "prompt" in row and "completion" in row:
-        return Dataset.Format.PROMPT_COMPLETION
-    if isinstance(row.get("text"), str):
-        return Dataset.Format.TEXT
-    return None
-
-
-def _row_chars(row: dict, fmt: str) -> int:
-    if fmt == Dataset.Format.MESSAGES:
-        return sum(len(m["content"]) for m in row["messages"])
-    if fmt == Dataset.Format.PROMPT_COMPLETION:
-        return len(str(row["prompt"])) + len(str(row["completion"]))
-    return len(row["text"])
-
-
-def dataset_inspect(path: Path) -> dict[str, Any]:
-    """Format, row count and character stats of a JSONL file; a ValidationError on "file" naming the bad line."""
-    fmt: str | None = None
-    rows = 0
-    chars: list[int] = []
-    with path.open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                raise _field_errors({"file": f"line {number} is empty; a JSONL file has one JSON object per line"})
-            try:
-                row = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise _field_errors({"file": f"line {number} is not JSON ({exc}); one JSON object per line"}) from None
-            row_fmt = _row_format(row)
-            if row_fmt is None:
-                raise _field_errors({"file": (
-                    f"line {number} has no known format; allowed: {{\"text\": ...}}, {{\"prompt\": ..., "
-                    f"\"completion\": ...}} or {{\"messages\": [{{\"role\": ..., \"content\": ...}}]}}")})
-            if fmt is not None and row_fmt != fmt:
-                raise _field_errors({"file": f"line {number} is {row_fmt} but line 1 is {fmt}; one format per file"})
-            fmt = row_fmt
-            rows += 1
-            chars.append(_row_chars(row, row_fmt))
-    if fmt is None:
-        raise _field_errors({"file": "the file has no rows"})
-    return {"format": fmt, "rows": rows,
-            "stats": {"chars_mean": sum(chars) / rows, "chars_max": max(chars), "chars_min": min(chars)}}
-
-
 def _check_dataset_name(team: Team, name: str) -> str:
     name = (name or "").strip()
     if not name:
@@ -131,57 +79,127 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def dataset_create_from_upload(*, team: Team, user, name: str, file: IO[bytes]) -> Dataset:
-    """Store an uploaded JSONL file under the var dir, named by its checksum, and record it."""
+class DatasetFileError(ValidationError):
+    """A dataset file refused: messages keyed by form field ("file" for row errors, "format" or "column_<role>" for
+    the mapping), and the file's columns so the page can offer a mapping."""
+
+    def __init__(self, error: datasets.DatasetError):
+        messages: dict[str, list[str]] = {}
+        for item in error.errors:
+            key = "file"
+            if item.row is None and item.field == "format":
+                key = "format"
+            elif item.row is None and item.field in MAPPING_ROLES:
+                key = f"column_{item.field}"
+            messages.setdefault(key, []).append(str(item))
+        if error.more:
+            messages["file"].append(f"and {error.more} more rows with problems")
+        super().__init__(messages)
+        self.columns = error.columns
+
+
+MAPPING_ROLES = sorted({role for roles in datasets.ROLES.values() for role in roles})
+
+
+def _store_normalised(*, source: IO[bytes], kind: str, mapping: datasets.Mapping | None,
+                      folder: Path) -> tuple[datasets.Checked, Path, str]:
+    """Check every row of `source` and write the engine's JSONL under `folder`, named by its checksum."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix="normalised-", suffix=".jsonl", delete=False) as out:
+        out_path = Path(out.name)
+        try:
+            checked = datasets.check_and_normalise(source, kind, out, mapping)
+        except datasets.DatasetError as exc:
+            out.close()
+            out_path.unlink(missing_ok=True)
+            raise DatasetFileError(exc) from None
+        except BaseException:
+            out.close()
+            out_path.unlink(missing_ok=True)
+            raise
+    sha = _sha256_of(out_path)
+    final = folder / f"{sha}.jsonl"
+    os.replace(out_path, final)  # same content, same name: an identical earlier dataset is simply reused
+    return checked, final, sha
+
+
+def _source_stats(checked: datasets.Checked, *, filename: str, kind: str, size: int) -> dict[str, Any]:
+    return {"source": {"file": filename, "kind": kind, "bytes": size, "format": checked.mapping.format,
+                       "columns": checked.columns, "mapping": checked.mapping.columns}}
+
+
+def dataset_create_from_upload(*, team: Team, user, name: str, file: IO[bytes], filename: str | None = None,
+                               mapping: datasets.Mapping | None = None) -> Dataset:
+    """Check an uploaded JSONL/JSON/CSV/Parquet file row by row and store it normalised to the engine's JSONL.
+    Nothing is saved, and no file is left, when a row is bad; `mapping` names the columns when detection cannot."""
     _require_role(user=user, team=team, role=Role.MEMBER, action="Adding a dataset")
     name = _check_dataset_name(team, name)
+    filename = filename or getattr(file, "name", None) or "upload.jsonl"
+    try:
+        kind = datasets.file_kind(filename)
+    except datasets.DatasetError as exc:
+        raise DatasetFileError(exc) from None
     folder = settings.DATASETS_DIR / str(team.id)
     folder.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
     size = 0
     limit = settings.TUNEBOARD_DATASET_MAX_BYTES
-    with tempfile.NamedTemporaryFile(dir=folder, prefix="upload-", suffix=".jsonl", delete=False) as tmp:
-        tmp_path = Path(tmp.name)
-        try:
-            chunks = file.chunks() if hasattr(file, "chunks") else iter(lambda: file.read(1 << 20), b"")
-            for chunk in chunks:
-                size += len(chunk)
-                if size > limit:
-                    raise _field_errors({"file": f"larger than the {limit} byte limit (TUNEBOARD_DATASET_MAX_BYTES)"})
-                digest.update(chunk)
-                tmp.write(chunk)
-        except BaseException:
-            tmp_path.unlink(missing_ok=True)
-            raise
+    with tempfile.TemporaryFile(dir=folder, prefix="upload-") as tmp:
+        chunks = file.chunks() if hasattr(file, "chunks") else iter(lambda: file.read(1 << 20), b"")
+        for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise _field_errors({"file": f"larger than the {limit} byte limit (TUNEBOARD_DATASET_MAX_BYTES)"})
+            tmp.write(chunk)
+        if size == 0:
+            raise _field_errors({"file": "the file is empty; it needs at least one row"})
+        tmp.seek(0)
+        checked, final, sha = _store_normalised(source=tmp, kind=kind, mapping=mapping, folder=folder)
     try:
-        facts = dataset_inspect(tmp_path)
-        sha = digest.hexdigest()
-        final = folder / f"{sha}.jsonl"
-        os.replace(tmp_path, final)  # same content, same name: an identical earlier upload is simply reused
-    finally:
-        tmp_path.unlink(missing_ok=True)
-    return Dataset.objects.create(team=team, name=name, path=str(final), source=Dataset.Source.UPLOAD,
-                                  format=facts["format"], rows=facts["rows"], size_bytes=size, sha256=sha,
-                                  stats=facts["stats"], created_by=user)
+        return Dataset.objects.create(team=team, name=name, path=str(final), source=Dataset.Source.UPLOAD,
+                                      format=checked.format, rows=checked.rows, size_bytes=final.stat().st_size,
+                                      sha256=sha, stats=_source_stats(checked, filename=Path(filename).name,
+                                                                      kind=kind, size=size), created_by=user)
+    except BaseException:
+        if not Dataset.objects.filter(path=str(final)).exists():
+            final.unlink(missing_ok=True)
+        raise
 
 
-def dataset_register(*, team: Team, user, name: str, path: str) -> Dataset:
-    """Record a JSONL file already on the shared storage (inside TUNEBOARD_DATASET_ROOTS) without copying it."""
+def dataset_register(*, team: Team, user, name: str, path: str, mapping: datasets.Mapping | None = None) -> Dataset:
+    """Record a file already on the shared storage (inside TUNEBOARD_DATASET_ROOTS). A JSONL/JSON/Parquet/CSV file
+    the engine reads as it is stays where it is; one that needs its columns mapped is stored normalised."""
     _require_role(user=user, team=team, role=Role.ADMIN, action="Registering a dataset path")
     name = _check_dataset_name(team, name)
-    file = Path(path)
+    file = Path(path or "")
     roots = [Path(root).resolve() for root in settings.TUNEBOARD_DATASET_ROOTS]
+    allowed = f"must be inside one of {', '.join(map(str, roots))} (TUNEBOARD_DATASET_ROOTS)"
     if not file.is_absolute():
-        raise _field_errors({"path": "give an absolute path"})
+        raise _field_errors({"path": f"give an absolute path; it {allowed}"})
+    # resolve() follows symlinks and "..", so a link or a climb out of a root lands outside it and is refused.
     file = file.resolve()
     if not any(file.is_relative_to(root) for root in roots):
-        raise _field_errors({"path": f"must be inside one of {', '.join(map(str, roots))} (TUNEBOARD_DATASET_ROOTS)"})
-    if file.suffix != ".jsonl" or not file.is_file():
-        raise _field_errors({"path": f"{file} is not a .jsonl file"})
-    facts = dataset_inspect(file)
-    return Dataset.objects.create(team=team, name=name, path=str(file), source=Dataset.Source.REGISTERED,
-                                  format=facts["format"], rows=facts["rows"], size_bytes=file.stat().st_size,
-                                  sha256=_sha256_of(file), stats=facts["stats"], created_by=user)
+        raise _field_errors({"path": allowed})
+    if not file.is_file():
+        raise _field_errors({"path": f"{file} is not a file"})
+    try:
+        kind = datasets.file_kind(file.name)
+    except datasets.DatasetError as exc:
+        raise _field_errors({"path": str(exc.errors[0])}) from None
+    with file.open("rb") as fh:
+        checked, normalised, sha = _store_normalised(source=fh, kind=kind, mapping=mapping,
+                                                     folder=settings.DATASETS_DIR / str(team.id))
+    as_is = (checked.mapping.columns == {r: r for r in checked.mapping.columns} and checked.format
+             == checked.mapping.format and not (kind == "csv" and checked.format == "messages"))
+    if as_is:
+        if not Dataset.objects.filter(path=str(normalised)).exists():
+            normalised.unlink(missing_ok=True)
+        stored, sha = file, _sha256_of(file)
+    else:
+        stored = normalised
+    return Dataset.objects.create(team=team, name=name, path=str(stored), source=Dataset.Source.REGISTERED,
+                                  format=checked.format, rows=checked.rows, size_bytes=stored.stat().st_size,
+                                  sha256=sha, stats=_source_stats(checked, filename=str(file), kind=kind,
+                                                                  size=file.stat().st_size), created_by=user)
 
 
 # Presets ------------------------------------------------------------------------------------------------------
@@ -363,12 +381,13 @@ def worker_get_or_create(*, name: str) -> Worker:
 
 
 def worker_heartbeat(*, name: str, hostname: str, queues: list[str], pid: int, gpus: list[dict],
-                     current_run_id: int | None, started_at: datetime) -> None:
-    """Record that this worker is alive, what it runs and its GPUs' state."""
-    Worker.objects.update_or_create(name=name, defaults={
-        "hostname": hostname, "queues": queues, "pid": pid, "gpus": gpus, "started_at": started_at,
-        "current_run_id": current_run_id, "last_heartbeat_at": timezone.now(),
-    })
+                     started_at: datetime, current_run_id: int | None, knows_current_run: bool = True) -> None:
+    """Record that this worker is alive, its GPUs' state and (if its process runs the tasks) what it runs."""
+    fields = {"hostname": hostname, "queues": queues, "pid": pid, "gpus": gpus, "started_at": started_at,
+              "last_heartbeat_at": timezone.now()}
+    if knows_current_run:
+        fields["current_run_id"] = current_run_id
+    Worker.objects.update_or_create(name=name, defaults=fields)
 
 
 def worker_runs_mark_lost(*, name: str) -> list[int]:
@@ -411,6 +430,7 @@ class RunRecorder:
         self.log_tail: deque[str] = deque(run.log_tail.splitlines(), maxlen=settings.TUNEBOARD_LOG_TAIL_LINES)
         self._log_dirty = False
         self._log_flushed_at = 0.0
+        self.findings = RunWatcher(run)
 
     def record(self, event: dict) -> None:
         kind = event.get("type")
@@ -422,6 +442,10 @@ class RunRecorder:
             self._sample(event)
         else:
             self._event(event)
+        try:
+            self.findings.feed(event)  # after the event is stored: a finding's page shows the point it cites
+        except Exception:  # noqa: BLE001 - a detector's bug must not end a training run
+            log.exception("run %s: symptom detectors failed on a %s event", self.run.id, kind)
 
     def _point(self, event: dict, fields: tuple[str, ...], kind: str) -> None:
         step = int(event["step"])

@@ -56,10 +56,12 @@ def _num(value: str) -> float | None:
 class Heartbeat(threading.Thread):
     """Every TUNEBOARD_HEARTBEAT_S: this worker's row (alive, GPUs, current run), then the lost-run sweep."""
 
-    def __init__(self, *, name: str, queues: list[str]):
+    def __init__(self, *, name: str, queues: list[str], tracks_runs: bool):
         super().__init__(name="tuneboard-heartbeat", daemon=True)
         self.worker_name = name
         self.queues = queues
+        # Only a solo pool runs tasks in this process, where `running()` can tell the heartbeat about them.
+        self.tracks_runs = tracks_runs
         self.started_at: datetime = timezone.now()
         self.current_run_id: int | None = None
         self._stopping = threading.Event()
@@ -81,8 +83,8 @@ class Heartbeat(threading.Thread):
             if current is not None and not Run.objects.filter(id=current).exists():
                 current = None  # deleted while running: the worker will notice and end it
             services.worker_heartbeat(name=self.worker_name, hostname=socket.gethostname(), queues=self.queues,
-                                      pid=os.getpid(), gpus=gpu_info(), current_run_id=current,
-                                      started_at=self.started_at)
+                                      pid=os.getpid(), gpus=gpu_info(), started_at=self.started_at,
+                                      current_run_id=current, knows_current_run=self.tracks_runs)
             lost = services.runs_mark_lost()
             if lost:
                 log.warning("runs %s marked lost: their worker is silent or no longer runs them", lost)
@@ -99,13 +101,16 @@ class Heartbeat(threading.Thread):
 _heartbeat: Heartbeat | None = None
 
 
-def start(*, name: str, queues: list[str]) -> Heartbeat:
+def start(*, name: str, queues: list[str], solo: bool) -> Heartbeat:
     """At worker start: runs this worker held in a previous life are lost; then beat until the process ends."""
     global _heartbeat
     lost = services.worker_runs_mark_lost(name=name)
     if lost:
         log.warning("runs %s were running on %s before it restarted: marked lost", lost, name)
-    _heartbeat = Heartbeat(name=name, queues=queues)
+    if not solo:
+        log.warning("%s does not use --pool solo: a training task that dies with its pool process is noticed "
+                    "only if the whole worker goes silent; run training workers with --pool solo", name)
+    _heartbeat = Heartbeat(name=name, queues=queues, tracks_runs=solo)
     _heartbeat.start()
     return _heartbeat
 

@@ -14,6 +14,7 @@ from typing import Callable
 
 import pytest
 from asgiref.sync import async_to_sync
+from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.db import connection
@@ -152,4 +153,10 @@ def is_terminal_status(message: dict) -> bool:
 
 
 def run_async(coroutine_function, *args):
-    return async_to_sync(coroutine_function)(*args)
+    """Run a coroutine in a new event loop, with a new channel layer: channels_redis binds its receive state to
+    the loop that first used it (a server has one loop; each call here makes another)."""
+    channel_layers.backends.clear()
+    try:
+        return async_to_sync(coroutine_function)(*args)
+    finally:
+        channel_layers.backends.clear()

@@ -12,6 +12,8 @@ from training.models import Run
 
 from .conftest import communicator, run_async, session_cookie
 
+pytestmark = pytest.mark.timeout(120)
+
 
 @pytest.fixture
 def two_teams(tmp_path):

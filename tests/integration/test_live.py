@@ -11,6 +11,8 @@ from training import live
 
 from .conftest import communicator, run_async, session_cookie
 
+pytestmark = pytest.mark.timeout(120)
+
 
 @pytest.mark.django_db(transaction=True)
 def test_an_idle_socket_still_gets_the_next_message(tmp_path):

@@ -15,7 +15,7 @@ from training.selectors import run_points
 from .conftest import (communicator, is_terminal_status, receive_until, run_async, session_cookie, wait_for,
                        wait_for_run, wait_terminal)
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
 
 
 @pytest.fixture

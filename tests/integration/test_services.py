@@ -6,6 +6,7 @@ import math
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.contrib.admin.sites import AdminSite
 from django.contrib.messages.storage.cookie import CookieStorage
 from django.core.exceptions import ValidationError
@@ -50,7 +51,7 @@ def test_run_create_merges_preset_then_overrides_and_queues_on_commit(member, dj
         run = services.run_create(team=team, user=user, dataset=dataset, preset=preset,
                                   overrides={"model": "some/model", "learning_rate": 5e-4, "max_steps": 7})
     assert len(callbacks) == 1
-    assert run.status == Run.Status.QUEUED and run.queue == "test-" + run.queue.split("-", 1)[1]
+    assert run.status == Run.Status.QUEUED and run.queue == settings.TUNEBOARD_DEFAULT_QUEUE
     assert run.config["r"] == 8 and run.config["lora_alpha"] == 16 and run.config["learning_rate"] == 5e-4
     assert run.config["train_file"] == dataset.path and run.config["output_dir"] == run.artifact_dir
     assert run.config["gradient_accumulation_steps"] == 4  # an engine default, frozen into the snapshot

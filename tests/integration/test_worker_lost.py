@@ -12,7 +12,7 @@ from training.models import MetricPoint, Run
 
 from .conftest import start_worker, stop_worker, wait_for, wait_for_run, wait_terminal
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 
 
 def pid_alive(pid: int) -> bool:
