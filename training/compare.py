@@ -454,17 +454,19 @@ def guidance_for(runs: list[Run], differing: list[str]) -> list[dict[str, Any]]:
         if name not in guided:
             continue
         guidance = guided[name]
-        changes = []
+        # One entry per distinct change: twenty runs of a sweep make a handful of changes, not twenty.
+        changes: dict[tuple[str, str, str], dict[str, Any]] = {}
         for run in runs[1:]:
             old, new = config_value(base, name), config_value(run, name)
             prediction = calculators.prediction_for_change(name, old, new, total_steps=run.total_steps)
             if prediction:
-                changes.append({"run": run.id, "from": value_text(old), "to": value_text(new),
-                                "prediction": prediction})
+                key = (value_text(old), value_text(new), prediction)
+                changes.setdefault(key, {"runs": [], "from": key[0], "to": key[1], "prediction": prediction})
+                changes[key]["runs"].append(run.id)
         url = _guidance_url(name)
         out.append({"param": name, "title": guidance.title, "one_line": guidance.one_line, "url": url,
                     "sections": None if url else [(title, s["html"]) for title, s in guidance.sections.items()],
-                    "changes": changes, "base": base.id})
+                    "changes": list(changes.values()), "base": base.id})
     return out
 
 

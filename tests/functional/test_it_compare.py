@@ -241,3 +241,11 @@ def test_the_outcomes_rows_show_each_runs_numbers(member_client, three):
 def test_a_viewer_of_the_team_may_compare_and_export(viewer_client, three):
     assert viewer_client.get(f"/compare/?runs={ids(three)}").status_code == 200
     assert viewer_client.get(f"/compare/export.csv?runs={ids(three)}").status_code == 200
+
+
+def test_the_same_change_in_several_runs_is_one_prediction(member_client, world, three):
+    d = named_run(world.team, world.member, world.dataset, "rank 8 again", r=8)
+    html = member_client.get(f"/compare/?runs={three[0].id},{three[1].id},{d.id}").content.decode()
+    r_item = html[html.index('data-param="r"'):]
+    assert f"#{three[0].id} → #{three[1].id}, #{d.id}: 16 → 8" in r_item
+    assert r_item[:r_item.index("</ul>")].count("<li>") == 1
