@@ -235,10 +235,41 @@ class RunForm(forms.Form):
 
 
 class DatasetUploadForm(forms.Form):
+    FORMATS = [("auto", "Detect from the columns"), ("text", "text"), ("prompt_completion", "prompt + completion"),
+               ("messages", "messages (chat)"), ("instruction", "instruction + input + output")]
+
     team = forms.ModelChoiceField(queryset=None, empty_label=None)
     name = forms.CharField(max_length=200)
-    file = forms.FileField(help_text="JSONL: one {\"text\"}, {\"prompt\", \"completion\"} or {\"messages\"} object "
-                                     "per line")
+    file = forms.FileField(help_text="JSONL, JSON (an array of records), CSV or Parquet with text, prompt/completion, "
+                                     "messages or instruction/input/output columns")
+    format = forms.ChoiceField(choices=FORMATS, initial="auto", required=False,
+                               help_text="Only needed when the column names do not say it")
+    column_text = forms.CharField(max_length=200, required=False, label="text column")
+    column_prompt = forms.CharField(max_length=200, required=False, label="prompt column")
+    column_completion = forms.CharField(max_length=200, required=False, label="completion column")
+    column_messages = forms.CharField(max_length=200, required=False, label="messages column")
+    column_instruction = forms.CharField(max_length=200, required=False, label="instruction column")
+    column_input = forms.CharField(max_length=200, required=False, label="input column (optional)")
+    column_output = forms.CharField(max_length=200, required=False, label="output column")
+
+    MAPPING_FIELDS = ("format", "column_text", "column_prompt", "column_completion", "column_messages",
+                      "column_instruction", "column_input", "column_output")
+
+    def mapping(self):
+        """The column mapping the user chose, or None to detect it from the column names."""
+        from training.datasets import ROLES, Mapping
+
+        fmt = self.cleaned_data.get("format") or "auto"
+        if fmt == "auto":
+            return None
+        columns = {role: self.cleaned_data.get(f"column_{role}", "").strip() for role in ROLES[fmt]}
+        return Mapping(fmt, {role: column for role, column in columns.items() if column})
+
+    def mapping_fields(self):
+        return [self[name] for name in self.MAPPING_FIELDS]
+
+    def upload_fields(self):
+        return [self[name] for name in self.fields if name not in self.MAPPING_FIELDS]
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)

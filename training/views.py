@@ -180,6 +180,7 @@ def dataset_list(request: HttpRequest) -> HttpResponse:
     can_upload = selectors.team_list_where(request.user, "member").exists()
     form = DatasetUploadForm(request.POST or None, request.FILES or None, user=request.user) if can_upload else None
     status = 200
+    columns: list[str] = []
     if request.method == "POST":
         if form is None:
             raise PermissionDenied("Adding a dataset needs the member role in a team")
@@ -187,12 +188,14 @@ def dataset_list(request: HttpRequest) -> HttpResponse:
             try:
                 dataset = services.dataset_create_from_upload(
                     team=form.cleaned_data["team"], user=request.user, name=form.cleaned_data["name"],
-                    file=form.cleaned_data["file"])
+                    file=form.cleaned_data["file"], filename=form.cleaned_data["file"].name, mapping=form.mapping())
             except ValidationError as exc:
                 form.add_service_errors(exc)
+                columns = getattr(exc, "columns", [])
             else:
                 messages.success(request, f"Dataset {dataset.name} added: {dataset.rows} rows, {dataset.format}.")
                 return redirect(reverse("dataset_list"))
         status = 400
     datasets = selectors.dataset_list_for(request.user).order_by("-created_at")
-    return render(request, "training/dataset_list.html", {"datasets": datasets, "form": form}, status=status)
+    return render(request, "training/dataset_list.html", {"datasets": datasets, "form": form, "columns": columns},
+                  status=status)

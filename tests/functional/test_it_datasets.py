@@ -27,8 +27,7 @@ def test_an_upload_is_checked_and_recorded(world, member_client):
 
 
 @pytest.mark.parametrize("content, message", [
-    (b'{"text": "ok"}\nnot json\n', "line 2 is not JSON"),
-    (b'{"colour": "red"}\n', "line 1 has no known format"),
+    (b'{"text": "ok"}\nnot json\n', "row 2: invalid JSON on line 2"),
     (b"", "The submitted file is empty"),
 ])
 def test_a_bad_file_is_refused_on_the_file_field(world, member_client, content, message):
@@ -37,6 +36,14 @@ def test_a_bad_file_is_refused_on_the_file_field(world, member_client, content, 
     assert response.status_code == 400
     errors = response.context["form"].errors
     assert message in " ".join(errors["file"]), errors
+    assert Dataset.objects.count() == before
+
+
+def test_unknown_columns_ask_for_a_mapping(world, member_client):
+    before = Dataset.objects.count()
+    response = upload(member_client, world.team, "bad", b'{"colour": "red"}\n')
+    assert response.status_code == 400
+    assert "the columns (colour) match no single format" in " ".join(response.context["form"].errors["format"])
     assert Dataset.objects.count() == before
 
 

@@ -164,23 +164,23 @@ def test_queue_positions_count_the_queued_runs_ahead_on_the_same_queue(member):
 def test_uploads_with_bad_rows_are_refused_naming_the_line(member):
     team, user, _ = member
     cases = {
-        b'{"text": "ok"}\nnot json\n': "line 2 is not JSON",
-        b'{"text": "ok"}\n{"prompt": "a", "completion": "b"}\n': "line 2 is prompt_completion but line 1 is text",
-        b'{"question": "?"}\n': "line 1 has no known format",
-        b"": "no rows",
+        b'{"text": "ok"}\nnot json\n': ("file", "row 2: invalid JSON on line 2"),
+        b'{"text": "ok"}\n{"prompt": "a", "completion": "b"}\n': ("file", "row 2, text: column 'text' is missing"),
+        b'{"question": "?"}\n': ("format", "the columns (question) match no single format"),
+        b"": ("file", "the file is empty"),
     }
-    for content, message in cases.items():
+    for content, (key, message) in cases.items():
         with pytest.raises(ValidationError) as excinfo:
             services.dataset_create_from_upload(team=team, user=user, name=f"bad {len(content)}",
                                                 file=io.BytesIO(content))
-        assert message in field_errors(excinfo)["file"]
+        assert message in field_errors(excinfo)[key]
     assert Dataset.objects.filter(team=team).count() == 1
     with pytest.raises(ValidationError, match="already has a dataset"):
         services.dataset_create_from_upload(team=team, user=user, name=Dataset.objects.get().name,
                                             file=io.BytesIO(b'{"text": "x"}\n'))
     good = services.dataset_create_from_upload(team=team, user=user, name="pc",
                                                file=io.BytesIO(b'{"prompt": "a", "completion": "bc"}\n' * 3))
-    assert (good.format, good.rows, good.size_bytes, good.stats["chars_max"]) == ("prompt_completion", 3, 108, 3)
+    assert (good.format, good.rows, good.size_bytes, good.stats["source"]["bytes"]) == ("prompt_completion", 3, 108, 108)
 
 
 def test_preset_admin_shows_engine_errors_on_the_config_field_bumps_versions_and_duplicates(admin_user):
