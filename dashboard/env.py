@@ -1,6 +1,7 @@
 """Reading settings from the environment: helpers that fail loudly, naming the variable and what is allowed."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -102,3 +103,18 @@ def redis_url(name: str, default: str) -> str:
     if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
         raise ImproperlyConfigured(f"{name}={url!r}: use redis://host:6379/0, rediss://... or unix://...")
     return url
+
+
+def env_json_object(name: str, default: dict) -> dict:
+    """A JSON object from NAME (e.g. {"loss_spike_ratio": 2.0}); anything else fails loudly."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return dict(default)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ImproperlyConfigured(f"{name} is not valid JSON ({exc}); give an object such as "
+                                   '{"loss_spike_ratio": 2.0}') from None
+    if not isinstance(value, dict):
+        raise ImproperlyConfigured(f"{name} must be a JSON object of names to numbers, not {type(value).__name__}")
+    return value

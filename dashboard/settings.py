@@ -10,11 +10,13 @@ from dashboard.env import (
     env_bool,
     env_float,
     env_int,
+    env_json_object,
     env_list,
     env_secret,
     env_str,
     redis_url,
 )
+from guidance.detectors import Thresholds
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -154,6 +156,13 @@ TUNEBOARD_HEARTBEAT_S = env_float("TUNEBOARD_HEARTBEAT_S", 5.0, minimum=0.5)
 TUNEBOARD_WORKER_SILENT_S = env_float("TUNEBOARD_WORKER_SILENT_S", 50.0, minimum=1.0)
 # Lines of a training process's stderr kept on the run (the log tail the run page shows).
 TUNEBOARD_LOG_TAIL_LINES = env_int("TUNEBOARD_LOG_TAIL_LINES", 200, minimum=1)
+# Overrides of the symptom detectors' thresholds (guidance.detectors.Thresholds), as a JSON object; checked here so
+# an unknown name or a bad value stops start-up rather than the first run.
+TUNEBOARD_DETECTOR_THRESHOLDS = env_json_object("TUNEBOARD_DETECTOR_THRESHOLDS", {})
+try:
+    Thresholds.from_dict(TUNEBOARD_DETECTOR_THRESHOLDS)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"TUNEBOARD_DETECTOR_THRESHOLDS: {exc}") from None
 
 CELERY_BROKER_URL = REDIS_URL
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

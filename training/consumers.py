@@ -9,6 +9,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.http import Http404
 
 from training import selectors
+from training.findings import finding_dict
 from training.live import json_safe, run_group
 
 CLOSE_UNAUTHENTICATED = 4401
@@ -137,4 +138,5 @@ def _replay_rest(run, after_seq: int) -> dict[str, Any]:
         "samples": selectors.run_samples(run),
         "status": selectors.run_status_dict(run),
         "log": run.log_tail.splitlines(),
+        "findings": [finding_dict(f) for f in selectors.run_findings(run)],
     }

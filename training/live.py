@@ -11,8 +11,8 @@ from channels.layers import get_channel_layer
 log = logging.getLogger(__name__)
 
 # point: one step's numbers (metrics or eval); event: a RunEvent; sample: a generation; status: the run's
-# status and progress; log: new stderr lines of the training process.
-MessageType = Literal["point", "event", "sample", "status", "log"]
+# status and progress; log: new stderr lines of the training process; finding: a symptom a detector just saw.
+MessageType = Literal["point", "event", "sample", "status", "log", "finding"]
 MESSAGE_TYPES: frozenset[str] = frozenset(MessageType.__args__)  # type: ignore[attr-defined]
 
 

@@ -229,6 +229,34 @@ async function loadAdapterFiles() {
   }));
 }
 
+// Findings: the detectors' symptoms, live from the worker (a finding is keyed by code and step, shown once) ------
+
+function addFinding(finding) {
+  const list = document.getElementById("findings");
+  const key = `${finding.code}@${finding.step}`;
+  if (list.querySelector(`[data-finding="${CSS.escape(key)}"]`)) return;
+  clearPlaceholder(list);
+  const item = Object.assign(document.createElement("li"), { className: `finding severity-${finding.severity}` });
+  item.dataset.finding = key;
+  item.append(Object.assign(document.createElement("strong"), { textContent: finding.title }), " ",
+    Object.assign(document.createElement("span"), { className: "muted", textContent: `step ${finding.step}` }),
+    Object.assign(document.createElement("p"), { textContent: finding.message }));
+  if (finding.guidance.length) {
+    const look = Object.assign(document.createElement("p"), { className: "muted small", textContent: "Look at: " });
+    finding.guidance.forEach((g, i) => {
+      const link = Object.assign(document.createElement("a"), { href: g.url });
+      link.append(Object.assign(document.createElement("code"), { textContent: g.param }));
+      look.append(...(i ? [", ", link] : [link]));
+    });
+    item.append(look);
+  }
+  list.append(item);
+  const count = list.querySelectorAll("[data-finding]").length;
+  const badge = document.getElementById("findings-count");
+  badge.textContent = String(count);
+  badge.classList.toggle("warn", count > 0);
+}
+
 // Events, warnings, samples, log ---------------------------------------------------------------------------
 
 function clearPlaceholder(list) {
@@ -314,6 +342,7 @@ function handle(message) {
         showIfEmpty("events", "None yet.");
         showIfEmpty("warnings", "None.");
         message.samples.forEach(addSample);
+        message.findings.forEach(addFinding);
         applyStatus(message.status);
         setLog(message.log);
         setLiveState(message.status.is_terminal ? "ended" : "live", message.status.is_terminal ? "ended" : "live");
@@ -327,6 +356,9 @@ function handle(message) {
       break;
     case "sample":
       addSample(message);
+      break;
+    case "finding":
+      addFinding(message);
       break;
     case "status":
       applyStatus(message);
