@@ -4,7 +4,7 @@ Creates (or, with --fresh, recreates) a separate database, tuneboard_bench, migr
 COPY, then times the request through Django's request handling: the first request for finished runs (which packs
 each run's columns into one row, SeriesPack), then cold (a new database connection) and warm:
 
-    python bench/compare.py [--runs 20] [--steps 100000] [--fresh] [--repeat 5]
+    python bench/compare.py [--runs 20] [--steps 100000] [--fresh] [--repeat 5] [--browser]
 """
 from __future__ import annotations
 
@@ -97,12 +97,60 @@ def timed(client, url: str) -> tuple[float, int]:
     return elapsed * 1000, len(response.content)
 
 
+def browser_time(ids: list[int]) -> None:
+    """Headless Chromium (Debian's) against daphne on the bench database: the page until all six charts are drawn."""
+    import socket
+    import subprocess
+
+    from playwright.sync_api import sync_playwright
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "dashboard.asgi:application"],
+        cwd=ROOT, env={**os.environ, "DEBUG": "1", "TUNEBOARD_CHANNEL_PREFIX": "bench-compare"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("daphne did not start") from None
+                time.sleep(0.2)
+        url = f"http://127.0.0.1:{port}"
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
+                                                 args=["--headless", "--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(f"{url}/accounts/login/")
+            page.fill("#id_username", "bench")
+            page.fill("#id_password", "bench")
+            page.click("form[action='/accounts/login/'] button[type=submit]")
+            page.wait_for_url(f"{url}/runs/")
+            for attempt in ("first", "second"):
+                started = time.perf_counter()
+                page.goto(f"{url}/compare/?runs={','.join(map(str, ids))}")
+                page.wait_for_function("() => [...document.querySelectorAll('.chart[data-metric]')]"
+                                       ".every((chart) => chart.dataset.loaded !== '0')", timeout=120_000)
+                print(f"  in Chromium, the page until its 6 charts are drawn ({attempt} load): "
+                      f"{time.perf_counter() - started:.2f} s")
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--fresh", action="store_true", help="drop and recreate the bench database first")
+    parser.add_argument("--browser", action="store_true", help="also time the page in headless Chromium")
     args = parser.parse_args()
 
     ensure_database(args.fresh)
@@ -152,6 +200,9 @@ def main() -> None:
     warm = [timed(client, page)[0] for _ in range(args.repeat)]
     print(f"  the page itself (table, outcomes, guidance; charts load after): cold {cold:.0f} ms, "
           f"warm median {statistics.median(warm):.0f} ms, {size / 1024:.0f} KiB")
+    if args.browser:
+        connection.close()
+        browser_time(ids)
 
 
 if __name__ == "__main__":
