@@ -53,6 +53,8 @@ def start_worker(*, queue: str, name: str, log: Path, timeout: float = 60) -> Wo
         "TUNEBOARD_CHANNEL_PREFIX": settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"],
         "TUNEBOARD_DEFAULT_QUEUE": queue,
         "TUNEBOARD_DATASET_ROOTS": ",".join(settings.TUNEBOARD_DATASET_ROOTS),
+        # A tiny run stops gracefully within a second; a hung one is killed after this (2 minutes in production).
+        "TUNEBOARD_STOP_KILL_AFTER_S": "10",
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "-Q", queue, "-n", name, "--pool", "solo",

@@ -150,6 +150,19 @@ def test_stop_checkpoints_and_resume_continues_from_it(celery_worker, tiny_model
     assert steps_of(run) == original_points  # the original's record is untouched
 
 
+def test_a_stop_the_training_cannot_honour_ends_in_a_kill(celery_worker, tiny_model, team_member):
+    team, user, _ = team_member
+    run = create(team_member, tiny_model, max_steps=2000)
+    run = wait_for_run(run, lambda r: r.last_step >= 2 or r.is_terminal, timeout=90, what="step 2")
+    child = run.started["pid"]
+    os.kill(child, signal.SIGSTOP)  # a step that hangs: the stop file is never read
+    services.run_stop(run=run, user=user)
+    run = wait_terminal(run, timeout=40)
+    assert run.status == Run.Status.STOPPED and run.error_class == "StopTimeout"
+    assert "killed 10 s after the stop request" in run.error
+    assert not RunEvent.objects.filter(run=run, type="stopped").exists()  # the engine never got to say it
+
+
 def test_a_training_process_that_dies_unreported_fails_the_run_with_its_stderr(celery_worker, tiny_model,
                                                                                 team_member):
     run = create(team_member, tiny_model, max_steps=2000)
