@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from training import selectors, services
+from training.differences import run_differences
 from training.engine.config import TrainConfig
 from training.forms import DatasetUploadForm, RunForm, value_text
 from training.models import Run
@@ -119,6 +120,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "events": [e for e in events if e["event"] != "warning"],
         "samples": list(reversed(selectors.run_samples(run))),
         "findings": selectors.run_findings(run),
+        "differences": run_differences(run),
         "adapter_files": selectors.run_adapter_files(run),
         "continuations": run.continuations.filter(team=run.team).order_by("id"),
         "config": [(name, value_text(run.config.get(name))) for name in TrainConfig.model_fields

@@ -146,6 +146,38 @@ function update() {
   updateDerived();
 }
 
+// A field's "guidance" link opens that parameter's guidance page in a panel beside the form; the form keeps its typing.
+const panel = document.getElementById("guidance-panel");
+const panelBody = document.getElementById("guidance-panel-body");
+
+async function openGuidance(link) {
+  panel.hidden = false;
+  panel.dataset.param = "";
+  panelBody.textContent = "Loading…";
+  document.getElementById("guidance-panel-open").href = link.href;
+  try {
+    const response = await fetch(link.href, { headers: { Accept: "text/html" } });
+    if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
+    const page = new DOMParser().parseFromString(await response.text(), "text/html");
+    const article = page.getElementById("guidance-article");
+    if (!article) throw new Error("no guidance in the page");
+    panelBody.replaceChildren(document.importNode(article, true));
+    panel.dataset.param = link.dataset.guide;
+    panel.scrollTop = 0;
+  } catch (error) {
+    panelBody.textContent = `Guidance could not be loaded (${error.message}).`;
+  }
+}
+
+form.addEventListener("click", (event) => {
+  const link = event.target.closest("a[data-guide]");
+  if (!link || event.ctrlKey || event.metaKey || event.shiftKey) return;
+  event.preventDefault();
+  openGuidance(link);
+});
+document.getElementById("guidance-panel-close").addEventListener("click", () => { panel.hidden = true; });
+document.addEventListener("keydown", (event) => { if (event.key === "Escape") panel.hidden = true; });
+
 form.addEventListener("input", update);
 form.addEventListener("change", update);
 update();

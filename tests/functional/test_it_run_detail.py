@@ -1,15 +1,20 @@
 """The run page: status, the `started` facts, warnings, samples, findings, log and adapter files; Stop and Resume
 for members only; every run, file and action of another team is a 404."""
 import json
+import re
+from html import unescape as html_unescape
 from pathlib import Path
 
 import pytest
 from django.utils import timezone
 
+from guidance import content
 from guidance.models import Finding
+from tests.factories import make_preset, tiny_overrides
+from training import services
 from training.models import Run, RunEvent, Sample
 
-from .conftest import client_for
+from .conftest import client_for, named_run
 
 pytestmark = pytest.mark.django_db
 
@@ -160,3 +165,44 @@ def test_adapter_files_download_for_the_team_only(world, member_client, tmp_path
 def test_a_run_without_an_adapter_has_no_files(world, member_client):
     assert member_client.get(f"/runs/{world.run.id}/adapter/").json() == []
     assert member_client.get(f"/runs/{world.run.id}/adapter/adapter_config.json").status_code == 404
+
+
+def differences(html: str) -> dict[str, str]:
+    """The "What this run changes" card: {param: prediction}."""
+    card = html[html.index('id="differences"'):]
+    card = card[:card.index("</section>")]
+    return dict(re.findall(r'data-param="(\w+)".*?<p class="prediction">(.*?)</p>', card, re.S))
+
+
+def test_a_run_without_a_preset_shows_what_it_changes_from_the_engine_defaults(world, member_client):
+    run = named_run(world.team, world.member, world.dataset, "bold alpha", lora_alpha=64, learning_rate=1e-3)
+    html = member_client.get(f"/runs/{run.id}/").content.decode()
+    assert "Against the engine&#x27;s defaults" in html
+    changed = differences(html)
+    # lora_alpha 32 -> 64 and learning_rate 2e-4 -> 1e-3, with the seed's predictions for going up.
+    assert html_unescape(changed["lora_alpha"]) == content.get("lora_alpha").predictions["up"]
+    assert html_unescape(changed["learning_rate"]) == content.get("learning_rate").predictions["up"]
+    assert "r" not in changed and "use_rslora" not in changed  # unchanged: no prediction
+    assert 'href="/guidance/lora_alpha/"' in html
+
+
+def test_a_preset_run_is_compared_with_its_preset(world, member_client):
+    preset = make_preset(world.team, name="base", **tiny_overrides("tiny-model", r=8, lora_alpha=16))
+    run = services.run_create(team=world.team, user=world.member, dataset=world.dataset, preset=preset,
+                              overrides={"lora_alpha": 8})
+    html = member_client.get(f"/runs/{run.id}/").content.decode()
+    assert "Against preset base" in html
+    changed = differences(html)
+    assert list(changed) == ["lora_alpha"]
+    assert html_unescape(changed["lora_alpha"]) == content.get("lora_alpha").predictions["down"]
+
+
+def test_a_resumed_run_is_compared_with_the_run_it_continues(world, member_client):
+    run = world.run
+    Run.objects.filter(id=run.id).update(status=Run.Status.STOPPED, last_checkpoint_path="/x/checkpoint-5",
+                                         last_checkpoint_step=5)
+    run.refresh_from_db()
+    continuation = services.run_resume(run=run, user=world.member)
+    html = member_client.get(f"/runs/{continuation.id}/").content.decode()
+    assert f"Against run #{run.id}, which it resumes" in html
+    assert differences(html) == {} and "No guided parameter differs." in html
