@@ -17,8 +17,6 @@ from .test_live_run import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOT = ROOT / "docs" / "compare.png"
 FINISHED_STEPS = 3000  # over 1000 points: the browser gets buckets until it zooms in
 LIVE_STEPS = 150
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc)
@@ -54,7 +52,8 @@ def loads(page) -> int:
     return int(page.get_attribute("#chart-loss", "data-loaded"))
 
 
-def test_compare_three_finished_runs_and_a_live_one(web_server, celery_worker, tiny_model, page, tmp_path):
+def test_compare_three_finished_runs_and_a_live_one(web_server, celery_worker, tiny_model, page, tmp_path,
+                                                    screenshot_path):
     team = make_team("Compare team")
     user = make_member(team, role=Membership.Role.MEMBER, user=make_user("cmp", password="cmp-password"))
     dataset = make_dataset(team, user, rows=256, tmp_dir=tmp_path, name="colours")
@@ -138,5 +137,5 @@ def test_compare_three_finished_runs_and_a_live_one(web_server, celery_worker, t
     if Run.objects.get(id=live.id).status == Run.Status.RUNNING:
         wait_until(lambda: line(page, live.id)["n"] > n1, timeout=60, what="more live points after the zoom")
     page.evaluate("() => window.scrollTo(0, 0)")
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    page.screenshot(path=str(screenshot_path("compare.png")), full_page=True)
     assert page.js_errors == []
