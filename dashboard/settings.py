@@ -142,6 +142,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 TUNEBOARD_DATASET_MAX_BYTES = env_int("TUNEBOARD_DATASET_MAX_BYTES", 2 * 1024**3, minimum=1)
 # Team admins may register files in place (no copy) only inside these folders.
 TUNEBOARD_DATASET_ROOTS = env_list("TUNEBOARD_DATASET_ROOTS", [str(VAR_DIR / "registered")])
+# Dataset statistics (tokenizing every row) run on this queue's workers, never on a GPU worker's.
+TUNEBOARD_CPU_QUEUE = env_str("TUNEBOARD_CPU_QUEUE", "cpu")
 
 REDIS_URL = redis_url("REDIS_URL", "redis://127.0.0.1:6379/0")
 

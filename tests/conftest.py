@@ -27,6 +27,7 @@ def isolated_session(tmp_path_factory):
     settings.MODELS_DIR = var / "models"
     settings.TUNEBOARD_DATASET_ROOTS = [str(var / "registered")]
     settings.TUNEBOARD_DEFAULT_QUEUE = f"test-{token}"
+    settings.TUNEBOARD_CPU_QUEUE = f"test-{token}-cpu"
     # Before the first get_channel_layer(): channels builds the layer once, from these settings.
     settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"test-{token}"
     yield token

@@ -396,3 +396,12 @@ def check_and_normalise(fh: IO[bytes], kind: str, out: IO[bytes] | None = None,
         raise DatasetError(errors, more, columns=columns)
     assert mapping is not None  # every reader raises on a file without rows
     return Checked(rows=rows, mapping=mapping, columns=columns, format=stored_format(mapping))
+
+
+def normalised_rows(fh: IO[bytes], kind: str, mapping: Mapping) -> Iterator[dict]:
+    """The rows of a file already checked, in the engine's format (for statistics and the preview)."""
+    for number, record in read_records(fh, kind):
+        normal, errors = normalise(record, mapping, number)
+        if errors:
+            raise DatasetError(errors)
+        yield normal

@@ -123,9 +123,10 @@ def _store_normalised(*, source: IO[bytes], kind: str, mapping: datasets.Mapping
     return checked, final, sha
 
 
-def _source_stats(checked: datasets.Checked, *, filename: str, kind: str, size: int) -> dict[str, Any]:
+def _source_stats(checked: datasets.Checked, *, filename: str, kind: str, size: int,
+                  normalised: bool = True) -> dict[str, Any]:
     return {"source": {"file": filename, "kind": kind, "bytes": size, "format": checked.mapping.format,
-                       "columns": checked.columns, "mapping": checked.mapping.columns}}
+                       "columns": checked.columns, "mapping": checked.mapping.columns, "normalised": normalised}}
 
 
 def dataset_create_from_upload(*, team: Team, user, name: str, file: IO[bytes], filename: str | None = None,
@@ -199,7 +200,147 @@ def dataset_register(*, team: Team, user, name: str, path: str, mapping: dataset
     return Dataset.objects.create(team=team, name=name, path=str(stored), source=Dataset.Source.REGISTERED,
                                   format=checked.format, rows=checked.rows, size_bytes=stored.stat().st_size,
                                   sha256=sha, stats=_source_stats(checked, filename=str(file), kind=kind,
-                                                                  size=file.stat().st_size), created_by=user)
+                                                                  size=file.stat().st_size, normalised=not as_is),
+                                  created_by=user)
+
+
+PROFILE_PREVIEW_ROWS = 3
+PROFILE_PREVIEW_TOKENS = 400
+PROFILE_SAVE_EVERY_S = 0.5
+
+
+def dataset_profile_start(*, dataset: Dataset, user, model: str, max_length: int, batch_size: int = 8,
+                          eval_ratio: float | None = None, seed: int = 3407, eval_dataset: Dataset | None = None,
+                          completion_only_loss: bool = True) -> dict[str, Any]:
+    """Queue the token statistics of `dataset` with `model`'s tokenizer on the CPU queue; a new request replaces
+    the one in progress (its task sees another token and stops)."""
+    _require_role(user=user, team=dataset.team, role=Role.MEMBER, action="Profiling a dataset")
+    errors = {}
+    model = (model or "").strip()
+    if not model:
+        errors["model"] = "give the model's folder (or name) whose tokenizer the run will use"
+    if not 16 <= max_length <= 262144:
+        errors["max_length"] = "between 16 and 262144, like the run's max_length"
+    if not 1 <= batch_size <= 4096:
+        errors["batch_size"] = "between 1 and 4096 sequences"
+    if eval_ratio is not None and not 0 < eval_ratio < 1:
+        errors["eval_ratio"] = "a share between 0 and 1 (exclusive), e.g. 0.05; or leave it blank"
+    if eval_dataset is not None and eval_ratio is not None:
+        errors["eval_dataset"] = "give a ratio or a separate eval dataset, not both"
+    if eval_dataset is not None and eval_dataset.team_id != dataset.team_id:
+        errors["eval_dataset"] = "no such dataset in this team"
+    if errors:
+        raise _field_errors(errors)
+    profile = {"state": "queued", "token": os.urandom(8).hex(), "done": 0, "total": dataset.rows,
+               "params": {"model": model, "max_length": max_length, "batch_size": batch_size,
+                          "eval_ratio": eval_ratio, "seed": seed, "completion_only_loss": completion_only_loss,
+                          "eval_dataset": eval_dataset.id if eval_dataset else None}}
+    with transaction.atomic():
+        locked = Dataset.objects.select_for_update().get(id=dataset.id)
+        Dataset.objects.filter(id=dataset.id).update(stats={**locked.stats, "profile": profile})
+        transaction.on_commit(lambda: _enqueue_profile(dataset.id, profile["token"]))
+    return profile
+
+
+def _enqueue_profile(dataset_id: int, token: str) -> None:
+    from training.tasks import dataset_profile  # here, not at the top: tasks imports this module
+
+    try:
+        dataset_profile.apply_async(args=[dataset_id, token], queue=settings.TUNEBOARD_CPU_QUEUE)
+    except Exception as exc:  # noqa: BLE001 - an unreachable broker must not leave the page waiting forever
+        log.exception("profile of dataset %s could not be queued", dataset_id)
+        _profile_update(dataset_id, token, state="failed", error=f"the task queue (Redis) did not take it: {exc}")
+
+
+def _profile_update(dataset_id: int, token: str, **fields: Any) -> bool:
+    """Merge `fields` into the dataset's profile if it is still the one with `token`; False once replaced."""
+    with transaction.atomic():
+        dataset = Dataset.objects.select_for_update().filter(id=dataset_id).first()
+        if dataset is None or dataset.stats.get("profile", {}).get("token") != token:
+            return False
+        stats = {**dataset.stats, "profile": {**dataset.stats["profile"], **fields}}
+        Dataset.objects.filter(id=dataset_id).update(stats=stats)
+    return True
+
+
+class ProfileReplaced(Exception):
+    """A newer profile request took over; this one stops."""
+
+
+def _dataset_rows(dataset: Dataset):
+    source = dataset.stats.get("source", {})
+    kind = datasets.file_kind(dataset.path)
+    with open(dataset.path, "rb") as fh:
+        # Tuneboard's own normalised copies are already in the engine's format.
+        if source.get("normalised", dataset.source == Dataset.Source.UPLOAD):
+            for line in fh:
+                yield json.loads(line)
+            return
+        mapping = datasets.Mapping(source.get("format", dataset.format), source.get("mapping") or {})
+        yield from datasets.normalised_rows(fh, kind, mapping)
+
+
+def _preview(rows: list[dict], encode, tokenizer) -> list[dict]:
+    special = set(tokenizer.all_special_ids)
+    out = []
+    for row in rows:
+        encoded = encode(row)
+        ids = encoded.ids[:PROFILE_PREVIEW_TOKENS]
+        out.append({"tokens": [[tokenizer.decode([i]), int(m), i in special]
+                               for i, m in zip(ids, encoded.loss_mask)],
+                    "total": len(encoded.ids)})
+    return out
+
+
+def dataset_profile_execute(*, dataset_id: int, token: str) -> None:
+    """Tokenise every row with the requested model's tokenizer and save the statistics on the dataset; progress is
+    saved as it goes. Every outcome ends in state done or failed, with the error."""
+    from transformers import AutoTokenizer
+
+    from training import dataset_stats
+
+    if not _profile_update(dataset_id, token, state="running", started_at=timezone.now().isoformat()):
+        return
+    try:
+        dataset = Dataset.objects.get(id=dataset_id)
+        params = dataset.stats["profile"]["params"]
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(params["model"])
+        except Exception as exc:  # noqa: BLE001 - any loading error is the user's to read
+            raise ValueError(f"model: could not load a tokenizer from {params['model']!r} ({exc})") from None
+        encode = dataset_stats.tokenizer_encoder(tokenizer, completion_only_loss=params["completion_only_loss"])
+        first: list[dict] = []
+        saved_at = time.monotonic()
+
+        def progress(done: int) -> None:
+            nonlocal saved_at
+            if time.monotonic() - saved_at >= PROFILE_SAVE_EVERY_S:
+                saved_at = time.monotonic()
+                if not _profile_update(dataset_id, token, done=done):
+                    raise ProfileReplaced
+
+        def rows():
+            for row in _dataset_rows(dataset):
+                if len(first) < PROFILE_PREVIEW_ROWS:
+                    first.append(row)
+                yield row
+
+        eval_rows = None
+        if params["eval_dataset"]:
+            eval_rows = _dataset_rows(Dataset.objects.get(id=params["eval_dataset"], team_id=dataset.team_id))
+        result = dataset_stats.profile(rows(), encode, total_rows=dataset.rows, max_length=params["max_length"],
+                                       batch_size=params["batch_size"], eval_ratio=params["eval_ratio"],
+                                       seed=params["seed"], eval_rows=eval_rows, progress=progress)
+        result["preview"] = _preview(first, encode, tokenizer)
+        result["chat_template"] = bool(getattr(tokenizer, "chat_template", None))
+        _profile_update(dataset_id, token, state="done", done=dataset.rows, result=result,
+                        finished_at=timezone.now().isoformat())
+    except ProfileReplaced:
+        return
+    except Exception as exc:  # noqa: BLE001 - the one wrapper that owns failure: the page shows the error
+        log.exception("profile of dataset %s failed", dataset_id)
+        _profile_update(dataset_id, token, state="failed", error=str(exc) or repr(exc),
+                        finished_at=timezone.now().isoformat())
 
 
 # Presets ------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Celery tasks: training a run on a worker of its queue."""
+"""Celery tasks: training a run on a worker of its queue, and dataset statistics on the cpu queue."""
 import socket
 
 from celery import shared_task
@@ -14,3 +14,8 @@ def run_train(self, run_id: int) -> None:
         return  # delivered twice, or stopped while queued
     with worker.running(run.id):
         services.run_execute(run=run)
+
+
+@shared_task(name="training.dataset_profile")
+def dataset_profile(dataset_id: int, token: str) -> None:
+    services.dataset_profile_execute(dataset_id=dataset_id, token=token)
