@@ -39,6 +39,7 @@ def guidance_param(request: HttpRequest, param: str) -> HttpResponse:
     guidance = guided[param]
     return render(request, "guidance/param.html", {
         "g": guidance,
+        "group_title": content.GROUP_TITLES[guidance.group],
         "sections": [{"name": name, **rendered} for name, rendered in guidance.sections.items()],
         "related": [guided[r] for r in guidance.related],
         "calculators": CALCULATORS.get(param, ()),

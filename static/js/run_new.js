@@ -150,8 +150,14 @@ function update() {
 const panel = document.getElementById("guidance-panel");
 const panelBody = document.getElementById("guidance-panel-body");
 
+function closeGuidance() {
+  panel.hidden = true;
+  document.body.classList.remove("guidance-open");
+}
+
 async function openGuidance(link) {
   panel.hidden = false;
+  document.body.classList.add("guidance-open");
   panel.dataset.param = "";
   panelBody.textContent = "Loading…";
   document.getElementById("guidance-panel-open").href = link.href;
@@ -175,8 +181,8 @@ form.addEventListener("click", (event) => {
   event.preventDefault();
   openGuidance(link);
 });
-document.getElementById("guidance-panel-close").addEventListener("click", () => { panel.hidden = true; });
-document.addEventListener("keydown", (event) => { if (event.key === "Escape") panel.hidden = true; });
+document.getElementById("guidance-panel-close").addEventListener("click", closeGuidance);
+document.addEventListener("keydown", (event) => { if (event.key === "Escape") closeGuidance(); });
 
 form.addEventListener("input", update);
 form.addEventListener("change", update);

@@ -1,0 +1,50 @@
+"""In a real browser: a run made to misbehave (a learning rate of 1e-12) raises its flat-loss finding live on the
+run page, with a link to the guidance it implicates, and the run list counts it."""
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from guidance.models import Finding
+from tests.factories import idle_queue, make_dataset, make_member, make_team, make_user, tiny_overrides
+from training import services, tasks
+
+from .conftest import log_in
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_flat_run_raises_its_finding_live_on_the_run_page(web_server, celery_worker, tiny_model, page, tmp_path):
+    team = make_team()
+    user = make_member(team, user=make_user("watcher", password="watcher-password"))
+    dataset = make_dataset(team, user, tmp_dir=tmp_path, name="colours")
+    # Queued where no worker looks, so the page is open and live before the worker takes it.
+    run = services.run_create(team=team, user=user, dataset=dataset, queue=idle_queue(), name="frozen lr",
+                              overrides=tiny_overrides(tiny_model, learning_rate=1e-12, max_steps=40, warmup_steps=2))
+    log_in(page, web_server, "watcher", "watcher-password")
+    page.goto(f"{web_server.url}/runs/{run.id}/")
+    page.wait_for_function("document.getElementById('live-state').dataset.state === 'live'")
+    assert page.inner_text("#findings-count") == "0"
+    page.evaluate("window.notReloaded = true")
+
+    tasks.run_train.apply_async(args=[run.id], queue=settings.TUNEBOARD_DEFAULT_QUEUE)
+    finding = page.locator('#findings [data-finding="flat_loss@22"]')
+    finding.wait_for(timeout=120_000)
+    seen_at = int(page.evaluate("document.getElementById('chart-loss').data[0].x.length"))
+    assert page.evaluate("window.notReloaded") is True  # it came over the websocket, not a reload
+    assert page.inner_text("#findings-count") == "1"
+    assert "Loss is flat" in finding.inner_text() and "learning rate" in finding.inner_text().lower()
+    assert finding.locator("a[href='/guidance/learning_rate/#impact_and_symptoms']").count() == 1
+    assert Finding.objects.filter(run=run, code="flat_loss", step=22).count() == 1
+    if page.inner_text("#run-status") == "Running":
+        assert seen_at < 40  # raised while the run was still training
+    page.locator("#findings").scroll_into_view_if_needed()
+    page.screenshot(path=str(ROOT / "docs" / "finding-live.png"))
+
+    page.wait_for_function("document.getElementById('live-state').dataset.state === 'ended'", timeout=120_000)
+    page.goto(f"{web_server.url}/runs/")
+    row = page.locator(f"tr:has(a[href='/runs/{run.id}/'])")
+    assert row.locator(".badge.warn").inner_text() == "1"
+    assert page.js_errors == []
