@@ -1,8 +1,6 @@
 """In a real browser: the guidance calculators compute what guidance/calculators.py does, the run form's derived
 values follow r, lora_alpha and rsLoRA, and a field's guidance opens beside the form without leaving it."""
 import itertools
-from pathlib import Path
-
 import pytest
 
 from guidance import calculators, content
@@ -11,10 +9,6 @@ from tests.factories import make_dataset, make_member, make_team, make_user
 from .conftest import log_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "docs"
-
 
 def python_results(cases: list[dict]) -> list:
     def attempt(fn):
@@ -102,7 +96,8 @@ def test_a_guidance_page_computes_the_gain_matched_alpha_as_the_user_types(web_s
     assert page.js_errors == []
 
 
-def test_the_run_form_follows_r_alpha_and_rslora_and_opens_guidance_beside_it(web_server, page, tmp_path):
+def test_the_run_form_follows_r_alpha_and_rslora_and_opens_guidance_beside_it(web_server, page, tmp_path,
+                                                                          screenshot_path):
     team = make_team()
     user = make_member(team, user=make_user("tuner", password="tuner-password"))
     dataset = make_dataset(team, user, rows=230, tmp_dir=tmp_path, name="two hundred thirty")
@@ -141,7 +136,7 @@ def test_the_run_form_follows_r_alpha_and_rslora_and_opens_guidance_beside_it(we
     assert panel.locator("section.guidance-section").count() == 6
     assert "alpha / √r" in panel.inner_text() and panel.locator("#too_high").count() == 1
     assert page.input_value("#id_lora_alpha") == "16" and page.input_value("#id_r") == "64"
-    page.screenshot(path=str(SHOTS / "guidance-panel.png"))
+    page.screenshot(path=str(screenshot_path("guidance-panel.png")))
     page.click("#guidance-panel-close")
     assert panel.is_hidden()
     page.click("[data-field=warmup_steps] a[data-guide]")

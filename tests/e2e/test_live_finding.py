@@ -1,7 +1,5 @@
 """In a real browser: a run made to misbehave (a learning rate of 1e-12) raises its flat-loss finding live on the
 run page, with a link to the guidance it implicates, and the run list counts it."""
-from pathlib import Path
-
 import pytest
 from django.conf import settings
 
@@ -13,10 +11,9 @@ from .conftest import log_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def test_a_flat_run_raises_its_finding_live_on_the_run_page(web_server, celery_worker, tiny_model, page, tmp_path):
+def test_a_flat_run_raises_its_finding_live_on_the_run_page(web_server, celery_worker, tiny_model, page, tmp_path,
+                                                            screenshot_path):
     team = make_team()
     user = make_member(team, user=make_user("watcher", password="watcher-password"))
     dataset = make_dataset(team, user, tmp_dir=tmp_path, name="colours")
@@ -41,7 +38,7 @@ def test_a_flat_run_raises_its_finding_live_on_the_run_page(web_server, celery_w
     if page.inner_text("#run-status") == "Running":
         assert seen_at < 40  # raised while the run was still training
     page.locator("#findings").scroll_into_view_if_needed()
-    page.screenshot(path=str(ROOT / "docs" / "finding-live.png"))
+    page.screenshot(path=str(screenshot_path("finding-live.png")))
 
     page.wait_for_function("document.getElementById('live-state').dataset.state === 'ended'", timeout=120_000)
     page.goto(f"{web_server.url}/runs/")

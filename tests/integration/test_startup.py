@@ -44,3 +44,11 @@ def test_a_worker_without_redis_says_how_to_get_one():
     assert result.returncode == 2
     assert "Redis is not reachable at redis://127.0.0.1:1/0" in result.stderr and "REDIS_URL" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_bad_detector_threshold_stops_start_up_naming_it():
+    result = run(["manage.py", "check"], TUNEBOARD_DETECTOR_THRESHOLDS='{"flat_step": 30}')
+    assert result.returncode != 0
+    assert "TUNEBOARD_DETECTOR_THRESHOLDS: unknown detector threshold(s) flat_step; allowed: window" in result.stderr
+    result = run(["manage.py", "check"], TUNEBOARD_DETECTOR_THRESHOLDS='{"flat_steps": -1}')
+    assert result.returncode != 0 and "flat_steps must be greater than 0" in result.stderr

@@ -2,7 +2,7 @@
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from dashboard.env import database_from_url, env_bool, env_int, env_list, env_secret, redis_url
+from dashboard.env import database_from_url, env_bool, env_int, env_json_object, env_list, env_secret, redis_url
 
 
 def test_booleans_accept_the_usual_spellings_and_refuse_the_rest(monkeypatch):
@@ -55,3 +55,15 @@ def test_service_urls(monkeypatch):
     monkeypatch.setenv("REDIS_URL", "http://localhost")
     with pytest.raises(ImproperlyConfigured, match="REDIS_URL"):
         redis_url("REDIS_URL", "")
+
+
+def test_json_objects_are_refused_unless_they_are_objects(monkeypatch):
+    assert env_json_object("TUNEBOARD_DETECTOR_THRESHOLDS", {}) == {}
+    monkeypatch.setenv("TUNEBOARD_DETECTOR_THRESHOLDS", '{"flat_steps": 30}')
+    assert env_json_object("TUNEBOARD_DETECTOR_THRESHOLDS", {}) == {"flat_steps": 30}
+    monkeypatch.setenv("TUNEBOARD_DETECTOR_THRESHOLDS", "flat_steps=30")
+    with pytest.raises(ImproperlyConfigured, match="TUNEBOARD_DETECTOR_THRESHOLDS is not valid JSON"):
+        env_json_object("TUNEBOARD_DETECTOR_THRESHOLDS", {})
+    monkeypatch.setenv("TUNEBOARD_DETECTOR_THRESHOLDS", "[30]")
+    with pytest.raises(ImproperlyConfigured, match="must be a JSON object of names to numbers, not list"):
+        env_json_object("TUNEBOARD_DETECTOR_THRESHOLDS", {})
