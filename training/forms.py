@@ -287,14 +287,14 @@ class DatasetProfileForm(forms.Form):
                                                        "tokenizer and chat template are used")
     max_length = forms.IntegerField(initial=2048, min_value=16, max_value=262144,
                                     help_text="The run's max_length: longer rows are cut")
-    batch_size = forms.IntegerField(initial=8, min_value=1, max_value=4096, label="batch size",
+    batch_size = forms.IntegerField(initial=8, min_value=1, max_value=4096, label="Batch size",
                                     help_text="Sequences per device batch (padding is to the longest in a batch)")
-    eval_ratio = forms.FloatField(required=False, min_value=0, max_value=1, label="eval split",
+    eval_ratio = forms.FloatField(required=False, min_value=0, max_value=1, label="Eval split",
                                   help_text="Share held out for evaluation, as the run's eval_split (e.g. 0.05)")
     seed = forms.IntegerField(initial=3407, help_text="The run's seed: it picks the eval rows")
     eval_dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), required=False,
-                                          label="or a separate eval dataset")
-    completion_only_loss = forms.BooleanField(initial=True, required=False, label="completion-only loss",
+                                          label="Or a separate eval dataset")
+    completion_only_loss = forms.BooleanField(initial=True, required=False, label="Completion-only loss",
                                               help_text="Only completion (assistant) tokens count toward the loss")
 
     def __init__(self, *args, dataset: Dataset, **kwargs):

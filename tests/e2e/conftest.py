@@ -47,6 +47,7 @@ def service_env() -> dict[str, str]:
         "TUNEBOARD_VAR_DIR": str(settings.VAR_DIR),
         "TUNEBOARD_CHANNEL_PREFIX": settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"],
         "TUNEBOARD_DEFAULT_QUEUE": settings.TUNEBOARD_DEFAULT_QUEUE,
+        "TUNEBOARD_CPU_QUEUE": settings.TUNEBOARD_CPU_QUEUE,
         "TUNEBOARD_DATASET_ROOTS": ",".join(settings.TUNEBOARD_DATASET_ROOTS),
     }
 
