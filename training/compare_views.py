@@ -13,6 +13,7 @@ from django.shortcuts import render
 from django.urls import reverse
 
 from training import compare
+from training.findings import findings_for_runs
 from training.live import json_safe
 from training.models import Run
 
@@ -61,8 +62,9 @@ def compare_page(request: HttpRequest) -> HttpResponse:
     return render(request, "training/compare.html", {
         "runs": runs,
         "page": page,
-        "outcome_rows": [(label, [_outcome_text(page.outcomes[r.id][key]) for r in runs])
+        "outcome_rows": [(key, label, [(r.id, _outcome_text(page.outcomes[r.id][key])) for r in runs])
                          for key, label in compare.OUTCOME_ROWS],
+        "findings": [(r, page.legend[r.id], found) for r, found in zip(runs, findings_for_runs(runs).values())],
         "ids": ids,
         "compare_data": data,
         "max_runs": compare.MAX_RUNS,

@@ -27,6 +27,14 @@ def finding_dict(finding: Finding) -> dict[str, Any]:
             "guidance": [{"param": p, "url": f"/guidance/{p}/#impact_and_symptoms"} for p in finding.parameters]}
 
 
+def findings_for_runs(runs: Iterable[Run]) -> dict[int, list[dict[str, Any]]]:
+    """Each run's findings in step order, in one query (the Compare page)."""
+    out: dict[int, list[dict[str, Any]]] = {run.id: [] for run in runs}
+    for finding in Finding.objects.filter(run_id__in=list(out)).order_by("run_id", "step", "code"):
+        out[finding.run_id].append(finding_dict(finding))
+    return out
+
+
 def _loss_floor(losses: np.ndarray, window: int) -> float | None:
     """detectors.loss_floor with numpy: the lowest running median (a 100k-step run in milliseconds, not seconds)."""
     values = losses[np.isfinite(losses)]

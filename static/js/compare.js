@@ -253,6 +253,28 @@ function setLiveState() {
   el.dataset.state = live ? "live" : "ended";
 }
 
+// A live run's findings join its list (keyed by code and step, shown once) and its count in the outcomes table.
+function addFinding(runId, finding) {
+  const list = document.getElementById(`findings-${runId}`);
+  const key = `${finding.code}@${finding.step}`;
+  if (!list || list.querySelector(`[data-finding="${CSS.escape(key)}"]`)) return;
+  list.querySelectorAll(":scope > li.muted").forEach((li) => li.remove());
+  const item = Object.assign(document.createElement("li"), { className: `finding severity-${finding.severity}` });
+  item.dataset.finding = key;
+  item.append(Object.assign(document.createElement("strong"), { textContent: finding.title }), " ",
+    Object.assign(document.createElement("span"), { className: "muted small", textContent: `step ${finding.step}` }), " ");
+  const links = Object.assign(document.createElement("span"), { className: "small" });
+  finding.guidance.forEach((g, i) => {
+    const link = Object.assign(document.createElement("a"), { href: g.url });
+    link.append(Object.assign(document.createElement("code"), { textContent: g.param }));
+    links.append(...(i ? [", ", link] : [link]));
+  });
+  item.append(links);
+  list.append(item);
+  const cell = document.querySelector(`tr[data-outcome="findings"] td[data-run="${runId}"]`);
+  if (cell) cell.textContent = String(list.querySelectorAll("[data-finding]").length);
+}
+
 function connect(run) {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const socket = new WebSocket(`${scheme}://${location.host}${run.ws}`);
@@ -270,6 +292,11 @@ function connect(run) {
       message.points.forEach((point) => addPoint(run.id, point));
     } else if (message.type === "point") {
       addPoint(run.id, message);
+    }
+    if (message.type === "finding") {
+      addFinding(run.id, message);
+    } else if (message.type === "replay" && message.done) {
+      message.findings.forEach((finding) => addFinding(run.id, finding));
     }
     const status = message.type === "status" ? message : (message.type === "replay" && message.done && message.status);
     if (status) {

@@ -249,3 +249,22 @@ def test_the_same_change_in_several_runs_is_one_prediction(member_client, world,
     r_item = html[html.index('data-param="r"'):]
     assert f"#{three[0].id} → #{three[1].id}, #{d.id}: 16 → 8" in r_item
     assert r_item[:r_item.index("</ul>")].count("<li>") == 1
+
+
+@pytest.mark.django_db
+def test_each_runs_findings_are_listed_with_their_guidance_and_counted(three, member_client):
+    from guidance.models import Finding
+
+    a, b, c = three
+    Finding.objects.create(run=b, code="flat_loss", severity="warning", step=22, title="Loss is flat: the adapter is "
+                           "not learning", message="...", parameters=["learning_rate", "lora_alpha"])
+    html = member_client.get(f"/compare/?runs={ids(three)}").content.decode()
+    card = html[html.index('id="compare-findings"'):]
+    card = card[:card.index("</section>")]
+    assert re.findall(r'<ul class="findings" id="findings-(\d+)">', card) == [str(a.id), str(b.id), str(c.id)]
+    listed = card[card.index(f'id="findings-{b.id}"'):]
+    listed = listed[:listed.index("</ul>")]
+    assert 'data-finding="flat_loss@22"' in listed and "Loss is flat" in listed
+    assert 'href="/guidance/learning_rate/#impact_and_symptoms"' in listed
+    assert re.search(rf'<tr class="outcome-row" data-outcome="findings">.*?<td data-run="{b.id}">1</td>', html, re.S)
+    assert re.search(rf'<tr class="outcome-row" data-outcome="findings">.*?<td data-run="{a.id}">0</td>', html, re.S)
