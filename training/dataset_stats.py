@@ -21,38 +21,55 @@ class Encoded:
     loss_mask: list[int]
 
 
-Encoder = Callable[[dict], Encoded]
+Encoder = Callable[[list[dict]], list[Encoded]]
+BATCH_ROWS = 512
+
+
+def per_row(encode_one: Callable[[dict], Encoded]) -> Encoder:
+    return lambda rows: [encode_one(row) for row in rows]
+
+
+def _ids(batch) -> list[list[int]]:
+    return [list(ids) for ids in batch["input_ids"]]
 
 
 def tokenizer_encoder(tokenizer, *, completion_only_loss: bool = True) -> Encoder:
     """Encode rows the way TRL's SFTTrainer does: text and completions get the EOS token appended; messages go
     through the chat template (assistant tokens from its {% generation %} marks); the completion starts where the
-    tokenised prompt and prompt+completion diverge. With completion-only loss off, every token counts."""
+    tokenised prompt and prompt+completion diverge. With completion-only loss off, every token counts.
+    Rows are encoded a batch at a time (the fast tokenizer's batch call)."""
     eos = tokenizer.eos_token or ""
 
-    def encode(row: dict) -> Encoded:
-        if "messages" in row:
-            out = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
-                                                return_assistant_tokens_mask=True)
-            ids = list(out["input_ids"])
-            mask = list(out.get("assistant_masks") or [0] * len(ids))
-        elif "prompt" in row:
-            completion = row["completion"] if row["completion"].endswith(eos) else row["completion"] + eos
-            prompt_ids = tokenizer(row["prompt"])["input_ids"]
-            ids = list(tokenizer(row["prompt"] + completion)["input_ids"])
-            start = 0
-            for a, b in zip(prompt_ids, ids):
-                if a != b:
-                    break
-                start += 1
-            mask = [0] * start + [1] * (len(ids) - start)
-        else:
-            text = row["text"] if row["text"].endswith(eos) else row["text"] + eos
-            ids = list(tokenizer(text)["input_ids"])
-            mask = [1] * len(ids)
-        if not completion_only_loss:
-            mask = [1] * len(ids)
-        return Encoded(ids, mask)
+    def with_eos(text: str) -> str:
+        return text if text.endswith(eos) else text + eos
+
+    def encode(rows: list[dict]) -> list[Encoded]:
+        out: list[Encoded] = []
+        chats = [i for i, row in enumerate(rows) if "messages" in row]
+        pairs = [i for i, row in enumerate(rows) if "prompt" in row]
+        texts = [i for i, row in enumerate(rows) if "text" in row]
+        encoded: dict[int, Encoded] = {}
+        if chats:
+            batch = tokenizer.apply_chat_template([rows[i]["messages"] for i in chats], tokenize=True,
+                                                  return_dict=True, return_assistant_tokens_mask=True)
+            masks = batch.get("assistant_masks")
+            for k, (i, ids) in enumerate(zip(chats, _ids(batch))):
+                encoded[i] = Encoded(ids, list(masks[k]) if masks is not None else [0] * len(ids))
+        if pairs:
+            prompts = _ids(tokenizer([rows[i]["prompt"] for i in pairs]))
+            fulls = _ids(tokenizer([rows[i]["prompt"] + with_eos(rows[i]["completion"]) for i in pairs]))
+            for i, prompt, ids in zip(pairs, prompts, fulls):
+                start = len(prompt)
+                if ids[:start] != prompt:
+                    start = next(k for k, (a, b) in enumerate(zip(prompt, ids)) if a != b)
+                encoded[i] = Encoded(ids, [0] * start + [1] * (len(ids) - start))
+        if texts:
+            for i, ids in zip(texts, _ids(tokenizer([with_eos(rows[i]["text"]) for i in texts]))):
+                encoded[i] = Encoded(ids, [1] * len(ids))
+        for i in range(len(rows)):
+            item = encoded[i]
+            out.append(item if completion_only_loss else Encoded(item.ids, [1] * len(item.ids)))
+        return out
 
     return encode
 
@@ -137,16 +154,27 @@ def profile(rows: Iterable[dict], encode: Encoder, *, total_rows: int, max_lengt
     loss_tokens = np.zeros(total_rows, dtype=np.int64)
     digests = np.zeros(total_rows, dtype=np.int64)
     count = 0
-    for count, row in enumerate(rows, start=1):
-        if count > total_rows:
+
+    def add(batch: list[dict]) -> None:
+        nonlocal count
+        if count + len(batch) > total_rows:
             raise ValueError(f"the file has more rows than the {total_rows} recorded")
-        encoded = encode(row)
-        lengths[count - 1] = len(encoded.ids)
-        kept = encoded.loss_mask[:max_length]
-        loss_tokens[count - 1] = sum(kept)
-        digests[count - 1] = row_digest(row)
+        for row, encoded in zip(batch, encode(batch)):
+            lengths[count] = len(encoded.ids)
+            loss_tokens[count] = sum(encoded.loss_mask[:max_length])
+            digests[count] = row_digest(row)
+            count += 1
         if progress is not None:
             progress(count)
+
+    batch: list[dict] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == BATCH_ROWS:
+            add(batch)
+            batch = []
+    if batch:
+        add(batch)
     if count != total_rows:
         raise ValueError(f"the file has {count} rows, not the {total_rows} recorded")
 

@@ -283,8 +283,7 @@ def _dataset_rows(dataset: Dataset):
 def _preview(rows: list[dict], encode, tokenizer) -> list[dict]:
     special = set(tokenizer.all_special_ids)
     out = []
-    for row in rows:
-        encoded = encode(row)
+    for row, encoded in zip(rows, encode(rows) if rows else []):
         ids = encoded.ids[:PROFILE_PREVIEW_TOKENS]
         out.append({"tokens": [[tokenizer.decode([i]), int(m), i in special]
                                for i, m in zip(ids, encoded.loss_mask)],

@@ -5,9 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from training.dataset_stats import Encoded, eval_indices, expected_batch_max, profile, tokenizer_encoder
+from training.dataset_stats import Encoded, eval_indices, expected_batch_max, per_row, profile, tokenizer_encoder
 
 
+@per_row
 def fake_encode(row: dict) -> Encoded:
     """One token per character; the completion's characters count toward the loss."""
     if "text" in row:
@@ -105,7 +106,7 @@ def test_the_real_tokenizer_counts_chat_template_and_assistant_tokens(tiny_token
     tok = tiny_tokenizer
     messages = [{"role": "user", "content": "what colour is the sky"}, {"role": "assistant", "content": "blue"}]
     encode = tokenizer_encoder(tok)
-    encoded = encode({"messages": messages})
+    encoded = encode([{"messages": messages}])[0]
     rendered = tok.apply_chat_template(messages, tokenize=False)
     assert encoded.ids == tok(rendered, add_special_tokens=False)["input_ids"]
     assistant = tok.decode([i for i, m in zip(encoded.ids, encoded.loss_mask) if m])
@@ -117,7 +118,7 @@ def test_the_real_tokenizer_counts_chat_template_and_assistant_tokens(tiny_token
 
 def test_the_real_tokenizer_adds_eos_and_masks_the_prompt(tiny_tokenizer):
     tok = tiny_tokenizer
-    encoded = tokenizer_encoder(tok)({"prompt": "the sky is", "completion": " blue"})
+    encoded = tokenizer_encoder(tok)([{"prompt": "the sky is", "completion": " blue"}])[0]
     assert encoded.ids == tok("the sky is blue" + tok.eos_token)["input_ids"]
     assert tok.decode([i for i, m in zip(encoded.ids, encoded.loss_mask) if m]).endswith(tok.eos_token)
     assert encoded.loss_mask[0] == 0
