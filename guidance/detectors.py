@@ -149,6 +149,18 @@ class RunSeries:
     peer_best_loss: float | None = None  # the lowest loss_floor() of comparable runs, if the caller knows them
     packed_tokens_per_s_estimate: float | None = None  # tokens/s a packed run would reach on this hardware
 
+    # Running maximum of the finite learning rates, filled as far as asked: a live run asks for one more point
+    # each time, so the peak costs O(1) per point rather than a scan of the whole run.
+    _lr_peaks: list[float] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def lr_peak_before(self, index: int) -> float:
+        """The highest finite learning rate logged before `index` (0.0 when none)."""
+        peaks = self._lr_peaks
+        for v in self.learning_rate[len(peaks):index]:
+            last = peaks[-1] if peaks else 0.0
+            peaks.append(max(last, v) if _ok(v) else last)
+        return peaks[index - 1] if index > 0 else 0.0
+
     def add(self, event: Mapping[str, Any]) -> bool:
         """Take one engine event; False for one that changes nothing (a step already seen, an unrelated type)."""
         kind = event.get("type")
@@ -545,7 +557,7 @@ def detect_lr_decayed_early(s: RunSeries, th: Thresholds, start: int, eval_start
     total = s.total_steps
     if not total:
         return []
-    peak = max((v for v in s.learning_rate[:start] if _ok(v)), default=0.0)
+    peak = s.lr_peak_before(start)
     for i in range(start, len(s.steps)):
         if _ok(s.learning_rate[i]):
             peak = max(peak, s.learning_rate[i])

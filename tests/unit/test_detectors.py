@@ -499,3 +499,12 @@ def test_series_from_events_reads_nan_strings_context_and_skips_duplicates():
     assert s.steps == [1, 2, 3, 4, 5] and math.isinf(s.loss[2])
     assert s.total_steps == 5 and s.warmup_steps == 10 and s.dtype == "float16" and s.peer_best_loss == 1.0
     assert s.config == {"packing": False}
+
+
+def test_the_learning_rate_peak_before_a_point_is_a_running_maximum_of_finite_values():
+    from guidance.detectors import RunSeries
+
+    s = RunSeries(learning_rate=[None, 1e-4, float("nan"), 3e-4, 2e-4, float("inf"), 1e-5])
+    assert [s.lr_peak_before(i) for i in range(8)] == [0.0, 0.0, 1e-4, 1e-4, 3e-4, 3e-4, 3e-4, 3e-4]
+    s.learning_rate.append(5e-4)  # a live run grows: the cache extends from where it stopped
+    assert s.lr_peak_before(8) == 5e-4 and s.lr_peak_before(3) == 1e-4
