@@ -338,3 +338,12 @@ def test_no_front_matter_is_refused(content_copy):
 def test_a_heading_inside_a_code_block_is_not_a_section(content_copy):
     edit(content_copy / "packing.md", "trainer.train()\n", "trainer.train()\n## not a section\n")
     assert "## not a section" in load_all(content_copy)["packing"].sections["Detailed configuration"]["markdown"]
+
+
+def test_start_up_fails_loudly_on_a_broken_file(content_copy, monkeypatch):
+    from django.apps import apps
+
+    edit(content_copy / "r.md", "## Tuning process", "## Tuning")
+    monkeypatch.setattr(content, "CONTENT_DIR", content_copy)
+    with pytest.raises(ContentError, match=r"r\.md: unexpected section\(s\): Tuning"):
+        apps.get_app_config("guidance").ready()
