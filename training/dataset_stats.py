@@ -220,3 +220,15 @@ def profile(rows: Iterable[dict], encode: Encoder, *, total_rows: int, max_lengt
         "histogram": histogram(train_lengths),
         "advice": advice(train_rows=n, sorted_lengths=train_lengths, max_length=max_length),
     }
+
+
+def run_form_advice(rows: int, result: dict | None) -> list[str]:
+    """The advice the run form shows for a dataset: the rank for its size, and, once its statistics exist, packing
+    and max_length."""
+    low, high = rank_range_for_dataset(rows)
+    lines = [f"Rank for {rows} rows: " + (f"r {low}–{high} only with evidence, consider rsLoRA" if rows > 200_000
+                                           else f"r {low}" if low == high else f"r {low}–{high}")]
+    if result:
+        lines.append(f"Packing ({result['max_length']} tokens): {result['advice']['packing']}")
+        lines.append(result["advice"]["max_length_note"])
+    return lines

@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from training import selectors, services
+from training.dataset_stats import run_form_advice
 from training.differences import run_differences
 from training.engine.config import TrainConfig
 from training.forms import DatasetProfileForm, DatasetUploadForm, RunForm, value_text
@@ -55,6 +56,8 @@ def _run_form_data(form: RunForm) -> dict[str, Any]:
         "required": [f.name for f in form.config_fields if f.required],
         "presets": {str(p.id): p.config for p in form.fields["preset"].queryset},
         "datasets": {str(d.id): d.rows for d in form.fields["dataset"].queryset},
+        "dataset_advice": {str(d.id): run_form_advice(d.rows, (d.stats.get("profile") or {}).get("result"))
+                           for d in form.fields["dataset"].queryset},
     }
 
 

@@ -84,6 +84,13 @@ function updateDerived() {
     batchOk ? `= ${micro.value} × ${accum.value} (micro-batch × accumulation)` : "fix the batch fields");
 
   const rows = data.datasets[input("dataset").value];
+  // The seed's advice for the chosen dataset: rank by size; packing and max_length once its statistics exist.
+  document.getElementById("dataset-advice").replaceChildren(
+    ...(data.dataset_advice[input("dataset").value] || []).map((line) => {
+      const item = document.createElement("li");
+      item.textContent = line;
+      return item;
+    }));
   const splitOk = !evalSplit.error && (evalSplit.value === null || (evalSplit.value > 0 && evalSplit.value < 1));
   const train = rows !== undefined && splitOk ? trainRows(rows, evalSplit.value) : null;
   show("train_rows", train === null ? "—" : String(train),

@@ -65,3 +65,19 @@ def test_a_viewer_sees_datasets_but_cannot_upload(world, viewer_client):
     before = Dataset.objects.count()
     assert upload(viewer_client, world.team, "viewer data", b'{"text": "hi"}\n').status_code == 403
     assert Dataset.objects.count() == before
+
+
+def test_the_run_form_carries_each_datasets_advice(world, member_client, tmp_path):
+    from training import services
+    from training.engine.tiny import build_tiny_model
+
+    data = member_client.get("/runs/new/").context["form_data"]
+    assert data["dataset_advice"] == {str(world.dataset.id): ["Rank for 64 rows: r 4–8"]}
+    token = services.dataset_profile_start(dataset=world.dataset, user=world.member, max_length=64,
+                                           model=str(build_tiny_model(tmp_path / "tiny")))["token"]
+    services.dataset_profile_execute(dataset_id=world.dataset.id, token=token)
+    advice = member_client.get("/runs/new/").context["form_data"]["dataset_advice"][str(world.dataset.id)]
+    assert advice[0] == "Rank for 64 rows: r 4–8" and advice[1].startswith("Packing (64 tokens): packing")
+    assert "keeps 99% of examples whole" in advice[2]
+    html = member_client.get(f"/datasets/{world.dataset.id}/").content.decode()
+    assert 'id="length-histogram"' in html and "r 4–8 for 64 training rows" in html
