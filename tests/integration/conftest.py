@@ -55,6 +55,8 @@ def start_worker(*, queue: str, name: str, log: Path, timeout: float = 60) -> Wo
         "TUNEBOARD_DATASET_ROOTS": ",".join(settings.TUNEBOARD_DATASET_ROOTS),
         # A tiny run stops gracefully within a second; a hung one is killed after this (2 minutes in production).
         "TUNEBOARD_STOP_KILL_AFTER_S": "10",
+        # Two sessions' trainings share the CPU cores under xdist: one thread each, not two fighting over two.
+        "OMP_NUM_THREADS": "1",
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "-Q", queue, "-n", name, "--pool", "solo",

@@ -82,7 +82,7 @@ def test_run_trains_to_succeeded_and_a_websocket_gets_its_points_live(celery_wor
 
 
 def test_reconnect_replays_what_was_missed_with_no_gap_or_duplicate(celery_worker, tiny_model, team_member):
-    run = create(team_member, tiny_model, max_steps=60, gradient_accumulation_steps=2)
+    run = create(team_member, tiny_model, max_steps=40, gradient_accumulation_steps=2)
     cookie = session_cookie(team_member[1])
 
     async def first_connection():
@@ -104,14 +104,14 @@ def test_reconnect_replays_what_was_missed_with_no_gap_or_duplicate(celery_worke
 
     first = run_async(first_connection)
     have = max(metric_steps(first))
-    assert have < 60, "the run ended before the page disconnected; nothing to replay"
+    assert have < 40, "the run ended before the page disconnected; nothing to replay"
     # Points keep coming while the page is away.
     wait_for_run(run, lambda r: r.last_step >= have + 3 or r.is_terminal, timeout=60, what="steps while away")
     second = run_async(second_connection, have)
     replayed = [p["step"] for m in second if m["type"] == "replay" for p in m["points"]]
     assert replayed and replayed[0] == have + 1
     drawn = metric_steps(first) + metric_steps(second)
-    assert drawn == list(range(1, 61))
+    assert drawn == list(range(1, 41))
     assert wait_terminal(run).status == Run.Status.SUCCEEDED
 
 
@@ -130,12 +130,12 @@ def test_a_task_delivered_twice_trains_once(celery_worker, tiny_model, team_memb
 
 def test_stop_checkpoints_and_resume_continues_from_it(celery_worker, tiny_model, team_member):
     team, user, _ = team_member
-    run = create(team_member, tiny_model, max_steps=40, gradient_accumulation_steps=4)
+    run = create(team_member, tiny_model, max_steps=24, gradient_accumulation_steps=2)
     wait_for_run(run, lambda r: r.last_step >= 3 or r.is_terminal, timeout=90, what="step 3")
     services.run_stop(run=run, user=user)
     run = wait_terminal(run, timeout=60)
     assert run.status == Run.Status.STOPPED, run.error
-    assert 3 <= run.last_checkpoint_step < 40
+    assert 3 <= run.last_checkpoint_step < 24
     assert os.path.isdir(run.last_checkpoint_path)
     stopped = RunEvent.objects.get(run=run, type="stopped")
     assert stopped.data["checkpoint"] == run.last_checkpoint_path and stopped.data["reason"] == "stop file"
@@ -145,8 +145,8 @@ def test_stop_checkpoints_and_resume_continues_from_it(celery_worker, tiny_model
     continuation = wait_terminal(continuation)
     assert continuation.status == Run.Status.SUCCEEDED, continuation.error
     assert continuation.resumed_from_id == run.id and continuation.started["resumed_from_step"] == run.last_checkpoint_step
-    assert steps_of(continuation) == list(range(run.last_checkpoint_step + 1, 41))
-    assert [p["step"] for p in run_points(continuation)] == list(range(1, 41))
+    assert steps_of(continuation) == list(range(run.last_checkpoint_step + 1, 25))
+    assert [p["step"] for p in run_points(continuation)] == list(range(1, 25))
     assert steps_of(run) == original_points  # the original's record is untouched
 
 
