@@ -281,6 +281,18 @@ class DatasetUploadForm(forms.Form):
                 self.add_error(key if key in self.fields else None, message)
 
 
+class DatasetRegisterForm(DatasetUploadForm):
+    """A file already on the workers' shared storage, inside TUNEBOARD_DATASET_ROOTS; team admins only."""
+    file = None
+    path = forms.CharField(max_length=1000, help_text="Absolute path on the shared storage, inside "
+                                                      "TUNEBOARD_DATASET_ROOTS; recorded in place when the engine "
+                                                      "can read it as it is")
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, user=user, prefix="register", **kwargs)
+        self.fields["team"].queryset = selectors.team_list_where(user, "admin")
+
+
 class DatasetProfileForm(forms.Form):
     """What the statistics are computed for: the run's model (its tokenizer), max_length, batch and split."""
     model = forms.CharField(max_length=1000, help_text="The folder (or name) of the model the run will train; its "

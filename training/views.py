@@ -15,7 +15,7 @@ from training import selectors, services
 from training.dataset_stats import run_form_advice
 from training.differences import run_differences
 from training.engine.config import TrainConfig
-from training.forms import DatasetProfileForm, DatasetUploadForm, RunForm, value_text
+from training.forms import DatasetProfileForm, DatasetRegisterForm, DatasetUploadForm, RunForm, value_text
 from training.models import Run
 
 RUNS_PER_PAGE = 50
@@ -235,24 +235,41 @@ def worker_list(request: HttpRequest) -> HttpResponse:
 @login_required
 def dataset_list(request: HttpRequest) -> HttpResponse:
     can_upload = selectors.team_list_where(request.user, "member").exists()
-    form = DatasetUploadForm(request.POST or None, request.FILES or None, user=request.user) if can_upload else None
+    can_register = selectors.team_list_where(request.user, "admin").exists()
+    registering = request.method == "POST" and "register-path" in request.POST
+    form = DatasetUploadForm(None if registering else request.POST or None, request.FILES or None,
+                             user=request.user) if can_upload else None
+    register_form = DatasetRegisterForm(request.POST if registering else None,
+                                        user=request.user) if can_register else None
     status = 200
     columns: list[str] = []
+    register_columns: list[str] = []
     if request.method == "POST":
-        if form is None:
-            raise PermissionDenied("Adding a dataset needs the member role in a team")
-        if form.is_valid():
+        bound = register_form if registering else form
+        if bound is None:
+            raise PermissionDenied("Registering a path needs the admin role in a team" if registering
+                                   else "Adding a dataset needs the member role in a team")
+        if bound.is_valid():
+            data = bound.cleaned_data
             try:
-                dataset = services.dataset_create_from_upload(
-                    team=form.cleaned_data["team"], user=request.user, name=form.cleaned_data["name"],
-                    file=form.cleaned_data["file"], filename=form.cleaned_data["file"].name, mapping=form.mapping())
+                if registering:
+                    dataset = services.dataset_register(team=data["team"], user=request.user, name=data["name"],
+                                                        path=data["path"], mapping=bound.mapping())
+                else:
+                    dataset = services.dataset_create_from_upload(
+                        team=data["team"], user=request.user, name=data["name"], file=data["file"],
+                        filename=data["file"].name, mapping=bound.mapping())
             except ValidationError as exc:
-                form.add_service_errors(exc)
-                columns = getattr(exc, "columns", [])
+                bound.add_service_errors(exc)
+                if registering:
+                    register_columns = getattr(exc, "columns", [])
+                else:
+                    columns = getattr(exc, "columns", [])
             else:
                 messages.success(request, f"Dataset {dataset.name} added: {dataset.rows} rows, {dataset.format}.")
                 return redirect(reverse("dataset_detail", args=[dataset.id]))
         status = 400
     datasets = selectors.dataset_list_for(request.user).order_by("-created_at")
-    return render(request, "training/dataset_list.html", {"datasets": datasets, "form": form, "columns": columns},
-                  status=status)
+    return render(request, "training/dataset_list.html", {
+        "datasets": datasets, "form": form, "columns": columns, "register_form": register_form,
+        "register_columns": register_columns}, status=status)

@@ -104,3 +104,30 @@ def test_a_dataset_a_run_used_cannot_change_and_the_run_records_its_checksum(adm
     dataset.rows = 3
     with pytest.raises(ValidationError, match="cannot change"):
         dataset.save()
+
+
+def test_the_page_registers_for_admins_and_names_the_escape(admin, root):
+    from django.test import Client
+
+    team, user = admin
+    client = Client()
+    client.force_login(user)
+    first = client.get("/datasets/")
+    assert "Register a file on shared storage" in first.content.decode()
+    refused = client.post("/datasets/", {"register-team": str(team.id), "register-name": "out",
+                                         "register-path": str(root / ".." / "elsewhere.jsonl")})
+    assert refused.status_code == 400
+    assert "must be inside one of" in " ".join(refused.context["register_form"].errors["path"])
+    file = write(root / "page.jsonl", [{"q": "a", "a": "b"}])
+    asked = client.post("/datasets/", {"register-team": str(team.id), "register-name": "qa",
+                                       "register-path": str(file)})
+    assert asked.status_code == 400 and asked.context["register_columns"] == ["q", "a"]
+    done = client.post("/datasets/", {"register-team": str(team.id), "register-name": "qa",
+                                      "register-path": str(file), "register-format": "prompt_completion",
+                                      "register-column_prompt": "q", "register-column_completion": "a"})
+    assert done.status_code == 302 and Dataset.objects.get(name="qa").rows == 1
+    member = make_member(team)
+    client.force_login(member)
+    assert "Register a file on shared storage" not in client.get("/datasets/").content.decode()
+    assert client.post("/datasets/", {"register-team": str(team.id), "register-name": "m",
+                                      "register-path": str(file)}).status_code == 403
