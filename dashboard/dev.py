@@ -285,8 +285,11 @@ def run(args: argparse.Namespace, children: Children, worker_name: str) -> int:
     say(f"starting the web server on http://{args.host}:{args.port} (log: {children.log_dir / 'web.log'})")
     web = children.start("web", [sys.executable, "-m", "daphne", "-b", args.host, "-p", str(args.port),
                                  "dashboard.asgi:application"])
-    say(f"starting a worker for queue {queue!r} (log: {children.log_dir / 'worker.log'})")
-    worker = children.start("worker", [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "-Q", queue,
+    # One solo worker also takes the dataset statistics (cpu queue): they wait while the demo run trains.
+    say(f"starting a worker for queues {queue!r} and {settings.TUNEBOARD_CPU_QUEUE!r} "
+        f"(log: {children.log_dir / 'worker.log'})")
+    worker = children.start("worker", [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "-Q",
+                                       f"{queue},{settings.TUNEBOARD_CPU_QUEUE}",
                                        "-n", worker_name, "--pool", "solo", "-c", "1", "--without-gossip",
                                        "--without-mingle", "-l", "info"])
     if not wait_http(args.host, args.port, web):
