@@ -72,7 +72,7 @@ def test_calculators_js_computes_what_calculators_py_does(web_server, page):
     assert any(py["warmup"] == "error" for py in expected) and any(py["plan"] == "error" for py in expected)
 
 
-def test_a_guidance_page_computes_the_gain_matched_alpha_as_the_user_types(web_server, page):
+def test_a_guidance_page_computes_the_gain_matched_alpha_as_the_user_types(web_server, page, screenshot_path):
     make_user("reader", password="reader-password")
     log_in(page, web_server, "reader", "reader-password")
     page.goto(f"{web_server.url}/guidance/lora_alpha/")
@@ -86,6 +86,7 @@ def test_a_guidance_page_computes_the_gain_matched_alpha_as_the_user_types(web_s
     assert "gain 4 (32 / √64)" in text and "rsLoRA off: lora_alpha = 256" in text  # g·r = 4 × 64
     assert calculators.alpha_after_rslora_switch(32, 64, to_rslora=False) == 256
     assert f"lora_alpha = {calculators.alpha_for_gain(2, 64, use_rslora=True)}" in text  # 16
+    page.screenshot(path=str(screenshot_path("guidance-page.png")))
     page.fill("#calc-gain_alpha [name=r]", "0")
     assert "r must be a whole number of at least 1" in out.inner_text()
     page.goto(f"{web_server.url}/guidance/warmup_steps/")
