@@ -521,13 +521,12 @@ def worker_get_or_create(*, name: str) -> Worker:
 
 
 def worker_heartbeat(*, name: str, hostname: str, queues: list[str], pid: int, gpus: list[dict],
-                     started_at: datetime, current_run_id: int | None, knows_current_run: bool = True) -> None:
-    """Record that this worker is alive, its GPUs' state and (if its process runs the tasks) what it runs."""
-    fields = {"hostname": hostname, "queues": queues, "pid": pid, "gpus": gpus, "started_at": started_at,
-              "last_heartbeat_at": timezone.now()}
-    if knows_current_run:
-        fields["current_run_id"] = current_run_id
-    Worker.objects.update_or_create(name=name, defaults=fields)
+                     started_at: datetime) -> None:
+    """Record that this worker is alive and its GPUs' state. What it runs is written by run_claim and cleared when
+    run_execute ends: one writer each way, so a beat can never report a stale current run."""
+    Worker.objects.update_or_create(name=name, defaults={
+        "hostname": hostname, "queues": queues, "pid": pid, "gpus": gpus, "started_at": started_at,
+        "last_heartbeat_at": timezone.now()})
 
 
 def worker_runs_mark_lost(*, name: str) -> list[int]:

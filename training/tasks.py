@@ -3,7 +3,7 @@ import socket
 
 from celery import shared_task
 
-from training import services, worker
+from training import services
 
 
 @shared_task(bind=True, name="training.run_train")
@@ -12,8 +12,7 @@ def run_train(self, run_id: int) -> None:
                              task_id=self.request.id or "")
     if run is None:
         return  # delivered twice, or stopped while queued
-    with worker.running(run.id):
-        services.run_execute(run=run)
+    services.run_execute(run=run)
 
 
 @shared_task(name="training.dataset_profile")

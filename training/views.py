@@ -44,6 +44,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def run_list(request: HttpRequest) -> HttpResponse:
+    services.runs_mark_lost()  # workers sweep too, but with its only worker dead nobody else would
     page = selectors.run_page_for(request.user, request.GET.get("page"), per_page=RUNS_PER_PAGE)
     can_start = selectors.team_list_where(request.user, "member").exists()
     return render(request, "training/run_list.html", {"page": page, "can_start": can_start})
@@ -98,6 +99,7 @@ def _facts(run: Run) -> list[dict[str, Any]]:
 
 @login_required
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+    services.runs_mark_lost()
     run = selectors.get_run_for_user(request.user, run_id)
     role = selectors.role_for(request.user, run.team)
     can_control = role in ("member", "admin")
@@ -226,6 +228,7 @@ def dataset_profile_status(request: HttpRequest, dataset_id: int) -> JsonRespons
 
 @login_required
 def worker_list(request: HttpRequest) -> HttpResponse:
+    services.runs_mark_lost()
     team_ids = set(selectors.team_ids_for(request.user))
     workers = [{"worker": w, "run_visible": w.current_run is not None and w.current_run.team_id in team_ids}
                for w in selectors.worker_list()]

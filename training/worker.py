@@ -1,7 +1,6 @@
-"""What a Celery worker process adds for training: a heartbeat thread (GPUs, current run, lost-run sweep)."""
+"""What a Celery worker process adds for training: a heartbeat thread (alive, GPUs, lost-run sweep)."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -9,14 +8,12 @@ import socket
 import subprocess
 import threading
 from datetime import datetime
-from typing import Iterator
 
 from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
 from training import services
-from training.models import Run
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +51,13 @@ def _num(value: str) -> float | None:
 
 
 class Heartbeat(threading.Thread):
-    """Every TUNEBOARD_HEARTBEAT_S: this worker's row (alive, GPUs, current run), then the lost-run sweep."""
+    """Every TUNEBOARD_HEARTBEAT_S: this worker's row (alive, GPUs), then the lost-run sweep."""
 
-    def __init__(self, *, name: str, queues: list[str], tracks_runs: bool):
+    def __init__(self, *, name: str, queues: list[str]):
         super().__init__(name="tuneboard-heartbeat", daemon=True)
         self.worker_name = name
         self.queues = queues
-        # Only a solo pool runs tasks in this process, where `running()` can tell the heartbeat about them.
-        self.tracks_runs = tracks_runs
         self.started_at: datetime = timezone.now()
-        self.current_run_id: int | None = None
         self._stopping = threading.Event()
         self._failing = False
 
@@ -79,12 +73,8 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         try:
             close_old_connections()
-            current = self.current_run_id
-            if current is not None and not Run.objects.filter(id=current).exists():
-                current = None  # deleted while running: the worker will notice and end it
             services.worker_heartbeat(name=self.worker_name, hostname=socket.gethostname(), queues=self.queues,
-                                      pid=os.getpid(), gpus=gpu_info(), started_at=self.started_at,
-                                      current_run_id=current, knows_current_run=self.tracks_runs)
+                                      pid=os.getpid(), gpus=gpu_info(), started_at=self.started_at)
             lost = services.runs_mark_lost()
             if lost:
                 log.warning("runs %s marked lost: their worker is silent or no longer runs them", lost)
@@ -110,7 +100,7 @@ def start(*, name: str, queues: list[str], solo: bool) -> Heartbeat:
     if not solo:
         log.warning("%s does not use --pool solo: a training task that dies with its pool process is noticed "
                     "only if the whole worker goes silent; run training workers with --pool solo", name)
-    _heartbeat = Heartbeat(name=name, queues=queues, tracks_runs=solo)
+    _heartbeat = Heartbeat(name=name, queues=queues)
     _heartbeat.start()
     return _heartbeat
 
@@ -118,15 +108,3 @@ def start(*, name: str, queues: list[str], solo: bool) -> Heartbeat:
 def stop() -> None:
     if _heartbeat is not None:
         _heartbeat.stop()
-
-
-@contextlib.contextmanager
-def running(run_id: int) -> Iterator[None]:
-    """Tell the heartbeat which run this process is training, so a run it dropped can be found lost."""
-    if _heartbeat is not None:
-        _heartbeat.current_run_id = run_id
-    try:
-        yield
-    finally:
-        if _heartbeat is not None:
-            _heartbeat.current_run_id = None

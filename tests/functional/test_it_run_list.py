@@ -83,3 +83,22 @@ def test_ten_thousand_runs_page_fast(world):
     print(f"run list with 10,000 runs: p50 {timings[len(timings) // 2] * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms")
     # The design's target is 150 ms p95 (bench/ measures it); here, on a shared CI box, a wide margin.
     assert p95 < 0.5
+
+
+def test_a_run_whose_only_worker_died_is_shown_lost_without_any_live_worker(world, member_client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from training.models import Worker
+
+    dead = Worker.objects.create(name="dead@box", last_heartbeat_at=timezone.now() - timedelta(seconds=120))
+    run = named_run(world.team, world.member, world.dataset, "orphaned run")
+    Run.objects.filter(id=run.id).update(status=Run.Status.RUNNING, worker=dead,
+                                         started_at=timezone.now() - timedelta(seconds=300))
+    Worker.objects.filter(id=dead.id).update(current_run=run)
+    page = member_client.get("/runs/")
+    shown = {r.name: r for r in page.context["page"].object_list}
+    assert shown["orphaned run"].status == Run.Status.LOST
+    run.refresh_from_db()
+    assert run.status == Run.Status.LOST and "dead@box has been silent" in run.error
