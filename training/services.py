@@ -93,7 +93,7 @@ class DatasetFileError(ValidationError):
                 key = f"column_{item.field}"
             messages.setdefault(key, []).append(str(item))
         if error.more:
-            messages["file"].append(f"and {error.more} more rows with problems")
+            messages.setdefault("file", []).append(f"and {error.more} more rows with problems")
         super().__init__(messages)
         self.columns = error.columns
 

@@ -81,3 +81,23 @@ def test_the_run_form_carries_each_datasets_advice(world, member_client, tmp_pat
     assert "keeps 99% of examples whole" in advice[2]
     html = member_client.get(f"/datasets/{world.dataset.id}/").content.decode()
     assert 'id="length-histogram"' in html and "r 4–8 for 64 training rows" in html
+
+
+def test_a_separate_eval_dataset_is_profiled_for_overlap(world, member_client, tmp_path):
+    from tests.factories import make_dataset
+    from training import services
+    from training.engine.tiny import build_tiny_model
+
+    held_out = make_dataset(world.team, world.member, rows=10, tmp_dir=tmp_path, name="held out")
+    response = member_client.post(f"/datasets/{world.dataset.id}/", {
+        "model": str(build_tiny_model(tmp_path / "tiny")), "max_length": "64", "batch_size": "4", "seed": "1",
+        "eval_dataset": str(held_out.id)})
+    assert response.status_code == 302
+    world.dataset.refresh_from_db()
+    services.dataset_profile_execute(dataset_id=world.dataset.id, token=world.dataset.stats["profile"]["token"])
+    result = member_client.get(f"/datasets/{world.dataset.id}/profile.json").json()["result"]
+    # Both files come from the same generator (seed 0): the 10 held-out rows are the first 10 training rows.
+    assert (result["train_rows"], result["eval_rows"], result["overlap_rows"]) == (64, 10, 10)
+    other = member_client.post(f"/datasets/{world.dataset.id}/", {
+        "model": "m", "max_length": "64", "batch_size": "4", "seed": "1", "eval_dataset": str(world.other_dataset.id)})
+    assert other.status_code == 400 and "eval_dataset" in other.context["form"].errors
