@@ -1,0 +1,200 @@
+"""Live metrics: latency from the worker's RunRecorder to a websocket client, and sustained ingest with many runs.
+
+    .venv/bin/python bench/live_latency.py                      # latency (1 run) + ingest (100 runs)
+    .venv/bin/python bench/live_latency.py --runs 100 --points 200 --producers 4
+
+Uses the real path: RunRecorder.record (PostgreSQL upsert, then channels-redis group_send) in producer processes,
+daphne serving dashboard.asgi, and one authenticated websocket client per run (the `websockets` library) that asks
+for a replay, then counts live points. Latency is measured from the moment record() is called (so it includes the
+database write) to the client's receipt, on one machine clock. Runs in its own database (tuneboard_bench_live) and
+channel prefix, created and migrated on first use.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DB_NAME = "tuneboard_bench_live"
+os.environ.setdefault("DATABASE_URL", f"postgres://postgres@127.0.0.1:5432/{DB_NAME}")
+os.environ.setdefault("TUNEBOARD_CHANNEL_PREFIX", "tuneboard-bench-live")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+
+
+def ensure_database() -> None:
+    import psycopg
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB_NAME]).fetchone():
+            conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True)
+
+
+def setup_runs(n: int) -> tuple[list[int], str]:
+    """n running runs of one team, and a session cookie for its member."""
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+    from django.contrib.sessions.backends.db import SessionStore
+
+    from dashboard.models import Membership, Team
+    from training.models import Dataset, Run
+
+    team, _ = Team.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
+    user, _ = get_user_model().objects.get_or_create(username="bench")
+    Membership.objects.get_or_create(user=user, team=team, defaults={"role": Membership.Role.MEMBER})
+    dataset, _ = Dataset.objects.get_or_create(team=team, name="bench", defaults={
+        "path": "/dev/null", "source": "registered", "format": "text", "rows": 1, "size_bytes": 1, "sha256": "0" * 64, "created_by": user})
+    runs = [Run.objects.create(team=team, dataset=dataset, created_by=user, name=f"bench {i}",
+                               config={"model": "bench"}, status=Run.Status.RUNNING, queue="bench")
+            for i in range(n)]
+    session = SessionStore()
+    session["_auth_user_id"] = str(user.pk)
+    session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
+    session["_auth_user_hash"] = user.get_session_auth_hash()
+    session.create()
+    return [r.id for r in runs], f"{settings.SESSION_COOKIE_NAME}={session.session_key}"
+
+
+def produce(run_ids: list[int], points: int, interval: float, sent_at, start_at: float) -> None:
+    """One producer process: feed `points` metrics events to each of its runs through RunRecorder, round-robin."""
+    import django
+
+    django.setup()
+    from training.models import Run
+    from training.services import RunRecorder
+
+    recorders = [RunRecorder(Run.objects.get(id=run_id)) for run_id in run_ids]
+    while time.time() < start_at:
+        time.sleep(0.01)
+    for step in range(1, points + 1):
+        for recorder in recorders:
+            now = time.time()
+            sent_at[f"{recorder.run.id}:{step}"] = now
+            recorder.record({"v": 1, "type": "metrics", "time": now, "step": step, "epoch": step / points,
+                             "tokens_seen": step * 1000, "loss": 2.0 / step ** 0.5, "grad_norm": 1.0,
+                             "learning_rate": 1e-4, "tokens_per_s": 1000.0, "peak_vram_bytes": None})
+        if interval:
+            time.sleep(interval)
+
+
+async def listen(url: str, cookie: str, run_id: int, expected: int, received: dict, ready: asyncio.Event,
+                 deadline: float) -> None:
+    import websockets
+
+    async with websockets.connect(f"{url}/ws/runs/{run_id}/", additional_headers={"Cookie": cookie,
+                                                                                  "Origin": "http://127.0.0.1"}) as ws:
+        await ws.send(json.dumps({"type": "replay", "after_step": 0}))
+        while True:
+            message = json.loads(await asyncio.wait_for(ws.recv(), timeout=max(deadline - time.time(), 0.1)))
+            if message.get("type") == "replay" and message.get("done"):
+                ready.set()
+            body = message.get("message", message)
+            if message.get("type") == "point" or body.get("type") == "point":
+                point = body.get("point", body)
+                received[f"{run_id}:{point['step']}"] = time.time()
+                if sum(1 for k in received if k.startswith(f"{run_id}:")) >= expected:
+                    return
+
+
+async def clients(url: str, cookie: str, run_ids: list[int], expected: int, received: dict, timeout: float):
+    deadline = time.time() + timeout
+    readies = [asyncio.Event() for _ in run_ids]
+    tasks = [asyncio.create_task(listen(url, cookie, rid, expected, received, ev, deadline))
+             for rid, ev in zip(run_ids, readies)]
+    await asyncio.wait_for(asyncio.gather(*(ev.wait() for ev in readies)), timeout=60)
+    return tasks
+
+
+def run_phase(url: str, cookie: str, run_ids: list[int], points: int, producers: int, interval: float,
+              timeout: float) -> dict:
+    ctx = mp.get_context("spawn")  # a forked child would share the parent's database connection
+    manager = ctx.Manager()
+    sent_at = manager.dict()
+    received: dict[str, float] = {}
+
+    async def main():
+        tasks = await clients(url, cookie, run_ids, points, received, timeout)
+        start_at = time.time() + 1.0
+        chunks = [run_ids[i::producers] for i in range(producers)]
+        procs = [ctx.Process(target=produce, args=(chunk, points, interval, sent_at, start_at)) for chunk in chunks]
+        for p in procs:
+            p.start()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for p in procs:
+            p.join()
+        return start_at, results
+
+    start_at, results = asyncio.run(main())
+    sent = dict(sent_at)
+    end = max(received.values(), default=start_at)
+    latencies = sorted((received[k] - sent[k]) * 1000 for k in received if k in sent)
+    from training.models import MetricPoint
+
+    stored = MetricPoint.objects.filter(run_id__in=run_ids).count()
+    errors = [r for r in results if isinstance(r, Exception)]
+    return {"runs": len(run_ids), "points_sent": len(sent), "points_stored": stored, "points_received": len(received),
+            "lost_in_db": len(run_ids) * points - stored, "lost_on_websocket": len(sent) - len(received),
+            "client_errors": [repr(e)[:200] for e in errors[:3]],
+            "points_per_s": len(sent) / (max(sent.values()) - start_at) if sent else 0,
+            "p50_ms": statistics.median(latencies) if latencies else None,
+            "p95_ms": latencies[int(0.95 * (len(latencies) - 1))] if latencies else None,
+            "max_ms": latencies[-1] if latencies else None, "wall_s": end - start_at}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--points", type=int, default=100, help="points per run in the ingest phase")
+    parser.add_argument("--producers", type=int, default=4, help="producer processes (simulated workers)")
+    parser.add_argument("--latency-points", type=int, default=200)
+    args = parser.parse_args()
+
+    ensure_database()
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                               "dashboard.asgi:application"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        url = f"ws://127.0.0.1:{port}"
+        latency_runs, cookie = setup_runs(1)
+        latency = run_phase(url, cookie, latency_runs, args.latency_points, 1, interval=0.05, timeout=120)
+        ingest_runs, cookie = setup_runs(args.runs)
+        ingest = run_phase(url, cookie, ingest_runs, args.points, args.producers, interval=0, timeout=600)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    print(json.dumps({"latency": latency, "ingest": ingest}, indent=1))
+    print(f"\nlatency, 1 run at 20 points/s: p50 {latency['p50_ms']:.1f} ms, p95 {latency['p95_ms']:.1f} ms "
+          f"(target p95 <= 100 ms), lost {latency['lost_on_websocket']}")
+    print(f"ingest, {ingest['runs']} runs x {args.points} points, {args.producers} producer processes: "
+          f"{ingest['points_per_s']:.0f} points/s (target >= 10,000), lost in DB {ingest['lost_in_db']}, "
+          f"lost on websocket {ingest['lost_on_websocket']}, p95 {ingest['p95_ms']:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
