@@ -17,8 +17,9 @@ def test_a_stopped_and_resumed_run_is_packed_and_compared_along_its_chain(celery
     team = make_team()
     user = make_member(team)
     dataset = make_dataset(team, user, tmp_dir=tmp_path)
-    overrides = tiny_overrides(tiny_model, max_steps=40, gradient_accumulation_steps=4, eval_split=0.1,
-                               eval_steps=10)
+    # Long enough that the stop (polled every 0.5 s) lands mid-run even on a fast, idle machine.
+    overrides = tiny_overrides(tiny_model, max_steps=160, gradient_accumulation_steps=4, eval_split=0.1,
+                               eval_steps=40)
     run = services.run_create(team=team, user=user, dataset=dataset, overrides=overrides)
     wait_for_run(run, lambda r: r.last_step >= 3 or r.is_terminal, timeout=90, what="step 3")
     services.run_stop(run=run, user=user)
@@ -34,7 +35,7 @@ def test_a_stopped_and_resumed_run_is_packed_and_compared_along_its_chain(celery
 
     curve = run_points(continuation)
     steps, xs, losses = compare.fetch_series([continuation, run], "loss", "step")[continuation.id]
-    assert steps.tolist() == [p["step"] for p in curve] == list(range(1, 41))
+    assert steps.tolist() == [p["step"] for p in curve] == list(range(1, 161))
     assert losses.tolist() == [p["loss"] for p in curve]
     _, epochs, evals = compare.fetch_series([continuation], "eval_loss", "epoch")[continuation.id]
     expected = [(p["epoch"], p["eval_loss"]) for p in curve if p["eval_loss"] is not None]

@@ -130,12 +130,13 @@ def test_a_task_delivered_twice_trains_once(celery_worker, tiny_model, team_memb
 
 def test_stop_checkpoints_and_resume_continues_from_it(celery_worker, tiny_model, team_member):
     team, user, _ = team_member
-    run = create(team_member, tiny_model, max_steps=24, gradient_accumulation_steps=2)
+    # Long enough that the stop (polled every 0.5 s) lands mid-run even on a fast, idle machine (~15 ms a step).
+    run = create(team_member, tiny_model, max_steps=240, gradient_accumulation_steps=2)
     wait_for_run(run, lambda r: r.last_step >= 3 or r.is_terminal, timeout=90, what="step 3")
     services.run_stop(run=run, user=user)
     run = wait_terminal(run, timeout=60)
     assert run.status == Run.Status.STOPPED, run.error
-    assert 3 <= run.last_checkpoint_step < 24
+    assert 3 <= run.last_checkpoint_step < 240
     assert os.path.isdir(run.last_checkpoint_path)
     stopped = RunEvent.objects.get(run=run, type="stopped")
     assert stopped.data["checkpoint"] == run.last_checkpoint_path and stopped.data["reason"] == "stop file"
@@ -145,8 +146,8 @@ def test_stop_checkpoints_and_resume_continues_from_it(celery_worker, tiny_model
     continuation = wait_terminal(continuation)
     assert continuation.status == Run.Status.SUCCEEDED, continuation.error
     assert continuation.resumed_from_id == run.id and continuation.started["resumed_from_step"] == run.last_checkpoint_step
-    assert steps_of(continuation) == list(range(run.last_checkpoint_step + 1, 25))
-    assert [p["step"] for p in run_points(continuation)] == list(range(1, 25))
+    assert steps_of(continuation) == list(range(run.last_checkpoint_step + 1, 241))
+    assert [p["step"] for p in run_points(continuation)] == list(range(1, 241))
     assert steps_of(run) == original_points  # the original's record is untouched
 
 

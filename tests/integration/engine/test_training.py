@@ -54,13 +54,13 @@ def test_accumulation_changes_the_optimizer_step_count(tiny_llama, data_dir, tmp
 
 
 def test_stop_saves_a_checkpoint_and_resume_continues_the_curve(tiny_llama, data_dir, tmp_path):
-    config = base_config(tiny_llama, data_dir, tmp_path / "out", max_steps=30, learning_rate=1e-3)
+    config = base_config(tiny_llama, data_dir, tmp_path / "out", max_steps=60, learning_rate=1e-3)
     code, events = run_cli(config, tmp_path, stop_after_step=3)
     assert code == 0
     stopped = events[-1]
     assert stopped["type"] == "stopped" and stopped["reason"] == "stop file"
     step = stopped["step"]
-    assert 3 <= step < 30
+    assert 3 <= step < 60
     checkpoint = Path(stopped["checkpoint"])
     assert checkpoint.name == f"checkpoint-{step}" and (checkpoint / "adapter_model.safetensors").is_file()
     assert of_type(events, "checkpoint")[-1]["step"] == step
@@ -71,8 +71,8 @@ def test_stop_saves_a_checkpoint_and_resume_continues_the_curve(tiny_llama, data
     assert code == 0, resumed[-1]
     assert resumed[0]["resumed_from_step"] == step
     steps = [m["step"] for m in of_type(resumed, "metrics")]
-    assert steps == list(range(step + 1, 31))
-    assert resumed[-1]["type"] == "finished" and resumed[-1]["step"] == 30
+    assert steps == list(range(step + 1, 61))
+    assert resumed[-1]["type"] == "finished" and resumed[-1]["step"] == 60
     # The resumed curve joins the first: its first loss is close to the last loss before the stop.
     assert abs(of_type(resumed, "metrics")[0]["loss"] - first_losses[step]) < 0.5
 
