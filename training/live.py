@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Literal
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+
+from training.engine.events import json_safe  # the engine's convention for non-finite numbers
 
 log = logging.getLogger(__name__)
 
@@ -18,18 +19,6 @@ MESSAGE_TYPES: frozenset[str] = frozenset(MessageType.__args__)  # type: ignore[
 
 def run_group(run_id: int) -> str:
     return f"run.{run_id}"
-
-
-def json_safe(value: Any) -> Any:
-    """Non-finite floats as the strings "nan"/"inf"/"-inf" (the engine's convention): JSON has no NaN."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
 
 def send_run_message(run_id: int, type_: MessageType, payload: dict[str, Any]) -> bool:
     """Send to everyone watching the run; False if Redis could not take it (the database still has it)."""

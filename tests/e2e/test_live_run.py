@@ -1,7 +1,6 @@
 """In a real browser: log in, start the demo run from the New run page, watch the loss chart gain points live,
 survive a server restart with no gap and no duplicate, and take the README's screenshot."""
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -9,6 +8,7 @@ import pytest
 from dashboard.dev import demo_preset_config
 from dashboard.models import Membership
 from tests.factories import make_dataset, make_member, make_preset, make_team, make_user
+from tests.integration.conftest import wait_for
 from training.models import Run
 
 from .conftest import log_in
@@ -24,17 +24,6 @@ def chart_steps(page, trace: int = 0) -> list[int]:
 
 def status_text(page) -> str:
     return page.inner_text("#run-status")
-
-
-def wait_until(condition, *, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def test_the_demo_run_started_in_the_browser_draws_its_loss_live(web_server, celery_worker, tiny_model, page,
@@ -57,10 +46,10 @@ def test_the_demo_run_started_in_the_browser_draws_its_loss_live(web_server, cel
     assert page.url.endswith(f"/runs/{run.id}/")
 
     # Points arrive while the page stays open: the count grows between looks, with the run still training.
-    first = wait_until(lambda: len(chart_steps(page)), timeout=120, what="the first loss point")
+    first = wait_for(lambda: len(chart_steps(page)), timeout=120, what="the first loss point")
     counts = [first]
     while len(counts) < 4:
-        grown = wait_until(lambda: len(chart_steps(page)) > counts[-1] and len(chart_steps(page)), timeout=60,
+        grown = wait_for(lambda: len(chart_steps(page)) > counts[-1] and len(chart_steps(page)), timeout=60,
                            what=f"more than {counts[-1]} loss points")
         counts.append(grown)
         assert status_text(page) == "Running"
@@ -68,10 +57,10 @@ def test_the_demo_run_started_in_the_browser_draws_its_loss_live(web_server, cel
 
     # A dropped connection (the server restarts mid-run): the page reconnects and asks for what it missed.
     web_server.restart()
-    wait_until(lambda: page.inner_text("#live-state") in ("live", "ended"), timeout=60, what="the page to reconnect")
+    wait_for(lambda: page.inner_text("#live-state") in ("live", "ended"), timeout=60, what="the page to reconnect")
 
     # The README's screenshot: the run live, most of the way through.
-    wait_until(lambda: len(chart_steps(page)) >= STEPS * 0.7 or status_text(page) != "Running", timeout=120,
+    wait_for(lambda: len(chart_steps(page)) >= STEPS * 0.7 or status_text(page) != "Running", timeout=120,
                what="70% of the run")
     if status_text(page) == "Running":
         drawn = len(chart_steps(page))
@@ -80,13 +69,13 @@ def test_the_demo_run_started_in_the_browser_draws_its_loss_live(web_server, cel
     page.evaluate("() => window.scrollTo(0, 0)")
     page.screenshot(path=str(screenshot_path("screenshot.png")))
 
-    wait_until(lambda: status_text(page) == "Succeeded", timeout=180, what="the run to succeed")
-    wait_until(lambda: len(chart_steps(page)) == STEPS, timeout=10, what="every loss point")
+    wait_for(lambda: status_text(page) == "Succeeded", timeout=180, what="the run to succeed")
+    wait_for(lambda: len(chart_steps(page)) == STEPS, timeout=10, what="every loss point")
     assert chart_steps(page) == list(range(1, STEPS + 1)), "a gap or a duplicate in the loss curve"
     assert chart_steps(page, trace=1) == list(range(20, STEPS + 1, 20))
     assert page.inner_text("#run-steps") == f"step {STEPS} of {STEPS}"
     assert "Trainable parameters" in page.inner_text("#facts")
-    wait_until(lambda: page.locator("#adapter-files a").count() > 0, timeout=10, what="the adapter's files")
+    wait_for(lambda: page.locator("#adapter-files a").count() > 0, timeout=10, what="the adapter's files")
     assert page.locator("#samples li[data-sample]").count() > 0
     assert page.locator("#stop-form").is_hidden()
     events = page.inner_text("#events")  # the last two arrived live, after the reconnect
@@ -94,6 +83,6 @@ def test_the_demo_run_started_in_the_browser_draws_its_loss_live(web_server, cel
 
     # Opened after the end, the page draws the same curve from the database.
     page.reload()
-    wait_until(lambda: len(chart_steps(page)) == STEPS, timeout=30, what="the replayed curve")
+    wait_for(lambda: len(chart_steps(page)) == STEPS, timeout=30, what="the replayed curve")
     assert chart_steps(page) == list(range(1, STEPS + 1))
     assert page.js_errors == []

@@ -30,21 +30,21 @@ TERMINAL = frozenset({"finished", "stopped", "failed"})
 TYPES = frozenset({"started", "metrics", "eval", "sample", "warning", "log", "checkpoint"}) | TERMINAL
 
 
-def _finite(value: Any) -> Any:
-    # JSON has no NaN/Inf: send them as strings so a reader can still see that the loss went NaN.
+def json_safe(value: Any) -> Any:
+    """Non-finite floats as the strings "nan"/"inf"/"-inf": JSON has none, and a reader must still see a NaN loss."""
     if isinstance(value, float) and not math.isfinite(value):
         return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
 def make_event(type_: str, **fields: Any) -> dict[str, Any]:
     if type_ not in TYPES:
         raise ValueError(f"unknown event type {type_!r}")
-    return {"v": SCHEMA_VERSION, "type": type_, "time": time.time(), **_finite(fields)}
+    return {"v": SCHEMA_VERSION, "type": type_, "time": time.time(), **json_safe(fields)}
 
 
 def parse_float(value: Any) -> float | None:
