@@ -13,7 +13,7 @@ from training import services
 from training.models import MetricPoint, Run
 
 from .conftest import log_in
-from .test_live_run import wait_until
+from tests.integration.conftest import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -74,20 +74,20 @@ def test_compare_three_finished_runs_and_a_live_one(web_server, celery_worker, t
     assert differing == ["learning_rate", "max_steps"]
     assert page.locator(".guidance-item[data-param=learning_rate]").count() == 1
 
-    wait_until(lambda: line(page, finished[0].id), timeout=30, what="the finished runs' lines")
+    wait_for(lambda: line(page, finished[0].id), timeout=30, what="the finished runs' lines")
     first = line(page, finished[0].id)
     assert first["n"] <= 1000 and line(page, finished[0].id, "smooth")["n"] <= 1000
 
     # The live run trains on the real worker; its line grows while the page stays open.
-    n0 = wait_until(lambda: (line(page, live.id) or {"n": 0})["n"], timeout=180, what="the live run's first point")
-    wait_until(lambda: line(page, live.id)["n"] > n0 + 3, timeout=60, what="the live line to grow")
+    n0 = wait_for(lambda: (line(page, live.id) or {"n": 0})["n"], timeout=180, what="the live run's first point")
+    wait_for(lambda: line(page, live.id)["n"] > n0 + 3, timeout=60, what="the live line to grow")
     assert page.inner_text("#live-state") == "1 run live"
     assert page.inner_text(f"#status-{live.id}") == "Running"  # the header follows the run's status messages
 
     # x axis: tokens seen
     before = loads(page)
     page.select_option("#x-axis", "tokens")
-    wait_until(lambda: loads(page) > before, timeout=20, what="the charts in tokens")
+    wait_for(lambda: loads(page) > before, timeout=20, what="the charts in tokens")
     in_tokens = line(page, finished[0].id)["x"]
     assert in_tokens[0] == 1000 and in_tokens[-1] == FINISHED_STEPS * 1000 and all(x % 1000 == 0 for x in in_tokens)
     assert "x=tokens" in page.url
@@ -97,12 +97,12 @@ def test_compare_three_finished_runs_and_a_live_one(web_server, celery_worker, t
     before = loads(page)
     page.evaluate("() => { const s = document.getElementById('smooth'); s.value = '0'; "
                   "s.dispatchEvent(new Event('change')); }")
-    wait_until(lambda: loads(page) > before, timeout=20, what="the unsmoothed charts")
+    wait_for(lambda: loads(page) > before, timeout=20, what="the unsmoothed charts")
     assert {t["kind"] for t in traces(page)} == {"raw"}
     before = loads(page)
     page.evaluate("() => { const s = document.getElementById('smooth'); s.value = '0.95'; "
                   "s.dispatchEvent(new Event('change')); }")
-    wait_until(lambda: loads(page) > before, timeout=20, what="the smoothed charts")
+    wait_for(lambda: loads(page) > before, timeout=20, what="the smoothed charts")
     assert {t["kind"] for t in traces(page)} == {"raw", "smooth"} and "smooth=0.95" in page.url
 
     # zoom with the mouse on the loss chart: the server sends the range at full detail
@@ -113,7 +113,7 @@ def test_compare_three_finished_runs_and_a_live_one(web_server, celery_worker, t
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] * 0.36, y, steps=5)
     page.mouse.up()
-    wait_until(lambda: loads(page) > before, timeout=20, what="the zoomed range from the server")
+    wait_for(lambda: loads(page) > before, timeout=20, what="the zoomed range from the server")
     x0, x1 = page.evaluate("() => document.getElementById('chart-loss').layout.xaxis.range")
     zoomed = line(page, finished[0].id)["x"]
     inside = [x for x in zoomed if x0 <= x <= x1]
@@ -122,20 +122,20 @@ def test_compare_three_finished_runs_and_a_live_one(web_server, celery_worker, t
 
     # log y on every chart; then group by learning_rate: a mean line and a min–max band per value
     page.check("#log-y")
-    wait_until(lambda: page.evaluate("() => document.getElementById('chart-grad_norm').layout.yaxis.type") == "log",
+    wait_for(lambda: page.evaluate("() => document.getElementById('chart-grad_norm').layout.yaxis.type") == "log",
                timeout=10, what="log y")
     before = loads(page)
     page.select_option("#group-by", "learning_rate")
-    wait_until(lambda: loads(page) > before, timeout=20, what="the grouped charts")
+    wait_for(lambda: loads(page) > before, timeout=20, what="the grouped charts")
     assert sorted(t["kind"] for t in traces(page)) == ["max"] * 4 + ["mean"] * 4 + ["min"] * 4
     before = loads(page)
     page.select_option("#group-by", "")
-    wait_until(lambda: loads(page) > before, timeout=20, what="the per-run charts again")
+    wait_for(lambda: loads(page) > before, timeout=20, what="the per-run charts again")
 
     # still live after all that: the line keeps growing, now in tokens
     n1 = line(page, live.id)["n"]
     if Run.objects.get(id=live.id).status == Run.Status.RUNNING:
-        wait_until(lambda: line(page, live.id)["n"] > n1, timeout=60, what="more live points after the zoom")
+        wait_for(lambda: line(page, live.id)["n"] > n1, timeout=60, what="more live points after the zoom")
     page.evaluate("() => window.scrollTo(0, 0)")
     page.screenshot(path=str(screenshot_path("compare.png")), full_page=True)
     assert page.js_errors == []
