@@ -3,8 +3,11 @@
 Builds a ~1B random Llama (Llama-3.2-1B shapes) on the box, writes synthetic data, runs each case in its own process
 (Unsloth patches the trainer process-wide), and prints tokens/s, peak VRAM, an MFU estimate and the ratios.
 
-    python bench/gpu_throughput.py --cases lora16_unsloth,lora16_bare,lora16_hf --steps 20
-    python bench/gpu_throughput.py --cases qlora_unsloth,qlora_hf --steps 20
+    python bench/gpu_throughput.py --cases lora16_unsloth,lora16_hf,lora16_bare,lora16_hf,lora16_unsloth --steps 20
+    python bench/gpu_throughput.py --cases qlora_unsloth,qlora_hf,qlora_hf_before,qlora_unsloth,qlora_hf --steps 40 --skip 10
+    python bench/gpu_throughput.py --probe OUT_DIR --cases lora16_unsloth,lora16_hf --steps 8   (bench/gpu_memory_probe.py)
+
+A case listed twice runs twice (interleave them: the lent machines drift); the ratios use each case's mean.
 
 tokens/s counts non-padding tokens between the metrics of step `--skip` and the last step (compile and warm-up
 excluded), the same way for the engine (its `metrics` events) and the bare script (a TrainerCallback).
@@ -44,7 +47,24 @@ CASES = {
                        per_device_train_batch_size=8, data="long"),
     "qlora_hf": dict(runner="engine", backend="hf", load_in_4bit=True, packing=False, max_length=1024,
                      per_device_train_batch_size=8, data="long"),
+    # The hf backend as it was before 2026-11-24, for before/after figures: float32 embeddings/lm_head/norms
+    # (peft.prepare_model_for_kbit_training) and TRL's bfloat16 adapters.
+    "qlora_hf_before": dict(runner="engine-before", backend="hf", load_in_4bit=True, packing=False, max_length=1024,
+                            per_device_train_batch_size=8, data="long"),
 }
+BEFORE = """
+import sys
+import peft
+from training.engine import backends
+get_peft_model = peft.get_peft_model
+def old_get_peft_model(model, config, *args, **kwargs):
+    model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    return get_peft_model(model, config, *args, **kwargs)
+peft.get_peft_model = old_get_peft_model
+backends.keep_adapters_float32 = lambda model: 0
+from training.engine.__main__ import main
+sys.exit(main(["run", sys.argv[1]]))
+"""
 
 
 def write_data(path: Path, rows: int, words: tuple[int, int], seed: int = 0) -> None:
@@ -61,13 +81,32 @@ def rate(times: list[float], tokens: list[int], skip: int) -> float:
     return (tokens[-1] - tokens[skip]) / (times[-1] - times[skip])
 
 
-def run_case(name: str, model: str, data: dict, steps: int, skip: int, work: Path) -> dict:
+def case_config(name: str, model: str, data: dict, steps: int, work: Path) -> tuple[str, Path]:
     case = dict(CASES[name])
     runner, data_kind = case.pop("runner"), case.pop("data")
     config = {**COMMON, **case, "model": model, "train_file": str(data[data_kind]), "max_steps": steps,
               "output_dir": str(work / name)}
     cfg_path = work / f"{name}.json"
     cfg_path.write_text(json.dumps(config))
+    return runner, cfg_path
+
+
+def probe_case(name: str, model: str, data: dict, steps: int, work: Path, out_dir: Path) -> dict:
+    """bench/gpu_memory_probe.py on an engine case: where its memory goes, what it trains with."""
+    runner, cfg_path = case_config(name, model, data, steps, work)
+    if runner != "engine":
+        return {"case": name, "error": "only engine cases are probed"}
+    out = out_dir / f"probe-{name}.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_memory_probe.py"), str(cfg_path), str(out)],
+                          cwd=ROOT, capture_output=True, text=True)
+    (out_dir / f"probe-{name}.log").write_text(proc.stdout[-100000:] + "\n--- stderr ---\n" + proc.stderr[-100000:])
+    if not out.exists():
+        return {"case": name, "error": proc.stderr[-3000:]}
+    return {"case": name, **json.loads(out.read_text())}
+
+
+def run_case(name: str, model: str, data: dict, steps: int, skip: int, work: Path) -> dict:
+    runner, cfg_path = case_config(name, model, data, steps, work)
     started = time.time()
     if runner == "bare":
         out = subprocess.run([sys.executable, str(ROOT / "bench" / "bare_unsloth.py"), str(cfg_path)], cwd=ROOT,
@@ -78,16 +117,20 @@ def run_case(name: str, model: str, data: dict, steps: int, skip: int, work: Pat
         result = json.loads(lines[-1])
         times, tokens, peak = result["times"], result["tokens"], result["peak_vram_bytes"]
     else:
-        out = subprocess.run([sys.executable, "-m", "training.engine", "run", str(cfg_path)], cwd=ROOT,
-                             capture_output=True, text=True)
+        command = ["-m", "training.engine", "run"] if runner == "engine" else ["-c", BEFORE]
+        out = subprocess.run([sys.executable, *command, str(cfg_path)], cwd=ROOT, capture_output=True, text=True)
         events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
         metrics = [e for e in events if e["type"] == "metrics"]
         if not events or events[-1]["type"] != "finished":
             return {"case": name, "error": (events[-1] if events else out.stderr[-2000:])}
         times, tokens = [m["time"] for m in metrics], [m["tokens_seen"] for m in metrics]
         peak = max(m["peak_vram_bytes"] for m in metrics)
+    step_s = [b - a for a, b in zip(times[skip:], times[skip + 1:])]
+    step_tokens = [b - a for a, b in zip(tokens[skip:], tokens[skip + 1:])]
+    per_step = sorted(t / s for t, s in zip(step_tokens, step_s))
     return {"case": name, "tokens_per_s": rate(times, tokens, skip), "peak_vram_gib": peak / 2**30,
-            "wall_s": time.time() - started, "steps": len(times)}
+            "median_step_tokens_per_s": per_step[len(per_step) // 2],
+            "step_s": [round(s, 3) for s in step_s], "wall_s": time.time() - started, "steps": len(times)}
 
 
 def main() -> None:
@@ -97,6 +140,8 @@ def main() -> None:
     parser.add_argument("--skip", type=int, default=5, help="metrics points left out at the start (warm-up)")
     parser.add_argument("--work", default="/tmp/tuneboard-bench")
     parser.add_argument("--out", help="write the results as JSON here too")
+    parser.add_argument("--probe", help="instead of timing, run bench/gpu_memory_probe.py on each engine case and "
+                                        "write its findings into this folder")
     args = parser.parse_args()
 
     import torch
@@ -116,6 +161,13 @@ def main() -> None:
         write_data(data["short"], rows=6000, words=(100, 400))   # many examples per 2048-token block
         write_data(data["long"], rows=1200, words=(700, 1000), seed=1)  # near max_length: padding stays small
     device = torch.cuda.get_device_name(0)
+    if args.probe:
+        out_dir = Path(args.probe)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in args.cases.split(","):
+            found = probe_case(name, str(model_dir), data, args.steps, work, out_dir)
+            print(json.dumps(found, default=str), flush=True)
+        return
     results = []
     for name in args.cases.split(","):
         result = run_case(name, str(model_dir), data, args.steps, args.skip, work)
@@ -123,21 +175,29 @@ def main() -> None:
             result["mfu"] = 6 * n_params * result["tokens_per_s"] / H100_BF16_DENSE
         results.append(result)
         print(json.dumps(result), flush=True)
-    by = {r["case"]: r for r in results if "tokens_per_s" in r}
+        if args.out:  # after every case: a call cut short keeps what it measured
+            Path(args.out).write_text(json.dumps({"device": device, "n_params": n_params, "results": results}))
+    by: dict[str, dict] = {}  # a case run more than once (interleaved repeats): the mean of its runs
+    for name in dict.fromkeys(r["case"] for r in results if "tokens_per_s" in r):
+        runs = [r for r in results if r["case"] == name and "tokens_per_s" in r]
+        by[name] = {k: sum(r[k] for r in runs) / len(runs) for k in ("tokens_per_s", "peak_vram_gib")}
     print(f"\n{device}, model {n_params / 1e9:.2f}B params, {args.steps} steps, first {args.skip} left out")
-    print(f"{'case':16} {'tokens/s':>10} {'peak GiB':>9} {'MFU':>6}")
+    print(f"{'case':16} {'tokens/s':>10} {'median step':>12} {'peak GiB':>9} {'MFU':>6}")
     for r in results:
         if "tokens_per_s" in r:
-            print(f"{r['case']:16} {r['tokens_per_s']:10.0f} {r['peak_vram_gib']:9.2f} {r['mfu']:6.1%}")
+            print(f"{r['case']:16} {r['tokens_per_s']:10.0f} {r['median_step_tokens_per_s']:12.0f} "
+                  f"{r['peak_vram_gib']:9.2f} {r['mfu']:6.1%}")
         else:
             print(f"{r['case']:16} ERROR {str(r['error'])[:300]}")
     for prefix in ("lora16", "qlora"):
-        u, b, h = by.get(f"{prefix}_unsloth"), by.get(f"{prefix}_bare"), by.get(f"{prefix}_hf")
+        u, b = by.get(f"{prefix}_unsloth"), by.get(f"{prefix}_bare")
         if u and b:
             print(f"{prefix}: engine/bare unsloth = {u['tokens_per_s'] / b['tokens_per_s']:.3f}")
-        if u and h:
-            print(f"{prefix}: unsloth/hf speed = {u['tokens_per_s'] / h['tokens_per_s']:.2f}x, "
-                  f"VRAM = {u['peak_vram_gib'] / h['peak_vram_gib']:.0%}")
+        for hf_case in (f"{prefix}_hf", f"{prefix}_hf_before"):
+            h = by.get(hf_case)
+            if u and h:
+                print(f"{prefix}: unsloth/{hf_case.removeprefix(prefix + '_')} speed = "
+                      f"{u['tokens_per_s'] / h['tokens_per_s']:.2f}x, VRAM = {u['peak_vram_gib'] / h['peak_vram_gib']:.0%}")
     if args.out:
         Path(args.out).write_text(json.dumps({"device": device, "n_params": n_params, "results": results}, indent=1))
 

@@ -80,7 +80,7 @@ def lora_config(config: TrainConfig):
 
 def load_hf(config: TrainConfig, dtype):
     import torch
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     kwargs = {"dtype": dtype}
@@ -94,11 +94,35 @@ def load_hf(config: TrainConfig, dtype):
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if config.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    # No peft.prepare_model_for_kbit_training: it casts every non-4-bit weight (embeddings, the tied lm_head, norms)
+    # to float32, 0.5 GiB more for a 1B model with a 128k vocabulary, and a different computation from the unsloth backend,
+    # which keeps them in the compute dtype. TRL's own QLoRA path leaves them as loaded too; it makes the inputs
+    # require grad for gradient checkpointing itself (SFTTrainer: enable_input_require_grads).
     torch.manual_seed(config.random_state)
     model = get_peft_model(model, lora_config(config))
     return model, tokenizer
+
+
+def keep_adapters_float32(model) -> int:
+    """Cast trainable weights that TRL's SFTTrainer put in bfloat16 back to float32; returns how many it cast.
+
+    For a quantized model, SFTTrainer.__init__ casts every trainable parameter to bfloat16 (the QLoRA paper's
+    choice). The unsloth backend's trainer removes that cast, and the hf backend keeps float32 adapters in 16-bit
+    training, so without this the same QLoRA config would train bfloat16 master weights on the hf backend only
+    (updates smaller than bfloat16's 8-bit mantissa resolves would round away, and fp16 runs break GradScaler).
+    Call it after the trainer is built and before train() creates the optimizer.
+    """
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not (getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)):
+        return 0
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
+            param.data = param.data.to(torch.float32)
+            cast += 1
+    return cast
 
 
 def load(config: TrainConfig, backend: str, dtype):

@@ -5,7 +5,9 @@ Schema (v = 1). Every event has: v, type, time (unix seconds, float).
               lora_scale, tokens_per_step, devices), versions {library: version}, backend, device (name),
               dtype (in effect), trainable_params, total_params, trainable_bias_params, lora_scale (read from a
               LoRA layer), train_examples, eval_examples, resumed_from_step
-- metrics:    step, epoch, tokens_seen, loss, grad_norm, learning_rate, tokens_per_s, peak_vram_bytes
+- metrics:    step, epoch, tokens_seen, loss, grad_norm, learning_rate, tokens_per_s, peak_vram_bytes,
+              padding_share (of the training batches' token slots since this process started, the share that
+              held padding: 0 when packed; null before the first batch)
 - eval:       step, epoch, eval_loss
 - sample:     step, prompt, completion
 - warning:    code, field, message

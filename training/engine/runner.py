@@ -103,7 +103,35 @@ def sft_config(config: TrainConfig, fmt: str, dtype, has_eval: bool):
     return SFTConfig(**kwargs)
 
 
-def _event_callback(sink: EventSink, stop: StopRequest, model, tokenizer, config: TrainConfig, state_box: dict):
+def _count_batch_slots(trainer, slots: dict) -> None:
+    """Count the token slots of every training batch as it is collated: slots["seen"] (padding included) and
+    slots["real"] (attention mask set; all of them in a padding-free packed batch). Their ratio tells how much of
+    the compute goes to padding. Eval batches are not counted."""
+    make_loader = trainer.get_train_dataloader
+
+    def get_train_dataloader(*args, **kwargs):
+        loader = make_loader(*args, **kwargs)
+        # accelerate's prepared loader iterates the DataLoader it wraps (base_dataloader), with that one's collate_fn
+        inner = getattr(loader, "base_dataloader", loader)
+        collate = inner.collate_fn
+
+        def counting_collate(features):
+            batch = collate(features)
+            ids = batch.get("input_ids") if hasattr(batch, "get") else None
+            if ids is not None:
+                mask = batch.get("attention_mask")
+                slots["seen"] += int(ids.numel())
+                slots["real"] += int(mask.sum()) if mask is not None else int(ids.numel())
+            return batch
+
+        inner.collate_fn = counting_collate
+        return loader
+
+    trainer.get_train_dataloader = get_train_dataloader
+
+
+def _event_callback(sink: EventSink, stop: StopRequest, model, tokenizer, config: TrainConfig, state_box: dict,
+                    slots: dict):
     import torch
     from transformers import TrainerCallback
 
@@ -135,6 +163,7 @@ def _event_callback(sink: EventSink, stop: StopRequest, model, tokenizer, config
                     "metrics", step=state.global_step, epoch=logs.get("epoch", state.epoch), tokens_seen=tokens,
                     loss=float(logs["loss"]), grad_norm=_float(logs.get("grad_norm")),
                     learning_rate=_float(logs.get("learning_rate")), tokens_per_s=rate,
+                    padding_share=_padding_share(slots["real"], slots["seen"]),
                     peak_vram_bytes=torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
                 )
             if "eval_loss" in logs:
@@ -153,6 +182,13 @@ def _event_callback(sink: EventSink, stop: StopRequest, model, tokenizer, config
 
 def _float(value):
     return None if value is None else float(value)
+
+
+def _padding_share(real: int, slots: int) -> float | None:
+    """The share of the batches' token slots that held padding, this session so far (None before a batch)."""
+    if slots <= 0:
+        return None
+    return min(max(1.0 - real / slots, 0.0), 1.0)
 
 
 def _emit_samples(sink: EventSink, model, tokenizer, config: TrainConfig, step: int) -> None:
@@ -246,7 +282,11 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
         args = sft_config(config, fmt, dtype, evaluation is not None)
         trainer = trainer_class(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                              processing_class=tokenizer)
-        trainer.add_callback(_event_callback(sink, stop, model, tokenizer, config, state_box))
+        if backend == "hf":
+            backends.keep_adapters_float32(trainer.model)  # as the unsloth backend trains them
+        slots = {"seen": 0, "real": 0}
+        _count_batch_slots(trainer, slots)
+        trainer.add_callback(_event_callback(sink, stop, model, tokenizer, config, state_box, slots))
         # Count what the trainer will iterate: after packing, rows are blocks of max_length, not examples.
         derived = derive(config, num_examples=len(trainer.train_dataset)).as_dict()
         loftq_applied = config.loftq_config is not None and _has_loftq(model)

@@ -183,3 +183,17 @@ def test_packing_produces_full_length_blocks(tiny_llama, data_dir, tmp_path):
         len(r["input_ids"]) for r in unpacked.train_dataset)  # nothing dropped
     # Best-fit decreasing packs whole examples: every block but the last is filled to at least 90% on average.
     assert max(lengths) <= 128 and sum(lengths[:-1]) / len(lengths[:-1]) >= 0.9 * 128, lengths
+
+
+def test_hf_keeps_float32_adapters_where_trl_casts_a_quantized_models_to_bfloat16(tiny_llama, data_dir, tmp_path):
+    model, _ = backends.load(make(tiny_llama, data_dir, tmp_path), "hf", torch.float32)
+    frozen = {n: p.dtype for n, p in model.named_parameters() if not p.requires_grad}
+    assert backends.keep_adapters_float32(model) == 0  # not quantized: TRL casts nothing, nothing to undo
+    # What SFTTrainer.__init__ does to a 4-bit model's trainable weights (bitsandbytes needs a GPU: mimic its flag).
+    model.get_base_model().is_loaded_in_4bit = True
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.to(torch.bfloat16)
+    assert backends.keep_adapters_float32(model) > 0
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    assert {n: p.dtype for n, p in model.named_parameters() if not p.requires_grad} == frozen
