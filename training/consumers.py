@@ -1,4 +1,5 @@
-"""The run page's websocket: replay of everything stored, then the run's live messages, each point once."""
+"""The websockets: a run page's (replay of everything stored, then the run's live messages, each point once) and
+the run list's (each row's status, progress, queue position and findings as they change)."""
 from __future__ import annotations
 
 import json
@@ -10,20 +11,47 @@ from django.http import Http404
 
 from training import selectors
 from training.findings import finding_dict
-from training.live import json_safe, run_group
+from training.live import json_safe, run_group, team_runs_group
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404  # also for another team's run: the two must look the same
-ALLOWED = [{"type": "replay", "after_step": "integer >= 0: the last step the page already has (0 for none)",
-            "after_seq": "optional integer >= 0: the last event seq the page already has"}]
+# A run list page shows at most this many rows (RUNS_PER_PAGE is 50).
+WATCH_MAX_RUNS = 200
 
 
-class RunConsumer(AsyncJsonWebsocketConsumer):
+class JsonRequests(AsyncJsonWebsocketConsumer):
+    """Text frames holding JSON objects only; anything else is answered with an error naming what is allowed."""
+
+    ALLOWED: list[dict[str, str]] = []
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None:
+            await self.error("send text frames holding JSON")
+            return
+        try:
+            content = json.loads(text_data)
+        except json.JSONDecodeError as exc:
+            await self.error(f"not JSON: {exc}")
+            return
+        await self.receive_json(content)
+
+    async def error(self, message: str) -> None:
+        await self.send_json({"type": "error", "error": message, "allowed": self.ALLOWED})
+
+    def user_or_none(self):
+        user = self.scope.get("user")
+        return user if user is not None and user.is_authenticated else None
+
+
+class RunConsumer(JsonRequests):
     """Reads only: the worker writes the database and the group; this forwards what the user may see."""
 
+    ALLOWED = [{"type": "replay", "after_step": "integer >= 0: the last step the page already has (0 for none)",
+                "after_seq": "optional integer >= 0: the last event seq the page already has"}]
+
     async def connect(self) -> None:
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
+        user = self.user_or_none()
+        if user is None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         try:
@@ -45,17 +73,6 @@ class RunConsumer(AsyncJsonWebsocketConsumer):
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if text_data is None:
-            await self.error("send text frames holding JSON")
-            return
-        try:
-            content = json.loads(text_data)
-        except json.JSONDecodeError as exc:
-            await self.error(f"not JSON: {exc}")
-            return
-        await self.receive_json(content)
-
     async def receive_json(self, content: Any, **kwargs) -> None:
         if not isinstance(content, dict) or content.get("type") != "replay":
             kind = content.get("type") if isinstance(content, dict) else type(content).__name__
@@ -67,9 +84,6 @@ class RunConsumer(AsyncJsonWebsocketConsumer):
             await self.error(after_step if isinstance(after_step, str) else after_seq)
             return
         await self.replay(after_step=after_step, after_seq=after_seq or 0)
-
-    async def error(self, message: str) -> None:
-        await self.send_json({"type": "error", "error": message, "allowed": ALLOWED})
 
     async def replay(self, *, after_step: int, after_seq: int) -> None:
         """Stored points after after_step in chunks, then events, samples, status and log tail."""
@@ -106,10 +120,15 @@ class RunConsumer(AsyncJsonWebsocketConsumer):
         if not self.replayed:
             return
         kind = body["type"]
-        if kind == "point":
-            if body["step"] <= self.sent_step[body["kind"]]:
+        if kind == "points":
+            fresh = []
+            for point in body["points"]:
+                if point["step"] > self.sent_step[point["kind"]]:
+                    self.sent_step[point["kind"]] = point["step"]
+                    fresh.append(point)
+            if not fresh:
                 return
-            self.sent_step[body["kind"]] = body["step"]
+            body = {**body, "points": fresh}
         elif kind == "event":
             if body["seq"] <= self.sent_seq:
                 return
@@ -119,6 +138,45 @@ class RunConsumer(AsyncJsonWebsocketConsumer):
                 return
             self.sent_samples.add(body["id"])
         await self.send_json(body)
+
+
+class RunListConsumer(JsonRequests):
+    """The run list: the rows of the user's teams' runs as the worker changes them. `watch` first answers the rows
+    the page shows as they are now, so a change between the page's render and the socket's join is not missed."""
+
+    ALLOWED = [{"type": "watch", "runs": f"list of at most {WATCH_MAX_RUNS} run ids: the rows the page shows"}]
+
+    async def connect(self) -> None:
+        user = self.user_or_none()
+        if user is None:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.team_ids = await database_sync_to_async(selectors.team_ids_for)(user)
+        self.groups_joined = [team_runs_group(team_id) for team_id in self.team_ids]
+        for group in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        for group in getattr(self, "groups_joined", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def receive_json(self, content: Any, **kwargs) -> None:
+        if not isinstance(content, dict) or content.get("type") != "watch":
+            kind = content.get("type") if isinstance(content, dict) else type(content).__name__
+            await self.error(f"unknown message {kind!r}")
+            return
+        runs = content.get("runs")
+        if (not isinstance(runs, list) or len(runs) > WATCH_MAX_RUNS
+                or not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in runs)):
+            await self.error(f"runs must be a list of at most {WATCH_MAX_RUNS} run ids (integers > 0), not {runs!r}")
+            return
+        rows = await database_sync_to_async(selectors.run_rows)(runs, team_ids=self.team_ids)
+        await self.send_json({"type": "rows", "rows": json_safe(rows)})
+
+    async def run_row(self, message: dict) -> None:
+        """A run's row from the worker or the web app (training.live.send_run_row)."""
+        await self.send_json({"type": "row", "row": message["row"]})
 
 
 def _count(content: dict, key: str, *, required: bool) -> int | str | None:

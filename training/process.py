@@ -67,17 +67,28 @@ class TrainingProcess:
                 with self._stderr_lock:
                     self._stderr.append(line)
 
-    def lines(self, *, timeout: float) -> Iterator[str | None]:
-        """stdout lines until the process closes it; None whenever `timeout` passes with no line."""
+    def batches(self, *, timeout: float, limit: int = 1000) -> Iterator[list[str]]:
+        """stdout lines until the process closes it: each batch is every line waiting (up to `limit`), at least
+        one; an empty batch whenever `timeout` passes with no line."""
         while True:
             try:
                 line = self._stdout.get(timeout=timeout)
             except queue.Empty:
-                yield None
+                yield []
                 continue
+            batch: list[str] = []
+            while line is not None:
+                batch.append(line)
+                if len(batch) >= limit:
+                    break
+                try:
+                    line = self._stdout.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                yield batch
             if line is None:
                 return
-            yield line
 
     def take_stderr(self) -> list[str]:
         """The stderr lines written since the last call."""

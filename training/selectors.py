@@ -84,21 +84,39 @@ def _count(queryset: QuerySet, group: str) -> Subquery:
     return Subquery(queryset.order_by().values(group).annotate(n=Count("id")).values("n"), output_field=IntegerField())
 
 
-def run_list_for(user: User, *, team: Team | None = None) -> QuerySet[Run]:
-    """Runs newest first, with finding_count and, for queued runs, queue_position (1 = next on its queue)."""
+def _with_list_columns(runs: QuerySet[Run]) -> QuerySet[Run]:
+    """finding_count and, for queued runs, queue_position (1 = next on its queue)."""
     ahead = Run.objects.filter(status=Run.Status.QUEUED, queue=OuterRef("queue"), id__lt=OuterRef("id"))
-    runs = (
-        Run.objects.filter(team_id__in=team_ids_for(user))
-        .select_related("team", "dataset", "preset", "worker")
-        .annotate(
-            queue_position=Case(
-                When(status=Run.Status.QUEUED, then=Coalesce(_count(ahead, "queue"), Value(0)) + 1),
-                default=None, output_field=IntegerField(),
-            ),
-            finding_count=Coalesce(_count(Finding.objects.filter(run=OuterRef("pk")), "run"), Value(0)),
-        )
+    return runs.annotate(
+        queue_position=Case(
+            When(status=Run.Status.QUEUED, then=Coalesce(_count(ahead, "queue"), Value(0)) + 1),
+            default=None, output_field=IntegerField(),
+        ),
+        finding_count=Coalesce(_count(Finding.objects.filter(run=OuterRef("pk")), "run"), Value(0)),
     )
+
+
+def run_list_for(user: User, *, team: Team | None = None) -> QuerySet[Run]:
+    """Runs newest first, with finding_count and queue_position."""
+    runs = _with_list_columns(Run.objects.filter(team_id__in=team_ids_for(user))
+                              .select_related("team", "dataset", "preset", "worker"))
     return runs.filter(team=team) if team is not None else runs
+
+
+def run_row_dict(run: Run) -> dict[str, Any]:
+    """The live columns of the run list's row (run from _with_list_columns): status, progress, queue, findings."""
+    return {"id": run.id, "status": run.status, "status_display": run.get_status_display(),
+            "is_terminal": run.is_terminal, "last_step": run.last_step, "total_steps": run.total_steps,
+            "progress": run.progress, "queue": run.queue, "queue_position": run.queue_position,
+            "finding_count": run.finding_count}
+
+
+def run_rows(run_ids: Iterable[int], *, team_ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
+    """run_row_dict of these runs (only those of team_ids, when given), in one query."""
+    runs = Run.objects.filter(id__in=list(run_ids))
+    if team_ids is not None:
+        runs = runs.filter(team_id__in=list(team_ids))
+    return [run_row_dict(run) for run in _with_list_columns(runs).order_by("id")]
 
 
 def run_queue_position(run: Run) -> int | None:

@@ -451,6 +451,7 @@ def _enqueue(run: Run) -> None:
                     error_class=type(exc).__name__, error=f"the task queue (Redis) did not take the run: {exc}")
         return
     Run.objects.filter(id=run.id).update(celery_task_id=result.id)
+    live.send_run_row(run)  # teammates' run lists show it
 
 
 # Runs: lifecycle (the only code that changes Run.status) --------------------------------------------------------
@@ -464,6 +465,7 @@ def _transition(run: Run, *, to: str, allowed_from: Iterable[str], **fields: Any
         return False
     if changed:
         live.send_run_message(run.id, "status", run_status_dict(run))
+        live.send_run_row(run)
     return bool(changed)
 
 
@@ -478,6 +480,7 @@ def run_claim(*, run_id: int, worker_name: str, task_id: str = "") -> Run | None
         Worker.objects.filter(id=worker.id).update(current_run_id=run_id)
     run = Run.objects.select_related("worker").get(id=run_id)
     live.send_run_message(run.id, "status", run_status_dict(run))
+    live.send_run_row(run)
     return run
 
 
@@ -561,6 +564,7 @@ class RunRecorder:
     """Persists one run's engine events in order, then sends each to the browsers; keeps its stderr tail."""
 
     LOG_FLUSH_S = 1.0
+    ROW_EVERY_S = 1.0  # the run lists' progress bar moves at most this often (status and findings: at once)
 
     def __init__(self, run: Run):
         self.run = run
@@ -569,43 +573,63 @@ class RunRecorder:
         self.log_tail: deque[str] = deque(run.log_tail.splitlines(), maxlen=settings.TUNEBOARD_LOG_TAIL_LINES)
         self._log_dirty = False
         self._log_flushed_at = 0.0
+        self._row_sent_at = 0.0
         self.findings = RunWatcher(run)
 
     def record(self, event: dict) -> None:
-        kind = event.get("type")
-        if kind == "metrics":
-            self._point(event, MetricPoint.METRICS_FIELDS, "metrics")
-        elif kind == "eval":
-            self._point(event, MetricPoint.EVAL_FIELDS, "eval")
-        elif kind == "sample":
-            self._sample(event)
-        else:
-            self._event(event)
-        try:
-            self.findings.feed(event)  # after the event is stored: a finding's page shows the point it cites
-        except Exception:  # noqa: BLE001 - a detector's bug must not end a training run
-            log.exception("run %s: symptom detectors failed on a %s event", self.run.id, kind)
+        self.record_many([event])
 
-    def _point(self, event: dict, fields: tuple[str, ...], kind: str) -> None:
-        step = int(event["step"])
-        values = {
-            "epoch": parse_float(event.get("epoch")),
-            "tokens_seen": _int_or_none(event.get("tokens_seen")),
-            "loss": parse_float(event.get("loss")),
-            "eval_loss": parse_float(event.get("eval_loss")),
-            "grad_norm": parse_float(event.get("grad_norm")),
-            "learning_rate": parse_float(event.get("learning_rate")),
-            "tokens_per_s": parse_float(event.get("tokens_per_s")),
-            "peak_vram_bytes": _int_or_none(event.get("peak_vram_bytes")),
-            "time": _event_time(event),
-        }
-        carried = {f: values[f] for f in fields}
-        MetricPoint.objects.bulk_create([MetricPoint(run_id=self.run.id, step=step, **carried)],
-                                        update_conflicts=True, unique_fields=["run", "step"], update_fields=list(fields))
-        if kind == "metrics":
-            Run.objects.filter(id=self.run.id).update(last_step=step)
-        payload = {f: v for f, v in carried.items() if f != "time"}
-        live.send_run_message(self.run.id, "point", {"kind": kind, "step": step, **payload})
+    def record_many(self, events: list[dict]) -> None:
+        """Record events in their order; the metric points among them are written and sent in batches.
+
+        The worker hands over every line the engine wrote since it last looked: at a few points a second that is
+        one event, under load it is many, and then one upsert and one group message carry them all.
+        """
+        points: list[dict] = []
+        for event in events:
+            if event.get("type") in ("metrics", "eval"):
+                points.append(event)
+                continue
+            self._points(points)
+            points = []
+            if event.get("type") == "sample":
+                self._sample(event)
+            else:
+                self._event(event)
+            self._watch([event])
+        self._points(points)
+
+    def _watch(self, events: list[dict]) -> None:
+        for event in events:
+            try:
+                self.findings.feed(event)  # after the event is stored: a finding's page shows the point it cites
+            except Exception:  # noqa: BLE001 - a detector's bug must not end a training run
+                log.exception("run %s: symptom detectors failed on a %s event", self.run.id, event.get("type"))
+
+    def _points(self, events: list[dict]) -> None:
+        """Upsert the points (one statement per kind: eval must not erase a step's metrics), then send them."""
+        if not events:
+            return
+        by_kind: dict[str, dict[int, dict]] = {"metrics": {}, "eval": {}}
+        for event in events:
+            by_kind[event["type"]][int(event["step"])] = event  # a step sent twice in a batch: the last wins
+        sent = []
+        for kind, fields in (("metrics", MetricPoint.METRICS_FIELDS), ("eval", MetricPoint.EVAL_FIELDS)):
+            rows = [{"step": step, **{f: v for f, v in _point_values(event).items() if f in fields}}
+                    for step, event in by_kind[kind].items()]
+            if not rows:
+                continue
+            MetricPoint.objects.bulk_create([MetricPoint(run_id=self.run.id, **row) for row in rows],
+                                            update_conflicts=True, unique_fields=["run", "step"],
+                                            update_fields=list(fields))
+            sent += [{"kind": kind, **{f: v for f, v in row.items() if f != "time"}} for row in rows]
+        if by_kind["metrics"]:
+            Run.objects.filter(id=self.run.id).update(last_step=max(by_kind["metrics"]))
+        live.send_run_message(self.run.id, "points", {"points": sent})
+        if time.monotonic() - self._row_sent_at >= self.ROW_EVERY_S:
+            live.send_run_row(self.run)
+            self._row_sent_at = time.monotonic()
+        self._watch(events)
 
     def _sample(self, event: dict) -> None:
         sample = Sample.objects.create(run_id=self.run.id, step=int(event.get("step") or 0),
@@ -671,6 +695,20 @@ class RunRecorder:
         live.send_run_message(self.run.id, "log", {"tail": tail})
         self._log_dirty = False
         self._log_flushed_at = now
+
+
+def _point_values(event: dict) -> dict[str, Any]:
+    return {
+        "epoch": parse_float(event.get("epoch")),
+        "tokens_seen": _int_or_none(event.get("tokens_seen")),
+        "loss": parse_float(event.get("loss")),
+        "eval_loss": parse_float(event.get("eval_loss")),
+        "grad_norm": parse_float(event.get("grad_norm")),
+        "learning_rate": parse_float(event.get("learning_rate")),
+        "tokens_per_s": parse_float(event.get("tokens_per_s")),
+        "peak_vram_bytes": _int_or_none(event.get("peak_vram_bytes")),
+        "time": _event_time(event),
+    }
 
 
 def _check_dataset_unchanged(run: Run) -> None:
@@ -741,13 +779,15 @@ def _run_follow(run: Run, process: TrainingProcess, recorder: RunRecorder) -> No
     last_poll = 0.0
     stop_sent_at: float | None = None
     killed_for_stop = False
-    for line in process.lines(timeout=poll_s):
-        if line is not None:
+    for lines in process.batches(timeout=poll_s):
+        events = []
+        for line in lines:
             event = _parse_event(line)
             if event is None:
                 recorder.add_log_lines([f"[stdout] {line}"])
             else:
-                recorder.record(event)
+                events.append(event)
+        recorder.record_many(events)
         recorder.add_log_lines(process.take_stderr())
         recorder.flush_log()
         now = time.monotonic()

@@ -1,4 +1,6 @@
 // The Compare page: overlaid charts asked from the server per metric (again on every zoom), live runs appended.
+import { CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, openLive } from "./live_socket.js";
+
 const data = JSON.parse(document.getElementById("compare-data").textContent);
 
 const COLORS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d",
@@ -275,46 +277,42 @@ function addFinding(runId, finding) {
   if (cell) cell.textContent = String(list.querySelectorAll("[data-finding]").length);
 }
 
-function connect(run) {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const socket = new WebSocket(`${scheme}://${location.host}${run.ws}`);
-  const entry = { socket, live: true, retryMs: 1000 };
+function follow(run) {
+  const entry = { live: true };
   sockets.set(run.id, entry);
-  socket.addEventListener("open", () => {
-    entry.retryMs = 1000;
-    // the last step drawn for this run on any chart (eval points are sparser than training ones)
-    const drawn = Math.max(0, ...METRICS.map((m) => (tails.get(m).get(run.id) || { lastStep: 0 }).lastStep));
-    socket.send(JSON.stringify({ type: "replay", after_step: drawn }));
-  });
-  socket.addEventListener("message", (event) => {
-    const message = JSON.parse(event.data);
-    if (message.type === "replay") {
-      message.points.forEach((point) => addPoint(run.id, point));
-    } else if (message.type === "point") {
-      addPoint(run.id, message);
-    }
-    if (message.type === "finding") {
-      addFinding(run.id, message);
-    } else if (message.type === "replay" && message.done) {
-      message.findings.forEach((finding) => addFinding(run.id, finding));
-    }
-    const status = message.type === "status" ? message : (message.type === "replay" && message.done && message.status);
-    if (status) {
-      const badge = document.getElementById(`status-${run.id}`);
-      badge.textContent = status.status.charAt(0).toUpperCase() + status.status.slice(1);
-      badge.className = `status status-${status.status}`;
-      if (status.is_terminal) entry.live = false;
-    }
-    setLiveState();
-  });
-  socket.addEventListener("close", (event) => {
-    if (!entry.live || event.code === 4401 || event.code === 4404) {
-      entry.live = false;
+  openLive(run.ws, {
+    onOpen: (socket) => {
+      // the last step drawn for this run on any chart (eval points are sparser than training ones), asked for
+      // again: its eval point follows its metrics point and may be what a dropped connection lost
+      const drawn = Math.max(0, ...METRICS.map((m) => (tails.get(m).get(run.id) || { lastStep: 0 }).lastStep));
+      socket.send(JSON.stringify({ type: "replay", after_step: Math.max(drawn - 1, 0) }));
+    },
+    onMessage: (message) => {
+      if (message.type === "replay" || message.type === "points") {
+        message.points.forEach((point) => addPoint(run.id, point));
+      }
+      if (message.type === "finding") {
+        addFinding(run.id, message);
+      } else if (message.type === "replay" && message.done) {
+        message.findings.forEach((finding) => addFinding(run.id, finding));
+      }
+      const status = message.type === "status" ? message : (message.type === "replay" && message.done && message.status);
+      if (status) {
+        const badge = document.getElementById(`status-${run.id}`);
+        badge.textContent = status.status.charAt(0).toUpperCase() + status.status.slice(1);
+        badge.className = `status status-${status.status}`;
+        if (status.is_terminal) entry.live = false;
+      }
       setLiveState();
-      return;
-    }
-    setTimeout(() => connect(run), entry.retryMs);
-    entry.retryMs = Math.min(entry.retryMs * 2, 10000);
+    },
+    onClose: (code) => {
+      if (!entry.live || code === CLOSE_UNAUTHENTICATED || code === CLOSE_NOT_FOUND) {
+        entry.live = false;
+        setLiveState();
+        return false;
+      }
+      return true;
+    },
   });
 }
 
@@ -375,4 +373,4 @@ document.getElementById("scatter-param").addEventListener("change", drawScatter)
 document.getElementById("scatter-outcome").addEventListener("change", drawScatter);
 
 drawScatter();
-loadAll().then(() => runs.filter((run) => run.live).forEach(connect));
+loadAll().then(() => runs.filter((run) => run.live).forEach(follow));

@@ -1,4 +1,6 @@
 // The run page: live Plotly charts and status over the run's websocket (replay from the database, then live points).
+import { CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, openLive } from "./live_socket.js";
+
 const data = JSON.parse(document.getElementById("run-data").textContent);
 
 const STATUS_LABELS = {
@@ -27,7 +29,7 @@ for (const chart of CHARTS) {
     series.set(trace.key, { chart, index, scale: trace.scale || 1, seen: new Set(), lastStep: -1, pending: [] });
   });
 }
-let lastStep = 0; // the highest step received: a reconnect asks for what came after it
+let lastStep = 0; // the highest step received: a reconnect asks for it again and what came after it
 let lastSeq = 0; // the highest event seq received
 let lastLossStep = 0; // the highest training step drawn: a status sent a moment ago may be a step behind it
 let firstReplay = true;
@@ -320,8 +322,6 @@ document.getElementById("log").addEventListener("scroll", (event) => {
 
 // The websocket --------------------------------------------------------------------------------------------
 
-let retryMs = 1000;
-
 function setLiveState(text, state) {
   const el = document.getElementById("live-state");
   el.textContent = text;
@@ -348,8 +348,8 @@ function handle(message) {
         setLiveState(message.status.is_terminal ? "ended" : "live", message.status.is_terminal ? "ended" : "live");
       }
       break;
-    case "point":
-      addRow(message);
+    case "points":
+      message.points.forEach(addRow);
       break;
     case "event":
       addEvent(message);
@@ -375,28 +375,23 @@ function handle(message) {
   }
 }
 
-function connect() {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const socket = new WebSocket(`${scheme}://${location.host}${data.ws}`);
-  socket.addEventListener("open", () => {
-    retryMs = 1000;
-    socket.send(JSON.stringify({ type: "replay", after_step: lastStep, after_seq: lastSeq }));
-  });
-  socket.addEventListener("message", (event) => handle(JSON.parse(event.data)));
-  socket.addEventListener("close", (event) => {
-    if (event.code === 4401) {
+initCharts();
+openLive(data.ws, {
+  // From the last step again: its eval point follows its metrics point, and the connection may have dropped between
+  // them (each series draws a step once, so what the page has is not drawn twice).
+  onOpen: (socket) => socket.send(JSON.stringify({
+    type: "replay", after_step: Math.max(lastStep - 1, 0), after_seq: lastSeq })),
+  onMessage: handle,
+  onClose: (code) => {
+    if (code === CLOSE_UNAUTHENTICATED) {
       setLiveState("logged out: reload to log in", "error");
-      return;
+      return false;
     }
-    if (event.code === 4404) {
+    if (code === CLOSE_NOT_FOUND) {
       setLiveState("run not found", "error");
-      return;
+      return false;
     }
     setLiveState("reconnecting…", "reconnecting");
-    setTimeout(connect, retryMs);
-    retryMs = Math.min(retryMs * 2, 10000);
-  });
-}
-
-initCharts();
-connect();
+    return true;
+  },
+});

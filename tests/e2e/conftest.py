@@ -53,9 +53,11 @@ def service_env() -> dict[str, str]:
 
 
 class WebServer:
-    """daphne serving dashboard.asgi on a free port; restartable on the same port (a dropped connection)."""
+    """daphne serving dashboard.asgi on a free port; restartable on the same port (a dropped connection); `env`
+    overrides its environment (another Redis, say)."""
 
-    def __init__(self, log: Path):
+    def __init__(self, log: Path, env: dict[str, str] | None = None):
+        self.env = env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -64,7 +66,7 @@ class WebServer:
     def start(self, timeout: float = 60) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "dashboard.asgi:application"],
-            cwd=ROOT, env=service_env(), stdout=self.log.open("a"), stderr=subprocess.STDOUT)
+            cwd=ROOT, env={**service_env(), **self.env}, stdout=self.log.open("a"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -42,8 +42,10 @@ class WorkerProcess:
         return self.log.read_text(errors="replace")[-5000:]
 
 
-def start_worker(*, queue: str, name: str, log: Path, timeout: float = 60) -> WorkerProcess:
-    """A real `celery worker` process (solo pool, like the gpu worker) on this session's test database."""
+def start_worker(*, queue: str, name: str, log: Path, timeout: float = 60, env: dict[str, str] | None = None
+                 ) -> WorkerProcess:
+    """A real `celery worker` process (solo pool, like the gpu worker) on this session's test database; `env`
+    overrides its environment (another Redis, say)."""
     db = connection.settings_dict
     env = {
         **os.environ,
@@ -57,6 +59,7 @@ def start_worker(*, queue: str, name: str, log: Path, timeout: float = 60) -> Wo
         "TUNEBOARD_STOP_KILL_AFTER_S": "10",
         # Two sessions' trainings share the CPU cores under xdist: one thread each, not two fighting over two.
         "OMP_NUM_THREADS": "1",
+        **(env or {}),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "-Q", queue, "-n", name, "--pool", "solo",
@@ -128,13 +131,15 @@ def session_cookie(user) -> str:
     return client.cookies[settings.SESSION_COOKIE_NAME].value
 
 
-def communicator(run_id: int, cookie: str | None) -> WebsocketCommunicator:
+def communicator(run_id: int | None, cookie: str | None) -> WebsocketCommunicator:
+    """A browser's websocket to a run's page, or (run_id None) to the run list."""
     from dashboard.asgi import application
 
     headers = [(b"origin", b"http://testserver")]
     if cookie:
         headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={cookie}".encode()))
-    return WebsocketCommunicator(application, f"/ws/runs/{run_id}/", headers=headers)
+    path = f"/ws/runs/{run_id}/" if run_id is not None else "/ws/runs/"
+    return WebsocketCommunicator(application, path, headers=headers)
 
 
 async def receive_until(comm: WebsocketCommunicator, stop: Callable[[dict], bool], *, timeout: float = 120) -> list:

@@ -42,6 +42,6 @@ def test_a_message_redis_cannot_take_is_reported_not_raised(settings):
         "CONFIG": {"hosts": [{"address": "redis://127.0.0.1:1/0", "socket_connect_timeout": 1}]},
     }}
     channel_layers.backends.clear()
-    assert live.send_run_message(1, "point", {"kind": "metrics", "step": 1, "loss": float("nan")}) is False
+    assert live.send_run_message(1, "points", {"points": [{"kind": "metrics", "step": 1, "loss": float("nan")}]}) is False
     with pytest.raises(ValueError, match="unknown run message type 'chart'; allowed: event, "):
         live.send_run_message(1, "chart", {})

@@ -5,19 +5,25 @@ import pytest
 
 from tests.factories import make_dataset, make_member, make_team, tiny_overrides
 from training import live, services
+from training.models import MetricPoint
 
 from .conftest import communicator, run_async, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_a_live_event_arrives_as_an_event_naming_its_kind(tmp_path):
+def quiet_run(tmp_path):
+    """A run and its member's session cookie, on a queue no worker consumes: the session's worker must not claim
+    it and send messages of its own."""
     team = make_team()
     user = make_member(team)
-    # On a queue no worker consumes: the session's worker must not claim it and send messages of its own.
     run = services.run_create(team=team, user=user, dataset=make_dataset(team, user, tmp_dir=tmp_path),
                               overrides=tiny_overrides("tiny-model"), queue=f"nobody-{uuid.uuid4().hex[:8]}")
-    cookie = session_cookie(user)
+    return run, session_cookie(user)
+
+
+def test_a_live_event_arrives_as_an_event_naming_its_kind(tmp_path):
+    run, cookie = quiet_run(tmp_path)
 
     async def watch():
         from channels.db import database_sync_to_async
@@ -39,6 +45,45 @@ def test_a_live_event_arrives_as_an_event_naming_its_kind(tmp_path):
     assert [(m["type"], m["event"], m["seq"]) for m in messages] == [("event", "checkpoint", 1), ("event", "warning", 2)]
     assert messages[0]["data"] == {"step": 5, "path": "/ckpt/checkpoint-5"}
     assert messages[1]["data"]["field"] == "bias"
+
+
+def metrics(step: int) -> dict:
+    return {"type": "metrics", "time": float(step), "step": step, "epoch": step / 10, "tokens_seen": step * 100,
+            "loss": 3.0 - step / 10, "grad_norm": 1.0, "learning_rate": 1e-4, "tokens_per_s": 9.0,
+            "peak_vram_bytes": None}
+
+
+def test_a_batch_of_points_is_one_message_split_only_by_other_events_and_nothing_replayed_comes_twice(tmp_path):
+    run, cookie = quiet_run(tmp_path)
+    recorder = services.RunRecorder(run)
+    recorder.record_many([metrics(1), metrics(2)])  # before the page opens: it gets them by replay
+
+    async def watch():
+        from channels.db import database_sync_to_async
+
+        comm = communicator(run.id, cookie)
+        assert (await comm.connect(timeout=10))[0]
+        await comm.send_json_to({"type": "replay", "after_step": 0})
+        replay = await comm.receive_json_from(timeout=10)
+        # What the worker read in one go: step 2 again (a resumed run re-logs it), then new points around an event.
+        await database_sync_to_async(recorder.record_many)([
+            metrics(2), metrics(3), {"type": "eval", "time": 3.5, "step": 3, "epoch": 0.3, "eval_loss": 2.9},
+            {"type": "checkpoint", "step": 3, "path": "/ckpt/checkpoint-3"}, metrics(4)])
+        messages = [await comm.receive_json_from(timeout=10) for _ in range(3)]
+        await comm.disconnect()
+        return replay, messages
+
+    replay, messages = run_async(watch)
+    assert [p["step"] for p in replay["points"]] == [1, 2]
+    assert [m["type"] for m in messages] == ["points", "event", "points"]
+    assert [(p["kind"], p["step"]) for p in messages[0]["points"]] == [("metrics", 3), ("eval", 3)]
+    assert messages[0]["points"][1]["eval_loss"] == 2.9 and messages[1]["event"] == "checkpoint"
+    assert [(p["kind"], p["step"]) for p in messages[2]["points"]] == [("metrics", 4)]
+    rows = {p.step: p for p in MetricPoint.objects.filter(run=run)}
+    assert sorted(rows) == [1, 2, 3, 4]
+    assert rows[3].loss == pytest.approx(2.7) and rows[3].eval_loss == 2.9  # one row per step, both kinds kept
+    run.refresh_from_db()
+    assert run.last_step == 4
 
 
 def test_a_payload_may_not_carry_its_own_type():

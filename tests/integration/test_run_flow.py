@@ -46,9 +46,13 @@ def metric_steps(messages: list[dict]) -> list[int]:
     for m in messages:
         if m["type"] == "replay":
             steps += [p["step"] for p in m["points"] if p["loss"] is not None]
-        elif m["type"] == "point" and m["kind"] == "metrics":
-            steps.append(m["step"])
+        elif m["type"] == "points":
+            steps += [p["step"] for p in m["points"] if p["kind"] == "metrics"]
     return steps
+
+
+def live_metrics(messages: list[dict]) -> list[dict]:
+    return [p for m in messages if m["type"] == "points" for p in m["points"] if p["kind"] == "metrics"]
 
 
 def test_run_trains_to_succeeded_and_a_websocket_gets_its_points_live(celery_worker, tiny_model, team_member):
@@ -68,7 +72,7 @@ def test_run_trains_to_succeeded_and_a_websocket_gets_its_points_live(celery_wor
     run = wait_terminal(run)
     assert run.status == Run.Status.SUCCEEDED, run.error
     assert steps_of(run) == list(range(1, 21))
-    live = [m for m in messages if m["type"] == "point" and m["kind"] == "metrics"]
+    live = live_metrics(messages)
     assert live, "no metric point arrived live"
     assert all(isinstance(m["loss"], float) for m in live)
     assert sorted(metric_steps(messages)) == list(range(1, 21)) == metric_steps(messages)
@@ -90,7 +94,7 @@ def test_reconnect_replays_what_was_missed_with_no_gap_or_duplicate(celery_worke
         assert (await comm.connect(timeout=10))[0]
         await comm.send_json_to({"type": "replay", "after_step": 0})
         messages = await receive_until(
-            comm, lambda m: ended(m) or (m["type"] == "point" and m["kind"] == "metrics" and m["step"] >= 5))
+            comm, lambda m: ended(m) or any(p["step"] >= 5 for p in live_metrics([m])))
         await comm.disconnect()
         return messages
 

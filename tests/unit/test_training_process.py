@@ -1,0 +1,21 @@
+"""The worker's view of a training process's stdout: every line once, in order, in batches of what is waiting."""
+import sys
+import time
+
+from training.process import TrainingProcess
+
+
+def test_lines_come_in_order_in_batches_of_what_is_waiting_up_to_the_limit(tmp_path, settings):
+    # 250 lines at once, then a pause, then one more: the reader hands over what is queued, never more than `limit`.
+    script = "import sys, time\nfor i in range(250): print(i)\nsys.stdout.flush(); time.sleep(2.0); print('last')\n"
+    process = TrainingProcess([sys.executable, "-c", script], cwd=tmp_path, stop_file=tmp_path / "STOP")
+    deadline = time.monotonic() + 10
+    while process._stdout.qsize() < 250 and time.monotonic() < deadline:  # the whole burst waits in the queue
+        time.sleep(0.05)
+    batches = list(process.batches(timeout=0.2, limit=100))
+    assert process.wait() == 0
+    lines = [line for batch in batches for line in batch]
+    assert lines == [str(i) for i in range(250)] + ["last"]
+    assert [len(b) for b in batches[:3]] == [100, 100, 50]  # the burst, in full batches
+    assert [] in batches  # the pause gave the worker its turn (stop requests, heartbeats)
+    assert batches[-1] == ["last"]
