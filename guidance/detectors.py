@@ -138,6 +138,7 @@ class RunSeries:
     grad_norm: list[float | None] = field(default_factory=list)
     learning_rate: list[float | None] = field(default_factory=list)
     tokens_per_s: list[float | None] = field(default_factory=list)
+    padding_share: list[float | None] = field(default_factory=list)  # of the batches' token slots, so far
     eval_steps: list[int] = field(default_factory=list)
     eval_loss: list[float] = field(default_factory=list)
     total_steps: int | None = None
@@ -173,6 +174,7 @@ class RunSeries:
             self.grad_norm.append(_num(event.get("grad_norm")))
             self.learning_rate.append(_num(event.get("learning_rate")))
             self.tokens_per_s.append(_num(event.get("tokens_per_s")))
+            self.padding_share.append(_num(event.get("padding_share")))
             return True
         if kind == "eval":
             step, loss = event.get("step"), _num(event.get("eval_loss"))
@@ -590,25 +592,42 @@ def detect_lr_decayed_early(s: RunSeries, th: Thresholds, start: int, eval_start
 
 @_detector("throughput_below_packed")
 def detect_throughput_below_packed(s: RunSeries, th: Thresholds, start: int, eval_start: int) -> list[Finding]:
-    """Tokens/s far below what packing would reach: short examples padded to the batch's longest (packing off)."""
-    estimate = s.packed_tokens_per_s_estimate
-    if s.config.get("packing") or not _ok(estimate) or estimate <= 0:
+    """Tokens/s far below what packing would reach: short examples padded to the batch's longest (packing off).
+
+    The packed estimate is the caller's measured one (a packed run on the same hardware) if given; otherwise the
+    run's own tokens/s scaled by its padding: packed, every token slot holds a real token, at the same time per slot
+    (attention's cost per slot grows with the sequence, so this is an optimistic estimate)."""
+    if s.config.get("packing"):
         return []
+    measured = s.packed_tokens_per_s_estimate if _ok(s.packed_tokens_per_s_estimate) else None
     for i in range(max(start, 1), len(s.steps)):
         # The first point carries the start-up time: leave it out.
-        rates = [v for v in s.tokens_per_s[max(1, i - th.window + 1):i + 1] if _ok(v)]
+        lo = max(1, i - th.window + 1)
+        rates = [v for v in s.tokens_per_s[lo:i + 1] if _ok(v)]
         if len(rates) < th.min_history:
             continue
         rate = median(rates)
+        share = None
+        if measured is not None and measured > 0:
+            estimate = measured
+        else:
+            shares = [v for v in s.padding_share[lo:i + 1] if _ok(v) and 0 <= v < 1]
+            if len(shares) < th.min_history:
+                continue
+            share = median(shares)
+            estimate = rate / (1 - share)
         if rate >= th.throughput_frac * estimate:
             continue
         step = s.steps[i]
+        why = (f"{share:.0%} of each batch's token slots are padding (a batch pads to its longest example), so "
+               if share is not None else "")
         return [_finding(
             "throughput_below_packed", "info", step, f"Throughput {rate / estimate:.0%} of the packed estimate",
-            f"The run processes {rate:,.0f} tokens/s (median of the last {len(rates)} points), "
-            f"{rate / estimate:.0%} of the {estimate:,.0f} tokens/s a packed run would reach. With short examples "
-            "most of each batch is padding: turn packing on.",
+            f"The run processes {rate:,.0f} tokens/s (median of the last {len(rates)} points); {why}"
+            f"a packed run would reach about {estimate:,.0f} tokens/s. With short examples most of each batch is "
+            "padding: turn packing on.",
             {"steps": [step], "values": [rate], "estimate": estimate, "ratio": rate / estimate,
+             "estimate_from": "padding" if share is not None else "measured packed run", "padding_share": share,
              "thresholds": th.pick("throughput_frac", "window", "min_history")},
             ["packing"])]
     return []

@@ -84,8 +84,7 @@ class RunWatcher:
         except Exception:  # noqa: BLE001 - without peers the plateau detector is silent; the run goes on
             log.exception("run %s: peer loss not computed", run.id)
             peer = None
-        # The packed-throughput estimate needs a measured packed run on the same hardware, which nothing records
-        # yet: without it the throughput detector stays silent.
+        # The packed-throughput estimate comes from the run's own padding share (its metrics events).
         self.watcher = detectors.Watcher(thresholds, peer_best_loss=peer)
         if run.resumed_from_id and run.resumed_from_step:
             try:
@@ -105,6 +104,8 @@ class RunWatcher:
             if finding is not None:
                 saved.append(finding)
                 live.send_run_message(self.run.id, "finding", finding_dict(finding))
+        if saved:
+            live.send_run_row(self.run)  # the run lists' findings count
         return saved
 
     def _save(self, found: detectors.Finding) -> Finding | None:

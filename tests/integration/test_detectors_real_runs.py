@@ -29,6 +29,10 @@ def workdir(tmp_path_factory):
         rng = random.Random(seed)
         rows = [{"text": " ".join(rng.choice(words) for _ in range(rng.randint(12, 20)))} for _ in range(8)]
         (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # Short examples with a long one in every eight: unpacked, a batch pads to its longest.
+    rng = random.Random(3)
+    rows = [{"text": " ".join(rng.choice(words) for _ in range(60 if i % 8 == 0 else 3))} for i in range(256)]
+    (d / "padded.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return d
 
 
@@ -105,3 +109,17 @@ def test_healthy_run_fires_nothing_serious(workdir):
     assert losses[-1] < losses[0] * 0.9  # it did learn
     serious = [f for f in watched(events) if f.severity != "info"]
     assert serious == []
+
+
+def test_short_examples_padded_to_the_longest_run_far_below_the_packed_estimate(workdir):
+    common = dict(train_file=str(workdir / "padded.jsonl"), max_length=128, per_device_train_batch_size=8,
+                  max_steps=12)
+    unpacked = train(workdir, "padded", packing=False, **common)
+    shares = [e["padding_share"] for e in unpacked if e["type"] == "metrics"]
+    assert all(0.5 < share < 1 for share in shares), shares
+    f = next(f for f in watched(unpacked) if f.code == "throughput_below_packed")
+    assert f.evidence["estimate_from"] == "padding" and f.evidence["ratio"] < 0.5
+    assert f.parameters == ("packing",)
+    packed = train(workdir, "packed", packing=True, **common)
+    assert {e["padding_share"] for e in packed if e["type"] == "metrics"} == {0.0}
+    assert [f for f in watched(packed) if f.code == "throughput_below_packed"] == []

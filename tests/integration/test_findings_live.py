@@ -55,5 +55,6 @@ def test_a_flat_run_with_a_bias_llama_lacks_raises_its_findings_live(celery_work
         "param": "learning_rate", "url": "/guidance/learning_rate/#impact_and_symptoms"}
     # Sent as it was seen: before the run's later points, not with the end of the run.
     position = messages.index(live[1])
-    later = [m["step"] for m in messages[position:] if m["type"] == "point" and m["kind"] == "metrics"]
+    later = [p["step"] for m in messages[position:] if m["type"] == "points" for p in m["points"]
+             if p["kind"] == "metrics"]
     assert later and min(later) > 22

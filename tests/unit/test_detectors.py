@@ -367,6 +367,32 @@ def test_throughput_near_the_estimate_or_packing_on_or_no_estimate_is_fine():
     assert detect(series(d)) == []
 
 
+def test_throughput_below_the_estimate_from_the_runs_own_padding_fires_live():
+    # No packed run to compare with: 70% of the token slots are padding, so packed would be ~3.3x as fast.
+    d = healthy(n=40)
+    stream = events(d, config={"packing": False})
+    for e in stream:
+        if e["type"] == "metrics":
+            e["padding_share"] = 0.7
+    watcher = Watcher()
+    seen = [f for e in stream for f in watcher.feed(e)]
+    f = only(seen, "throughput_below_packed")
+    assert f.evidence["estimate_from"] == "padding" and f.evidence["padding_share"] == pytest.approx(0.7)
+    assert f.evidence["ratio"] == pytest.approx(0.3)
+    assert f.evidence["estimate"] == pytest.approx(f.evidence["values"][0] / 0.3)
+    assert "70% of each batch's token slots are padding" in f.message
+    assert f.step == d["steps"][5]  # the first point left out (start-up), then min_history (5) points
+    check_links(f)
+
+
+@pytest.mark.parametrize("share, packing", [(0.3, False), (0.49, False), (0.7, True), (None, False)])
+def test_little_padding_or_packing_on_or_no_padding_figure_is_fine(share, packing):
+    d = healthy(n=40)
+    s = series(d, config={"packing": packing})
+    s.padding_share = [share] * 40
+    assert [f for f in detect(s) if f.code == "throughput_below_packed"] == []
+
+
 # ---- out of memory --------------------------------------------------------------------------------------------
 
 def failed(**fields):
