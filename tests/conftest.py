@@ -38,6 +38,28 @@ def isolated_session(tmp_path_factory):
         client.delete(*keys)
 
 
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """The tiny random Llama (tokenizer and chat template included), built once per session."""
+    from training.engine.tiny import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-model")))
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, django_db_blocker, isolated_session, tmp_path_factory):
+    """The session's worker, consuming the session's default queue. Defined here, once: a copy per test folder
+    would start a second worker of the same name on the same queue in a session that runs both folders."""
+    from tests.workers import start_worker, stop_worker
+
+    log = tmp_path_factory.mktemp("logs") / "worker.log"
+    with django_db_blocker.unblock():
+        worker = start_worker(queue=settings.TUNEBOARD_DEFAULT_QUEUE, name=f"session-{isolated_session}@test",
+                              log=log)
+    yield worker
+    stop_worker(worker)
+
+
 @pytest.fixture(autouse=True)
 def fresh_channel_layer():
     """A new channel layer per test: channels_redis ties its receive locks to the event loop that first used

@@ -15,7 +15,6 @@ import pytest
 from django.conf import settings
 from django.db import connection, connections
 
-from tests.integration.conftest import celery_worker, tiny_model  # noqa: F401 - fixtures shared with integration
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"

@@ -6,7 +6,7 @@ import pytest
 from django.conf import settings
 
 from tests.factories import make_member, make_team, make_user
-from tests.integration.conftest import start_worker, stop_worker
+from tests.workers import start_worker, stop_worker
 from training.models import Dataset
 
 from .conftest import log_in

@@ -17,7 +17,8 @@ import pytest
 from dashboard.dev import demo_preset_config
 from dashboard.models import Membership
 from tests.factories import make_dataset, make_member, make_preset, make_team, make_user
-from tests.integration.conftest import start_worker, stop_worker, wait_for, wait_for_run
+from tests.integration.conftest import wait_for, wait_for_run
+from tests.workers import start_worker, stop_worker
 from training.models import MetricPoint, Run
 
 from .conftest import WebServer, free_port, log_in

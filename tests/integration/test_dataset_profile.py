@@ -11,7 +11,8 @@ from django.test import Client
 from transformers import AutoTokenizer
 
 from tests.factories import make_member, make_team
-from tests.integration.conftest import start_worker, stop_worker, wait_for
+from tests.integration.conftest import wait_for
+from tests.workers import start_worker, stop_worker
 from training import services
 from training.dataset_stats import profile, tokenizer_encoder
 from training.models import Dataset

@@ -7,10 +7,11 @@ import time
 import pytest
 
 from tests.factories import make_dataset, make_member, make_team, tiny_overrides
+from tests.workers import start_worker, stop_worker
 from training import services
 from training.models import MetricPoint, Run
 
-from .conftest import start_worker, stop_worker, wait_for, wait_for_run, wait_terminal
+from .conftest import wait_for, wait_for_run, wait_terminal
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 

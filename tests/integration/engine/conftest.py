@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory):
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), arch="llama"))
+def tiny_llama(tiny_model):
+    """The session's tiny Llama (tests/conftest.py), under the name that says which architecture a test wants."""
+    return tiny_model
 
 
 @pytest.fixture(scope="session")
