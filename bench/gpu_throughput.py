@@ -8,6 +8,7 @@ Builds a ~1B random Llama (Llama-3.2-1B shapes) on the box, writes synthetic dat
     python bench/gpu_throughput.py --probe OUT_DIR --cases lora16_unsloth,lora16_hf --steps 8   (bench/gpu_memory_probe.py)
 
 A case listed twice runs twice (interleave them: the lent machines drift); the ratios use each case's mean.
+A case may carry variants after "+" (`lora16_unsloth+tiled`, `lora16_bare+mb4`): see VARIANTS.
 
 tokens/s counts non-padding tokens between the metrics of step `--skip` and the last step (compile and warm-up
 excluded), the same way for the engine (its `metrics` events) and the bare script (a TrainerCallback).
@@ -52,6 +53,13 @@ CASES = {
     "qlora_hf_before": dict(runner="engine-before", backend="hf", load_in_4bit=True, packing=False, max_length=1024,
                             per_device_train_batch_size=8, data="long"),
 }
+# Variants, to find what moves Unsloth's peak: its tiled MLP (unsloth_zoo.tiled_mlp, off by default, switched on
+# by the UNSLOTH_TILED_MLP environment variable that from_pretrained reads), and half the micro-batch with twice
+# the accumulation (the same tokens per optimizer step and per logged step).
+VARIANTS = {
+    "tiled": {"env": {"UNSLOTH_TILED_MLP": "arctic"}},
+    "mb4": {"config": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}},
+}
 BEFORE = """
 import sys
 import peft
@@ -81,24 +89,30 @@ def rate(times: list[float], tokens: list[int], skip: int) -> float:
     return (tokens[-1] - tokens[skip]) / (times[-1] - times[skip])
 
 
-def case_config(name: str, model: str, data: dict, steps: int, work: Path) -> tuple[str, Path]:
-    case = dict(CASES[name])
+def case_config(name: str, model: str, data: dict, steps: int, work: Path) -> tuple[str, Path, dict]:
+    """The case's runner, its engine config file, and the environment its process runs with."""
+    base, *variants = name.split("+")
+    case = dict(CASES[base])
     runner, data_kind = case.pop("runner"), case.pop("data")
+    env = dict(os.environ)
+    for variant in variants:
+        case.update(VARIANTS[variant].get("config", {}))
+        env.update(VARIANTS[variant].get("env", {}))
     config = {**COMMON, **case, "model": model, "train_file": str(data[data_kind]), "max_steps": steps,
               "output_dir": str(work / name)}
     cfg_path = work / f"{name}.json"
     cfg_path.write_text(json.dumps(config))
-    return runner, cfg_path
+    return runner, cfg_path, env
 
 
 def probe_case(name: str, model: str, data: dict, steps: int, work: Path, out_dir: Path) -> dict:
     """bench/gpu_memory_probe.py on an engine case: where its memory goes, what it trains with."""
-    runner, cfg_path = case_config(name, model, data, steps, work)
+    runner, cfg_path, env = case_config(name, model, data, steps, work)
     if runner != "engine":
         return {"case": name, "error": "only engine cases are probed"}
     out = out_dir / f"probe-{name}.json"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_memory_probe.py"), str(cfg_path), str(out)],
-                          cwd=ROOT, capture_output=True, text=True)
+                          cwd=ROOT, env=env, capture_output=True, text=True)
     (out_dir / f"probe-{name}.log").write_text(proc.stdout[-100000:] + "\n--- stderr ---\n" + proc.stderr[-100000:])
     if not out.exists():
         return {"case": name, "error": proc.stderr[-3000:]}
@@ -106,11 +120,11 @@ def probe_case(name: str, model: str, data: dict, steps: int, work: Path, out_di
 
 
 def run_case(name: str, model: str, data: dict, steps: int, skip: int, work: Path) -> dict:
-    runner, cfg_path = case_config(name, model, data, steps, work)
+    runner, cfg_path, env = case_config(name, model, data, steps, work)
     started = time.time()
     if runner == "bare":
         out = subprocess.run([sys.executable, str(ROOT / "bench" / "bare_unsloth.py"), str(cfg_path)], cwd=ROOT,
-                             capture_output=True, text=True)
+                             env=env, capture_output=True, text=True)
         lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
         if out.returncode or not lines:
             return {"case": name, "error": out.stderr[-2000:]}
@@ -118,7 +132,8 @@ def run_case(name: str, model: str, data: dict, steps: int, skip: int, work: Pat
         times, tokens, peak = result["times"], result["tokens"], result["peak_vram_bytes"]
     else:
         command = ["-m", "training.engine", "run"] if runner == "engine" else ["-c", BEFORE]
-        out = subprocess.run([sys.executable, *command, str(cfg_path)], cwd=ROOT, capture_output=True, text=True)
+        out = subprocess.run([sys.executable, *command, str(cfg_path)], cwd=ROOT, env=env, capture_output=True,
+                             text=True)
         events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
         metrics = [e for e in events if e["type"] == "metrics"]
         if not events or events[-1]["type"] != "finished":
