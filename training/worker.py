@@ -60,6 +60,7 @@ class Heartbeat(threading.Thread):
         self.started_at: datetime = timezone.now()
         self._stopping = threading.Event()
         self._failing = False
+        self._beats = 0
 
     def run(self) -> None:
         while True:
@@ -80,6 +81,9 @@ class Heartbeat(threading.Thread):
                 log.warning("runs %s marked lost: their worker is silent or no longer runs them", lost)
             if self._failing:
                 log.info("heartbeat recorded again")
+            elif self._beats == 0:
+                log.info("first heartbeat recorded: %s, pid %d", self.worker_name, os.getpid())
+            self._beats += 1
             self._failing = False
         except Exception as exc:  # noqa: BLE001 - a database outage must not kill the thread; it retries
             if not self._failing:
