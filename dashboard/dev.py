@@ -258,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     children = Children(log_dir)
     worker_name = f"dev-{settings.TUNEBOARD_DEFAULT_QUEUE}@{socket.gethostname()}"
     # From here on a Ctrl-C (or a SIGTERM) shuts the children down in order rather than leaving them running.
+    # SIGINT too, explicitly: a process started in the background by a non-interactive shell (a CI script, `make
+    # dev &`) inherits SIGINT ignored, and Python then leaves it ignored.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return run(args, children, worker_name)

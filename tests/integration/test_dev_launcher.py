@@ -60,8 +60,11 @@ def test_a_port_in_use_is_refused_before_anything_starts():
 class Launcher:
     def __init__(self, env: dict, port: int, *args: str):
         self.log = Path(env["TUNEBOARD_VAR_DIR"]) / f"launcher-{port}.out"
+        # Started with SIGINT ignored, as `make dev &` or a CI script's background job starts it: Ctrl-C (the
+        # interrupt below) must stop it all the same.
         self.process = subprocess.Popen([sys.executable, "-m", "dashboard.dev", "--port", str(port), *args],
-                                        cwd=ROOT, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+                                        cwd=ROOT, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+                                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
 
     def output(self) -> str:
         return self.log.read_text()
@@ -75,7 +78,11 @@ class Launcher:
 
     def interrupt(self) -> int:
         self.process.send_signal(signal.SIGINT)
-        return self.process.wait(timeout=90)
+        try:
+            return self.process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(f"the launcher did not stop within 90 s of Ctrl-C:\n{self.output()}") from None
 
 
 @pytest.mark.slow
@@ -83,7 +90,8 @@ def test_on_a_fresh_database_it_sets_up_serves_trains_the_demo_and_stops_cleanly
     name = f"tuneboard_devtest_{uuid.uuid4().hex[:8]}"
     queue = f"devtest-{uuid.uuid4().hex[:8]}"
     env = launcher_env(DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{name}", TUNEBOARD_VAR_DIR=str(tmp_path),
-                       TUNEBOARD_DEFAULT_QUEUE=queue, TUNEBOARD_CHANNEL_PREFIX=queue)
+                       TUNEBOARD_DEFAULT_QUEUE=queue, TUNEBOARD_CPU_QUEUE=f"{queue}-cpu",
+                       TUNEBOARD_CHANNEL_PREFIX=queue)
     port = free_port()
     try:
         launcher = Launcher(env, port)
