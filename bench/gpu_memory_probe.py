@@ -43,19 +43,13 @@ def describe_model(model) -> dict:
     facts["config_tie_word_embeddings"] = getattr(inner.config, "tie_word_embeddings", None)
     facts["attn_implementation"] = getattr(inner.config, "_attn_implementation", None)
     by: dict[str, int] = {}
-    seen = set()
-    for name, p in model.named_parameters():
-        if p.data_ptr() in seen:
-            continue
-        seen.add(p.data_ptr())
-        key = f"{p.dtype}|{'train' if p.requires_grad else 'frozen'}|{p.device.type}|{type(p).__name__}"
-        by[key] = by.get(key, 0) + p.numel() * p.element_size()
-    for name, b in model.named_buffers():
-        if b.data_ptr() in seen:
-            continue
-        seen.add(b.data_ptr())
-        key = f"buffer {b.dtype}|{b.device.type}"
-        by[key] = by.get(key, 0) + b.numel() * b.element_size()
+    seen = set()  # a tied weight (embedding = lm_head) counts once
+    kinds = [(f"{p.dtype}|{'train' if p.requires_grad else 'frozen'}|{p.device.type}|{type(p).__name__}", p)
+             for p in model.parameters()] + [(f"buffer {b.dtype}|{b.device.type}", b) for b in model.buffers()]
+    for key, tensor in kinds:
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            by[key] = by.get(key, 0) + tensor.numel() * tensor.element_size()
     facts["bytes_by_kind_gib"] = {k: _gib(v) for k, v in sorted(by.items(), key=lambda kv: -kv[1])}
     norms = [(n, str(p.dtype)) for n, p in model.named_parameters() if "norm" in n][:2]
     facts["norm_dtypes"] = norms
