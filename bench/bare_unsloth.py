@@ -19,7 +19,9 @@ model, tokenizer = FastLanguageModel.from_pretrained(
 model = FastLanguageModel.get_peft_model(
     model, r=cfg["r"], lora_alpha=cfg["lora_alpha"], lora_dropout=0, bias="none",
     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    use_gradient_checkpointing="unsloth", random_state=cfg["random_state"], max_seq_length=cfg["max_length"])
+    use_gradient_checkpointing=cfg.get("use_gradient_checkpointing",
+                                       "unsloth" if cfg.get("gradient_checkpointing", True) else False),
+    random_state=cfg["random_state"], max_seq_length=cfg["max_length"])
 dataset = load_dataset("json", data_files=cfg["train_file"], split="train")
 
 

@@ -53,12 +53,15 @@ CASES = {
     "qlora_hf_before": dict(runner="engine-before", backend="hf", load_in_4bit=True, packing=False, max_length=1024,
                             per_device_train_batch_size=8, data="long"),
 }
-# Variants, to find what moves Unsloth's peak: its tiled MLP (unsloth_zoo.tiled_mlp, off by default, switched on
-# by the UNSLOTH_TILED_MLP environment variable that from_pretrained reads), and half the micro-batch with twice
-# the accumulation (the same tokens per optimizer step and per logged step).
+# Variants, to find what moves Unsloth's peak and speed: its tiled MLP (unsloth_zoo.tiled_mlp, off by default,
+# switched on by the UNSLOTH_TILED_MLP environment variable that from_pretrained reads), half the micro-batch with
+# twice the accumulation (the same tokens per optimizer step and per logged step), no gradient checkpointing, and
+# (bare script only) PyTorch's checkpointing in place of Unsloth's offloading one.
 VARIANTS = {
     "tiled": {"env": {"UNSLOTH_TILED_MLP": "arctic"}},
     "mb4": {"config": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}},
+    "nogc": {"config": {"gradient_checkpointing": False}},
+    "torchgc": {"bare": {"use_gradient_checkpointing": True}},
 }
 BEFORE = """
 import sys
@@ -96,7 +99,9 @@ def case_config(name: str, model: str, data: dict, steps: int, work: Path) -> tu
     runner, data_kind = case.pop("runner"), case.pop("data")
     env = dict(os.environ)
     for variant in variants:
-        case.update(VARIANTS[variant].get("config", {}))
+        if "bare" in VARIANTS[variant] and runner != "bare":
+            raise SystemExit(f"variant +{variant} is for the bare script's cases only")
+        case.update(VARIANTS[variant].get("config", {}) | VARIANTS[variant].get("bare", {}))
         env.update(VARIANTS[variant].get("env", {}))
     config = {**COMMON, **case, "model": model, "train_file": str(data[data_kind]), "max_steps": steps,
               "output_dir": str(work / name)}
