@@ -58,7 +58,8 @@ CASES = {
 # twice the accumulation (the same tokens per optimizer step and per logged step), no gradient checkpointing, and
 # (bare script only) PyTorch's checkpointing in place of Unsloth's offloading one.
 VARIANTS = {
-    "tiled": {"env": {"UNSLOTH_TILED_MLP": "arctic"}},
+    "tiled": {"env": {"UNSLOTH_TILED_MLP": "arctic"}},         # shards of hidden-size tokens
+    "tiled05": {"env": {"UNSLOTH_TILED_MLP": "target:0.5"}},   # as few shards as keep a layer's MLP near 0.5 GB
     "mb4": {"config": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}},
     "nogc": {"config": {"gradient_checkpointing": False}},
     "torchgc": {"bare": {"use_gradient_checkpointing": True}},
