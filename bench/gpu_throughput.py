@@ -55,12 +55,14 @@ CASES = {
 }
 # Variants, to find what moves Unsloth's peak and speed: its tiled MLP (unsloth_zoo.tiled_mlp, off by default,
 # switched on by the UNSLOTH_TILED_MLP environment variable that from_pretrained reads), half the micro-batch with
-# twice the accumulation (the same tokens per optimizer step and per logged step), no gradient checkpointing, and
+# twice the accumulation, or a quarter or an eighth (the same tokens per optimizer step and per logged step), no gradient checkpointing, and
 # (bare script only) PyTorch's checkpointing in place of Unsloth's offloading one.
 VARIANTS = {
     "tiled": {"env": {"UNSLOTH_TILED_MLP": "arctic"}},         # shards of hidden-size tokens
     "tiled05": {"env": {"UNSLOTH_TILED_MLP": "target:0.5"}},   # as few shards as keep a layer's MLP near 0.5 GB
     "mb4": {"config": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}},
+    "mb2": {"config": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4}},
+    "mb1": {"config": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 8}},
     "nogc": {"config": {"gradient_checkpointing": False}},
     "torchgc": {"bare": {"use_gradient_checkpointing": True}},
 }

@@ -23,7 +23,7 @@ def test_a_plain_case_is_the_reference_config(tmp_path, monkeypatch):
     assert "UNSLOTH_TILED_MLP" not in env
 
 
-@pytest.mark.parametrize("case", [c + v for c in ("lora16_unsloth", "qlora_hf") for v in ("", "+mb4", "+nogc")])
+@pytest.mark.parametrize("case", [c + v for c in ("lora16_unsloth", "qlora_hf") for v in ("", "+mb4", "+mb1", "+nogc")])
 def test_every_engine_case_is_a_config_the_engine_accepts(tmp_path, case):
     """A case the engine would reject wastes a GPU call: each is checked here, before any model loads."""
     _, cfg_path, _ = bench.case_config(case, str(tmp_path), DATA, 20, tmp_path)
