@@ -674,6 +674,7 @@ SETTING_WARNINGS = {
     "bias_no_effect": ("bias", "warning", "bias had no effect"),
     "loftq_not_applied": ("loftq_config", "warning", "LoftQ was not applied"),
     "packing_no_gain": ("packing", "info", "Packing gains little here"),
+    "packed_attention_cost": ("packing", "info", "Packed micro-batch attended as one sequence"),
 }
 
 

@@ -433,6 +433,15 @@ def test_other_failures_are_not_out_of_memory():
 
 # ---- settings that did not take effect ------------------------------------------------------------------------
 
+def test_the_packed_attention_cost_warning_is_an_info_finding_about_packing():
+    extra = [{"type": "warning", "code": "packed_attention_cost", "field": "packing",
+              "message": "attention does 3.6x the work"}]
+    [f] = detect(series_from_events(events(healthy(n=3), extra=extra)))
+    assert (f.code, f.severity, f.parameters, f.message) == (
+        "packed_attention_cost", "info", ("packing",), "attention does 3.6x the work")
+    check_links(f)
+
+
 def test_engine_warnings_about_settings_become_findings():
     extra = [{"type": "warning", "code": "bias_no_effect", "field": "bias", "message": 'bias="all" made no bias'},
              {"type": "warning", "code": "loftq_not_applied", "field": "loftq_config", "message": "not applied"},

@@ -11,6 +11,7 @@ from training.engine.derived import (
     gain_matched_alpha,
     grad_accum_for_target,
     lora_scale,
+    packed_attention_ratio,
     rank_range_for_dataset,
     steps_per_epoch,
     tokens_per_step,
@@ -75,6 +76,15 @@ def test_grad_accum_for_a_target_effective_batch():
 def test_tokens_per_step():
     assert tokens_per_step(8, 2, 2048) == 32768
     assert tokens_per_step(8, 2, 2048, packing=False, mean_tokens=300) == 4800
+
+
+def test_packed_attention_ratio_for_the_1b_llama_of_the_gpu_bench():
+    # Llama-3.2-1B shapes: 32 heads x 64 = 2048 wide; per layer q 2048², k and v 2048x512, o 2048², MLP 3 x 2048x8192
+    layer = 2048 * 2048 * 2 + 2048 * 512 * 2 + 3 * 2048 * 8192
+    assert layer == 60_817_408
+    # micro-batch 8 x 2048 (the reference config, slower on the hf backend): 4·16384·2048 / (2·60.8M)
+    assert packed_attention_ratio(8, 2048, 2048, layer) == pytest.approx(1.1035, abs=1e-4)
+    assert packed_attention_ratio(4, 2048, 2048, layer) == pytest.approx(0.5518, abs=1e-4)  # the faster one
 
 
 @pytest.mark.parametrize("rows, expected", [(10, (4, 8)), (499, (4, 8)), (500, (8, 16)), (5000, (16, 32)),

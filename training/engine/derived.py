@@ -67,6 +67,18 @@ def tokens_per_step(micro_batch: int, grad_accum: int, max_length: int, devices:
     return round(effective_batch(micro_batch, grad_accum, devices) * per_sequence)
 
 
+def packed_attention_ratio(micro_batch: int, max_length: int, attention_width: int, layer_linear_params: int) -> float:
+    """Attention work over linear-layer work per token, when a packed micro-batch is attended as one sequence.
+
+    A padding-free packed micro-batch holds up to micro_batch × max_length tokens. An attention kernel that takes it
+    as one sequence with a block-diagonal mask (transformers' SDPA and eager paths) scores every token against all
+    of them: 4·T·width FLOPs per token and layer (QKᵀ and the weighted sum of V, T tokens, width = heads × head_dim),
+    against 2 FLOPs per weight of the layer's linear projections. Above 1, attention costs more than the model's
+    weights, and nearly all of it is masked away across example boundaries.
+    """
+    return 4 * micro_batch * max_length * attention_width / (2 * layer_linear_params)
+
+
 @dataclass(frozen=True)
 class Derived:
     effective_batch: int

@@ -10,7 +10,8 @@ Schema (v = 1). Every event has: v, type, time (unix seconds, float).
               held padding: 0 when packed; null before the first batch)
 - eval:       step, epoch, eval_loss
 - sample:     step, prompt, completion
-- warning:    code, field, message
+- warning:    code (bias_no_effect, loftq_not_applied, packing_no_gain, truncation, packed_attention_cost,
+              sample_failed), field (the config field it is about), message
 - log:        message
 - checkpoint: step, path
 - finished:   step, adapter_path, merged_path (or null), train_loss, runtime_s

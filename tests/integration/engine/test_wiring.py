@@ -102,6 +102,33 @@ def test_bias_on_an_unbiased_model_warns_and_changes_nothing(tiny_llama, data_di
     assert [(e["code"], e["field"]) for e in events] == [("bias_no_effect", "bias")]
 
 
+def packed_attention_warnings(config, model, backend="hf"):
+    events = []
+    runner._packed_attention_warning(EventSink(open("/dev/null", "w"), callback=events.append), config, model, backend)
+    return [(e["code"], e["field"]) for e in events]
+
+
+def test_a_large_packed_micro_batch_on_sdpa_warns_about_its_attention_cost(tiny_llama, data_dir, tmp_path):
+    config = make(tiny_llama, data_dir, tmp_path, packing=True, per_device_train_batch_size=8, max_length=128)
+    trainer, _ = build_trainer(config)
+    model = trainer.model
+    assert model.config._attn_implementation == "sdpa"
+    # The premise: the packed micro-batch reaches the model as ONE row of up to 8 x 128 tokens (padding-free), its
+    # examples told apart only by position ids that restart at 0.
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["input_ids"].shape[0] == 1 and 128 < batch["input_ids"].shape[1] <= 8 * 128
+    assert int((batch["position_ids"][0] == 0).sum()) > 1
+    # The tiny Llama: 4 heads x 16 wide; q and o 64x64, k and v 64x32, MLP 3 x 64x128 -> ratio 8·128/288 = 3.6
+    assert (runner.attention_width(model), runner.layer_linear_params(model)) == (64, 36_864)
+    assert packed_attention_warnings(config, model) == [("packed_attention_cost", "packing")]
+    # Fewer tokens per micro-batch (ratio 0.44), no packing, or the unsloth backend: no warning.
+    assert packed_attention_warnings(make(tiny_llama, data_dir, tmp_path, packing=True, max_length=128,
+                                          per_device_train_batch_size=1), model) == []
+    assert packed_attention_warnings(make(tiny_llama, data_dir, tmp_path, packing=False, max_length=128,
+                                          per_device_train_batch_size=8), model) == []
+    assert packed_attention_warnings(config, model, backend="unsloth") == []
+
+
 def lr_curve(trainer, config, total=40):
     trainer.args = runner.sft_config(config, "messages", torch.float32, has_eval=config.has_eval)
     trainer.optimizer = trainer.lr_scheduler = None
