@@ -74,7 +74,7 @@ def packed_attention_ratio(micro_batch: int, max_length: int, attention_width: i
     as one sequence with a block-diagonal mask (transformers' SDPA and eager paths) scores every token against all
     of them: 4·T·width FLOPs per token and layer (QKᵀ and the weighted sum of V, T tokens, width = heads × head_dim),
     against 2 FLOPs per weight of the layer's linear projections. Above 1, attention costs more than the model's
-    weights, and nearly all of it is masked away across example boundaries.
+    weights; with 2 or more rows in the micro-batch, at least half of it is masked away across example boundaries.
     """
     return 4 * micro_batch * max_length * attention_width / (2 * layer_linear_params)
 
