@@ -259,8 +259,8 @@ def _packed_attention_warning(sink: EventSink, config: TrainConfig, model, backe
         f"tokens is attended as one masked sequence, so attention does {ratio:.1f}x the work of the linear layers "
         "per token, most of it masked away across example boundaries. A smaller per_device_train_batch_size with "
         "more gradient_accumulation_steps (same effective batch) or the unsloth backend (it attends per example) "
-        "avoids it: on an H100 with a 1B Llama at max_length 2048, micro-batch 8 -> 4 x 2 ran 17-41% faster with 35% less "
-        "peak memory.",
+        "avoids it: on an H100 with a 1B Llama at max_length 2048, micro-batch 8 -> 4 x 2 ran 17-41% faster with "
+        "35% less peak memory.",
     )
 
 
