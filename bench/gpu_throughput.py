@@ -53,10 +53,10 @@ CASES = {
     "qlora_hf_before": dict(runner="engine-before", backend="hf", load_in_4bit=True, packing=False, max_length=1024,
                             per_device_train_batch_size=8, data="long"),
 }
-# Variants, to find what moves Unsloth's peak and speed: its tiled MLP (unsloth_zoo.tiled_mlp, off by default,
-# switched on by the UNSLOTH_TILED_MLP environment variable that from_pretrained reads), half the micro-batch with
-# twice the accumulation, or a quarter or an eighth (the same tokens per optimizer step and per logged step), no gradient checkpointing, and
-# (bare script only) PyTorch's checkpointing in place of Unsloth's offloading one.
+# Variants, to find what moves the peaks and speeds: Unsloth's tiled MLP (unsloth_zoo.tiled_mlp, off by default,
+# switched on by the UNSLOTH_TILED_MLP environment variable that from_pretrained reads), a half, quarter or eighth
+# of the micro-batch with that much more accumulation (the same tokens per optimizer step and per logged step), no
+# gradient checkpointing, and (bare script only) PyTorch's checkpointing in place of Unsloth's offloading one.
 VARIANTS = {
     "tiled": {"env": {"UNSLOTH_TILED_MLP": "arctic"}},         # shards of hidden-size tokens
     "tiled05": {"env": {"UNSLOTH_TILED_MLP": "target:0.5"}},   # as few shards as keep a layer's MLP near 0.5 GB

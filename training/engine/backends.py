@@ -155,3 +155,24 @@ def parameter_counts(model) -> dict[str, int]:
 
 def model_bias_params(model) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if n.endswith(".bias"))
+
+
+def attention_width(model) -> int | None:
+    """Query heads x head dimension, from the model's config."""
+    cfg = getattr(model, "config", None)
+    heads, hidden = getattr(cfg, "num_attention_heads", None), getattr(cfg, "hidden_size", None)
+    if not heads or not hidden:
+        return None
+    return heads * (getattr(cfg, "head_dim", None) or hidden // heads)
+
+
+def layer_linear_params(model) -> int | None:
+    """Weights in the first decoder layer's linear projections, by shape (so 4-bit ones count in full; LoRA's
+    left out)."""
+    import torch
+
+    for module in model.modules():
+        if type(module).__name__.endswith("DecoderLayer"):
+            return sum(m.in_features * m.out_features for name, m in module.named_modules()
+                       if isinstance(m, torch.nn.Linear) and "lora_" not in name) or None
+    return None

@@ -246,7 +246,7 @@ def _packed_attention_warning(sink: EventSink, config: TrainConfig, model, backe
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
     if not config.packing or backend != "hf" or impl not in ("sdpa", "eager"):
         return
-    width, layer_params = attention_width(model), layer_linear_params(model)
+    width, layer_params = backends.attention_width(model), backends.layer_linear_params(model)
     if not width or not layer_params:
         return
     b, length = config.per_device_train_batch_size, config.max_length
@@ -262,26 +262,6 @@ def _packed_attention_warning(sink: EventSink, config: TrainConfig, model, backe
         "avoids it: on an H100 with a 1B Llama at max_length 2048, micro-batch 8 -> 4 x 2 ran 17-41% faster with "
         "35% less peak memory.",
     )
-
-
-def attention_width(model) -> int | None:
-    """Query heads x head dimension, from the model's config."""
-    cfg = getattr(model, "config", None)
-    heads, hidden = getattr(cfg, "num_attention_heads", None), getattr(cfg, "hidden_size", None)
-    if not heads or not hidden:
-        return None
-    return heads * (getattr(cfg, "head_dim", None) or hidden // heads)
-
-
-def layer_linear_params(model) -> int | None:
-    """Weights in the linear projections of the first decoder layer (a 4-bit weight counts as one; LoRA's left out)."""
-    import torch
-
-    for module in model.modules():
-        if type(module).__name__.endswith("DecoderLayer"):
-            return sum(m.in_features * m.out_features for name, m in module.named_modules()
-                       if isinstance(m, torch.nn.Linear) and "lora_" not in name) or None
-    return None
 
 
 def _save_outputs(config: TrainConfig, trainer, tokenizer, dtype) -> tuple[str, str | None]:

@@ -119,7 +119,7 @@ def test_a_large_packed_micro_batch_on_sdpa_warns_about_its_attention_cost(tiny_
     assert batch["input_ids"].shape[0] == 1 and 128 < batch["input_ids"].shape[1] <= 8 * 128
     assert int((batch["position_ids"][0] == 0).sum()) > 1
     # The tiny Llama: 4 heads x 16 wide; q and o 64x64, k and v 64x32, MLP 3 x 64x128 -> ratio 8·128/288 = 3.6
-    assert (runner.attention_width(model), runner.layer_linear_params(model)) == (64, 36_864)
+    assert (backends.attention_width(model), backends.layer_linear_params(model)) == (64, 36_864)
     assert packed_attention_warnings(config, model) == [("packed_attention_cost", "packing")]
     # Fewer tokens per micro-batch (ratio 0.44), no packing, or the unsloth backend: no warning.
     assert packed_attention_warnings(make(tiny_llama, data_dir, tmp_path, packing=True, max_length=128,
