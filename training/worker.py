@@ -60,7 +60,7 @@ class Heartbeat(threading.Thread):
         self.started_at: datetime = timezone.now()
         self._stopping = threading.Event()
         self._failing = False
-        self._beats = 0
+        self._beaten = False  # for the one 'first heartbeat recorded' line
 
     def run(self) -> None:
         while True:
@@ -81,9 +81,9 @@ class Heartbeat(threading.Thread):
                 log.warning("runs %s marked lost: their worker is silent or no longer runs them", lost)
             if self._failing:
                 log.info("heartbeat recorded again")
-            elif self._beats == 0:
+            elif not self._beaten:
                 log.info("first heartbeat recorded: %s, pid %d", self.worker_name, os.getpid())
-            self._beats += 1
+            self._beaten = True
             self._failing = False
         except Exception as exc:  # noqa: BLE001 - a database outage must not kill the thread; it retries
             if not self._failing:
