@@ -3,6 +3,7 @@
 Usage: python bench/bare_unsloth.py CONFIG.json  -> prints one JSON line {"times": [...], "tokens": [...], ...}
 """
 import json
+import os
 import sys
 import time
 
@@ -14,6 +15,9 @@ from trl import SFTConfig, SFTTrainer
 from unsloth import FastLanguageModel
 
 cfg = json.load(open(sys.argv[1]))
+if cfg.get("tiled_mlp"):  # Unsloth's own switch, read by from_pretrained: "arctic" or "target:GB"
+    os.environ["UNSLOTH_TILED_MLP"] = (f"target:{cfg['tiled_mlp_target_gb']}" if cfg.get("tiled_mlp_target_gb")
+                                       else "arctic")
 model, tokenizer = FastLanguageModel.from_pretrained(
     model_name=cfg["model"], max_seq_length=cfg["max_length"], dtype=None, load_in_4bit=cfg["load_in_4bit"])
 model = FastLanguageModel.get_peft_model(

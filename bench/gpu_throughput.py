@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import subprocess
 import sys
@@ -53,13 +52,13 @@ CASES = {
     "qlora_hf_before": dict(runner="engine-before", backend="hf", load_in_4bit=True, packing=False, max_length=1024,
                             per_device_train_batch_size=8, data="long"),
 }
-# Variants, to find what moves the peaks and speeds: Unsloth's tiled MLP (unsloth_zoo.tiled_mlp, off by default,
-# switched on by the UNSLOTH_TILED_MLP environment variable that from_pretrained reads), a half, quarter or eighth
-# of the micro-batch with that much more accumulation (the same tokens per optimizer step and per logged step), no
-# gradient checkpointing, and (bare script only) PyTorch's checkpointing in place of Unsloth's offloading one.
+# Variants, to find what moves the peaks and speeds: Unsloth's tiled MLP (the engine's tiled_mlp fields), a half,
+# quarter or eighth of the micro-batch with that much more accumulation (the same tokens per optimizer step and per
+# logged step), no gradient checkpointing, and (bare script only) PyTorch's checkpointing in place of Unsloth's
+# offloading one.
 VARIANTS = {
-    "tiled": {"env": {"UNSLOTH_TILED_MLP": "arctic"}},         # shards of hidden-size tokens
-    "tiled05": {"env": {"UNSLOTH_TILED_MLP": "target:0.5"}},   # as few shards as keep a layer's MLP near 0.5 GB
+    "tiled": {"config": {"tiled_mlp": True}},                               # shards of hidden-size tokens
+    "tiled05": {"config": {"tiled_mlp": True, "tiled_mlp_target_gb": 0.5}},  # as few shards as keep an MLP near 0.5 GB
     "mb4": {"config": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}},
     "mb2": {"config": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4}},
     "mb1": {"config": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 8}},
@@ -95,32 +94,30 @@ def rate(times: list[float], tokens: list[int], skip: int) -> float:
     return (tokens[-1] - tokens[skip]) / (times[-1] - times[skip])
 
 
-def case_config(name: str, model: str, data: dict, steps: int, work: Path) -> tuple[str, Path, dict]:
-    """The case's runner, its engine config file, and the environment its process runs with."""
+def case_config(name: str, model: str, data: dict, steps: int, work: Path) -> tuple[str, Path]:
+    """The case's runner and its config file (the engine's TrainConfig; the bare script reads the same keys)."""
     base, *variants = name.split("+")
     case = dict(CASES[base])
     runner, data_kind = case.pop("runner"), case.pop("data")
-    env = dict(os.environ)
     for variant in variants:
         if "bare" in VARIANTS[variant] and runner != "bare":
             raise SystemExit(f"variant +{variant} is for the bare script's cases only")
         case.update(VARIANTS[variant].get("config", {}) | VARIANTS[variant].get("bare", {}))
-        env.update(VARIANTS[variant].get("env", {}))
     config = {**COMMON, **case, "model": model, "train_file": str(data[data_kind]), "max_steps": steps,
               "output_dir": str(work / name)}
     cfg_path = work / f"{name}.json"
     cfg_path.write_text(json.dumps(config))
-    return runner, cfg_path, env
+    return runner, cfg_path
 
 
 def probe_case(name: str, model: str, data: dict, steps: int, work: Path, out_dir: Path) -> dict:
     """bench/gpu_memory_probe.py on an engine case: where its memory goes, what it trains with."""
-    runner, cfg_path, env = case_config(name, model, data, steps, work)
+    runner, cfg_path = case_config(name, model, data, steps, work)
     if runner != "engine":
         return {"case": name, "error": "only engine cases are probed"}
     out = out_dir / f"probe-{name}.json"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_memory_probe.py"), str(cfg_path), str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+                          cwd=ROOT, capture_output=True, text=True)
     (out_dir / f"probe-{name}.log").write_text(proc.stdout[-100000:] + "\n--- stderr ---\n" + proc.stderr[-100000:])
     if not out.exists():
         return {"case": name, "error": proc.stderr[-3000:]}
@@ -128,19 +125,20 @@ def probe_case(name: str, model: str, data: dict, steps: int, work: Path, out_di
 
 
 def run_case(name: str, model: str, data: dict, steps: int, skip: int, work: Path) -> dict:
-    runner, cfg_path, env = case_config(name, model, data, steps, work)
+    runner, cfg_path = case_config(name, model, data, steps, work)
     started = time.time()
     if runner == "bare":
         out = subprocess.run([sys.executable, str(ROOT / "bench" / "bare_unsloth.py"), str(cfg_path)], cwd=ROOT,
-                             env=env, capture_output=True, text=True)
+                             capture_output=True, text=True)
         lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
         if out.returncode or not lines:
             return {"case": name, "error": out.stderr[-2000:]}
         result = json.loads(lines[-1])
         times, tokens, peak = result["times"], result["tokens"], result["peak_vram_bytes"]
+        warnings = []
     else:
         command = ["-m", "training.engine", "run"] if runner == "engine" else ["-c", BEFORE]
-        out = subprocess.run([sys.executable, *command, str(cfg_path)], cwd=ROOT, env=env, capture_output=True,
+        out = subprocess.run([sys.executable, *command, str(cfg_path)], cwd=ROOT, capture_output=True,
                              text=True)
         events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
         metrics = [e for e in events if e["type"] == "metrics"]
@@ -148,12 +146,14 @@ def run_case(name: str, model: str, data: dict, steps: int, skip: int, work: Pat
             return {"case": name, "error": (events[-1] if events else out.stderr[-2000:])}
         times, tokens = [m["time"] for m in metrics], [m["tokens_seen"] for m in metrics]
         peak = max(m["peak_vram_bytes"] for m in metrics)
+        warnings = [e["code"] for e in events if e["type"] == "warning"]  # a setting that did not take effect
     step_s = [b - a for a, b in zip(times[skip:], times[skip + 1:])]
     step_tokens = [b - a for a, b in zip(tokens[skip:], tokens[skip + 1:])]
     per_step = sorted(t / s for t, s in zip(step_tokens, step_s))
     return {"case": name, "tokens_per_s": rate(times, tokens, skip), "peak_vram_gib": peak / 2**30,
             "median_step_tokens_per_s": per_step[len(per_step) // 2],
-            "step_s": [round(s, 3) for s in step_s], "wall_s": time.time() - started, "steps": len(times)}
+            "step_s": [round(s, 3) for s in step_s], "wall_s": time.time() - started, "steps": len(times),
+            "warnings": warnings}
 
 
 def main() -> None:
@@ -205,13 +205,13 @@ def main() -> None:
         runs = [r for r in results if r["case"] == name and "tokens_per_s" in r]
         by[name] = {k: sum(r[k] for r in runs) / len(runs) for k in ("tokens_per_s", "peak_vram_gib")}
     print(f"\n{device}, model {n_params / 1e9:.2f}B params, {args.steps} steps, first {args.skip} left out")
-    print(f"{'case':16} {'tokens/s':>10} {'median step':>12} {'peak GiB':>9} {'MFU':>6}")
+    print(f"{'case':24} {'tokens/s':>10} {'median step':>12} {'peak GiB':>9} {'MFU':>6}  warnings")
     for r in results:
         if "tokens_per_s" in r:
-            print(f"{r['case']:16} {r['tokens_per_s']:10.0f} {r['median_step_tokens_per_s']:12.0f} "
-                  f"{r['peak_vram_gib']:9.2f} {r['mfu']:6.1%}")
+            print(f"{r['case']:24} {r['tokens_per_s']:10.0f} {r['median_step_tokens_per_s']:12.0f} "
+                  f"{r['peak_vram_gib']:9.2f} {r['mfu']:6.1%}  {' '.join(r['warnings']) or '-'}")
         else:
-            print(f"{r['case']:16} ERROR {str(r['error'])[:300]}")
+            print(f"{r['case']:24} ERROR {str(r['error'])[:300]}")
     for prefix in ("lora16", "qlora"):
         u, b = by.get(f"{prefix}_unsloth"), by.get(f"{prefix}_bare")
         if u and b:

@@ -22,12 +22,48 @@ from training.services import RESERVED_FIELDS
 GROUPS: dict[str, tuple[str, ...]] = {
     "model": ("model", "max_length", "dtype", "load_in_4bit", "backend"),
     "lora": ("r", "lora_alpha", "lora_dropout", "bias", "use_rslora", "loftq_config", "target_modules",
-             "random_state", "gradient_checkpointing"),
+             "random_state", "gradient_checkpointing", "tiled_mlp", "tiled_mlp_target_gb"),
     "sft": ("data_format", "eval_split", "packing", "eval_packing", "per_device_train_batch_size",
             "gradient_accumulation_steps", "warmup_steps", "learning_rate", "optim", "weight_decay",
             "lr_scheduler_type", "lr_scheduler_kwargs", "max_grad_norm", "num_train_epochs", "max_steps",
             "eval_steps", "logging_steps", "save_steps", "seed", "completion_only_loss", "sample_prompts",
             "sample_max_new_tokens", "merge_16bit"),
+}
+# One line for each offered field that has no guidance page (the 15 seed hyperparameters have theirs).
+NOTES: dict[str, str] = {
+    "model": "a model directory on the worker (config, weights, tokenizer) or a hub id the worker can fetch",
+    "max_length": "tokens per example; longer ones are cut. With packing, the length of each packed row",
+    "backend": "unsloth: Unsloth's kernels (GPU); hf: transformers + PEFT; auto: unsloth where the worker has "
+               "CUDA and unsloth, else hf",
+    "target_modules": "the linear layers that get adapters: attention (q, k, v, o), mlp (gate, up, down), "
+                      "all-linear, or a list of module names",
+    "random_state": "seed of the adapters' initial weights",
+    "gradient_checkpointing": "keep each layer's input only and recompute the rest in backward: far less activation "
+                              "memory for one more forward pass per step (GPU only; unsloth offloads the inputs to "
+                              "CPU memory)",
+    "tiled_mlp": "unsloth backend, GPU: run each MLP over the micro-batch in shards, recomputed in backward; less "
+                 "peak memory for long or packed micro-batches, at some speed",
+    "tiled_mlp_target_gb": "with tiled_mlp: as few shards as keep one MLP's activations near this many GB (faster); "
+                           "none: shards of hidden-size tokens (least memory, slowest)",
+    "data_format": "how rows become training text: text, prompt_completion, messages (the chat template), or auto "
+                   "(from the columns)",
+    "eval_split": "share of the training rows held out for evaluation, between 0 and 1; needs eval_steps",
+    "eval_packing": "pack the evaluation rows as well",
+    "per_device_train_batch_size": "examples (packed rows with packing) per forward pass on each GPU; activation "
+                                   "memory grows with it",
+    "lr_scheduler_kwargs": "the chosen scheduler's own arguments, as a JSON object",
+    "max_grad_norm": "clip the gradients' global norm to this before each optimizer step; 0: no clipping",
+    "num_train_epochs": "passes over the training rows, unless max_steps is set",
+    "max_steps": "optimizer steps to train; none: num_train_epochs decides",
+    "eval_steps": "evaluate (and generate the samples) every this many optimizer steps",
+    "logging_steps": "report loss, gradient norm, learning rate and throughput every this many optimizer steps",
+    "save_steps": "save a checkpoint every this many optimizer steps; none: only when the run is stopped (the "
+                  "adapter is saved at the end either way)",
+    "seed": "seed of the data order, dropout and the trainer",
+    "completion_only_loss": "loss on completions (or assistant turns) only; none: TRL's default for the format",
+    "sample_prompts": "prompts to generate from at each evaluation (at the end without one)",
+    "sample_max_new_tokens": "tokens generated for each sample prompt",
+    "merge_16bit": "also save the base model with the adapter merged in, in 16 bits",
 }
 GROUP_TITLES = {"model": "Model", "lora": "LoRA adapter", "sft": "SFT trainer"}
 # Not offered: set by Tuneboard for every run, or the config format's own version.
@@ -51,6 +87,7 @@ class ConfigField:
     group: str
     guidance: content.ParamGuidance | None
     required: bool = False
+    note: str = ""
 
     @property
     def default_text(self) -> str:
@@ -116,7 +153,8 @@ def config_fields() -> list[ConfigField]:
                 default = default.model_dump()
             fields.append(ConfigField(name=name, kind=kind, nullable=nullable, choices=choices, default=default,
                                       group=group, guidance=guided.get(name),
-                                      required=TrainConfig.model_fields[name].is_required()))
+                                      required=TrainConfig.model_fields[name].is_required(),
+                                      note=NOTES.get(name, "")))
     return fields
 
 

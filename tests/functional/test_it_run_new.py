@@ -7,7 +7,7 @@ from dashboard.models import Membership
 from guidance import content
 from tests.factories import make_member, make_preset
 from training.engine.config import TrainConfig
-from training.forms import GROUPS, NOT_OFFERED
+from training.forms import GROUPS, NOT_OFFERED, NOTES
 from training.models import Run
 
 pytestmark = pytest.mark.django_db
@@ -38,6 +38,11 @@ def test_the_form_shows_each_field_with_its_guidance_and_default(world, member_c
         assert f'data-field="{param}"' in html
         assert escape(guidance.one_line) in html, param
         assert escape(guidance.default_note) in html, param
+    # A field without a guidance page says in one line what it does; the guided ones need no second line.
+    offered = {name for names in GROUPS.values() for name in names}
+    assert set(NOTES) == offered - set(content.load_all())
+    for param, note in NOTES.items():
+        assert escape(note) in html, param
     assert 'name="train_file"' not in html and 'name="output_dir"' not in html
     assert "beta data" not in html  # the other team's dataset is not offered
     data = page.context["form_data"]

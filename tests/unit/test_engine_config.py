@@ -87,6 +87,23 @@ def test_loftq_with_4bit_is_refused():
     assert "load_in_4bit" in errors["loftq_config"]
 
 
+def test_the_tiled_mlp_is_refused_where_it_cannot_exist_and_its_target_without_it():
+    assert "unsloth backend only" in errors_of(tiled_mlp=True, backend="hf")["tiled_mlp"]
+    assert "set tiled_mlp to true" in errors_of(tiled_mlp_target_gb=0.5)["tiled_mlp_target_gb"]
+    assert "greater than 0" in errors_of(tiled_mlp=True, tiled_mlp_target_gb=0)["tiled_mlp_target_gb"]
+    for backend in ("unsloth", "auto"):  # auto may resolve to hf on a CPU worker: a warning then, not a refusal
+        parse_config({**BASE, "backend": backend, "tiled_mlp": True, "tiled_mlp_target_gb": 0.5})
+
+
+def test_the_tiled_mlp_option_unsloth_reads():
+    from training.engine.backends import tiled_mlp_option
+
+    assert tiled_mlp_option(parse_config(BASE)) == "0"
+    assert tiled_mlp_option(parse_config({**BASE, "tiled_mlp": True})) == "arctic"
+    assert tiled_mlp_option(parse_config({**BASE, "tiled_mlp": True, "tiled_mlp_target_gb": 0.5})) == "target:0.5"
+    assert tiled_mlp_option(parse_config({**BASE, "tiled_mlp": True, "tiled_mlp_target_gb": 2})) == "target:2"
+
+
 def test_several_errors_are_reported_together():
     errors = errors_of(r=0, learning_rate=-1)
     assert {"r", "learning_rate"} <= set(errors)

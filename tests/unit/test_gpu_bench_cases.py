@@ -1,4 +1,4 @@
-"""bench/gpu_throughput.py's case variants: what each one changes in the config file and the environment."""
+"""bench/gpu_throughput.py's case variants: what each one changes in the config file."""
 import importlib.util
 import json
 from pathlib import Path
@@ -14,32 +14,32 @@ spec.loader.exec_module(bench)
 DATA = {"short": "short.jsonl", "long": "long.jsonl"}
 
 
-def test_a_plain_case_is_the_reference_config(tmp_path, monkeypatch):
-    monkeypatch.delenv("UNSLOTH_TILED_MLP", raising=False)
-    runner, cfg_path, env = bench.case_config("lora16_unsloth", "m", DATA, 20, tmp_path)
+def test_a_plain_case_is_the_reference_config(tmp_path):
+    runner, cfg_path = bench.case_config("lora16_unsloth", "m", DATA, 20, tmp_path)
     config = json.loads(cfg_path.read_text())
     assert runner == "engine"
     assert (config["per_device_train_batch_size"], config["max_length"], config["packing"]) == (8, 2048, True)
-    assert "UNSLOTH_TILED_MLP" not in env
+    assert "tiled_mlp" not in config
 
 
-@pytest.mark.parametrize("case", [c + v for c in ("lora16_unsloth", "qlora_hf") for v in ("", "+mb4", "+mb1", "+nogc")])
+@pytest.mark.parametrize("case", [c + v for c in ("lora16_unsloth", "qlora_hf") for v in ("", "+mb4", "+mb1", "+nogc")]
+                         + ["lora16_unsloth+tiled", "qlora_unsloth+tiled05"])
 def test_every_engine_case_is_a_config_the_engine_accepts(tmp_path, case):
     """A case the engine would reject wastes a GPU call: each is checked here, before any model loads."""
-    _, cfg_path, _ = bench.case_config(case, str(tmp_path), DATA, 20, tmp_path)
+    _, cfg_path = bench.case_config(case, str(tmp_path), DATA, 20, tmp_path)
     parse_config(json.loads(cfg_path.read_text()))
 
 
-def test_variants_stack_config_and_environment(tmp_path):
-    runner, cfg_path, env = bench.case_config("qlora_unsloth+mb4+tiled05", "m", DATA, 20, tmp_path)
+def test_variants_stack(tmp_path):
+    runner, cfg_path = bench.case_config("qlora_unsloth+mb4+tiled05", "m", DATA, 20, tmp_path)
     config = json.loads(cfg_path.read_text())
     assert (config["per_device_train_batch_size"], config["gradient_accumulation_steps"]) == (4, 2)
-    assert env["UNSLOTH_TILED_MLP"] == "target:0.5"
+    assert (config["tiled_mlp"], config["tiled_mlp_target_gb"]) == (True, 0.5)
     assert config["train_file"] == "long.jsonl" and config["load_in_4bit"] is True
 
 
 def test_a_bare_only_variant_is_refused_for_an_engine_case(tmp_path):
     with pytest.raises(SystemExit, match=r"\+torchgc is for the bare script"):
         bench.case_config("lora16_unsloth+torchgc", "m", DATA, 20, tmp_path)
-    runner, cfg_path, _ = bench.case_config("lora16_bare+torchgc", "m", DATA, 20, tmp_path)
+    runner, cfg_path = bench.case_config("lora16_bare+torchgc", "m", DATA, 20, tmp_path)
     assert runner == "bare" and json.loads(cfg_path.read_text())["use_gradient_checkpointing"] is True

@@ -6,6 +6,7 @@ inside load_unsloth: importing it patches transformers/TRL for the whole process
 from __future__ import annotations
 
 import importlib.util
+import os
 
 from .config import TrainConfig
 
@@ -39,13 +40,36 @@ def _loftq_kwargs(config: TrainConfig) -> dict:
     return {"init_lora_weights": "loftq", "loftq_config": LoftQConfig(**config.loftq_config.model_dump())}
 
 
+def tiled_mlp_option(config: TrainConfig) -> str:
+    """The value of UNSLOTH_TILED_MLP, which FastLanguageModel.from_pretrained reads: "0" (off), "arctic" (shards of
+    hidden-size tokens) or "target:GB" (as few shards as keep one MLP's activations near GB)."""
+    if not config.tiled_mlp:
+        return "0"
+    return "arctic" if config.tiled_mlp_target_gb is None else f"target:{config.tiled_mlp_target_gb:g}"
+
+
+def tiled_mlp_applied(model) -> bool:
+    """Whether any MLP runs tiled: unsloth_zoo.tiled_mlp.patch_mlp gives the module its own tiled_forward_*."""
+    return any(getattr(module.__dict__.get("forward"), "__name__", "").startswith("tiled_forward")
+               for module in model.modules())
+
+
 def load_unsloth(config: TrainConfig, dtype):
     import unsloth  # noqa: F401  (must come before transformers/TRL are used)
     from unsloth import FastLanguageModel
 
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=config.model, max_seq_length=config.max_length, dtype=dtype, load_in_4bit=config.load_in_4bit,
-    )
+    # The config decides, not whatever UNSLOTH_TILED_MLP the worker was started with; set only for this load.
+    previous = os.environ.get("UNSLOTH_TILED_MLP")
+    os.environ["UNSLOTH_TILED_MLP"] = tiled_mlp_option(config)
+    try:
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=config.model, max_seq_length=config.max_length, dtype=dtype, load_in_4bit=config.load_in_4bit,
+        )
+    finally:
+        if previous is None:
+            os.environ.pop("UNSLOTH_TILED_MLP", None)
+        else:
+            os.environ["UNSLOTH_TILED_MLP"] = previous
     loftq = _loftq_kwargs(config)
     model = FastLanguageModel.get_peft_model(
         model,

@@ -89,6 +89,11 @@ class TrainConfig(BaseModel):
     target_modules: Union[Literal["attention", "mlp", "all-linear"], list[Annotated[str, Field(min_length=1)]]] = "all-linear"
     random_state: int = 3407
     gradient_checkpointing: bool = True
+    # Unsloth's tiled MLP (unsloth_zoo.tiled_mlp, unsloth backend only): each decoder MLP runs over the micro-batch's
+    # tokens in shards and recomputes them in backward, so only one shard's intermediate activations are on the GPU.
+    # No target: shards of hidden-size tokens; a target: as few shards as keep one MLP near that many GB.
+    tiled_mlp: bool = False
+    tiled_mlp_target_gb: Annotated[float, Field(gt=0, le=1024)] | None = None
 
     # Data
     train_file: Annotated[str, Field(min_length=1)]
@@ -161,6 +166,12 @@ class TrainConfig(BaseModel):
             )
         if self.eval_file and self.eval_split:
             raise ValueError("eval_split: give eval_file or eval_split, not both")
+        if self.tiled_mlp_target_gb is not None and not self.tiled_mlp:
+            raise ValueError("tiled_mlp_target_gb: sizes the tiled MLP's shards; set tiled_mlp to true, or leave "
+                             "it empty")
+        if self.tiled_mlp and self.backend == "hf":
+            raise ValueError("tiled_mlp: Unsloth's tiled MLP exists on the unsloth backend only; with backend hf "
+                             "allowed: false (or choose backend unsloth or auto)")
         if self.loftq_config is not None and self.load_in_4bit:
             raise ValueError(
                 "loftq_config: LoftQ initialises LoRA from the full-precision weights; "

@@ -226,6 +226,10 @@ def _setting_warnings(sink: EventSink, config: TrainConfig, model, counts: dict,
     if config.loftq_config is not None and not loftq_applied:
         sink.warning("loftq_not_applied", "loftq_config",
                      f"LoftQ was asked for but the {backend} backend did not initialise LoRA with it")
+    if config.tiled_mlp and not backends.tiled_mlp_applied(model):
+        sink.warning("tiled_mlp_not_applied", "tiled_mlp",
+                     f"tiled_mlp was asked for but the {backend} backend runs no MLP tiled on this machine (Unsloth "
+                     "tiles on GPUs only; the hf backend never does); peak memory is as without it")
     if lengths:
         near = sum(1 for n in lengths if n >= 0.5 * config.max_length) / len(lengths)
         truncated = sum(1 for n in lengths if n > config.max_length) / len(lengths)

@@ -1,10 +1,13 @@
 """Real tiny training jobs on CPU through the engine: loss falls, outputs are saved, stop and resume work."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import base_config, of_type, run_cli
+from .conftest import ROOT, base_config, of_type, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -116,7 +119,7 @@ def test_a_missing_data_file_and_a_bad_model_fail_cleanly(tiny_llama, data_dir, 
 
 def test_unsloth_backend_trains_on_cpu_in_its_own_process(tiny_llama, data_dir, tmp_path):
     config = base_config(tiny_llama, data_dir, tmp_path / "out", backend="unsloth", max_steps=6, r=16,
-                         lora_alpha=16, use_rslora=True)
+                         lora_alpha=16, use_rslora=True, tiled_mlp=True)
     code, events = run_cli(config, tmp_path)
     assert code == 0, events[-1]
     started = events[0]
@@ -124,6 +127,37 @@ def test_unsloth_backend_trains_on_cpu_in_its_own_process(tiny_llama, data_dir, 
     assert started["lora_scale"] == pytest.approx(16 / 4)  # alpha / sqrt(r)
     assert [m["step"] for m in of_type(events, "metrics")] == list(range(1, 7))
     assert (Path(events[-1]["adapter_path"]) / "adapter_model.safetensors").is_file()
+    # Unsloth's CPU fallback loads without its tiled MLP: the run says so instead of implying the memory saving.
+    assert [(w["code"], w["field"]) for w in of_type(events, "warning")] == [("tiled_mlp_not_applied", "tiled_mlp")]
+
+
+TILED = """
+import sys, torch
+import unsloth  # noqa: F401  (as the unsloth backend imports it)
+from transformers import AutoModelForCausalLM
+from unsloth_zoo.tiled_mlp import patch_tiled_mlp
+from training.engine.backends import tiled_mlp_applied
+
+ids = torch.randint(0, 200, (2, 64), generator=torch.Generator().manual_seed(0))
+for tiled in (False, True):
+    model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
+    if tiled:
+        patch_tiled_mlp(model, "arctic")  # what from_pretrained does on a GPU with UNSLOTH_TILED_MLP=arctic
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grad = model.model.layers[0].mlp.up_proj.weight.grad.abs().sum().item()
+    print(tiled_mlp_applied(model), round(loss.item(), 5), round(grad, 4))
+"""
+
+
+def test_the_engine_sees_whether_unsloth_tiled_the_mlp(tiny_llama):
+    """tiled_mlp_applied recognises Unsloth's own patch (which shards the 128 tokens into hidden-size pieces),
+    and the tiled model computes the same loss and gradients."""
+    out = subprocess.run([sys.executable, "-c", TILED, tiny_llama], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=240)
+    plain, tiled = [line.split() for line in out.stdout.splitlines()[-2:]]
+    assert (plain[0], tiled[0]) == ("False", "True"), out.stderr[-2000:]
+    assert plain[1:] == tiled[1:]
 
 
 def test_unsloth_backend_bias_on_a_biased_model(tiny_qwen, data_dir, tmp_path):

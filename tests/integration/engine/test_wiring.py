@@ -102,6 +102,18 @@ def test_bias_on_an_unbiased_model_warns_and_changes_nothing(tiny_llama, data_di
     assert [(e["code"], e["field"]) for e in events] == [("bias_no_effect", "bias")]
 
 
+def test_tiled_mlp_on_a_backend_that_resolved_to_hf_warns(tiny_llama, data_dir, tmp_path):
+    events = []
+    sink = EventSink(open("/dev/null", "w"), callback=events.append)
+    config = make(tiny_llama, data_dir, tmp_path, backend="auto", tiled_mlp=True)
+    assert backends.resolve_backend(config) == "hf"  # no CUDA here
+    model, _ = backends.load(config, "hf", torch.float32)
+    assert not backends.tiled_mlp_applied(model)
+    runner._setting_warnings(sink, config, model, backends.parameter_counts(model), [], "hf", loftq_applied=False)
+    assert [(e["code"], e["field"]) for e in events] == [("tiled_mlp_not_applied", "tiled_mlp")]
+    assert "the hf backend" in events[0]["message"]
+
+
 def packed_attention_warnings(config, model, backend="hf"):
     events = []
     runner._packed_attention_warning(EventSink(open("/dev/null", "w"), callback=events.append), config, model, backend)
