@@ -145,6 +145,7 @@ class RunSeries:
     warmup_steps: int = 0
     config: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None  # the dtype in effect (the started event), which "auto" does not tell
+    backend: str | None = None  # the backend in effect (the started event), which "auto" does not tell
     warnings: list[dict[str, Any]] = field(default_factory=list)  # the engine's warning events: code, field, message
     failure: dict[str, Any] | None = None  # the failed event: error_class, message, oom, step
     peer_best_loss: float | None = None  # the lowest loss_floor() of comparable runs, if the caller knows them
@@ -189,6 +190,7 @@ class RunSeries:
             self.total_steps = derived.get("total_steps") or self.total_steps
             self.warmup_steps = int(derived.get("warmup_steps") or 0)
             self.dtype = event.get("dtype") or self.dtype
+            self.backend = event.get("backend") or self.backend
             return True
         if kind == "warning":
             self.warnings.append({k: event.get(k) for k in ("code", "field", "message")})
@@ -657,6 +659,12 @@ def detect_out_of_memory(s: RunSeries, th: Thresholds, start: int, eval_start: i
     if cfg.get("optim") not in BIT8_OPTIMIZERS:
         params.append("optim")
         tips.append("use an 8-bit or paged optimizer (adamw_8bit, paged_adamw_8bit)")
+    if cfg.get("gradient_checkpointing") is False:
+        tips.append("turn gradient_checkpointing on (only each layer's input is kept; the rest is recomputed)")
+    if s.backend == "unsloth" and not cfg.get("tiled_mlp"):
+        tips.append("turn tiled_mlp on (Unsloth's tiled MLP; on a 1B Llama with 8 packed rows of 2,048 tokens: 11% "
+                    "less peak memory for 0-20% of the speed with tiled_mlp_target_gb 0.5, 14% less for 31-44% "
+                    "without a target)")
     if cfg.get("packing", not cfg):  # an unknown config may have had packing on
         params.append("packing")
         tips.append("turn packing off (packed rows always fill max_length)")

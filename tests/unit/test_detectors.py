@@ -426,6 +426,22 @@ def test_out_of_memory_with_packing_on_suggests_turning_it_off():
     assert f.parameters == ("gradient_accumulation_steps", "packing")
 
 
+def test_out_of_memory_on_unsloth_suggests_checkpointing_and_the_tiled_mlp_where_they_are_off():
+    config = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "load_in_4bit": True,
+              "optim": "adamw_8bit", "packing": False, "gradient_checkpointing": False, "backend": "auto"}
+    run = events(healthy(n=3), config=config, extra=[failed()])
+    run[0]["backend"] = "unsloth"  # what "auto" resolved to
+    f = only(detect(series_from_events(run)), "out_of_memory")
+    assert "turn gradient_checkpointing on" in f.message and "turn tiled_mlp on" in f.message
+    check_links(f)
+    # Both already on, or the hf backend (no tiled MLP there): neither tip.
+    run[0]["config"] = {**config, "gradient_checkpointing": True, "tiled_mlp": True}
+    f = only(detect(series_from_events(run)), "out_of_memory")
+    assert "gradient_checkpointing" not in f.message and "tiled_mlp" not in f.message
+    run[0].update(config=config, backend="hf")
+    assert "tiled_mlp" not in only(detect(series_from_events(run)), "out_of_memory").message
+
+
 def test_other_failures_are_not_out_of_memory():
     extra = [failed(oom=False, error_class="ValueError", message="bad data")]
     assert detect(series_from_events(events(healthy(n=3), extra=extra))) == []
