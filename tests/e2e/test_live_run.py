@@ -70,7 +70,13 @@ def test_the_demo_run_started_in_the_browser_draws_its_loss_live(web_server, cel
     page.screenshot(path=str(screenshot_path("screenshot.png")))
 
     wait_for(lambda: status_text(page) == "Succeeded", timeout=180, what="the run to succeed")
-    wait_for(lambda: len(chart_steps(page)) == STEPS, timeout=10, what="every loss point")
+    try:
+        wait_for(lambda: len(chart_steps(page)) == STEPS, timeout=10, what="every loss point")
+    except AssertionError:
+        steps = chart_steps(page)
+        missing = sorted(set(range(1, STEPS + 1)) - set(steps))
+        raise AssertionError(f"{len(steps)} loss points drawn, missing steps {missing}; live state "
+                             f"{page.inner_text('#live-state')!r}; events {page.inner_text('#events')!r}") from None
     assert chart_steps(page) == list(range(1, STEPS + 1)), "a gap or a duplicate in the loss curve"
     assert chart_steps(page, trace=1) == list(range(20, STEPS + 1, 20))
     assert page.inner_text("#run-steps") == f"step {STEPS} of {STEPS}"
