@@ -155,8 +155,9 @@ def test_the_engine_sees_whether_unsloth_tiled_the_mlp(tiny_llama):
     and the tiled model computes the same loss and gradients."""
     out = subprocess.run([sys.executable, "-c", TILED, tiny_llama], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
     plain, tiled = [line.split() for line in out.stdout.splitlines()[-2:]]
-    assert (plain[0], tiled[0]) == ("False", "True"), out.stderr[-2000:]
+    assert (plain[0], tiled[0]) == ("False", "True")
     assert plain[1:] == tiled[1:]
 
 
