@@ -5,7 +5,10 @@ Runs the engine's own `runner.run` on a config (as `python -m training.engine ru
   parameter bytes by dtype / trainable, attention implementation;
 - the trainer: packing / padding-free as resolved, the collator, rows after packing, checkpointing in effect;
 - training: memory at each step's start (resident) and each step's peak (reset at every step start), reserved,
-  the first batches' shapes and token counts as the model receives them.
+  the first batches' shapes and token counts as the model receives them;
+- what bounds a step (steps 6-8 under torch.profiler): the GPU's kernel time per step against the step's wall time
+  (taken from the unprofiled steps) and the process's CPU time per step: a GPU busy for a small share of the step
+  while the CPU is busy all of it means the step is bound by Python and kernel launches, not by the GPU.
 
     python bench/gpu_memory_probe.py CONFIG.json OUT.json      (gpu_throughput.py --probe runs it per case)
 """
@@ -151,6 +154,32 @@ def peak_breakdown(snapshot: dict, resident: int, top: int = 14) -> dict:
                 rest_gib=_gib(sum(v[0] for _, v in ranked[top:])))
 
 
+PROFILED = (6, 7, 8)  # warm steps
+
+
+def step_bound(profiler, steps: list[dict]) -> dict:
+    """GPU time per profiled step (the union of its kernels' intervals; copies apart) against the unprofiled
+    steps' wall and CPU time (the profiler slows the CPU side down, so those come from the steps around it)."""
+    device = [e for e in profiler.events() if e.device_type.name == "CUDA"]
+    kernels = [e for e in device if not e.name.startswith(("Memcpy", "Memset"))]
+    busy, end = 0.0, float("-inf")
+    for start, stop in sorted((e.time_range.start, e.time_range.end) for e in kernels):
+        busy += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    per_step = busy / 1e6 / len(PROFILED)
+    copies = sum(e.time_range.elapsed_us() for e in device if e.name.startswith("Memcpy")) / 1e6 / len(PROFILED)
+    plain = [s for s in steps if s["step"] > 3 and s["step"] not in PROFILED]  # step 3: the memory trace
+    wall = sorted(s["seconds"] for s in plain)[len(plain) // 2]
+    cpu = sorted(s["cpu_seconds"] for s in plain)[len(plain) // 2]
+    top: dict[str, float] = {}
+    for e in kernels:
+        top[e.name[:80]] = top.get(e.name[:80], 0) + e.time_range.elapsed_us() / 1e6 / len(PROFILED)
+    return dict(kernels_per_step=len(kernels) // len(PROFILED), gpu_kernel_seconds_per_step=round(per_step, 4),
+                copy_seconds_per_step=round(copies, 4), median_step_seconds=wall, median_step_cpu_seconds=cpu,
+                gpu_busy_share=round(per_step / wall, 3),
+                top_kernels={k: round(v, 4) for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:8]})
+
+
 def torch_device_index() -> int:
     import torch
 
@@ -257,12 +286,17 @@ def main(cfg_path: str, out_path: str, trace_path: bool = True) -> None:
                 torch.cuda.synchronize()
                 self.resident = torch.cuda.memory_allocated()
                 torch.cuda.reset_peak_memory_stats()
+                if state.global_step == PROFILED[0] - 1:
+                    self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                                       torch.profiler.ProfilerActivity.CUDA])
+                    self.profiler.__enter__()
                 if state.global_step == 2 and trace_path:  # step 3: warm, compiled
                     try:
                         torch.cuda.memory._record_memory_history(max_entries=400000, stacks="python")
                     except Exception as exc:  # diagnostics only
                         facts["peak_breakdown_step3"] = repr(exc)
                 self.t = time.perf_counter()
+                self.cpu = time.process_time()
 
             def on_step_end(self, args, state, control, **kw):
                 super().on_step_end(args, state, control, **kw)
@@ -270,8 +304,12 @@ def main(cfg_path: str, out_path: str, trace_path: bool = True) -> None:
                 step = dict(step=state.global_step, seconds=round(time.perf_counter() - self.t, 3),
                             resident_gib=_gib(self.resident), peak_gib=_gib(torch.cuda.max_memory_allocated()),
                             reserved_peak_gib=_gib(torch.cuda.max_memory_reserved()),
+                            cpu_seconds=round(time.process_time() - self.cpu, 3),
                             tokens_seen=state.num_input_tokens_seen)
                 facts["steps"].append(step)
+                if state.global_step == PROFILED[-1]:
+                    self.profiler.__exit__(None, None, None)
+                    box["profiler"] = self.profiler
                 if state.global_step == 1:
                     facts["checkpointing"] = describe_checkpointing(kw.get("model") or model)
                 if state.global_step == 3 and trace_path:
@@ -295,6 +333,11 @@ def main(cfg_path: str, out_path: str, trace_path: bool = True) -> None:
     # The probe callback is added in place of the engine's; metrics events then come from the probe's step list.
     rc = runner.run(config, sink)
     facts["rc"] = rc
+    if "profiler" in box:
+        try:
+            facts["step_bound"] = step_bound(box["profiler"], facts["steps"])
+        except Exception as exc:  # diagnostics only
+            facts["step_bound"] = repr(exc)
     facts["terminal"] = {k: v for k, v in events[-1].items() if k != "traceback"} if events else None
     if events and events[-1]["type"] == "failed":
         facts["traceback"] = events[-1].get("traceback", "")[-3000:]

@@ -54,8 +54,9 @@ CASES = {
 }
 # Variants, to find what moves the peaks and speeds: Unsloth's tiled MLP (the engine's tiled_mlp fields), a half,
 # quarter or eighth of the micro-batch with that much more accumulation (the same tokens per optimizer step and per
-# logged step), no gradient checkpointing, and (bare script only) PyTorch's checkpointing in place of Unsloth's
-# offloading one.
+# logged step), no gradient checkpointing, (bare script only) PyTorch's checkpointing in place of Unsloth's
+# offloading one, and unpacked data of mixed lengths (a batch is padded to its longest row on the hf backend, while
+# Unsloth trains padding-free: the same data costs hf the padding).
 VARIANTS = {
     "tiled": {"config": {"tiled_mlp": True}},                               # shards of hidden-size tokens
     "tiled05": {"config": {"tiled_mlp": True, "tiled_mlp_target_gb": 0.5}},  # as few shards as keep an MLP near 0.5 GB
@@ -64,6 +65,7 @@ VARIANTS = {
     "mb1": {"config": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 8}},
     "nogc": {"config": {"gradient_checkpointing": False}},
     "torchgc": {"bare": {"use_gradient_checkpointing": True}},
+    "mixed": {"data": "mixed"},
 }
 BEFORE = """
 import sys
@@ -103,6 +105,7 @@ def case_config(name: str, model: str, data: dict, steps: int, work: Path) -> tu
         if "bare" in VARIANTS[variant] and runner != "bare":
             raise SystemExit(f"variant +{variant} is for the bare script's cases only")
         case.update(VARIANTS[variant].get("config", {}) | VARIANTS[variant].get("bare", {}))
+        data_kind = VARIANTS[variant].get("data", data_kind)
     config = {**COMMON, **case, "model": model, "train_file": str(data[data_kind]), "max_steps": steps,
               "output_dir": str(work / name)}
     cfg_path = work / f"{name}.json"
@@ -135,7 +138,7 @@ def run_case(name: str, model: str, data: dict, steps: int, skip: int, work: Pat
             return {"case": name, "error": out.stderr[-2000:]}
         result = json.loads(lines[-1])
         times, tokens, peak = result["times"], result["tokens"], result["peak_vram_bytes"]
-        warnings = []
+        warnings, padding = [], None
     else:
         command = ["-m", "training.engine", "run"] if runner == "engine" else ["-c", BEFORE]
         out = subprocess.run([sys.executable, *command, str(cfg_path)], cwd=ROOT, capture_output=True,
@@ -147,13 +150,14 @@ def run_case(name: str, model: str, data: dict, steps: int, skip: int, work: Pat
         times, tokens = [m["time"] for m in metrics], [m["tokens_seen"] for m in metrics]
         peak = max(m["peak_vram_bytes"] for m in metrics)
         warnings = [e["code"] for e in events if e["type"] == "warning"]  # a setting that did not take effect
+        padding = metrics[-1].get("padding_share")  # of the batches' token slots (hf pads, Unsloth does not)
     step_s = [b - a for a, b in zip(times[skip:], times[skip + 1:])]
     step_tokens = [b - a for a, b in zip(tokens[skip:], tokens[skip + 1:])]
     per_step = sorted(t / s for t, s in zip(step_tokens, step_s))
     return {"case": name, "tokens_per_s": rate(times, tokens, skip), "peak_vram_gib": peak / 2**30,
             "median_step_tokens_per_s": per_step[len(per_step) // 2],
             "step_s": [round(s, 3) for s in step_s], "wall_s": time.time() - started, "steps": len(times),
-            "warnings": warnings}
+            "warnings": warnings, "padding_share": padding}
 
 
 def main() -> None:
@@ -179,10 +183,11 @@ def main() -> None:
 
     with torch.device("meta"):
         n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir)).parameters())
-    data = {"short": work / "short.jsonl", "long": work / "long.jsonl"}
-    if not data["short"].exists():
+    data = {"short": work / "short.jsonl", "long": work / "long.jsonl", "mixed": work / "mixed.jsonl"}
+    if not data["mixed"].exists():
         write_data(data["short"], rows=6000, words=(100, 400))   # many examples per 2048-token block
         write_data(data["long"], rows=1200, words=(700, 1000), seed=1)  # near max_length: padding stays small
+        write_data(data["mixed"], rows=2400, words=(50, 1000), seed=2)  # lengths spread evenly up to max_length
     device = torch.cuda.get_device_name(0)
     if args.probe:
         out_dir = Path(args.probe)

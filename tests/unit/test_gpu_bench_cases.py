@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("gpu_throughput", ROOT / "bench" / "gpu_throughput.py")
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
-DATA = {"short": "short.jsonl", "long": "long.jsonl"}
+DATA = {"short": "short.jsonl", "long": "long.jsonl", "mixed": "mixed.jsonl"}
 
 
 def test_a_plain_case_is_the_reference_config(tmp_path):
@@ -43,3 +43,12 @@ def test_a_bare_only_variant_is_refused_for_an_engine_case(tmp_path):
         bench.case_config("lora16_unsloth+torchgc", "m", DATA, 20, tmp_path)
     runner, cfg_path = bench.case_config("lora16_bare+torchgc", "m", DATA, 20, tmp_path)
     assert runner == "bare" and json.loads(cfg_path.read_text())["use_gradient_checkpointing"] is True
+
+
+def test_the_mixed_variant_changes_the_data_only(tmp_path):
+    _, plain = bench.case_config("qlora_hf", "m", DATA, 20, tmp_path)
+    _, mixed = bench.case_config("qlora_hf+mixed", "m", DATA, 20, tmp_path)
+    plain, mixed = json.loads(plain.read_text()), json.loads(mixed.read_text())
+    assert mixed["train_file"] == "mixed.jsonl" and plain["train_file"] == "long.jsonl"
+    assert {k: v for k, v in mixed.items() if k not in ("train_file", "output_dir")} == \
+        {k: v for k, v in plain.items() if k not in ("train_file", "output_dir")}
