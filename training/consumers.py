@@ -3,6 +3,7 @@ the run list's (each row's status, progress, queue position and findings as they
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -12,6 +13,8 @@ from django.http import Http404
 from training import selectors
 from training.findings import finding_dict
 from training.live import json_safe, run_group, team_runs_group
+
+log = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404  # also for another team's run: the two must look the same
@@ -121,6 +124,8 @@ class RunConsumer(JsonRequests):
             return
         kind = body["type"]
         if kind == "points":
+            # Each points message names the last steps the worker sent before it; a status the last step stored.
+            await self.catch_up(body.get("after") or {})
             fresh = []
             for point in body["points"]:
                 if point["step"] > self.sent_step[point["kind"]]:
@@ -128,7 +133,9 @@ class RunConsumer(JsonRequests):
                     fresh.append(point)
             if not fresh:
                 return
-            body = {**body, "points": fresh}
+            body = {"type": "points", "points": fresh}
+        elif kind == "status":
+            await self.catch_up({"metrics": body.get("last_step")})
         elif kind == "event":
             if body["seq"] <= self.sent_seq:
                 return
@@ -138,6 +145,33 @@ class RunConsumer(JsonRequests):
                 return
             self.sent_samples.add(body["id"])
         await self.send_json(body)
+
+    async def catch_up(self, sent: dict) -> None:
+        """The worker says it sent points up to these steps; any this page lacks were lost on the way (Redis drops
+        what it cannot deliver): send them from the database, where the worker wrote them before sending."""
+        behind = [self.sent_step[kind] for kind, step in sent.items()
+                  if kind in self.sent_step and isinstance(step, int) and step > self.sent_step[kind]]
+        if not behind:
+            return
+        after_step = min(behind)
+        while True:
+            chunk = await database_sync_to_async(selectors.run_points)(
+                self.run, after_step=after_step, limit=selectors.REPLAY_CHUNK)
+            fresh = []
+            for point in chunk:
+                new = False
+                for kind, field in (("metrics", "loss"), ("eval", "eval_loss")):
+                    if point[field] is not None and point["step"] > self.sent_step[kind]:
+                        self.sent_step[kind] = point["step"]
+                        new = True
+                if new:
+                    fresh.append(point)
+            if fresh:
+                log.info("run %s: %d points a live message missed, sent from the database", self.run.id, len(fresh))
+                await self.send_json({"type": "points", "points": json_safe(fresh)})
+            if len(chunk) < selectors.REPLAY_CHUNK:
+                return
+            after_step = chunk[-1]["step"]
 
 
 class RunListConsumer(JsonRequests):

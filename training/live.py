@@ -14,9 +14,10 @@ from training.selectors import run_rows
 
 log = logging.getLogger(__name__)
 
-# points: a batch of metric points, each {kind: metrics | eval, step, ...}; event: a RunEvent; sample: a
-# generation; status: the run's status and progress; log: new stderr lines of the training process; finding: a
-# symptom a detector just saw.
+# points: a batch of metric points, each {kind: metrics | eval, step, ...}, with after: {kind: the highest step of
+# that kind sent before it, or null} (a consumer that lacks those reads them from the database); event: a RunEvent;
+# sample: a generation; status: the run's status and progress; log: new stderr lines of the training process;
+# finding: a symptom a detector just saw.
 MessageType = Literal["points", "event", "sample", "status", "log", "finding"]
 MESSAGE_TYPES: frozenset[str] = frozenset(MessageType.__args__)  # type: ignore[attr-defined]
 

@@ -574,6 +574,9 @@ class RunRecorder:
         self._log_dirty = False
         self._log_flushed_at = 0.0
         self._row_sent_at = 0.0
+        # The highest step of each kind this recorder has sent: each points message names it, so a consumer that
+        # sees a higher one than it has knows a message was lost and reads the gap from the database.
+        self._sent_up_to: dict[str, int | None] = {"metrics": None, "eval": None}
         self.findings = RunWatcher(run)
 
     def record(self, event: dict) -> None:
@@ -625,7 +628,10 @@ class RunRecorder:
             sent += [{"kind": kind, **{f: v for f, v in row.items() if f != "time"}} for row in rows]
         if by_kind["metrics"]:
             Run.objects.filter(id=self.run.id).update(last_step=max(by_kind["metrics"]))
-        live.send_run_message(self.run.id, "points", {"points": sent})
+        live.send_run_message(self.run.id, "points", {"points": sent, "after": dict(self._sent_up_to)})
+        for kind, steps in by_kind.items():
+            if steps:
+                self._sent_up_to[kind] = max(self._sent_up_to[kind] or 0, *steps)
         if time.monotonic() - self._row_sent_at >= self.ROW_EVERY_S:
             live.send_run_row(self.run)
             self._row_sent_at = time.monotonic()

@@ -4,7 +4,7 @@ import uuid
 import pytest
 
 from tests.factories import make_dataset, make_member, make_team, tiny_overrides
-from training import live, services
+from training import live, selectors, services
 from training.models import MetricPoint
 
 from .conftest import communicator, run_async, session_cookie
@@ -84,6 +84,57 @@ def test_a_batch_of_points_is_one_message_split_only_by_other_events_and_nothing
     assert rows[3].loss == pytest.approx(2.7) and rows[3].eval_loss == 2.9  # one row per step, both kinds kept
     run.refresh_from_db()
     assert run.last_step == 4
+
+
+def test_points_whose_live_message_was_lost_reach_the_page_from_the_database(tmp_path, monkeypatch):
+    """Redis drops what it cannot deliver; the next points message (or the run's status) names the steps the worker
+    had sent, and the consumer sends the page the ones it never got, once each."""
+    run, cookie = quiet_run(tmp_path)
+    recorder = services.RunRecorder(run)
+    real_send = live.send_run_message
+
+    def losing_points(run_id, type_, payload):
+        return False if type_ == "points" else real_send(run_id, type_, payload)
+
+    async def watch():
+        from channels.db import database_sync_to_async
+
+        record = database_sync_to_async(recorder.record_many)
+        comm = communicator(run.id, cookie)
+        assert (await comm.connect(timeout=10))[0]
+        await comm.send_json_to({"type": "replay", "after_step": 0})
+        await comm.receive_json_from(timeout=10)
+        await record([metrics(1)])
+        got = [await comm.receive_json_from(timeout=10)]
+        monkeypatch.setattr(live, "send_run_message", losing_points)
+        await record([metrics(2), {"type": "eval", "time": 2.5, "step": 2, "epoch": 0.2, "eval_loss": 2.9},
+                      metrics(3)])
+        monkeypatch.setattr(live, "send_run_message", real_send)
+        await record([metrics(4)])  # its message names step 3: the page lacks 2 and 3
+        got += [await comm.receive_json_from(timeout=10)]
+        # The last points before a status lost too (the end of a run): the status carries the last step stored.
+        monkeypatch.setattr(live, "send_run_message", losing_points)
+        await record([metrics(5)])
+        monkeypatch.setattr(live, "send_run_message", real_send)
+
+        def send_status():
+            run.refresh_from_db()
+            live.send_run_message(run.id, "status", selectors.run_status_dict(run))
+
+        await database_sync_to_async(send_status)()
+        got += [await comm.receive_json_from(timeout=10) for _ in range(2)]
+        await comm.disconnect()
+        return got
+
+    got = run_async(watch)
+    assert [m["type"] for m in got] == ["points", "points", "points", "status"]
+    assert [p["step"] for p in got[0]["points"]] == [1]
+    # Read from the database: steps 2 and 3, and 4 as well (stored before its message); 4's own message is then
+    # not forwarded again.
+    assert [(p["step"], p["loss"], p["eval_loss"]) for p in got[1]["points"]] == [
+        (2, pytest.approx(2.8), 2.9), (3, pytest.approx(2.7), None), (4, pytest.approx(2.6), None)]
+    assert [p["step"] for p in got[2]["points"]] == [5]
+    assert got[3]["last_step"] == 5
 
 
 def test_a_payload_may_not_carry_its_own_type():
