@@ -20,6 +20,8 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404  # also for another team's run: the two must look the same
 # A run list page shows at most this many rows (RUNS_PER_PAGE is 50).
 WATCH_MAX_RUNS = 200
+# A stored point (one row per step) holds each kind of point when that kind's main value is set.
+KIND_FIELDS = (("metrics", "loss"), ("eval", "eval_loss"))
 
 
 class JsonRequests(AsyncJsonWebsocketConsumer):
@@ -93,15 +95,14 @@ class RunConsumer(JsonRequests):
         run = self.run
         last = after_step
         chunk_after = after_step
-        metrics_step = eval_step = after_step
+        newest = {kind: after_step for kind, _ in KIND_FIELDS}
         while True:
             chunk = await database_sync_to_async(selectors.run_points)(
                 run, after_step=chunk_after, limit=selectors.REPLAY_CHUNK)
             for point in chunk:
-                if point["loss"] is not None:
-                    metrics_step = point["step"]
-                if point["eval_loss"] is not None:
-                    eval_step = point["step"]
+                for kind, field in KIND_FIELDS:
+                    if point[field] is not None:
+                        newest[kind] = point["step"]
             if len(chunk) < selectors.REPLAY_CHUNK:
                 break
             chunk_after = chunk[-1]["step"]
@@ -109,8 +110,7 @@ class RunConsumer(JsonRequests):
         rest = await database_sync_to_async(_replay_rest)(run, after_seq)
         if chunk:
             last = chunk[-1]["step"]
-        self.sent_step = {"metrics": max(self.sent_step["metrics"], metrics_step),
-                          "eval": max(self.sent_step["eval"], eval_step)}
+        self.sent_step = {kind: max(self.sent_step[kind], step) for kind, step in newest.items()}
         self.sent_seq = max([self.sent_seq, after_seq, *(e["seq"] for e in rest["events"])])
         self.sent_samples.update(s["id"] for s in rest["samples"])
         self.replayed = True
@@ -160,7 +160,7 @@ class RunConsumer(JsonRequests):
             fresh = []
             for point in chunk:
                 new = False
-                for kind, field in (("metrics", "loss"), ("eval", "eval_loss")):
+                for kind, field in KIND_FIELDS:
                     if point[field] is not None and point["step"] > self.sent_step[kind]:
                         self.sent_step[kind] = point["step"]
                         new = True
