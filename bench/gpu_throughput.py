@@ -1,10 +1,12 @@
 """GPU throughput and memory of the engine's backends, and of a bare Unsloth script with the same config.
 
-Builds a ~1B random Llama (Llama-3.2-1B shapes) on the box, writes synthetic data, runs each case in its own process
-(Unsloth patches the trainer process-wide), and prints tokens/s, peak VRAM, an MFU estimate and the ratios.
+Builds a ~1B random Llama (Llama-3.2-1B shapes; `--size 1.1b`: TinyLlama-1.1B shapes) on the box, writes synthetic
+data, runs each case in its own process (Unsloth patches the trainer process-wide), and prints tokens/s, peak VRAM,
+an MFU estimate and the ratios.
 
     python bench/gpu_throughput.py --cases lora16_unsloth,lora16_hf,lora16_bare,lora16_hf,lora16_unsloth --steps 20
     python bench/gpu_throughput.py --cases qlora_unsloth,qlora_hf,qlora_hf_before,qlora_unsloth,qlora_hf --steps 40 --skip 10
+    python bench/gpu_throughput.py --size 1.1b --cases lora16_unsloth,lora16_hf,qlora_unsloth,qlora_hf --steps 20
     python bench/gpu_throughput.py --probe OUT_DIR --cases lora16_unsloth,lora16_hf --steps 8   (bench/gpu_memory_probe.py)
 
 A case listed twice runs twice (interleave them: the lent machines drift); the ratios use each case's mean.
@@ -27,6 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from training.engine.tiny import SIZES  # noqa: E402  (light: the model building imports come later)
+
 H100_BF16_DENSE = 989e12
 
 COMMON = dict(r=16, lora_alpha=16, lora_dropout=0.0, bias="none", target_modules="all-linear", random_state=3407,
@@ -165,6 +169,8 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--skip", type=int, default=5, help="metrics points left out at the start (warm-up)")
+    parser.add_argument("--size", default="1b", choices=[size for size in SIZES if size != "tiny"],
+                        help="the random Llama's shapes: Llama-3.2-1B (1b) or TinyLlama-1.1B (1.1b)")
     parser.add_argument("--work", default="/tmp/tuneboard-bench")
     parser.add_argument("--out", help="write the results as JSON here too")
     parser.add_argument("--probe", help="instead of timing, run bench/gpu_memory_probe.py on each engine case and "
@@ -176,9 +182,9 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    model_dir = work / "llama-1b"
+    model_dir = work / f"llama-{args.size}"
     if not (model_dir / "config.json").exists():
-        build_tiny_model(model_dir, arch="llama", size="1b")
+        build_tiny_model(model_dir, arch="llama", size=args.size)
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
@@ -189,6 +195,7 @@ def main() -> None:
         write_data(data["long"], rows=1200, words=(700, 1000), seed=1)  # near max_length: padding stays small
         write_data(data["mixed"], rows=2400, words=(50, 1000), seed=2)  # lengths spread evenly up to max_length
     device = torch.cuda.get_device_name(0)
+    summary = {"device": device, "size": args.size, "n_params": n_params}
     if args.probe:
         out_dir = Path(args.probe)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -204,12 +211,13 @@ def main() -> None:
         results.append(result)
         print(json.dumps(result), flush=True)
         if args.out:  # after every case: a call cut short keeps what it measured
-            Path(args.out).write_text(json.dumps({"device": device, "n_params": n_params, "results": results}))
+            Path(args.out).write_text(json.dumps(dict(summary, results=results)))
     by: dict[str, dict] = {}  # a case run more than once (interleaved repeats): the mean of its runs
     for name in dict.fromkeys(r["case"] for r in results if "tokens_per_s" in r):
         runs = [r for r in results if r["case"] == name and "tokens_per_s" in r]
         by[name] = {k: sum(r[k] for r in runs) / len(runs) for k in ("tokens_per_s", "peak_vram_gib")}
-    print(f"\n{device}, model {n_params / 1e9:.2f}B params, {args.steps} steps, first {args.skip} left out")
+    print(f"\n{device}, model {args.size} ({n_params / 1e9:.2f}B params), {args.steps} steps, "
+          f"first {args.skip} left out")
     print(f"{'case':24} {'tokens/s':>10} {'median step':>12} {'peak GiB':>9} {'MFU':>6}  warnings")
     for r in results:
         if "tokens_per_s" in r:
@@ -227,7 +235,7 @@ def main() -> None:
                 print(f"{prefix}: unsloth/{hf_case.removeprefix(prefix + '_')} speed = "
                       f"{u['tokens_per_s'] / h['tokens_per_s']:.2f}x, VRAM = {u['peak_vram_gib'] / h['peak_vram_gib']:.0%}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"device": device, "n_params": n_params, "results": results}, indent=1))
+        Path(args.out).write_text(json.dumps(dict(summary, results=results), indent=1))
 
 
 if __name__ == "__main__":

@@ -52,3 +52,14 @@ def test_the_mixed_variant_changes_the_data_only(tmp_path):
     assert mixed["train_file"] == "mixed.jsonl" and plain["train_file"] == "long.jsonl"
     assert {k: v for k, v in mixed.items() if k not in ("train_file", "output_dir")} == \
         {k: v for k, v in plain.items() if k not in ("train_file", "output_dir")}
+
+
+@pytest.mark.parametrize("size, params", [("1b", 1_235_814_400), ("1.1b", 1_100_048_384)])
+def test_the_bench_sizes_have_the_shapes_of_the_models_they_are_named_after(size, params):
+    """Llama-3.2-1B and TinyLlama-1.1B: their published parameter counts (built on the meta device: no memory)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(LlamaConfig(**bench.SIZES[size]))
+    assert sum(p.numel() for p in model.parameters()) == params

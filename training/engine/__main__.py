@@ -9,6 +9,8 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .tiny import SIZES  # light: the heavy imports are inside build_tiny_model
+
     parser = argparse.ArgumentParser(prog="python -m training.engine")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     tiny_p = sub.add_parser("tiny-model", help="build a random model with a locally trained tokenizer")
     tiny_p.add_argument("out_dir")
     tiny_p.add_argument("--arch", choices=["llama", "qwen2"], default="llama")
-    tiny_p.add_argument("--size", choices=["tiny", "1b"], default="tiny")
+    tiny_p.add_argument("--size", choices=list(SIZES), default="tiny")
 
     data_p = sub.add_parser("tiny-dataset", help="write a small learnable JSONL dataset")
     data_p.add_argument("path")

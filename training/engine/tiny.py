@@ -22,12 +22,15 @@ SPECIAL_TOKENS = ["<|pad|>", "<|begin_of_text|>", "<|end_of_text|>", "<|im_start
 COLOURS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple"]
 THINGS = ["apple", "leaf", "sky", "sun", "coal", "snow", "carrot", "plum", "grass", "cherry", "cloud", "lemon"]
 
-# Sizes: "tiny" trains in seconds on a CPU; "1b" matches Llama-3.2-1B's shapes for GPU throughput benches.
+# Sizes: "tiny" trains in seconds on a CPU; "1b" matches Llama-3.2-1B's shapes and "1.1b" TinyLlama-1.1B's (22 layers,
+# MLP 5632, 4 KV heads, vocabulary 32,000, untied) for GPU throughput benches: two common "1B Llamas".
 SIZES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=1024),
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                num_key_value_heads=8, max_position_embeddings=8192, vocab_size=128256, tie_word_embeddings=True),
+    "1.1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                 num_key_value_heads=4, max_position_embeddings=2048, vocab_size=32000, tie_word_embeddings=False),
 }
 
 
