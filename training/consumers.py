@@ -90,26 +90,32 @@ class RunConsumer(JsonRequests):
             return
         await self.replay(after_step=after_step, after_seq=after_seq or 0)
 
-    async def replay(self, *, after_step: int, after_seq: int) -> None:
-        """Stored points after after_step in chunks, then events, samples, status and log tail."""
-        run = self.run
-        last = after_step
-        chunk_after = after_step
-        newest = {kind: after_step for kind, _ in KIND_FIELDS}
+    async def stored_points(self, after_step: int):
+        """The run's stored points after after_step, a chunk of REPLAY_CHUNK at a time, each with whether it is the
+        last (a short chunk, possibly empty)."""
         while True:
             chunk = await database_sync_to_async(selectors.run_points)(
-                run, after_step=chunk_after, limit=selectors.REPLAY_CHUNK)
+                self.run, after_step=after_step, limit=selectors.REPLAY_CHUNK)
+            final = len(chunk) < selectors.REPLAY_CHUNK
+            yield chunk, final
+            if final:
+                return
+            after_step = chunk[-1]["step"]
+
+    async def replay(self, *, after_step: int, after_seq: int) -> None:
+        """Stored points after after_step in chunks, then events, samples, status and log tail."""
+        last = after_step
+        newest = {kind: after_step for kind, _ in KIND_FIELDS}
+        async for chunk, final in self.stored_points(after_step):
             for point in chunk:
                 for kind, field in KIND_FIELDS:
                     if point[field] is not None:
                         newest[kind] = point["step"]
-            if len(chunk) < selectors.REPLAY_CHUNK:
-                break
-            chunk_after = chunk[-1]["step"]
-            await self.send_json({"type": "replay", "points": json_safe(chunk), "done": False})
-        rest = await database_sync_to_async(_replay_rest)(run, after_seq)
-        if chunk:
-            last = chunk[-1]["step"]
+            if chunk:
+                last = chunk[-1]["step"]
+            if not final:
+                await self.send_json({"type": "replay", "points": json_safe(chunk), "done": False})
+        rest = await database_sync_to_async(_replay_rest)(self.run, after_seq)
         self.sent_step = {kind: max(self.sent_step[kind], step) for kind, step in newest.items()}
         self.sent_seq = max([self.sent_seq, after_seq, *(e["seq"] for e in rest["events"])])
         self.sent_samples.update(s["id"] for s in rest["samples"])
@@ -153,10 +159,7 @@ class RunConsumer(JsonRequests):
                   if kind in self.sent_step and isinstance(step, int) and step > self.sent_step[kind]]
         if not behind:
             return
-        after_step = min(behind)
-        while True:
-            chunk = await database_sync_to_async(selectors.run_points)(
-                self.run, after_step=after_step, limit=selectors.REPLAY_CHUNK)
+        async for chunk, _ in self.stored_points(min(behind)):
             fresh = []
             for point in chunk:
                 new = False
@@ -169,10 +172,6 @@ class RunConsumer(JsonRequests):
             if fresh:
                 log.info("run %s: %d points a live message missed, sent from the database", self.run.id, len(fresh))
                 await self.send_json({"type": "points", "points": json_safe(fresh)})
-            if len(chunk) < selectors.REPLAY_CHUNK:
-                return
-            after_step = chunk[-1]["step"]
-
 
 class RunListConsumer(JsonRequests):
     """The run list: the rows of the user's teams' runs as the worker changes them. `watch` first answers the rows

@@ -137,6 +137,39 @@ def test_points_whose_live_message_was_lost_reach_the_page_from_the_database(tmp
     assert got[3]["last_step"] == 5
 
 
+def test_replay_and_catch_up_read_the_database_in_chunks_and_send_each_point_once(tmp_path, monkeypatch):
+    """With two points a chunk: four stored points replay as two chunks and a final message (which names step 4,
+    though its own chunk is empty); three lost points and the one after them come back as two chunks."""
+    monkeypatch.setattr(selectors, "REPLAY_CHUNK", 2)
+    run, cookie = quiet_run(tmp_path)
+    recorder = services.RunRecorder(run)
+    recorder.record_many([metrics(step) for step in range(1, 5)])
+    real_send = live.send_run_message
+
+    async def watch():
+        from channels.db import database_sync_to_async
+
+        record = database_sync_to_async(recorder.record_many)
+        comm = communicator(run.id, cookie)
+        assert (await comm.connect(timeout=10))[0]
+        await comm.send_json_to({"type": "replay", "after_step": 0})
+        got = [await comm.receive_json_from(timeout=10) for _ in range(3)]
+        monkeypatch.setattr(live, "send_run_message", lambda run_id, type_, payload: False)
+        await record([metrics(5), metrics(6), metrics(7)])
+        monkeypatch.setattr(live, "send_run_message", real_send)
+        await record([metrics(8)])
+        got += [await comm.receive_json_from(timeout=10) for _ in range(2)]
+        assert await comm.receive_nothing(timeout=1)
+        await comm.disconnect()
+        return got
+
+    got = run_async(watch)
+    assert [(m["type"], m.get("done"), [p["step"] for p in m["points"]]) for m in got] == [
+        ("replay", False, [1, 2]), ("replay", False, [3, 4]), ("replay", True, []),
+        ("points", None, [5, 6]), ("points", None, [7, 8])]
+    assert got[2]["last_step"] == 4
+
+
 def test_a_payload_may_not_carry_its_own_type():
     with pytest.raises(ValueError, match="must not have its own 'type'"):
         live.send_run_message(1, "event", {"type": "checkpoint", "seq": 1})
