@@ -56,14 +56,16 @@ CASES = {
     "qlora_hf_before": dict(runner="engine-before", backend="hf", load_in_4bit=True, packing=False, max_length=1024,
                             per_device_train_batch_size=8, data="long"),
 }
-# Variants, to find what moves the peaks and speeds: Unsloth's tiled MLP (the engine's tiled_mlp fields), a half,
-# quarter or eighth of the micro-batch with that much more accumulation (the same tokens per optimizer step and per
-# logged step), no gradient checkpointing, (bare script only) PyTorch's checkpointing in place of Unsloth's
-# offloading one, and unpacked data of mixed lengths (a batch is padded to its longest row on the hf backend, while
+# Variants, to find what moves the peaks and speeds: Unsloth's tiled MLP (the engine's tiled_mlp fields), twice the
+# micro-batch (QLoRA at seq 1024 then takes the 16-bit case's 16k tokens a step), a half, quarter or eighth of the
+# micro-batch with that much more accumulation (the same tokens per optimizer step and per logged step), no
+# gradient checkpointing, (bare script only) PyTorch's checkpointing in place of Unsloth's offloading one, and
+# unpacked data of mixed lengths (a batch is padded to its longest row on the hf backend, while
 # Unsloth trains padding-free: the same data costs hf the padding).
 VARIANTS = {
     "tiled": {"config": {"tiled_mlp": True}},                               # shards of hidden-size tokens
     "tiled05": {"config": {"tiled_mlp": True, "tiled_mlp_target_gb": 0.5}},  # as few shards as keep an MLP near 0.5 GB
+    "mb16": {"config": {"per_device_train_batch_size": 16}},
     "mb4": {"config": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}},
     "mb2": {"config": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4}},
     "mb1": {"config": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 8}},

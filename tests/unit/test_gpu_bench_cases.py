@@ -22,7 +22,8 @@ def test_a_plain_case_is_the_reference_config(tmp_path):
     assert "tiled_mlp" not in config
 
 
-@pytest.mark.parametrize("case", [c + v for c in ("lora16_unsloth", "qlora_hf") for v in ("", "+mb4", "+mb1", "+nogc")]
+@pytest.mark.parametrize("case", [c + v for c in ("lora16_unsloth", "qlora_hf")
+                                  for v in ("", "+mb16", "+mb4", "+mb1", "+nogc")]
                          + ["lora16_unsloth+tiled", "qlora_unsloth+tiled05"])
 def test_every_engine_case_is_a_config_the_engine_accepts(tmp_path, case):
     """A case the engine would reject wastes a GPU call: each is checked here, before any model loads."""
