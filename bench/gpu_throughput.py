@@ -60,8 +60,10 @@ CASES = {
 # micro-batch (QLoRA at seq 1024 then takes the 16-bit case's 16k tokens a step), a half, quarter or eighth of the
 # micro-batch with that much more accumulation (the same tokens per optimizer step and per logged step), no
 # gradient checkpointing, (bare script only) PyTorch's checkpointing in place of Unsloth's offloading one, and
-# unpacked data of mixed lengths (a batch is padded to its longest row on the hf backend, while
-# Unsloth trains padding-free: the same data costs hf the padding).
+# unpacked data of mixed lengths (a batch is padded to its longest row on the hf backend, while Unsloth trains
+# padding-free: the same data costs hf the padding) or of rows all cut to max_length (no padding anywhere, and every
+# row of a batch the same length: Unsloth's padding-free attention on torch < 2.12 makes one call per run of
+# equal-length rows).
 VARIANTS = {
     "tiled": {"config": {"tiled_mlp": True}},                               # shards of hidden-size tokens
     "tiled05": {"config": {"tiled_mlp": True, "tiled_mlp_target_gb": 0.5}},  # as few shards as keep an MLP near 0.5 GB
@@ -72,6 +74,7 @@ VARIANTS = {
     "nogc": {"config": {"gradient_checkpointing": False}},
     "torchgc": {"bare": {"use_gradient_checkpointing": True}},
     "mixed": {"data": "mixed"},
+    "full": {"data": "full"},
 }
 BEFORE = """
 import sys
@@ -86,6 +89,15 @@ backends.keep_adapters_float32 = lambda model: 0
 from training.engine.__main__ import main
 sys.exit(main(["run", sys.argv[1]]))
 """
+
+
+# Synthetic data sets: rows, words a row, seed (the tiny tokenizer makes about 1.2-1.3 tokens of a word).
+DATA = {
+    "short": (6000, (100, 400), 0),   # many examples per 2048-token block
+    "long": (1200, (700, 1000), 1),   # near max_length 1024: padding stays small; 65% of rows are cut at 1024
+    "mixed": (2400, (50, 1000), 2),   # lengths spread evenly up to max_length
+    "full": (1200, (1000, 1400), 3),  # every row longer than 1024 tokens: all cut to exactly max_length
+}
 
 
 def write_data(path: Path, rows: int, words: tuple[int, int], seed: int = 0) -> None:
@@ -191,11 +203,10 @@ def main() -> None:
 
     with torch.device("meta"):
         n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir)).parameters())
-    data = {"short": work / "short.jsonl", "long": work / "long.jsonl", "mixed": work / "mixed.jsonl"}
-    if not data["mixed"].exists():
-        write_data(data["short"], rows=6000, words=(100, 400))   # many examples per 2048-token block
-        write_data(data["long"], rows=1200, words=(700, 1000), seed=1)  # near max_length: padding stays small
-        write_data(data["mixed"], rows=2400, words=(50, 1000), seed=2)  # lengths spread evenly up to max_length
+    data = {kind: work / f"{kind}.jsonl" for kind in DATA}
+    for kind, (rows, words, seed) in DATA.items():
+        if not data[kind].exists():
+            write_data(data[kind], rows=rows, words=words, seed=seed)
     device = torch.cuda.get_device_name(0)
     summary = {"device": device, "size": args.size, "n_params": n_params}
     if args.probe:

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("gpu_throughput", ROOT / "bench" / "gpu_throughput.py")
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
-DATA = {"short": "short.jsonl", "long": "long.jsonl", "mixed": "mixed.jsonl"}
+DATA = {kind: f"{kind}.jsonl" for kind in bench.DATA}
 
 
 def test_a_plain_case_is_the_reference_config(tmp_path):
@@ -46,12 +46,13 @@ def test_a_bare_only_variant_is_refused_for_an_engine_case(tmp_path):
     assert runner == "bare" and json.loads(cfg_path.read_text())["use_gradient_checkpointing"] is True
 
 
-def test_the_mixed_variant_changes_the_data_only(tmp_path):
+@pytest.mark.parametrize("variant", ["mixed", "full"])
+def test_a_data_variant_changes_the_data_only(tmp_path, variant):
     _, plain = bench.case_config("qlora_hf", "m", DATA, 20, tmp_path)
-    _, mixed = bench.case_config("qlora_hf+mixed", "m", DATA, 20, tmp_path)
-    plain, mixed = json.loads(plain.read_text()), json.loads(mixed.read_text())
-    assert mixed["train_file"] == "mixed.jsonl" and plain["train_file"] == "long.jsonl"
-    assert {k: v for k, v in mixed.items() if k not in ("train_file", "output_dir")} == \
+    _, other = bench.case_config(f"qlora_hf+{variant}", "m", DATA, 20, tmp_path)
+    plain, other = json.loads(plain.read_text()), json.loads(other.read_text())
+    assert other["train_file"] == f"{variant}.jsonl" and plain["train_file"] == "long.jsonl"
+    assert {k: v for k, v in other.items() if k not in ("train_file", "output_dir")} == \
         {k: v for k, v in plain.items() if k not in ("train_file", "output_dir")}
 
 
