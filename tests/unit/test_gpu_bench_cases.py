@@ -65,3 +65,21 @@ def test_the_bench_sizes_have_the_shapes_of_the_models_they_are_named_after(size
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(LlamaConfig(**bench.SIZES[size]))
     assert sum(p.numel() for p in model.parameters()) == params
+
+
+def test_the_full_data_is_cut_to_max_length_in_every_row_and_the_long_data_only_in_some(tmp_path):
+    """What the +full variant measures (2026-11-25 in docs/benchmarks.md) rests on this: with the tiny model's
+    tokenizer every `full` row is longer than 1,024 tokens (all cut to the same length), while `long` rows are not."""
+    from training.engine.tiny import _train_tokenizer
+
+    tokenizer = _train_tokenizer(vocab_size=512)  # the tokenizer build_tiny_model saves with every size
+
+    def lengths(kind):
+        rows, words, seed = bench.DATA[kind]
+        bench.write_data(tmp_path / kind, rows=rows, words=words, seed=seed)
+        texts = [json.loads(line)["text"] for line in (tmp_path / kind).read_text().splitlines()]
+        return [len(ids) for ids in tokenizer(texts)["input_ids"]]
+
+    assert min(lengths("full")) > 1024
+    long = lengths("long")
+    assert 0.3 < sum(n > 1024 for n in long) / len(long) < 0.9 and min(long) < 1024
