@@ -173,6 +173,7 @@ class RunConsumer(JsonRequests):
                 log.info("run %s: %d points a live message missed, sent from the database", self.run.id, len(fresh))
                 await self.send_json({"type": "points", "points": json_safe(fresh)})
 
+
 class RunListConsumer(JsonRequests):
     """The run list: the rows of the user's teams' runs as the worker changes them. `watch` first answers the rows
     the page shows as they are now, so a change between the page's render and the socket's join is not missed."""
