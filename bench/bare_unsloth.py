@@ -53,4 +53,5 @@ trainer = SFTTrainer(
 )
 trainer.train()
 print(json.dumps({"times": clock.times, "tokens": clock.tokens,
-                  "peak_vram_bytes": torch.cuda.max_memory_allocated(), "device": torch.cuda.get_device_name(0)}))
+                  "peak_vram_bytes": torch.cuda.max_memory_allocated(),
+                  "peak_reserved_bytes": torch.cuda.max_memory_reserved(), "device": torch.cuda.get_device_name(0)}))

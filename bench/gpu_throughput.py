@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -67,6 +68,8 @@ CASES = {
 VARIANTS = {
     "tiled": {"config": {"tiled_mlp": True}},                               # shards of hidden-size tokens
     "tiled05": {"config": {"tiled_mlp": True, "tiled_mlp_target_gb": 0.5}},  # as few shards as keep an MLP near 0.5 GB
+    "tiled03": {"config": {"tiled_mlp": True, "tiled_mlp_target_gb": 0.3}},  # TinyLlama shapes: 8k tokens in 2 shards
+    "tiled02": {"config": {"tiled_mlp": True, "tiled_mlp_target_gb": 0.2}},  # ... in 4 shards
     "mb16": {"config": {"per_device_train_batch_size": 16}},
     "mb4": {"config": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}},
     "mb2": {"config": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4}},
@@ -75,6 +78,11 @@ VARIANTS = {
     "torchgc": {"bare": {"use_gradient_checkpointing": True}},
     "mixed": {"data": "mixed"},
     "full": {"data": "full"},
+    # Unsloth's chunked cross-entropy holds one chunk of float32 logits: rows = min(2 GB / (vocab x 8 B), an eighth
+    # of the step's rows); UNSLOTH_LOGPROB_CHUNK_GB (read at import) caps the 2 GB. A quarter and a sixteenth of the
+    # eighth that 8k-token steps get by default.
+    "ce1": {"env": {"UNSLOTH_LOGPROB_CHUNK_GB": "0.0625"}},
+    "ce4": {"env": {"UNSLOTH_LOGPROB_CHUNK_GB": "0.015625"}},
 }
 BEFORE = """
 import sys
@@ -86,6 +94,18 @@ def old_get_peft_model(model, config, *args, **kwargs):
     return get_peft_model(model, config, *args, **kwargs)
 peft.get_peft_model = old_get_peft_model
 backends.keep_adapters_float32 = lambda model: 0
+from training.engine.__main__ import main
+sys.exit(main(["run", sys.argv[1]]))
+"""
+# The engine's events report max_memory_allocated; this also prints what the allocator reserved (nvidia-smi's view,
+# and what Unsloth's notebooks print) once the run has ended.
+PEAKS = """
+import atexit, json, os, sys, torch
+_fd1 = os.fdopen(os.dup(1), "w")  # the engine points fd 1 at stderr for library chatter; this keeps the real stdout
+atexit.register(lambda: print(json.dumps({"type": "bench_peaks", "allocated": torch.cuda.max_memory_allocated(),
+                                          "reserved": torch.cuda.max_memory_reserved()}), file=_fd1, flush=True))
+"""
+ENGINE = PEAKS + """
 from training.engine.__main__ import main
 sys.exit(main(["run", sys.argv[1]]))
 """
@@ -114,6 +134,14 @@ def rate(times: list[float], tokens: list[int], skip: int) -> float:
     return (tokens[-1] - tokens[skip]) / (times[-1] - times[skip])
 
 
+def case_env(name: str) -> dict:
+    """The process environment a case runs in: this one, plus its variants' `env`."""
+    env = dict(os.environ)
+    for variant in name.split("+")[1:]:
+        env.update(VARIANTS[variant].get("env", {}))
+    return env
+
+
 def case_config(name: str, model: str, data: dict, steps: int, work: Path) -> tuple[str, Path]:
     """The case's runner and its config file (the engine's TrainConfig; the bare script reads the same keys)."""
     base, *variants = name.split("+")
@@ -136,10 +164,10 @@ def probe_case(name: str, model: str, data: dict, steps: int, work: Path, out_di
     runner, cfg_path = case_config(name, model, data, steps, work)
     if runner != "engine":
         return {"case": name, "error": "only engine cases are probed"}
-    out = out_dir / f"probe-{name}.json"
+    out = out_dir / f"probe-{name.replace('+', '-')}.json"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_memory_probe.py"), str(cfg_path), str(out)],
-                          cwd=ROOT, capture_output=True, text=True)
-    (out_dir / f"probe-{name}.log").write_text(proc.stdout[-100000:] + "\n--- stderr ---\n" + proc.stderr[-100000:])
+                          cwd=ROOT, capture_output=True, text=True, env=case_env(name))
+    (out_dir / f"probe-{name.replace('+', '-')}.log").write_text(proc.stdout[-100000:] + "\n--- stderr ---\n" + proc.stderr[-100000:])
     if not out.exists():
         return {"case": name, "error": proc.stderr[-3000:]}
     return {"case": name, **json.loads(out.read_text())}
@@ -150,18 +178,21 @@ def run_case(name: str, model: str, data: dict, steps: int, skip: int, work: Pat
     started = time.time()
     if runner == "bare":
         out = subprocess.run([sys.executable, str(ROOT / "bench" / "bare_unsloth.py"), str(cfg_path)], cwd=ROOT,
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, env=case_env(name))
         lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
         if out.returncode or not lines:
             return {"case": name, "error": out.stderr[-2000:]}
         result = json.loads(lines[-1])
         times, tokens, peak = result["times"], result["tokens"], result["peak_vram_bytes"]
-        warnings, padding = [], None
+        reserved, warnings, padding = result["peak_reserved_bytes"], [], None
     else:
-        command = ["-m", "training.engine", "run"] if runner == "engine" else ["-c", BEFORE]
-        out = subprocess.run([sys.executable, *command, str(cfg_path)], cwd=ROOT, capture_output=True,
-                             text=True)
+        script = ENGINE if runner == "engine" else PEAKS + BEFORE
+        out = subprocess.run([sys.executable, "-c", script, str(cfg_path)], cwd=ROOT, capture_output=True,
+                             text=True, env=case_env(name))
         events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+        peaks = [e for e in events if e["type"] == "bench_peaks"]
+        events = [e for e in events if e["type"] != "bench_peaks"]
+        reserved = peaks[0]["reserved"] if peaks else None
         metrics = [e for e in events if e["type"] == "metrics"]
         if not events or events[-1]["type"] != "finished":
             return {"case": name, "error": (events[-1] if events else out.stderr[-2000:])}
@@ -173,9 +204,28 @@ def run_case(name: str, model: str, data: dict, steps: int, skip: int, work: Pat
     step_tokens = [b - a for a, b in zip(tokens[skip:], tokens[skip + 1:])]
     per_step = sorted(t / s for t, s in zip(step_tokens, step_s))
     return {"case": name, "tokens_per_s": rate(times, tokens, skip), "peak_vram_gib": peak / 2**30,
+            "peak_reserved_gib": reserved / 2**30 if reserved is not None else None,
             "median_step_tokens_per_s": per_step[len(per_step) // 2],
             "step_s": [round(s, 3) for s in step_s], "wall_s": time.time() - started, "steps": len(times),
             "warnings": warnings, "padding_share": padding}
+
+
+def comparisons(names: list[str]) -> list[tuple[str, str]]:
+    """(engine unsloth case, case it is measured against): the bare script with the same variants, and the hf backend
+    and the upcasting recipe on the same job (the same variants, leaving out those that only set Unsloth's
+    environment)."""
+    def job(name: str) -> tuple[str, str, tuple[str, ...]]:
+        base, *variants = name.split("+")
+        prefix, kind = base.split("_", 1)
+        return prefix, kind, tuple(v for v in variants if set(VARIANTS[v]) != {"env"})
+
+    pairs = []
+    for u in names:
+        prefix, kind, variants = job(u)
+        if kind == "unsloth":
+            pairs += [(u, o) for o in names if (job(o)[1] == "bare" and o.split("+")[1:] == u.split("+")[1:])
+                      or (job(o)[1] in ("hf", "hf_before") and job(o)[::2] == (prefix, variants))]
+    return pairs
 
 
 def main() -> None:
@@ -229,24 +279,27 @@ def main() -> None:
     for name in dict.fromkeys(r["case"] for r in results if "tokens_per_s" in r):
         runs = [r for r in results if r["case"] == name and "tokens_per_s" in r]
         by[name] = {k: sum(r[k] for r in runs) / len(runs) for k in ("tokens_per_s", "peak_vram_gib")}
+        reserved = [r["peak_reserved_gib"] for r in runs if r.get("peak_reserved_gib") is not None]
+        by[name]["peak_reserved_gib"] = sum(reserved) / len(reserved) if reserved else None
     print(f"\n{device}, model {args.size} ({n_params / 1e9:.2f}B params), {args.steps} steps, "
           f"first {args.skip} left out")
-    print(f"{'case':24} {'tokens/s':>10} {'median step':>12} {'peak GiB':>9} {'MFU':>6}  warnings")
+    print(f"{'case':24} {'tokens/s':>10} {'median step':>12} {'peak GiB':>9} {'reserved':>9} {'MFU':>6}  warnings")
     for r in results:
         if "tokens_per_s" in r:
+            reserved = f"{r['peak_reserved_gib']:9.2f}" if r["peak_reserved_gib"] is not None else f"{'-':>9}"
             print(f"{r['case']:24} {r['tokens_per_s']:10.0f} {r['median_step_tokens_per_s']:12.0f} "
-                  f"{r['peak_vram_gib']:9.2f} {r['mfu']:6.1%}  {' '.join(r['warnings']) or '-'}")
+                  f"{r['peak_vram_gib']:9.2f} {reserved} {r['mfu']:6.1%}  {' '.join(r['warnings']) or '-'}")
         else:
             print(f"{r['case']:24} ERROR {str(r['error'])[:300]}")
-    for prefix in ("lora16", "qlora"):
-        u, b = by.get(f"{prefix}_unsloth"), by.get(f"{prefix}_bare")
-        if u and b:
-            print(f"{prefix}: engine/bare unsloth = {u['tokens_per_s'] / b['tokens_per_s']:.3f}")
-        for hf_case in (f"{prefix}_hf", f"{prefix}_hf_before"):
-            h = by.get(hf_case)
-            if u and h:
-                print(f"{prefix}: unsloth/{hf_case.removeprefix(prefix + '_')} speed = "
-                      f"{u['tokens_per_s'] / h['tokens_per_s']:.2f}x, VRAM = {u['peak_vram_gib'] / h['peak_vram_gib']:.0%}")
+    for u, o in comparisons(list(by)):
+        a, b = by[u], by[o]
+        if o.split("+")[0].endswith("_bare"):
+            print(f"{u} / {o}: engine/bare = {a['tokens_per_s'] / b['tokens_per_s']:.3f}")
+            continue
+        reserved = (f", reserved {a['peak_reserved_gib'] / b['peak_reserved_gib']:.0%}"
+                    if a["peak_reserved_gib"] and b["peak_reserved_gib"] else "")
+        print(f"{u} / {o}: speed {a['tokens_per_s'] / b['tokens_per_s']:.2f}x, "
+              f"VRAM {a['peak_vram_gib'] / b['peak_vram_gib']:.0%}{reserved}")
     if args.out:
         Path(args.out).write_text(json.dumps(dict(summary, results=results), indent=1))
 

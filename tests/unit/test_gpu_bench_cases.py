@@ -1,6 +1,8 @@
 """bench/gpu_throughput.py's case variants: what each one changes in the config file."""
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,37 @@ def test_a_data_variant_changes_the_data_only(tmp_path, variant):
     assert other["train_file"] == f"{variant}.jsonl" and plain["train_file"] == "long.jsonl"
     assert {k: v for k, v in other.items() if k not in ("train_file", "output_dir")} == \
         {k: v for k, v in plain.items() if k not in ("train_file", "output_dir")}
+
+
+@pytest.mark.parametrize("variant, env", [("ce1", {"UNSLOTH_LOGPROB_CHUNK_GB": "0.0625"}),
+                                          ("ce4", {"UNSLOTH_LOGPROB_CHUNK_GB": "0.015625"})])
+def test_an_environment_variant_changes_the_environment_only(tmp_path, variant, env):
+    _, plain = bench.case_config("qlora_unsloth+full", "m", DATA, 20, tmp_path)
+    _, other = bench.case_config(f"qlora_unsloth+full+{variant}", "m", DATA, 20, tmp_path)
+    drop = ("output_dir",)
+    assert {k: v for k, v in json.loads(other.read_text()).items() if k not in drop} == \
+        {k: v for k, v in json.loads(plain.read_text()).items() if k not in drop}
+    assert bench.case_env(f"qlora_unsloth+full+{variant}").items() >= env.items()
+
+
+def test_ratios_pair_each_unsloth_case_with_the_same_job():
+    """The bare script must match every variant; the plain stacks the job (an Unsloth-only environment aside)."""
+    names = ["qlora_unsloth+full", "qlora_unsloth+full+ce1", "qlora_hf_before+full", "qlora_hf_before",
+             "qlora_bare+full+ce1", "qlora_bare+full", "lora16_unsloth", "lora16_hf", "lora16_hf+mb4"]
+    assert bench.comparisons(names) == [
+        ("qlora_unsloth+full", "qlora_hf_before+full"), ("qlora_unsloth+full", "qlora_bare+full"),
+        ("qlora_unsloth+full+ce1", "qlora_hf_before+full"), ("qlora_unsloth+full+ce1", "qlora_bare+full+ce1"),
+        ("lora16_unsloth", "lora16_hf")]
+
+
+def test_the_peaks_line_reaches_stdout_after_the_engine_moves_fd_1(tmp_path):
+    """The engine points fd 1 at stderr for library chatter (training/engine/__main__.py); the bench's peaks line
+    must still come out on the stdout the bench reads, once, after everything the run printed."""
+    script = bench.PEAKS + "os.dup2(2, 1)\nprint('chatter', flush=True)\nsys.exit(0)\n"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1 and set(json.loads(lines[0])) == {"type", "allocated", "reserved"}
+    assert "chatter" in out.stderr
 
 
 @pytest.mark.parametrize("size, params", [("1b", 1_235_814_400), ("1.1b", 1_100_048_384)])
