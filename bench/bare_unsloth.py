@@ -7,7 +7,10 @@ import os
 import sys
 import time
 
-import unsloth  # noqa: F401  (before transformers/TRL, as Unsloth asks)
+import unsloth_varlen  # bench/, beside this script
+
+unsloth_varlen.apply()  # a +varlen case only: before Unsloth is imported
+import unsloth  # noqa: E402,F401  (before transformers/TRL, as Unsloth asks)
 import torch
 from datasets import load_dataset
 from transformers import TrainerCallback

@@ -187,13 +187,16 @@ def torch_device_index() -> int:
 
 
 def main(cfg_path: str, out_path: str, trace_path: bool = True) -> None:
+    import unsloth_varlen  # bench/, beside this script
+
+    emulated = unsloth_varlen.apply()  # a +varlen case only: before Unsloth is imported
     import torch
 
     from training.engine import backends, runner
     from training.engine.config import parse_config
     from training.engine.events import EventSink
 
-    facts: dict = {"batches": [], "steps": []}
+    facts: dict = {"batches": [], "steps": [], "unsloth_varlen_emulated": emulated}
     box: dict = {}
     orig_load = backends.load
 

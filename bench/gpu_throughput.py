@@ -83,6 +83,8 @@ VARIANTS = {
     # eighth that 8k-token steps get by default.
     "ce1": {"env": {"UNSLOTH_LOGPROB_CHUNK_GB": "0.0625"}},
     "ce4": {"env": {"UNSLOTH_LOGPROB_CHUNK_GB": "0.015625"}},
+    # Unsloth's one-call varlen attention for packed batches, as on torch >= 2.12 (bench/unsloth_varlen.py)
+    "varlen": {"env": {"BENCH_UNSLOTH_VARLEN": "1"}},
 }
 BEFORE = """
 import sys
@@ -99,8 +101,12 @@ sys.exit(main(["run", sys.argv[1]]))
 """
 # The engine's events report max_memory_allocated; this also prints what the allocator reserved (nvidia-smi's view,
 # and what Unsloth's notebooks print) once the run has ended.
-PEAKS = """
+PEAKS = f"""
 import atexit, json, os, sys, torch
+sys.path.insert(0, {str(ROOT / "bench")!r})
+""" + """
+import unsloth_varlen
+unsloth_varlen.apply()
 _fd1 = os.fdopen(os.dup(1), "w")  # the engine points fd 1 at stderr for library chatter; this keeps the real stdout
 atexit.register(lambda: print(json.dumps({"type": "bench_peaks", "allocated": torch.cuda.max_memory_allocated(),
                                           "reserved": torch.cuda.max_memory_reserved()}), file=_fd1, flush=True))

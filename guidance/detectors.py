@@ -683,6 +683,7 @@ SETTING_WARNINGS = {
     "loftq_not_applied": ("loftq_config", "warning", "LoftQ was not applied"),
     "packing_no_gain": ("packing", "info", "Packing gains little here"),
     "packed_attention_cost": ("packing", "info", "Packed micro-batch attended as one sequence"),
+    "unsloth_attention_per_segment": ("packing", "warning", "Unsloth attends per segment on this torch"),
 }
 
 

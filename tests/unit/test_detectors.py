@@ -458,6 +458,15 @@ def test_the_packed_attention_cost_warning_is_an_info_finding_about_packing():
     check_links(f)
 
 
+def test_unsloths_per_segment_attention_is_a_warning_finding_about_packing():
+    extra = [{"type": "warning", "code": "unsloth_attention_per_segment", "field": "packing",
+              "message": "torch 2.11.0 on this worker has no varlen attention"}]
+    [f] = detect(series_from_events(events(healthy(n=3), extra=extra)))
+    assert (f.code, f.severity, f.parameters) == ("unsloth_attention_per_segment", "warning", ("packing",))
+    assert f.message.startswith("torch 2.11.0")
+    check_links(f)
+
+
 def test_engine_warnings_about_settings_become_findings():
     extra = [{"type": "warning", "code": "bias_no_effect", "field": "bias", "message": 'bias="all" made no bias'},
              {"type": "warning", "code": "loftq_not_applied", "field": "loftq_config", "message": "not applied"},

@@ -1,9 +1,12 @@
 """The engine's config model: every bad value or combination is refused before any model loads, naming the field."""
+from pathlib import Path
+
 import pytest
 
 from training.engine.config import SCHEDULER_KWARGS, SCHEDULERS, ConfigError, check_environment, parse_config
 
 BASE = {"model": "/models/tiny", "train_file": "/data/train.jsonl"}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def errors_of(**overrides):
@@ -140,3 +143,63 @@ def test_missing_bitsandbytes_is_named(monkeypatch):
     with pytest.raises(ConfigError) as exc:
         check_environment(config, cuda=True, bf16=True)
     assert "needs bitsandbytes" in exc.value.errors["optim"]
+
+
+@pytest.fixture
+def clean_alloc_env(monkeypatch):
+    from training.engine import backends
+
+    for name in (backends.ALLOC_CONF, "PYTORCH_CUDA_ALLOC_CONF", "WSL_DISTRO_NAME", "WSL_INTEROP"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(backends.sys, "platform", "linux")
+    monkeypatch.setattr(backends.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(backends.platform, "release", lambda: "6.8.0")
+    return backends
+
+
+def test_the_unsloth_backend_gets_expandable_segments_before_torch_starts(clean_alloc_env):
+    backends = clean_alloc_env
+    backends.prepare_process(parse_config({**BASE, "backend": "unsloth"}))
+    assert backends.os.environ[backends.ALLOC_CONF] == "expandable_segments:True"
+
+
+@pytest.mark.parametrize("case", ["hf backend", "worker's own setting", "legacy variable", "aarch64", "wsl"])
+def test_expandable_segments_are_left_alone_where_unsloth_would(clean_alloc_env, monkeypatch, case):
+    backends = clean_alloc_env
+    backend = "hf" if case == "hf backend" else "unsloth"
+    if case == "worker's own setting":
+        monkeypatch.setenv(backends.ALLOC_CONF, "max_split_size_mb:128")
+    if case == "legacy variable":
+        monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
+    if case == "aarch64":  # Tegra boards fail with expandable segments; Unsloth decides there
+        monkeypatch.setattr(backends.platform, "machine", lambda: "aarch64")
+    if case == "wsl":
+        monkeypatch.setenv("WSL_DISTRO_NAME", "Ubuntu")
+    before = backends.os.environ.get(backends.ALLOC_CONF)
+    backends.prepare_process(parse_config({**BASE, "backend": backend}))
+    assert backends.os.environ.get(backends.ALLOC_CONF) == before
+
+
+def test_the_runner_prepares_the_process_before_anything_imports_torch(tmp_path):
+    """The allocator reads its configuration once: prepare_process must come before torch is first imported."""
+    import json
+    import subprocess
+    import sys
+
+    script = """
+import json, os, sys
+from training.engine import backends, runner
+from training.engine.config import parse_config
+from training.engine.events import EventSink
+seen = {}
+def prepare_process(config):
+    seen["torch_imported"] = "torch" in sys.modules
+    raise RuntimeError("stop here")
+backends.prepare_process = prepare_process
+runner.run(parse_config(json.loads(sys.argv[1])), EventSink(open(os.devnull, "w")))
+print(json.dumps(seen))
+"""
+    config = {**BASE, "backend": "unsloth", "output_dir": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script, json.dumps(config)], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert json.loads(out.stdout.splitlines()[-1]) == {"torch_imported": False}

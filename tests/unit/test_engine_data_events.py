@@ -72,3 +72,43 @@ def test_cuda_out_of_memory_is_recognised():
     assert _is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert _is_oom(RuntimeError("CUDA error: out of memory"))
     assert not _is_oom(ValueError("bad shape"))
+
+
+def _attention_warnings(config, backend, cuda, missing, monkeypatch):
+    from training.engine import backends, runner
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(backends, "unsloth_varlen_missing", lambda: missing)
+    events = []
+    runner._unsloth_attention_warning(EventSink(io.StringIO(), callback=events.append), config, backend)
+    return events
+
+
+def test_unsloth_on_a_torch_without_gqa_varlen_attention_warns(tmp_path, monkeypatch):
+    events = _attention_warnings(config_for(tmp_path / "d.jsonl", packing=True), "unsloth", True, "2.11.0",
+                                 monkeypatch)
+    assert [(e["code"], e["field"]) for e in events] == [("unsloth_attention_per_segment", "packing")]
+    assert "torch 2.11.0" in events[0]["message"] and "torch >= 2.12" in events[0]["message"]
+
+
+@pytest.mark.parametrize("backend, cuda, missing", [("hf", True, "2.11.0"), ("unsloth", False, "2.11.0"),
+                                                    ("unsloth", True, None)])
+def test_no_attention_warning_where_unsloth_attends_in_one_call_or_is_not_on_a_gpu(tmp_path, monkeypatch, backend,
+                                                                                   cuda, missing):
+    assert _attention_warnings(config_for(tmp_path / "d.jsonl"), backend, cuda, missing, monkeypatch) == []
+
+
+def test_the_varlen_check_reads_torchs_signature(monkeypatch):
+    import torch.nn.attention.varlen as varlen
+
+    from training.engine import backends
+
+    assert backends.unsloth_varlen_missing() is None  # the pinned torch 2.13 has it
+
+    def torch_2_11_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None,
+                               window_size=(-1, -1)):
+        return None
+
+    monkeypatch.setattr(varlen, "varlen_attn", torch_2_11_varlen_attn)
+    assert backends.unsloth_varlen_missing() == torch.__version__
+

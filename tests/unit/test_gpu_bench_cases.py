@@ -116,3 +116,31 @@ def test_the_full_data_is_cut_to_max_length_in_every_row_and_the_long_data_only_
     assert min(lengths("full")) > 1024
     long = lengths("long")
     assert 0.3 < sum(n > 1024 for n in long) / len(long) < 0.9 and min(long) < 1024
+
+
+def test_the_varlen_emulation_passes_unsloths_torch_2_12_checks_only_when_asked(monkeypatch):
+    """bench/unsloth_varlen.py: on a torch 2.11-like varlen module it adds enable_gqa and says no to cuDNN (as torch
+    2.13 does); it leaves a torch that has enable_gqa alone, and does nothing unless the case asks."""
+    import inspect
+
+    import torch.nn.attention.varlen as varlen
+
+    spec = importlib.util.spec_from_file_location("unsloth_varlen", ROOT / "bench" / "unsloth_varlen.py")
+    emulation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(emulation)
+
+    def torch_2_11_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None,
+                               window_size=(-1, -1)):
+        return None
+
+    monkeypatch.setattr(varlen, "varlen_attn", torch_2_11_varlen_attn)
+    monkeypatch.delenv(emulation.ENV, raising=False)
+    assert emulation.apply() is False and varlen.varlen_attn is torch_2_11_varlen_attn
+    monkeypatch.setenv(emulation.ENV, "1")
+    monkeypatch.setattr(varlen, "_can_use_cudnn", None, raising=False)
+    assert emulation.apply() is True
+    assert {"window_size", "enable_gqa"} <= set(inspect.signature(varlen.varlen_attn).parameters)
+    assert varlen._can_use_cudnn(None, None, None, 1024, [-1, 0], True) is False
+    with pytest.raises(RuntimeError, match="lean flash path only"):
+        varlen.varlen_attn(None, None, None, None, None, 1, 1, enable_gqa=True)
+    assert emulation.apply() is False  # now it has enable_gqa: nothing more to do

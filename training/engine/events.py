@@ -11,7 +11,8 @@ Schema (v = 1). Every event has: v, type, time (unix seconds, float).
 - eval:       step, epoch, eval_loss
 - sample:     step, prompt, completion
 - warning:    code (bias_no_effect, loftq_not_applied, packing_no_gain, truncation, packed_attention_cost,
-              tiled_mlp_not_applied, sample_failed), field (the config field it is about), message
+              tiled_mlp_not_applied, unsloth_attention_per_segment, sample_failed), field (the config field it is
+              about), message
 - log:        message
 - checkpoint: step, path
 - finished:   step, adapter_path, merged_path (or null), train_loss, runtime_s

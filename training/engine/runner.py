@@ -230,6 +230,7 @@ def _setting_warnings(sink: EventSink, config: TrainConfig, model, counts: dict,
         sink.warning("tiled_mlp_not_applied", "tiled_mlp",
                      f"tiled_mlp was asked for but the {backend} backend runs no MLP tiled on this machine (Unsloth "
                      "tiles on GPUs only; the hf backend never does); peak memory is as without it")
+    _unsloth_attention_warning(sink, config, backend)
     if lengths:
         near = sum(1 for n in lengths if n >= 0.5 * config.max_length) / len(lengths)
         truncated = sum(1 for n in lengths if n > config.max_length) / len(lengths)
@@ -242,6 +243,24 @@ def _setting_warnings(sink: EventSink, config: TrainConfig, model, counts: dict,
                          f"{truncated:.1%} of examples are longer than max_length ({config.max_length}) "
                          "and will be cut")
     _packed_attention_warning(sink, config, model, backend)
+
+
+def _unsloth_attention_warning(sink: EventSink, config: TrainConfig, backend: str) -> None:
+    """Unsloth on a GPU whose torch predates varlen attention with grouped KV heads: every padding-free batch (all
+    of Unsloth's, packed or not) costs one attention call per run of equal-length examples."""
+    import torch
+
+    if backend != "unsloth" or not torch.cuda.is_available():
+        return
+    old = backends.unsloth_varlen_missing()
+    if old:
+        sink.warning(
+            "unsloth_attention_per_segment", "packing",
+            f"torch {old} on this worker has no varlen attention for grouped KV heads (torch >= 2.12), so Unsloth "
+            "attends to each run of equal-length examples in a batch with a call of its own; on an H100 that made "
+            "packed 16-bit steps 3.1-3.7x slower and unpacked mixed-length QLoRA steps 1.4-1.7x slower "
+            "(docs/benchmarks.md). Install the pinned torch (pyproject.toml) on this worker",
+        )
 
 
 def _packed_attention_warning(sink: EventSink, config: TrainConfig, model, backend: str) -> None:
@@ -300,6 +319,7 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
     stop = stop or StopRequest()
     state_box: dict = {"step": 0, "checkpoint": None, "stopping": False}
     try:
+        backends.prepare_process(config)  # before anything imports torch
         check_environment(config)
         train, evaluation, fmt = load_data(config)
         backend = backends.resolve_backend(config)
