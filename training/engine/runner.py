@@ -259,7 +259,7 @@ def _unsloth_attention_warning(sink: EventSink, config: TrainConfig, backend: st
             f"torch {old} on this worker has no varlen attention for grouped KV heads (torch >= 2.12), so Unsloth "
             "attends to each run of equal-length examples in a batch with a call of its own; on an H100 that made "
             "packed 16-bit steps 3.1-3.7x slower and unpacked mixed-length QLoRA steps 1.4-1.7x slower "
-            "(docs/benchmarks.md). Install the pinned torch (pyproject.toml) on this worker",
+            "(docs/benchmarks.md). Install torch 2.13 on this worker, as the Makefile and Dockerfile.gpu do",
         )
 
 
