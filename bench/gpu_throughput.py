@@ -170,10 +170,11 @@ def probe_case(name: str, model: str, data: dict, steps: int, work: Path, out_di
     runner, cfg_path = case_config(name, model, data, steps, work)
     if runner != "engine":
         return {"case": name, "error": "only engine cases are probed"}
-    out = out_dir / f"probe-{name.replace('+', '-')}.json"
+    stem = out_dir / f"probe-{name.replace('+', '-')}"  # the device tool returns files named without "+"
+    out = stem.with_suffix(".json")
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_memory_probe.py"), str(cfg_path), str(out)],
                           cwd=ROOT, capture_output=True, text=True, env=case_env(name))
-    (out_dir / f"probe-{name.replace('+', '-')}.log").write_text(proc.stdout[-100000:] + "\n--- stderr ---\n" + proc.stderr[-100000:])
+    stem.with_suffix(".log").write_text(proc.stdout[-100000:] + "\n--- stderr ---\n" + proc.stderr[-100000:])
     if not out.exists():
         return {"case": name, "error": proc.stderr[-3000:]}
     return {"case": name, **json.loads(out.read_text())}
