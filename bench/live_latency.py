@@ -70,10 +70,14 @@ def setup_runs(n: int) -> tuple[list[int], str]:
     return [r.id for r in runs], f"{settings.SESSION_COOKIE_NAME}={session.session_key}"
 
 
-def produce(run_ids: list[int], points: int, rate: float, sent_at, start_at: float, finished) -> None:
+def produce(run_ids: list[int], points: int, rate: float, ready, start_at, results) -> None:
     """One producer process, standing in for the workers of its runs: each run's engine writes a metrics event
     every 1/rate s (all at once if rate is 0); like the worker, each visit records whatever is waiting, in one
-    record_many call of at most BATCH_LIMIT events."""
+    record_many call of at most BATCH_LIMIT events.
+
+    The clock starts once every producer is set up (Django loaded, recorders built), as a worker is up before its
+    engine writes a point; the moment the engine wrote a step is start_at + step / rate, so the parent computes each
+    point's latency from its step and nothing is shipped back per point."""
     import django
 
     django.setup()
@@ -83,28 +87,32 @@ def produce(run_ids: list[int], points: int, rate: float, sent_at, start_at: flo
     batch_limit = 1000  # the worker's TrainingProcess.batches limit
     recorders = [RunRecorder(Run.objects.get(id=run_id)) for run_id in run_ids]
     done = {recorder.run.id: 0 for recorder in recorders}
-    while time.time() < start_at:
-        time.sleep(0.01)
+    ready.release()
+    while start_at.value == 0:
+        time.sleep(0.005)
+    start = start_at.value
+    while time.time() < start:
+        time.sleep(0.001)
+    sent = 0
     while any(n < points for n in done.values()):
         idle = True
         for recorder in recorders:
             run_id = recorder.run.id
-            due = points if not rate else min(points, int((time.time() - start_at) * rate))
+            due = points if not rate else min(points, int((time.time() - start) * rate))
             steps = range(done[run_id] + 1, min(due, done[run_id] + batch_limit) + 1)
             if not steps:
                 continue
             idle = False
             # When the engine wrote it: the latency counts the time it waited for the worker too.
-            written = {step: (start_at + step / rate if rate else start_at) for step in steps}
-            sent_at.update({f"{run_id}:{step}": t for step, t in written.items()})
-            recorder.record_many([{"v": 1, "type": "metrics", "time": written[step], "step": step,
-                                   "epoch": step / points, "tokens_seen": step * 1000, "loss": 2.0 / step ** 0.5,
-                                   "grad_norm": 1.0, "learning_rate": 1e-4, "tokens_per_s": 1000.0,
-                                   "peak_vram_bytes": None} for step in steps])
+            recorder.record_many([{"v": 1, "type": "metrics", "time": start + step / rate if rate else start,
+                                   "step": step, "epoch": step / points, "tokens_seen": step * 1000,
+                                   "loss": 2.0 / step ** 0.5, "grad_norm": 1.0, "learning_rate": 1e-4,
+                                   "tokens_per_s": 1000.0, "peak_vram_bytes": None} for step in steps])
+            sent += len(steps)
             done[run_id] = steps[-1]
         if idle:
             time.sleep(0.002)
-    finished[os.getpid()] = time.time()
+    results.put((os.getpid(), sent, time.time()))
 
 
 async def listen(url: str, cookie: str, run_id: int, expected: int, received: dict, ready: asyncio.Event,
@@ -141,40 +149,50 @@ async def clients(url: str, cookie: str, run_ids: list[int], expected: int, rece
 def run_phase(url: str, cookie: str, run_ids: list[int], points: int, producers: int, rate: float,
               timeout: float) -> dict:
     ctx = mp.get_context("spawn")  # a forked child would share the parent's database connection
-    manager = ctx.Manager()
-    sent_at = manager.dict()
-    finished = manager.dict()
+    ready = ctx.Semaphore(0)
+    start_at = ctx.Value("d", 0.0)
+    results_queue = ctx.Queue()
     received: dict[str, float] = {}
 
     async def main():
         tasks = await clients(url, cookie, run_ids, points, received, timeout)
-        start_at = time.time() + 1.0
         chunks = [run_ids[i::producers] for i in range(producers)]
-        procs = [ctx.Process(target=produce, args=(chunk, points, rate, sent_at, start_at, finished)) for chunk in chunks]
+        procs = [ctx.Process(target=produce, args=(chunk, points, rate, ready, start_at, results_queue))
+                 for chunk in chunks]
         for p in procs:
             p.start()
+        for _ in procs:  # every producer set up before the engines' clock starts
+            if not await asyncio.to_thread(ready.acquire, True, 120):
+                raise RuntimeError("a producer did not get ready in 120 s (see its traceback above)")
+        start_at.value = time.time() + 0.2
         results = await asyncio.gather(*tasks, return_exceptions=True)
+        finished = [await asyncio.to_thread(results_queue.get, True, 60) for _ in procs]
         for p in procs:
             p.join()
-        return start_at, results
+        return start_at.value, results, finished
 
-    start_at, results = asyncio.run(main())
-    sent = dict(sent_at)
-    end = max(received.values(), default=start_at)
-    latencies = sorted((received[k] - sent[k]) * 1000 for k in received if k in sent)
+    start, results, finished = asyncio.run(main())
+    sent_count = sum(n for _, n, _ in finished)
+
+    def written(key: str) -> float:  # when the simulated engine wrote the point (see produce)
+        return start + int(key.split(":")[1]) / rate if rate else start
+
+    end = max(received.values(), default=start)
+    latencies = sorted((t - written(k)) * 1000 for k, t in received.items())
     from training.models import MetricPoint
 
     stored = MetricPoint.objects.filter(run_id__in=run_ids).count()
     errors = [r for r in results if isinstance(r, Exception)]
-    return {"runs": len(run_ids), "points_sent": len(sent), "points_stored": stored, "points_received": len(received),
-            "lost_in_db": len(run_ids) * points - stored, "lost_on_websocket": len(sent) - len(received),
+    return {"runs": len(run_ids), "points_sent": sent_count, "points_stored": stored,
+            "points_received": len(received),
+            "lost_in_db": len(run_ids) * points - stored, "lost_on_websocket": sent_count - len(received),
             "client_errors": [repr(e)[:200] for e in errors[:3]],
             "offered_points_per_s": len(run_ids) * rate if rate else None,
             # stored by the recorders over the time they took: the sustained ingest rate
-            "points_per_s": stored / (max(finished.values()) - start_at) if finished else 0,
+            "points_per_s": stored / (max(t for _, _, t in finished) - start) if finished else 0,
             "p50_ms": statistics.median(latencies) if latencies else None,
             "p95_ms": latencies[int(0.95 * (len(latencies) - 1))] if latencies else None,
-            "max_ms": latencies[-1] if latencies else None, "wall_s": end - start_at}
+            "max_ms": latencies[-1] if latencies else None, "wall_s": end - start}
 
 
 def free_port() -> int:
