@@ -198,6 +198,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # A run can train for days: the broker must not hand an unacknowledged (acks_late) task to another worker.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT_S", 7 * 24 * 3600)}
 
+# An open websocket re-checks this often that its user may still see its run or team's rows (and closes if not).
+TUNEBOARD_WS_ACCESS_RECHECK_S = env_float("TUNEBOARD_WS_ACCESS_RECHECK_S", 2.0, minimum=0.1)
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",

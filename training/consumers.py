@@ -1,13 +1,16 @@
 """The websockets: a run page's (replay of everything stored, then the run's live messages, each point once) and
-the run list's (each row's status, progress, queue position and findings as they change)."""
+the run list's (each row's status, progress, queue position and findings as they change). While open, each re-checks
+every TUNEBOARD_WS_ACCESS_RECHECK_S that its user may still see what it streams, and closes when not."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 from django.http import Http404
 
 from training import selectors
@@ -18,6 +21,9 @@ log = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404  # also for another team's run: the two must look the same
+# The run list's user left one of its teams (or was deactivated or deleted): the page reconnects, and the new socket
+# joins the teams left (or is refused as logged out).
+CLOSE_TEAMS_CHANGED = 4403
 # A run list page shows at most this many rows (RUNS_PER_PAGE is 50).
 WATCH_MAX_RUNS = 200
 # A stored point (one row per step) holds each kind of point when that kind's main value is set.
@@ -25,9 +31,57 @@ KIND_FIELDS = (("metrics", "loss"), ("eval", "eval_loss"))
 
 
 class JsonRequests(AsyncJsonWebsocketConsumer):
-    """Text frames holding JSON objects only; anything else is answered with an error naming what is allowed."""
+    """Text frames holding JSON objects only; anything else is answered with an error naming what is allowed. The
+    socket's groups are left, and the socket closed, once may_still_watch() says its user lost access."""
 
     ALLOWED: list[dict[str, str]] = []
+    # How the socket closes once its user may no longer see what it streams.
+    ACCESS_LOST_CODE = CLOSE_NOT_FOUND
+    groups_joined: tuple[str, ...] = ()
+    access_check: asyncio.Task | None = None
+    access_lost = False
+
+    async def join(self, *groups: str) -> None:
+        """Join the groups, accept, and start re-checking the user's access (connect's last step)."""
+        self.groups_joined = groups
+        for group in groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.accept()
+        self.access_check = asyncio.create_task(self.recheck_access())
+
+    async def disconnect(self, code: int) -> None:
+        if self.access_check is not None:
+            self.access_check.cancel()
+        await self.leave()
+
+    async def leave(self) -> None:
+        for group in self.groups_joined:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        self.groups_joined = ()
+
+    async def recheck_access(self) -> None:
+        """A member removed from the team, a deactivated or a deleted user stops getting its messages within one
+        interval: the check reads the database (never writes it), then the socket leaves its groups and closes."""
+        while True:
+            await asyncio.sleep(settings.TUNEBOARD_WS_ACCESS_RECHECK_S)
+            try:
+                allowed = await database_sync_to_async(self.may_still_watch)()
+            except Exception as exc:  # noqa: BLE001 - a database outage is no loss of access: check again next time
+                log.warning("websocket access re-check failed: %s: %s", type(exc).__name__, exc)
+                continue
+            if not allowed:
+                self.access_lost = True
+                await self.leave()
+                await self.close(code=self.ACCESS_LOST_CODE)
+                return
+
+    def may_still_watch(self) -> bool:
+        raise NotImplementedError
+
+    async def send(self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False) -> None:
+        if self.access_lost:
+            return  # a message that was already on its way when access ended
+        await super().send(text_data, bytes_data, close)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is None:
@@ -55,28 +109,30 @@ class RunConsumer(JsonRequests):
                 "after_seq": "optional integer >= 0: the last event seq the page already has"}]
 
     async def connect(self) -> None:
-        user = self.user_or_none()
-        if user is None:
+        self.user = self.user_or_none()
+        if self.user is None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         try:
             self.run = await database_sync_to_async(selectors.get_run_for_user)(
-                user, int(self.scope["url_route"]["kwargs"]["run_id"]))
+                self.user, int(self.scope["url_route"]["kwargs"]["run_id"]))
         except (Http404, ValueError):
             await self.close(code=CLOSE_NOT_FOUND)
             return
-        self.group = run_group(self.run.id)
         # Live messages are held back until the page asked for its replay; after it, only what is newer.
         self.replayed = False
         self.sent_step = {"metrics": 0, "eval": 0}
         self.sent_seq = 0
         self.sent_samples: set[int] = set()
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        await self.accept()
+        await self.join(run_group(self.run.id))
 
-    async def disconnect(self, code: int) -> None:
-        if hasattr(self, "group"):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+    def may_still_watch(self) -> bool:
+        """Gone from the run's team looks like the run gone: the page says "run not found" and stops."""
+        try:
+            selectors.get_run_for_user(self.user, self.run.id)
+        except Http404:
+            return False
+        return True
 
     async def receive_json(self, content: Any, **kwargs) -> None:
         if not isinstance(content, dict) or content.get("type") != "replay":
@@ -179,21 +235,19 @@ class RunListConsumer(JsonRequests):
     the page shows as they are now, so a change between the page's render and the socket's join is not missed."""
 
     ALLOWED = [{"type": "watch", "runs": f"list of at most {WATCH_MAX_RUNS} run ids: the rows the page shows"}]
+    ACCESS_LOST_CODE = CLOSE_TEAMS_CHANGED
 
     async def connect(self) -> None:
-        user = self.user_or_none()
-        if user is None:
+        self.user = self.user_or_none()
+        if self.user is None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        self.team_ids = await database_sync_to_async(selectors.team_ids_for)(user)
-        self.groups_joined = [team_runs_group(team_id) for team_id in self.team_ids]
-        for group in self.groups_joined:
-            await self.channel_layer.group_add(group, self.channel_name)
-        await self.accept()
+        self.team_ids = await database_sync_to_async(selectors.team_ids_for)(self.user)
+        await self.join(*(team_runs_group(team_id) for team_id in self.team_ids))
 
-    async def disconnect(self, code: int) -> None:
-        for group in getattr(self, "groups_joined", []):
-            await self.channel_layer.group_discard(group, self.channel_name)
+    def may_still_watch(self) -> bool:
+        """Still in every team it joined; a team joined since shows on the next page load."""
+        return set(self.team_ids) <= set(selectors.team_ids_for(self.user))
 
     async def receive_json(self, content: Any, **kwargs) -> None:
         if not isinstance(content, dict) or content.get("type") != "watch":

@@ -21,9 +21,10 @@ REPLAY_CHUNK = 5000
 
 
 def team_ids_for(user: User) -> list[int]:
+    """The user's teams, read now: none once the user is deactivated (an open websocket's user object is not)."""
     if not user.is_authenticated:
         return []
-    return list(Membership.objects.filter(user=user).values_list("team_id", flat=True))
+    return list(Membership.objects.filter(user=user, user__is_active=True).values_list("team_id", flat=True))
 
 
 def team_list_for(user: User) -> QuerySet[Team]:
