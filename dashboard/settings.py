@@ -161,6 +161,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 TUNEBOARD_DATASET_MAX_BYTES = env_int("TUNEBOARD_DATASET_MAX_BYTES", 2 * 1024**3, minimum=1)
 # Team admins may register files in place (no copy) only inside these folders.
 TUNEBOARD_DATASET_ROOTS = env_list("TUNEBOARD_DATASET_ROOTS", [str(VAR_DIR / "registered")])
+# A run's model is a hub id or a folder inside these roots; never inside the runs, the datasets or the dataset
+# roots, whatever this says (training/model_source.py). The worker checks again, on the real path, when it claims a run.
+TUNEBOARD_MODEL_ROOTS = env_list("TUNEBOARD_MODEL_ROOTS", [str(MODELS_DIR)])
+# An offline cluster: hub ids are refused, and training processes run with the hub offline.
+TUNEBOARD_HUB_OFFLINE = env_bool("TUNEBOARD_HUB_OFFLINE", False)
 # Dataset statistics (tokenizing every row) run on this queue's workers, never on a GPU worker's.
 TUNEBOARD_CPU_QUEUE = env_str("TUNEBOARD_CPU_QUEUE", "cpu")
 

@@ -26,6 +26,7 @@ def isolated_session(tmp_path_factory):
     settings.DATASETS_DIR = var / "datasets"
     settings.MODELS_DIR = var / "models"
     settings.TUNEBOARD_DATASET_ROOTS = [str(var / "registered")]
+    settings.TUNEBOARD_MODEL_ROOTS = [str(var / "models")]
     settings.TUNEBOARD_DEFAULT_QUEUE = f"test-{token}"
     settings.TUNEBOARD_CPU_QUEUE = f"test-{token}-cpu"
     # Before the first get_channel_layer(): channels builds the layer once, from these settings.
@@ -39,11 +40,12 @@ def isolated_session(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> str:
-    """The tiny random Llama (tokenizer and chat template included), built once per session."""
+def tiny_model(isolated_session) -> str:
+    """The tiny random Llama (tokenizer and chat template included), built once per session inside the model
+    roots (a run's model must be there)."""
     from training.engine.tiny import build_tiny_model
 
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-model")))
+    return str(build_tiny_model(settings.MODELS_DIR / "tiny-llama"))
 
 
 @pytest.fixture(scope="session")

@@ -41,6 +41,7 @@ def start_worker(*, queue: str, name: str, log: Path, timeout: float = 120, env:
         "TUNEBOARD_CHANNEL_PREFIX": settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"],
         "TUNEBOARD_DEFAULT_QUEUE": queue,
         "TUNEBOARD_DATASET_ROOTS": ",".join(settings.TUNEBOARD_DATASET_ROOTS),
+        "TUNEBOARD_MODEL_ROOTS": ",".join(settings.TUNEBOARD_MODEL_ROOTS),
         # A tiny run stops gracefully within a second; a hung one is killed after this (2 minutes in production).
         "TUNEBOARD_STOP_KILL_AFTER_S": "10",
         # Two sessions' trainings share the CPU cores under xdist: one thread each, not two fighting over two.

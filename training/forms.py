@@ -15,7 +15,7 @@ from django.db.models import Q
 from guidance import content
 from training import selectors
 from training.engine.config import TrainConfig
-from training.models import Dataset, Preset
+from training.models import Dataset, Preset, Run
 from training.services import RESERVED_FIELDS
 
 # Every TrainConfig field the form offers, by group; a field the engine gains must be placed here (a test checks).
@@ -72,7 +72,7 @@ NOT_OFFERED = frozenset(RESERVED_FIELDS) | {"version"}
 NONE_WORDS = {"none", "null"}
 INT_TEXT = re.compile(r"^[+-]?\d+$")
 # Config keys on errors that are not config fields: where on the form they belong.
-FORM_KEYS = {"dataset": "dataset", "preset": "preset", "name": "name"}
+FORM_KEYS = {"dataset": "dataset", "preset": "preset", "name": "name", "start_from": "start_from"}
 
 
 @dataclass(frozen=True)
@@ -207,6 +207,9 @@ class RunForm(forms.Form):
     name = forms.CharField(max_length=200, required=False, help_text="Default: \"<preset> on <dataset>\"")
     dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), empty_label=None)
     preset = forms.ModelChoiceField(queryset=Preset.objects.none(), required=False, empty_label="No preset (engine defaults)")
+    start_from = forms.CharField(required=False, label="Start from", widget=forms.Select, help_text=(
+        "An earlier run of the team: its adapter (the adapters start from its weights, same r and target modules) "
+        "or its merged model (fresh adapters on it); the model comes from that run"))
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
@@ -220,6 +223,15 @@ class RunForm(forms.Form):
             lambda d: f"{d.team.name} / {d.name} ({d.rows} rows)" if multi_team else f"{d.name} ({d.rows} rows)")
         self.fields["preset"].label_from_instance = (
             lambda p: f"{p.name} (v{p.version}, {p.team.name if p.team_id else 'global'})")
+        self.base_runs = {run.id: run for run in selectors.runs_to_build_on(teams)}
+        choices = [("", "The model alone: fresh adapters")]
+        for run in self.base_runs.values():
+            label = f"{run.team.name} / #{run.id} {run.name}" if multi_team else f"#{run.id} {run.name}"
+            choices.append((f"adapter:{run.id}", f"{label}: its adapter"))
+            if run.merged_path:
+                choices.append((f"merged:{run.id}", f"{label}: its merged model"))
+        self.fields["start_from"].widget.choices = choices
+        self.base_run, self.base_kind = None, ""
         self.config_fields = config_fields()
         for field in self.config_fields:
             self.fields[field.name] = self._form_field(field)
@@ -239,6 +251,18 @@ class RunForm(forms.Form):
         if field.kind in ("int", "float", "number"):
             attrs["inputmode"] = "decimal"
         return forms.CharField(required=False, widget=forms.TextInput(attrs=attrs))
+
+    def clean_start_from(self) -> str:
+        """"adapter:<run id>" or "merged:<run id>" of a run offered here; another team's run is no such run."""
+        value = (self.cleaned_data.get("start_from") or "").strip()
+        if not value:
+            return ""
+        kind, _, run_id = value.partition(":")
+        run = self.base_runs.get(int(run_id)) if run_id.isdigit() else None
+        if kind not in Run.BaseKind.values or run is None:
+            raise ValidationError(f"no such run to build on in your teams: {value!r}; choose one from the list")
+        self.base_run, self.base_kind = run, kind
+        return value
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()

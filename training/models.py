@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -173,6 +174,10 @@ class Run(models.Model):
         STOPPED = "stopped", "Stopped"
         LOST = "lost", "Lost"
 
+    class BaseKind(models.TextChoices):
+        ADAPTER = "adapter", "its adapter"
+        MERGED = "merged", "its merged model"
+
     TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.STOPPED, Status.LOST})
     # A worker owns the run in these: the ones a silent worker leaves behind as lost.
     ON_WORKER = frozenset({Status.STARTING, Status.RUNNING, Status.STOPPING})
@@ -188,6 +193,10 @@ class Run(models.Model):
     # original's at resumed_from_step.
     resumed_from_checkpoint = models.CharField(max_length=1000, blank=True)
     resumed_from_step = models.PositiveIntegerField(null=True, blank=True)
+    # The earlier run of the same team this one builds on: its adapter (the adapters start from its weights) or its
+    # merged model (fresh adapters on it). Not a path the user types: model paths inside the runs are refused.
+    base_run = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="builds")
+    base_kind = models.CharField(max_length=10, choices=BaseKind.choices, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     name = models.CharField(max_length=200)
 
@@ -236,6 +245,13 @@ class Run(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
+
+    @property
+    def merged_path(self) -> str:
+        """Where a succeeded run with merge_16bit saved its merged model; empty otherwise."""
+        if self.status != self.Status.SUCCEEDED or not (self.config or {}).get("merge_16bit") or not self.artifact_dir:
+            return ""
+        return str(Path(self.artifact_dir) / "merged")
 
     @property
     def progress(self) -> float | None:

@@ -33,6 +33,9 @@ class TrainingProcess:
         # The engine is imported from the checkout, whatever the run directory (its cwd) is.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.BASE_DIR), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
+        if settings.TUNEBOARD_HUB_OFFLINE:
+            # An offline cluster: the libraries must not try the hub either (a name that is not a folder fails).
+            env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
         self.stop_file = stop_file
         self._popen = subprocess.Popen(
             args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

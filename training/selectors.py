@@ -53,6 +53,12 @@ def get_run_for_user(user: User, run_id: int) -> Run:
     return run
 
 
+def runs_to_build_on(teams: QuerySet[Team], *, limit: int = 200) -> list[Run]:
+    """The teams' succeeded runs that saved an adapter, newest first: what a new run may start from."""
+    return list(Run.objects.select_related("team").filter(team__in=teams, status=Run.Status.SUCCEEDED)
+                .exclude(adapter_path="").order_by("-id")[:limit])
+
+
 def get_dataset_for_user(user: User, dataset_id: int) -> Dataset:
     dataset = Dataset.objects.filter(id=dataset_id, team_id__in=team_ids_for(user)).first()
     if dataset is None:

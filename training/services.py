@@ -29,6 +29,7 @@ from training import datasets, live
 from training.engine.config import ConfigError, parse_config
 from training.engine.events import parse_float
 from training.findings import RunWatcher
+from training.model_source import ModelPolicy, model_source_error
 from training.models import Dataset, MetricPoint, Preset, Run, RunEvent, Sample, Worker
 from training.process import TrainingProcess
 from training.selectors import event_dict, membership_for, run_status_dict, sample_dict
@@ -40,7 +41,10 @@ RESERVED_FIELDS = {
     "train_file": "set from the chosen dataset; pick another dataset instead",
     "eval_file": "not settable here; use eval_split to hold out part of the dataset",
     "output_dir": "set by Tuneboard to the run's own directory",
+    "init_adapter": "set when a run builds on an earlier run's adapter; choose that run under 'Start from'",
 }
+# A run's own LoRA shape: a run that starts from another's adapter must keep it (the weights must fit).
+ADAPTER_SHAPE_FIELDS = ("r", "target_modules", "bias")
 # Stand-ins for what a preset does not know, so its fields can be validated alone.
 PRESET_PLACEHOLDERS = {"model": "placeholder-model", "train_file": "placeholder-dataset.jsonl"}
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,100}$")
@@ -219,6 +223,7 @@ def dataset_profile_start(*, dataset: Dataset, user, model: str, max_length: int
     model = (model or "").strip()
     if not model:
         errors["model"] = "give the model's folder (or name) whose tokenizer the run will use"
+    errors.update(model_errors(model))
     if not 16 <= max_length <= 262144:
         errors["max_length"] = "between 16 and 262144, like the run's max_length"
     if not 1 <= batch_size <= 4096:
@@ -303,6 +308,9 @@ def dataset_profile_execute(*, dataset_id: int, token: str) -> None:
     try:
         dataset = Dataset.objects.get(id=dataset_id)
         params = dataset.stats["profile"]["params"]
+        refused = model_source_error(params["model"], model_policy())  # again, on this worker's real paths
+        if refused:
+            raise ValueError(f"model: {refused}")
         try:
             tokenizer = AutoTokenizer.from_pretrained(params["model"])
         except Exception as exc:  # noqa: BLE001 - any loading error is the user's to read
@@ -342,16 +350,37 @@ def dataset_profile_execute(*, dataset_id: int, token: str) -> None:
                         finished_at=timezone.now().isoformat())
 
 
+# Models -------------------------------------------------------------------------------------------------------
+
+def model_policy() -> ModelPolicy:
+    """This deployment's rule for where a model may come from (settings read now: tests change them)."""
+    forbidden = {settings.RUNS_DIR: "the runs' folders", settings.DATASETS_DIR: "the datasets' folders",
+                 **{root: "the registered dataset roots" for root in settings.TUNEBOARD_DATASET_ROOTS}}
+    return ModelPolicy.of(roots=settings.TUNEBOARD_MODEL_ROOTS, forbidden=forbidden,
+                          hub=not settings.TUNEBOARD_HUB_OFFLINE)
+
+
+def model_errors(model: Any) -> dict[str, str]:
+    """{"model": why} when `model` may not be trained here (see training.model_source); empty otherwise."""
+    if not isinstance(model, str):
+        return {}  # the engine names the type
+    error = model_source_error(model, model_policy())
+    return {"model": error} if error else {}
+
+
 # Presets ------------------------------------------------------------------------------------------------------
 
 def preset_config_errors(config: dict) -> dict[str, str]:
-    """The engine's verdict on a preset's fields, {field: message}; empty when the preset is valid."""
+    """The engine's verdict on a preset's fields, and the model rule on its model; {field: message}, empty when
+    the preset is valid."""
     errors = {field: RESERVED_FIELDS[field] for field in config if field in RESERVED_FIELDS}
     fields = {k: v for k, v in config.items() if k not in RESERVED_FIELDS}
     try:
         parse_config({**PRESET_PLACEHOLDERS, **fields})
     except ConfigError as exc:
         errors.update(exc.errors)
+    if "model" in fields:
+        errors.update(model_errors(fields["model"]))
     return errors
 
 
@@ -368,41 +397,87 @@ def preset_duplicate(*, preset: Preset, user) -> Preset:
 
 # Runs: creation -----------------------------------------------------------------------------------------------
 
-def run_config_build(*, dataset: Dataset, preset: Preset | None, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The full config a run trains with: the engine's defaults, then the preset, then the overrides."""
+def run_config_build(*, dataset: Dataset, preset: Preset | None, overrides: dict[str, Any],
+                     base_run: Run | None = None, base_kind: str = "") -> dict[str, Any]:
+    """The full config a run trains with: the engine's defaults, then the preset, then the overrides; a run that
+    builds on `base_run` takes its model (and, from its adapter, its LoRA shape and weights) from that run."""
     if not isinstance(overrides, dict):
         raise _field_errors({"overrides": "must be an object of config fields, e.g. {\"learning_rate\": 0.0001}"})
     errors = {field: RESERVED_FIELDS[field] for field in overrides if field in RESERVED_FIELDS}
     merged = {**(preset.config if preset else {}), **overrides}
+    if base_run is not None:
+        base = _base_fields(base_run, base_kind, overrides)
+        errors.update(base.pop("errors"))
+        merged.update(base)
+    if "model" in merged and not (base_run is not None and base_kind == Run.BaseKind.MERGED):
+        errors = {**model_errors(merged["model"]), **errors}
     merged.update(train_file=dataset.path, output_dir="run")
     merged.pop("eval_file", None)
     try:
         config = parse_config(merged)
     except ConfigError as exc:
-        errors.update(exc.errors)
+        errors = {**exc.errors, **errors}
     if errors:
         raise _field_errors(errors)
     return config.model_dump(mode="json")
 
 
+def _base_fields(base_run: Run, base_kind: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The config fields a run that builds on `base_run` takes from it, and {"errors": ...} for what conflicts."""
+    errors: dict[str, str] = {}
+    label = f"run #{base_run.id}"
+    if base_kind not in Run.BaseKind.values:
+        return {"errors": {"start_from": f"build on a run's adapter or its merged model; allowed: "
+                                         f"{', '.join(Run.BaseKind.values)}"}}
+    if base_run.status != Status.SUCCEEDED:
+        return {"errors": {"start_from": f"{label} is {base_run.status}; only a succeeded run can be built on"}}
+    if base_kind == Run.BaseKind.MERGED:
+        if not base_run.merged_path:
+            return {"errors": {"start_from": f"{label} saved no merged model (it trained without merge_16bit); "
+                                             "build on its adapter instead"}}
+        fields = {"model": base_run.merged_path}
+    else:
+        if not base_run.adapter_path:
+            return {"errors": {"start_from": f"{label} saved no adapter"}}
+        fields = {"model": base_run.config["model"], "init_adapter": base_run.adapter_path}
+        for name in ADAPTER_SHAPE_FIELDS:
+            value = base_run.config.get(name)
+            if name in overrides and overrides[name] != value:
+                errors[name] = (f"a run that starts from {label}'s adapter keeps its {name} "
+                                f"({json.dumps(value)}), so the weights fit; leave it blank")
+            fields[name] = value
+        if overrides.get("loftq_config") is not None:
+            errors["loftq_config"] = f"the adapters start from {label}'s trained weights; leave loftq_config empty"
+        fields["loftq_config"] = None
+    if "model" in overrides and overrides["model"] != fields["model"]:
+        what = f"{label}'s merged model" if base_kind == Run.BaseKind.MERGED else f"{label}'s model with its adapter"
+        errors["model"] = f"a run that builds on {label} trains {what}; leave model blank"
+    return {**fields, "errors": errors}
+
+
 def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = None,
-               overrides: dict[str, Any] | None = None, name: str = "", queue: str | None = None) -> Run:
-    """Validate and save a run, then queue it once the transaction commits. Nothing is saved on an error."""
+               overrides: dict[str, Any] | None = None, name: str = "", queue: str | None = None,
+               base_run: Run | None = None, base_kind: str = Run.BaseKind.ADAPTER) -> Run:
+    """Validate and save a run, then queue it once the transaction commits. Nothing is saved on an error.
+    `base_run` (a succeeded run of the same team) is what it builds on: its adapter or its merged model."""
     _require_role(user=user, team=team, role=Role.MEMBER, action="Starting a run")
     if dataset.team_id != team.id:
         raise _field_errors({"dataset": "no such dataset in this team"})
     if preset is not None and preset.team_id not in (None, team.id):
         raise _field_errors({"preset": "no such preset in this team"})
+    if base_run is not None and base_run.team_id != team.id:
+        raise _field_errors({"start_from": "no such run in this team"})
     queue = queue or settings.TUNEBOARD_DEFAULT_QUEUE
     if not QUEUE_NAME.match(queue):
         raise _field_errors({"queue": "letters, digits and _ . @ - only, at most 100"})
-    config = run_config_build(dataset=dataset, preset=preset, overrides=overrides or {})
+    config = run_config_build(dataset=dataset, preset=preset, overrides=overrides or {}, base_run=base_run,
+                              base_kind=base_kind)
     name = (name or "").strip()[:200] or f"{preset.name if preset else 'custom'} on {dataset.name}"
     with transaction.atomic():
         run = Run.objects.create(
             team=team, dataset=dataset, preset=preset, preset_version=preset.version if preset else None,
             created_by=user, name=name, config=config, dataset_sha256=dataset.sha256, queue=queue,
-            total_steps=config["max_steps"],
+            total_steps=config["max_steps"], base_run=base_run, base_kind=base_kind if base_run else "",
         )
         _run_set_dir(run)
         transaction.on_commit(lambda: _enqueue(run))
@@ -428,6 +503,7 @@ def run_resume(*, run: Run, user, queue: str | None = None) -> Run:
             dataset_sha256=run.dataset_sha256, queue=queue, resumed_from=run,
             resumed_from_checkpoint=run.last_checkpoint_path, resumed_from_step=run.last_checkpoint_step,
             last_step=run.last_checkpoint_step, total_steps=run.total_steps, sweep=run.sweep,
+            base_run=run.base_run, base_kind=run.base_kind,
         )
         _run_set_dir(continuation)
         transaction.on_commit(lambda: _enqueue(continuation))
@@ -726,6 +802,29 @@ def _check_dataset_unchanged(run: Run) -> None:
                             "datasets are immutable, upload it again as a new dataset")
 
 
+def _check_model_source(run: Run) -> None:
+    """The model rule again, on this worker's real paths (links resolved), whatever the row says: a preset saved
+    before the rule, a row written around the services, or a folder changed on disk since must not slip through."""
+    model = str(run.config.get("model") or "")
+    init_adapter = run.config.get("init_adapter")
+    base = run.base_run
+    if (run.base_run_id or run.base_kind) and (base is None or base.team_id != run.team_id):
+        raise RunSetupError("start_from: the run it builds on is gone or belongs to another team; start it again")
+
+    def same(path: str, expected: str) -> bool:
+        return bool(expected) and Path(path).resolve() == Path(expected).resolve()
+
+    if init_adapter is not None and not (base and run.base_kind == Run.BaseKind.ADAPTER
+                                         and same(init_adapter, base.adapter_path)):
+        raise RunSetupError(f"init_adapter: {init_adapter} is not the adapter of the run this one builds on; only "
+                            "Tuneboard sets init_adapter, from 'Start from'")
+    if base and run.base_kind == Run.BaseKind.MERGED and same(model, base.merged_path):
+        return
+    error = model_source_error(model, model_policy())
+    if error:
+        raise RunSetupError(f"model: {error}")
+
+
 def _describe_exit(returncode: int | None) -> str:
     if returncode is None:
         return "the training process did not exit"
@@ -746,6 +845,7 @@ def run_execute(*, run: Run) -> None:
         stop_file = run_dir / "STOP"
         stop_file.unlink(missing_ok=True)
         _check_dataset_unchanged(run)
+        _check_model_source(run)
         # Stopped between the claim and here: end without loading anything.
         if _transition(run, to=Status.STOPPED, allowed_from=[Status.STOPPING], finished_at=timezone.now()):
             return

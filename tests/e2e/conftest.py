@@ -48,6 +48,7 @@ def service_env() -> dict[str, str]:
         "TUNEBOARD_DEFAULT_QUEUE": settings.TUNEBOARD_DEFAULT_QUEUE,
         "TUNEBOARD_CPU_QUEUE": settings.TUNEBOARD_CPU_QUEUE,
         "TUNEBOARD_DATASET_ROOTS": ",".join(settings.TUNEBOARD_DATASET_ROOTS),
+        "TUNEBOARD_MODEL_ROOTS": ",".join(settings.TUNEBOARD_MODEL_ROOTS),
     }
 
 

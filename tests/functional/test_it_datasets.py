@@ -67,14 +67,13 @@ def test_a_viewer_sees_datasets_but_cannot_upload(world, viewer_client):
     assert Dataset.objects.count() == before
 
 
-def test_the_run_form_carries_each_datasets_advice(world, member_client, tmp_path):
+def test_the_run_form_carries_each_datasets_advice(world, member_client, tiny_model):
     from training import services
-    from training.engine.tiny import build_tiny_model
 
     data = member_client.get("/runs/new/").context["form_data"]
     assert data["dataset_advice"] == {str(world.dataset.id): ["Rank for 64 rows: r 4–8"]}
     token = services.dataset_profile_start(dataset=world.dataset, user=world.member, max_length=64,
-                                           model=str(build_tiny_model(tmp_path / "tiny")))["token"]
+                                           model=tiny_model)["token"]
     services.dataset_profile_execute(dataset_id=world.dataset.id, token=token)
     advice = member_client.get("/runs/new/").context["form_data"]["dataset_advice"][str(world.dataset.id)]
     assert advice[0] == "Rank for 64 rows: r 4–8" and advice[1].startswith("Packing (64 tokens): packing")
@@ -83,14 +82,13 @@ def test_the_run_form_carries_each_datasets_advice(world, member_client, tmp_pat
     assert 'id="length-histogram"' in html and "r 4–8 for 64 training rows" in html
 
 
-def test_a_separate_eval_dataset_is_profiled_for_overlap(world, member_client, tmp_path):
+def test_a_separate_eval_dataset_is_profiled_for_overlap(world, member_client, tmp_path, tiny_model):
     from tests.factories import make_dataset
     from training import services
-    from training.engine.tiny import build_tiny_model
 
     held_out = make_dataset(world.team, world.member, rows=10, tmp_dir=tmp_path, name="held out")
     response = member_client.post(f"/datasets/{world.dataset.id}/", {
-        "model": str(build_tiny_model(tmp_path / "tiny")), "max_length": "64", "batch_size": "4", "seed": "1",
+        "model": tiny_model, "max_length": "64", "batch_size": "4", "seed": "1",
         "eval_dataset": str(held_out.id)})
     assert response.status_code == 302
     world.dataset.refresh_from_db()

@@ -72,7 +72,8 @@ def test_a_model_without_a_tokenizer_fails_with_its_reason(cpu_worker, tmp_path)
     team = make_team()
     user = make_member(team)
     dataset = upload(team, user)
-    services.dataset_profile_start(dataset=dataset, user=user, model=str(tmp_path / "nothing-here"), max_length=64)
+    services.dataset_profile_start(dataset=dataset, user=user, model=str(settings.MODELS_DIR / "nothing-here"),
+                                   max_length=64)
 
     def ended():
         dataset.refresh_from_db()

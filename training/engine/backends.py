@@ -9,8 +9,9 @@ import importlib.util
 import os
 import platform
 import sys
+from pathlib import Path
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 
 
 def resolve_backend(config: TrainConfig) -> str:
@@ -192,7 +193,34 @@ def keep_adapters_float32(model) -> int:
 
 
 def load(config: TrainConfig, backend: str, dtype):
-    return load_unsloth(config, dtype) if backend == "unsloth" else load_hf(config, dtype)
+    model, tokenizer = load_unsloth(config, dtype) if backend == "unsloth" else load_hf(config, dtype)
+    if config.init_adapter:
+        start_from_adapter(model, config.init_adapter)
+    return model, tokenizer
+
+
+def start_from_adapter(model, path: str) -> int:
+    """Copy a saved adapter's weights into the model's fresh adapters; returns how many tensors it copied. Every
+    adapter tensor must be matched, in name and shape: a different rank, set of target modules or bias is an error
+    that names the difference, never a silent partial start."""
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    if not (Path(path) / "adapter_config.json").is_file():
+        raise ConfigError({"init_adapter": f"{path} holds no saved adapter (adapter_config.json is missing)"})
+    weights = load_peft_weights(path, device="cpu")
+    try:
+        result = set_peft_model_state_dict(model, weights)
+    except RuntimeError as exc:  # size mismatch: another rank
+        raise ConfigError({"init_adapter": f"the saved adapter's shapes differ from this run's (another r?): "
+                                           f"{str(exc).splitlines()[-1].strip()}"}) from None
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        names = (result.unexpected_keys or missing)[:3]
+        raise ConfigError({"init_adapter": f"the saved adapter does not match this run's adapters (other target "
+                                           f"modules or bias?): {len(result.unexpected_keys)} of its tensors have no "
+                                           f"place here and {len(missing)} adapters here have no saved tensor, e.g. "
+                                           f"{', '.join(names)}"})
+    return len(weights)
 
 
 def lora_scale_in_effect(model) -> float | None:

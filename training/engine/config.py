@@ -88,6 +88,9 @@ class TrainConfig(BaseModel):
     loftq_config: LoftQ | None = None
     target_modules: Union[Literal["attention", "mlp", "all-linear"], list[Annotated[str, Field(min_length=1)]]] = "all-linear"
     random_state: int = 3407
+    # A saved LoRA adapter whose weights the adapters start from (same r, target modules and bias); Tuneboard sets
+    # it when a run builds on an earlier run's adapter.
+    init_adapter: Annotated[str, Field(min_length=1)] | None = None
     gradient_checkpointing: bool = True
     # Unsloth's tiled MLP (unsloth_zoo.tiled_mlp, unsloth backend only): each decoder MLP runs over the micro-batch's
     # tokens in shards and recomputes them in backward, so only one shard's intermediate activations are on the GPU.
@@ -172,6 +175,9 @@ class TrainConfig(BaseModel):
         if self.tiled_mlp and self.backend == "hf":
             raise ValueError("tiled_mlp: Unsloth's tiled MLP exists on the unsloth backend only; with backend hf "
                              "allowed: false (or choose backend unsloth or auto)")
+        if self.init_adapter is not None and self.loftq_config is not None:
+            raise ValueError("loftq_config: the adapters start from init_adapter's trained weights, which would "
+                             "replace LoftQ's initialisation; leave loftq_config empty")
         if self.loftq_config is not None and self.load_in_4bit:
             raise ValueError(
                 "loftq_config: LoftQ initialises LoRA from the full-precision weights; "

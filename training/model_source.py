@@ -1,0 +1,60 @@
+"""Where a run's model may come from: a hub id, or a folder inside the deployment's model roots; never a run's
+folder, a dataset's or another team's storage, whatever the roots say. Pure: the caller hands over the roots."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# A hub id as the hub spells one: a name, or owner/name; letters, digits, "_", "." and "-", no ".." or "--".
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+
+@dataclass(frozen=True)
+class ModelPolicy:
+    """The deployment's rule: `roots` hold the model folders; `forbidden` maps a folder that is never a model
+    source (the runs, the datasets, the registered dataset roots) to what it is; `hub` says whether hub ids are
+    allowed (False on an offline cluster)."""
+
+    roots: tuple[Path, ...]
+    forbidden: tuple[tuple[Path, str], ...]
+    hub: bool = True
+
+    @classmethod
+    def of(cls, *, roots, forbidden: dict[str, str], hub: bool) -> "ModelPolicy":
+        return cls(roots=tuple(Path(r).resolve() for r in roots),
+                   forbidden=tuple((Path(p).resolve(), what) for p, what in forbidden.items()), hub=hub)
+
+    @property
+    def roots_text(self) -> str:
+        return ", ".join(map(str, self.roots)) or "(none configured)"
+
+
+def model_source_error(model: str, policy: ModelPolicy) -> str | None:
+    """Why `model` may not be trained here, or None when it may. A path is judged by where it really leads:
+    ".." and symbolic links are resolved first, so a link or a climb out of a root is refused."""
+    model = (model or "").strip()
+    if not model:
+        return None  # the engine says "Field required"
+    folder_rule = f"a model folder must be inside one of {policy.roots_text} (TUNEBOARD_MODEL_ROOTS)"
+    looks_like_path = model.startswith(("/", ".", "~")) or "\\" in model or model.count("/") > 1
+    if not looks_like_path:
+        if not HUB_ID.match(model) or ".." in model or "--" in model:
+            return (f"{model!r} is neither a hub id (owner/name: letters, digits, _ . -) nor an absolute folder; "
+                    f"{folder_rule}")
+        if not policy.hub:
+            return (f"{model!r} is a hub id, and the model hub is off in this deployment (TUNEBOARD_HUB_OFFLINE); "
+                    f"{folder_rule}")
+        return None
+    path = Path(model)
+    if not path.is_absolute():
+        return f"give an absolute folder, not the relative {model!r}, or a hub id (owner/name); {folder_rule}"
+    real = path.resolve()
+    for folder, what in policy.forbidden:
+        if real == folder or real.is_relative_to(folder):
+            return (f"{model} is inside {what} ({folder}), which is never a model source; to build on an earlier "
+                    f"run of your team, choose it under 'Start from'; {folder_rule}")
+    if not any(real == root or real.is_relative_to(root) for root in policy.roots):
+        shown = f"{model} (really {real})" if str(real) != model else model
+        return f"{shown} is outside the model roots; {folder_rule}, or give a hub id (owner/name)"
+    return None
