@@ -693,17 +693,17 @@ class RunRecorder:
         for event in events:
             by_kind[event["type"]][int(event["step"])] = event  # a step sent twice in a batch: the last wins
         sent = []
-        for kind, fields in (("metrics", MetricPoint.METRICS_FIELDS), ("eval", MetricPoint.EVAL_FIELDS)):
-            rows = [{"step": step, **{f: v for f, v in _point_values(event).items() if f in fields}}
-                    for step, event in by_kind[kind].items()]
-            if not rows:
-                continue
-            MetricPoint.objects.bulk_create([MetricPoint(run_id=self.run.id, **row) for row in rows],
-                                            update_conflicts=True, unique_fields=["run", "step"],
-                                            update_fields=list(fields))
-            sent += [{"kind": kind, **{f: v for f, v in row.items() if f != "time"}} for row in rows]
-        if by_kind["metrics"]:
-            Run.objects.filter(id=self.run.id).update(last_step=max(by_kind["metrics"]))
+        # One transaction, so one commit, for the points and the run's last step.
+        with transaction.atomic():
+            for kind, fields in (("metrics", MetricPoint.METRICS_FIELDS), ("eval", MetricPoint.EVAL_FIELDS)):
+                rows = [{"step": step, **{f: v for f, v in _point_values(event).items() if f in fields}}
+                        for step, event in by_kind[kind].items()]
+                if not rows:
+                    continue
+                _upsert_points(self.run.id, fields, rows)
+                sent += [{"kind": kind, **{f: v for f, v in row.items() if f != "time"}} for row in rows]
+            if by_kind["metrics"]:
+                Run.objects.filter(id=self.run.id).update(last_step=max(by_kind["metrics"]))
         live.send_run_message(self.run.id, "points", {"points": sent, "after": dict(self._sent_up_to)})
         for kind, steps in by_kind.items():
             if steps:
@@ -777,6 +777,34 @@ class RunRecorder:
         live.send_run_message(self.run.id, "log", {"tail": tail})
         self._log_dirty = False
         self._log_flushed_at = now
+
+
+def _upsert_points(run_id: int, fields: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    """INSERT ... ON CONFLICT (run, step) DO UPDATE of these columns only, the rows passed as one array per column.
+
+    What bulk_create(update_conflicts=True) does, in a statement whose text does not grow with the rows: the ORM
+    builds and prepares every value of every row in Python (~40% of a worker's time per point at 100 runs)."""
+    cursor_sql = _UPSERT_SQL.get(fields)
+    if cursor_sql is None:
+        cursor_sql = _UPSERT_SQL[fields] = _upsert_sql(fields)
+    columns = ("step", *fields)
+    with transaction.get_connection().cursor() as cursor:
+        cursor.execute(cursor_sql, [run_id, *([row.get(f) for row in rows] for f in columns)])
+
+
+_UPSERT_SQL: dict[tuple[str, ...], str] = {}
+
+
+def _upsert_sql(fields: tuple[str, ...]) -> str:
+    meta, connection = MetricPoint._meta, transaction.get_connection()
+    quote = connection.ops.quote_name
+    columns = [meta.get_field(name) for name in ("step", *fields)]
+    run, key = meta.get_field("run").column, meta.get_field("step").column
+    names = ", ".join(quote(c.column) for c in columns)
+    arrays = ", ".join(f"%s::{c.db_type(connection)}[]" for c in columns)
+    updates = ", ".join(f"{quote(c.column)} = EXCLUDED.{quote(c.column)}" for c in columns[1:])
+    return (f"INSERT INTO {quote(meta.db_table)} ({quote(run)}, {names}) SELECT %s, * FROM unnest({arrays}) "
+            f"ON CONFLICT ({quote(run)}, {quote(key)}) DO UPDATE SET {updates}")
 
 
 def _point_values(event: dict) -> dict[str, Any]:
