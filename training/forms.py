@@ -16,7 +16,7 @@ from guidance import content
 from training import selectors
 from training.engine.config import TrainConfig
 from training.models import Dataset, Preset, Run
-from training.services import RESERVED_FIELDS
+from training.services import ADAPTER_SHAPE_FIELDS, RESERVED_FIELDS
 
 # Every TrainConfig field the form offers, by group; a field the engine gains must be placed here (a test checks).
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -251,6 +251,16 @@ class RunForm(forms.Form):
         if field.kind in ("int", "float", "number"):
             attrs["inputmode"] = "decimal"
         return forms.CharField(required=False, widget=forms.TextInput(attrs=attrs))
+
+    def start_from_configs(self) -> dict[str, dict[str, Any]]:
+        """For each "Start from" choice, the fields it fixes (the run form shows them as the effective values)."""
+        configs = {}
+        for run in self.base_runs.values():
+            configs[f"adapter:{run.id}"] = {"model": run.config.get("model"),
+                                            **{name: run.config.get(name) for name in ADAPTER_SHAPE_FIELDS}}
+            if run.merged_path:
+                configs[f"merged:{run.id}"] = {"model": run.merged_path}
+        return configs
 
     def clean_start_from(self) -> str:
         """"adapter:<run id>" or "merged:<run id>" of a run offered here; another team's run is no such run."""

@@ -56,6 +56,7 @@ def _run_form_data(form: RunForm) -> dict[str, Any]:
         "defaults": {f.name: f.default for f in form.config_fields if not f.required},
         "required": [f.name for f in form.config_fields if f.required],
         "presets": {str(p.id): p.config for p in form.fields["preset"].queryset},
+        "start_from": form.start_from_configs(),
         "datasets": {str(d.id): d.rows for d in form.fields["dataset"].queryset},
         "dataset_advice": {str(d.id): run_form_advice(d.rows, (d.stats.get("profile") or {}).get("result"))
                            for d in form.fields["dataset"].queryset},

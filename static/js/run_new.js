@@ -20,8 +20,16 @@ function presetConfig() {
   return (presetId && data.presets[presetId]) || {};
 }
 
+// What the run chosen under "Start from" fixes: its model, and with its adapter the adapter's shape.
+function startFromConfig() {
+  const chosen = input("start_from");
+  return (chosen && chosen.value && data.start_from[chosen.value]) || {};
+}
+
 // The value the run would get for a field without an override, and where it comes from.
 function inherited(name) {
+  const base = startFromConfig();
+  if (Object.prototype.hasOwnProperty.call(base, name)) return { value: base[name], source: "from the run built on" };
   const config = presetConfig();
   if (Object.prototype.hasOwnProperty.call(config, name)) return { value: config[name], source: "preset" };
   if (data.required.includes(name)) return { value: undefined, source: "required" };
