@@ -19,9 +19,9 @@ from psycopg.pq import Format
 
 from guidance import calculators, content
 from guidance.models import Finding
-from training import selectors, series
+from training import access, selectors, series
 from training.engine.config import TrainConfig
-from training.forms import value_text
+from training.run_config import value_text
 from training.models import MetricPoint, Run, SeriesPack, Sweep
 
 MIN_RUNS, MAX_RUNS = 2, 20
@@ -126,7 +126,7 @@ def runs_for_user(user, run_ids: Iterable[int]) -> list[Run]:
     """The runs in the order asked; any run that is missing or another team's is a 404, like a missing run."""
     run_ids = list(run_ids)
     found = {r.id: r for r in Run.objects.select_related("dataset", "team", "resumed_from").filter(
-        id__in=run_ids, team_id__in=selectors.team_ids_for(user))}
+        id__in=run_ids, team_id__in=access.team_ids_for(user))}
     missing = [i for i in run_ids if i not in found]
     if missing:
         raise Http404(f"No such run: {', '.join(map(str, missing))}")
@@ -134,7 +134,7 @@ def runs_for_user(user, run_ids: Iterable[int]) -> list[Run]:
 
 
 def sweep_run_ids(user, sweep_id: int) -> tuple[int, ...]:
-    sweep = Sweep.objects.filter(id=sweep_id, team_id__in=selectors.team_ids_for(user)).first()
+    sweep = Sweep.objects.filter(id=sweep_id, team_id__in=access.team_ids_for(user)).first()
     if sweep is None:
         raise Http404("No such sweep")
     return tuple(sweep.runs.order_by("id").values_list("id", flat=True))

@@ -13,7 +13,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.http import Http404
 
-from training import selectors
+from training import access, selectors
 from training.findings import finding_dict
 from training.live import json_safe, run_group, team_runs_group
 
@@ -114,7 +114,7 @@ class RunConsumer(JsonRequests):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         try:
-            self.run = await database_sync_to_async(selectors.get_run_for_user)(
+            self.run = await database_sync_to_async(access.get_run_for_user)(
                 self.user, int(self.scope["url_route"]["kwargs"]["run_id"]))
         except (Http404, ValueError):
             await self.close(code=CLOSE_NOT_FOUND)
@@ -129,7 +129,7 @@ class RunConsumer(JsonRequests):
     def may_still_watch(self) -> bool:
         """Gone from the run's team looks like the run gone: the page says "run not found" and stops."""
         try:
-            selectors.get_run_for_user(self.user, self.run.id)
+            access.get_run_for_user(self.user, self.run.id)
         except Http404:
             return False
         return True
@@ -242,12 +242,12 @@ class RunListConsumer(JsonRequests):
         if self.user is None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        self.team_ids = await database_sync_to_async(selectors.team_ids_for)(self.user)
+        self.team_ids = await database_sync_to_async(access.team_ids_for)(self.user)
         await self.join(*(team_runs_group(team_id) for team_id in self.team_ids))
 
     def may_still_watch(self) -> bool:
         """Still in every team it joined; a team joined since shows on the next page load."""
-        return set(self.team_ids) <= set(selectors.team_ids_for(self.user))
+        return set(self.team_ids) <= set(access.team_ids_for(self.user))
 
     async def receive_json(self, content: Any, **kwargs) -> None:
         if not isinstance(content, dict) or content.get("type") != "watch":

@@ -8,7 +8,7 @@ from django.urls import reverse
 
 from guidance import calculators, content
 from training.engine.config import ConfigError, parse_config
-from training.forms import value_text
+from training.run_config import value_text
 from training.models import Run
 
 

@@ -13,10 +13,10 @@ from django.core.exceptions import ValidationError
 from django.db.models import Q
 
 from guidance import content
-from training import selectors
+from training import access, selectors
 from training.engine.config import TrainConfig
 from training.models import Dataset, Preset, Run
-from training.services import ADAPTER_SHAPE_FIELDS, RESERVED_FIELDS
+from training.run_config import ADAPTER_SHAPE_FIELDS, RESERVED_FIELDS, value_text
 
 # Every TrainConfig field the form offers, by group; a field the engine gains must be placed here (a test checks).
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -97,17 +97,6 @@ class ConfigField:
     def simple_default_text(self) -> str:
         """The guidance's simple default, written the way the form takes it."""
         return value_text(self.guidance.default) if self.guidance else ""
-
-
-def value_text(value: Any) -> str:
-    """A config value as the form shows it (JSON for lists and objects, "none" for null)."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return str(value)
 
 
 def _strip_annotated(annotation: Any) -> Any:
@@ -213,10 +202,10 @@ class RunForm(forms.Form):
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
-        teams = selectors.team_list_where(user, "member")
-        self.fields["dataset"].queryset = selectors.dataset_list_for(user).filter(team__in=teams).order_by(
+        teams = access.team_list_where(user, "member")
+        self.fields["dataset"].queryset = access.dataset_list_for(user).filter(team__in=teams).order_by(
             "team__name", "-created_at")
-        presets = selectors.preset_list_for(user).filter(Q(team__isnull=True) | Q(team__in=teams))
+        presets = access.preset_list_for(user).filter(Q(team__isnull=True) | Q(team__in=teams))
         self.fields["preset"].queryset = presets.order_by("team__name", "name")
         multi_team = teams.count() > 1
         self.fields["dataset"].label_from_instance = (
@@ -345,7 +334,7 @@ class DatasetUploadForm(forms.Form):
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["team"].queryset = selectors.team_list_where(user, "member")
+        self.fields["team"].queryset = access.team_list_where(user, "member")
 
     def add_service_errors(self, error: ValidationError) -> None:
         for key, messages in error.message_dict.items():
@@ -362,7 +351,7 @@ class DatasetRegisterForm(DatasetUploadForm):
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, user=user, prefix="register", **kwargs)
-        self.fields["team"].queryset = selectors.team_list_where(user, "admin")
+        self.fields["team"].queryset = access.team_list_where(user, "admin")
 
 
 class DatasetProfileForm(forms.Form):

@@ -11,6 +11,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from dashboard.models import Team
+from training.run_config import preset_config_errors
 
 
 class Dataset(models.Model):
@@ -84,8 +85,6 @@ class Preset(models.Model):
         return self.name if self.team_id else f"{self.name} (global)"
 
     def clean(self) -> None:
-        from training.services import preset_config_errors
-
         if not isinstance(self.config, dict):
             raise ValidationError({"config": "must be a JSON object of config fields, e.g. {\"r\": 16}"})
         errors = preset_config_errors(self.config)

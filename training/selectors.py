@@ -4,87 +4,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.paginator import Page, Paginator
 from django.db.models import Case, Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.http import Http404
 
-from dashboard.models import Membership, Team
+from dashboard.models import Team
 from guidance.models import Finding
-from training.models import Dataset, MetricPoint, Preset, Run, RunEvent, Sample, Worker
-
-User = AbstractBaseUser | AnonymousUser
+from training.access import User, team_ids_for
+from training.models import MetricPoint, Run, RunEvent, Sample, Worker
 
 # A replay goes out in chunks of this many points: a 100k-step run must not be one 10 MB websocket frame.
 REPLAY_CHUNK = 5000
-
-
-def team_ids_for(user: User) -> list[int]:
-    """The user's teams, read now: none once the user is deactivated (an open websocket's user object is not)."""
-    if not user.is_authenticated:
-        return []
-    return list(Membership.objects.filter(user=user, user__is_active=True).values_list("team_id", flat=True))
-
-
-def team_list_for(user: User) -> QuerySet[Team]:
-    return Team.objects.filter(id__in=team_ids_for(user))
-
-
-def membership_for(user: User, team: Team) -> Membership | None:
-    if not user.is_authenticated:
-        return None
-    return Membership.objects.filter(user=user, team=team).first()
-
-
-def get_team_for_user(user: User, slug: str) -> Team:
-    team = Team.objects.filter(slug=slug, id__in=team_ids_for(user)).first()
-    if team is None:
-        raise Http404("No such team")
-    return team
-
-
-def get_run_for_user(user: User, run_id: int) -> Run:
-    """The run if the user is in its team; another team's run is a 404, exactly like a missing one."""
-    run = Run.objects.select_related("team", "dataset", "preset", "worker").filter(
-        id=run_id, team_id__in=team_ids_for(user)).first()
-    if run is None:
-        raise Http404("No such run")
-    return run
 
 
 def runs_to_build_on(teams: QuerySet[Team], *, limit: int = 200) -> list[Run]:
     """The teams' succeeded runs that saved an adapter, newest first: what a new run may start from."""
     return list(Run.objects.select_related("team").filter(team__in=teams, status=Run.Status.SUCCEEDED)
                 .exclude(adapter_path="").order_by("-id")[:limit])
-
-
-def get_dataset_for_user(user: User, dataset_id: int) -> Dataset:
-    dataset = Dataset.objects.filter(id=dataset_id, team_id__in=team_ids_for(user)).first()
-    if dataset is None:
-        raise Http404("No such dataset")
-    return dataset
-
-
-def get_preset_for_user(user: User, preset_id: int) -> Preset:
-    """A preset of one of the user's teams, or a global one."""
-    preset = preset_list_for(user).filter(id=preset_id).first()
-    if preset is None:
-        raise Http404("No such preset")
-    return preset
-
-
-def dataset_list_for(user: User, *, team: Team | None = None) -> QuerySet[Dataset]:
-    datasets = Dataset.objects.filter(team_id__in=team_ids_for(user)).select_related("team")
-    return datasets.filter(team=team) if team is not None else datasets
-
-
-def preset_list_for(user: User, *, team: Team | None = None) -> QuerySet[Preset]:
-    """The presets of the user's teams (or of one of them) and the global ones."""
-    teams = team_ids_for(user)
-    if team is not None:
-        teams = [team_id for team_id in teams if team_id == team.id]
-    return Preset.objects.filter(Q(team_id__in=teams) | Q(team__isnull=True)).select_related("team")
 
 
 def _count(queryset: QuerySet, group: str) -> Subquery:
@@ -228,19 +165,6 @@ def run_status_dict(run: Run) -> dict[str, Any]:
         "started_at": run.started_at.timestamp() if run.started_at else None,
         "finished_at": run.finished_at.timestamp() if run.finished_at else None,
     }
-
-
-def team_list_where(user: User, role: str) -> QuerySet[Team]:
-    """The user's teams in which their role allows `role` (e.g. the teams they may start runs in)."""
-    if not user.is_authenticated:
-        return Team.objects.none()
-    allowed = [r for r, rank in Membership.RANK.items() if rank >= Membership.RANK[role]]
-    return Team.objects.filter(memberships__user=user, memberships__role__in=allowed).distinct()
-
-
-def role_for(user: User, team: Team) -> str | None:
-    membership = membership_for(user, team)
-    return membership.role if membership else None
 
 
 def run_findings(run: Run) -> QuerySet[Finding]:

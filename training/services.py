@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any, Iterable
 
 from django.conf import settings
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -29,24 +29,15 @@ from training import datasets, live
 from training.engine.config import ConfigError, parse_config
 from training.engine.events import parse_float
 from training.findings import RunWatcher
-from training.model_source import ModelPolicy, model_source_error
+from training.model_source import model_source_error
 from training.models import Dataset, MetricPoint, Preset, Run, RunEvent, Sample, Worker
 from training.process import TrainingProcess
-from training.selectors import event_dict, membership_for, run_status_dict, sample_dict
+from training.run_config import ADAPTER_SHAPE_FIELDS, RESERVED_FIELDS, model_errors, model_policy
+from training.access import require_role
+from training.selectors import event_dict, run_status_dict, sample_dict
 
 log = logging.getLogger(__name__)
 
-# Fields Tuneboard sets on every run itself; a preset or override may not set them.
-RESERVED_FIELDS = {
-    "train_file": "set from the chosen dataset; pick another dataset instead",
-    "eval_file": "not settable here; use eval_split to hold out part of the dataset",
-    "output_dir": "set by Tuneboard to the run's own directory",
-    "init_adapter": "set when a run builds on an earlier run's adapter; choose that run under 'Start from'",
-}
-# A run's own LoRA shape: a run that starts from another's adapter must keep it (the weights must fit).
-ADAPTER_SHAPE_FIELDS = ("r", "target_modules", "bias")
-# Stand-ins for what a preset does not know, so its fields can be validated alone.
-PRESET_PLACEHOLDERS = {"model": "placeholder-model", "train_file": "placeholder-dataset.jsonl"}
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,100}$")
 Role = Membership.Role
 Status = Run.Status
@@ -54,12 +45,6 @@ Status = Run.Status
 
 def _field_errors(errors: dict[str, str]) -> ValidationError:
     return ValidationError({field: [message] for field, message in errors.items()})
-
-
-def _require_role(*, user, team: Team, role: str, action: str) -> None:
-    membership = membership_for(user, team)
-    if membership is None or not membership.allows(role):
-        raise PermissionDenied(f"{action} needs the {role} role in team {team.name}")
 
 
 # Datasets -----------------------------------------------------------------------------------------------------
@@ -137,7 +122,7 @@ def dataset_create_from_upload(*, team: Team, user, name: str, file: IO[bytes], 
                                mapping: datasets.Mapping | None = None) -> Dataset:
     """Check an uploaded JSONL/JSON/CSV/Parquet file row by row and store it normalised to the engine's JSONL.
     Nothing is saved, and no file is left, when a row is bad; `mapping` names the columns when detection cannot."""
-    _require_role(user=user, team=team, role=Role.MEMBER, action="Adding a dataset")
+    require_role(user=user, team=team, role=Role.MEMBER, action="Adding a dataset")
     name = _check_dataset_name(team, name)
     filename = filename or getattr(file, "name", None) or "upload.jsonl"
     try:
@@ -173,7 +158,7 @@ def dataset_create_from_upload(*, team: Team, user, name: str, file: IO[bytes], 
 def dataset_register(*, team: Team, user, name: str, path: str, mapping: datasets.Mapping | None = None) -> Dataset:
     """Record a file already on the shared storage (inside TUNEBOARD_DATASET_ROOTS). A JSONL/JSON/Parquet/CSV file
     the engine reads as it is stays where it is; one that needs its columns mapped is stored normalised."""
-    _require_role(user=user, team=team, role=Role.ADMIN, action="Registering a dataset path")
+    require_role(user=user, team=team, role=Role.ADMIN, action="Registering a dataset path")
     name = _check_dataset_name(team, name)
     file = Path(path or "")
     roots = [Path(root).resolve() for root in settings.TUNEBOARD_DATASET_ROOTS]
@@ -218,7 +203,7 @@ def dataset_profile_start(*, dataset: Dataset, user, model: str, max_length: int
                           completion_only_loss: bool = True) -> dict[str, Any]:
     """Queue the token statistics of `dataset` with `model`'s tokenizer on the CPU queue; a new request replaces
     the one in progress (its task sees another token and stops)."""
-    _require_role(user=user, team=dataset.team, role=Role.MEMBER, action="Profiling a dataset")
+    require_role(user=user, team=dataset.team, role=Role.MEMBER, action="Profiling a dataset")
     errors = {}
     model = (model or "").strip()
     if not model:
@@ -352,36 +337,8 @@ def dataset_profile_execute(*, dataset_id: int, token: str) -> None:
 
 # Models -------------------------------------------------------------------------------------------------------
 
-def model_policy() -> ModelPolicy:
-    """This deployment's rule for where a model may come from (settings read now: tests change them)."""
-    forbidden = {settings.RUNS_DIR: "the runs' folders", settings.DATASETS_DIR: "the datasets' folders",
-                 **{root: "the registered dataset roots" for root in settings.TUNEBOARD_DATASET_ROOTS}}
-    return ModelPolicy.of(roots=settings.TUNEBOARD_MODEL_ROOTS, forbidden=forbidden,
-                          hub=not settings.TUNEBOARD_HUB_OFFLINE)
-
-
-def model_errors(model: Any) -> dict[str, str]:
-    """{"model": why} when `model` may not be trained here (see training.model_source); empty otherwise."""
-    if not isinstance(model, str):
-        return {}  # the engine names the type
-    error = model_source_error(model, model_policy())
-    return {"model": error} if error else {}
-
 
 # Presets ------------------------------------------------------------------------------------------------------
-
-def preset_config_errors(config: dict) -> dict[str, str]:
-    """The engine's verdict on a preset's fields, and the model rule on its model; {field: message}, empty when
-    the preset is valid."""
-    errors = {field: RESERVED_FIELDS[field] for field in config if field in RESERVED_FIELDS}
-    fields = {k: v for k, v in config.items() if k not in RESERVED_FIELDS}
-    try:
-        parse_config({**PRESET_PLACEHOLDERS, **fields})
-    except ConfigError as exc:
-        errors.update(exc.errors)
-    if "model" in fields:
-        errors.update(model_errors(fields["model"]))
-    return errors
 
 
 def preset_duplicate(*, preset: Preset, user) -> Preset:
@@ -460,7 +417,7 @@ def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = No
                base_run: Run | None = None, base_kind: str = Run.BaseKind.ADAPTER) -> Run:
     """Validate and save a run, then queue it once the transaction commits. Nothing is saved on an error.
     `base_run` (a succeeded run of the same team) is what it builds on: its adapter or its merged model."""
-    _require_role(user=user, team=team, role=Role.MEMBER, action="Starting a run")
+    require_role(user=user, team=team, role=Role.MEMBER, action="Starting a run")
     if dataset.team_id != team.id:
         raise _field_errors({"dataset": "no such dataset in this team"})
     if preset is not None and preset.team_id not in (None, team.id):
@@ -487,7 +444,7 @@ def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = No
 def run_resume(*, run: Run, user, queue: str | None = None) -> Run:
     """A new run that continues `run` from its last checkpoint, with the same config and dataset, on `queue`
     (by default the original's: a lost run's worker may be gone, so the page can offer another)."""
-    _require_role(user=user, team=run.team, role=Role.MEMBER, action="Resuming a run")
+    require_role(user=user, team=run.team, role=Role.MEMBER, action="Resuming a run")
     queue = queue or run.queue
     if not QUEUE_NAME.match(queue):
         raise _field_errors({"queue": "letters, digits and _ . @ - only, at most 100"})
@@ -562,7 +519,7 @@ def run_claim(*, run_id: int, worker_name: str, task_id: str = "") -> Run | None
 
 def run_stop(*, run: Run, user) -> None:
     """Stop a run: a queued one at once; a training one at its next step (checkpoint, then `stopped`)."""
-    _require_role(user=user, team=run.team, role=Role.MEMBER, action="Stopping a run")
+    require_role(user=user, team=run.team, role=Role.MEMBER, action="Stopping a run")
     if _transition(run, to=Status.STOPPED, allowed_from=[Status.QUEUED], finished_at=timezone.now()):
         return
     _transition(run, to=Status.STOPPING, allowed_from=[Status.STARTING, Status.RUNNING])

@@ -11,11 +11,12 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from training import selectors, services
+from training import access, selectors, services
 from training.dataset_stats import run_form_advice
 from training.differences import run_differences
 from training.engine.config import TrainConfig
-from training.forms import DatasetProfileForm, DatasetRegisterForm, DatasetUploadForm, RunForm, value_text
+from training.forms import DatasetProfileForm, DatasetRegisterForm, DatasetUploadForm, RunForm
+from training.run_config import value_text
 from training.models import Run
 
 RUNS_PER_PAGE = 50
@@ -46,7 +47,7 @@ def home(request: HttpRequest) -> HttpResponse:
 def run_list(request: HttpRequest) -> HttpResponse:
     services.runs_mark_lost()  # workers sweep too, but with its only worker dead nobody else would
     page = selectors.run_page_for(request.user, request.GET.get("page"), per_page=RUNS_PER_PAGE)
-    can_start = selectors.team_list_where(request.user, "member").exists()
+    can_start = access.team_list_where(request.user, "member").exists()
     return render(request, "training/run_list.html", {"page": page, "can_start": can_start})
 
 
@@ -65,8 +66,8 @@ def _run_form_data(form: RunForm) -> dict[str, Any]:
 
 @login_required
 def run_new(request: HttpRequest) -> HttpResponse:
-    if not selectors.team_list_where(request.user, "member").exists():
-        in_a_team = selectors.team_list_for(request.user).exists()
+    if not access.team_list_where(request.user, "member").exists():
+        in_a_team = access.team_list_for(request.user).exists()
         return render(request, "training/run_new_refused.html", {"in_a_team": in_a_team}, status=403)
     form = RunForm(request.POST or None, user=request.user)
     if request.method == "POST" and form.is_valid():
@@ -102,8 +103,8 @@ def _facts(run: Run) -> list[dict[str, Any]]:
 @login_required
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     services.runs_mark_lost()
-    run = selectors.get_run_for_user(request.user, run_id)
-    role = selectors.role_for(request.user, run.team)
+    run = access.get_run_for_user(request.user, run_id)
+    role = access.role_for(request.user, run.team)
     can_control = role in ("member", "admin")
     status = selectors.run_status_dict(run)
     events = selectors.run_events(run)
@@ -139,7 +140,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
 @require_POST
 @login_required
 def run_stop(request: HttpRequest, run_id: int) -> HttpResponse:
-    run = selectors.get_run_for_user(request.user, run_id)
+    run = access.get_run_for_user(request.user, run_id)
     services.run_stop(run=run, user=request.user)  # PermissionDenied (a viewer) is a 403
     messages.info(request, "Stop requested: the run checkpoints and ends at its next step."
                   if run.status == Run.Status.STOPPING else f"The run is {run.get_status_display().lower()}.")
@@ -149,7 +150,7 @@ def run_stop(request: HttpRequest, run_id: int) -> HttpResponse:
 @require_POST
 @login_required
 def run_resume(request: HttpRequest, run_id: int) -> HttpResponse:
-    run = selectors.get_run_for_user(request.user, run_id)
+    run = access.get_run_for_user(request.user, run_id)
     try:
         continuation = services.run_resume(run=run, user=request.user)
     except ValidationError as exc:
@@ -163,7 +164,7 @@ def run_resume(request: HttpRequest, run_id: int) -> HttpResponse:
 @login_required
 def run_adapter_list(request: HttpRequest, run_id: int) -> JsonResponse:
     """The adapter's files as JSON: the run page lists them when the run succeeds."""
-    run = selectors.get_run_for_user(request.user, run_id)
+    run = access.get_run_for_user(request.user, run_id)
     files = [{**f, "url": reverse("run_adapter_file", args=[run.id, f["name"]])}
              for f in selectors.run_adapter_files(run)]
     return JsonResponse(files, safe=False)
@@ -171,13 +172,13 @@ def run_adapter_list(request: HttpRequest, run_id: int) -> JsonResponse:
 
 @login_required
 def run_adapter_file(request: HttpRequest, run_id: int, name: str) -> FileResponse:
-    run = selectors.get_run_for_user(request.user, run_id)
+    run = access.get_run_for_user(request.user, run_id)
     path = selectors.run_adapter_file(run, name)
     return FileResponse(path.open("rb"), as_attachment=True, filename=f"run-{run.id}-{path.name}")
 
 
 def _team_dataset(request: HttpRequest, dataset_id: int):
-    dataset = selectors.dataset_list_for(request.user).filter(id=dataset_id).first()
+    dataset = access.dataset_list_for(request.user).filter(id=dataset_id).first()
     if dataset is None:
         raise Http404("No such dataset in your teams")
     return dataset
@@ -194,7 +195,7 @@ def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
     """A dataset's source, its token statistics with the chosen model (started here, computed by a task), the
     preview of its first rows as the model sees them, and the seed's advice."""
     dataset = _team_dataset(request, dataset_id)
-    can_profile = selectors.team_list_where(request.user, "member").filter(id=dataset.team_id).exists()
+    can_profile = access.team_list_where(request.user, "member").filter(id=dataset.team_id).exists()
     params = (dataset.stats.get("profile") or {}).get("params") or {}
     initial = {k: v for k, v in params.items() if k != "eval_dataset"} or {"model": _latest_model(dataset)}
     form = DatasetProfileForm(request.POST or None, dataset=dataset, initial=initial) if can_profile else None
@@ -231,7 +232,7 @@ def dataset_profile_status(request: HttpRequest, dataset_id: int) -> JsonRespons
 @login_required
 def worker_list(request: HttpRequest) -> HttpResponse:
     services.runs_mark_lost()
-    team_ids = set(selectors.team_ids_for(request.user))
+    team_ids = set(access.team_ids_for(request.user))
     workers = [{"worker": w, "run_visible": w.current_run is not None and w.current_run.team_id in team_ids}
                for w in selectors.worker_list()]
     return render(request, "training/worker_list.html", {"workers": workers})
@@ -239,8 +240,8 @@ def worker_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def dataset_list(request: HttpRequest) -> HttpResponse:
-    can_upload = selectors.team_list_where(request.user, "member").exists()
-    can_register = selectors.team_list_where(request.user, "admin").exists()
+    can_upload = access.team_list_where(request.user, "member").exists()
+    can_register = access.team_list_where(request.user, "admin").exists()
     registering = request.method == "POST" and "register-path" in request.POST
     form = DatasetUploadForm(None if registering else request.POST or None, request.FILES or None,
                              user=request.user) if can_upload else None
@@ -274,7 +275,7 @@ def dataset_list(request: HttpRequest) -> HttpResponse:
                 messages.success(request, f"Dataset {dataset.name} added: {dataset.rows} rows, {dataset.format}.")
                 return redirect(reverse("dataset_detail", args=[dataset.id]))
         status = 400
-    datasets = selectors.dataset_list_for(request.user).order_by("-created_at")
+    datasets = access.dataset_list_for(request.user).order_by("-created_at")
     return render(request, "training/dataset_list.html", {
         "datasets": datasets, "form": form, "columns": columns, "register_form": register_form,
         "register_columns": register_columns}, status=status)

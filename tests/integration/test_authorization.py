@@ -6,7 +6,7 @@ from django.http import Http404
 
 from dashboard.models import Membership
 from tests.factories import make_dataset, make_member, make_preset, make_run, make_team, make_user
-from training import selectors, services
+from training import access, selectors, services
 from training.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
 from training.models import Run
 
@@ -31,20 +31,20 @@ def test_another_teams_objects_are_404_like_missing_ones(two_teams):
     preset_b = make_preset(team_b, r=8)
     global_preset = make_preset(None, r=32)
     with pytest.raises(Http404):
-        selectors.get_run_for_user(alice, run_b.id)
+        access.get_run_for_user(alice, run_b.id)
     with pytest.raises(Http404):
-        selectors.get_run_for_user(alice, 10**9)
+        access.get_run_for_user(alice, 10**9)
     with pytest.raises(Http404):
-        selectors.get_dataset_for_user(alice, dataset_b.id)
+        access.get_dataset_for_user(alice, dataset_b.id)
     with pytest.raises(Http404):
-        selectors.get_preset_for_user(alice, preset_b.id)
+        access.get_preset_for_user(alice, preset_b.id)
     with pytest.raises(Http404):
-        selectors.get_team_for_user(alice, team_b.slug)
-    assert selectors.get_preset_for_user(alice, global_preset.id) == global_preset
+        access.get_team_for_user(alice, team_b.slug)
+    assert access.get_preset_for_user(alice, global_preset.id) == global_preset
     assert list(selectors.run_list_for(alice)) == []
-    assert list(selectors.dataset_list_for(alice)) == []
-    assert set(selectors.preset_list_for(alice)) == {global_preset}
-    assert selectors.get_run_for_user(bob, run_b.id) == run_b
+    assert list(access.dataset_list_for(alice)) == []
+    assert set(access.preset_list_for(alice)) == {global_preset}
+    assert access.get_run_for_user(bob, run_b.id) == run_b
     assert list(selectors.run_list_for(bob)) == [run_b]
 
 
@@ -68,7 +68,7 @@ def test_services_refuse_another_teams_dataset_and_preset(two_teams, tmp_path):
 def test_a_viewer_can_watch_but_not_start_or_stop_runs(two_teams):
     team_a, alice, team_b, bob, dataset_b, run_b = two_teams
     viewer = make_member(team_b, role=Membership.Role.VIEWER)
-    assert selectors.get_run_for_user(viewer, run_b.id) == run_b
+    assert access.get_run_for_user(viewer, run_b.id) == run_b
     with pytest.raises(PermissionDenied, match="member"):
         services.run_create(team=team_b, user=viewer, dataset=dataset_b, overrides={"model": "m"})
     with pytest.raises(PermissionDenied):
