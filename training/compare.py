@@ -261,8 +261,9 @@ def fetch_series(runs: list[Run], metric: str, x: str) -> dict[int, tuple[np.nda
             if run_id != run.id:
                 continue
             steps, ys = values.get(src, EMPTY)
-            keep = (steps > lo) & (steps <= hi)
-            steps, ys = steps[keep], ys[keep]
+            # Steps ascend (ORDER BY step, or a pack of them): the part is a slice, a view, not a masked copy.
+            start, end = np.searchsorted(steps, [lo, hi], side="right")
+            steps, ys = steps[start:end], ys[start:end]
             if x_column:
                 x_steps, x_values = xs_by_run.get(src, EMPTY)
                 at = np.minimum(np.searchsorted(x_steps, steps), max(len(x_steps) - 1, 0))
@@ -270,7 +271,9 @@ def fetch_series(runs: list[Run], metric: str, x: str) -> dict[int, tuple[np.nda
                 pieces.append((steps[has_x], x_values[at][has_x], ys[has_x]))
             else:
                 pieces.append((steps, steps, ys))
-        if pieces:
+        if len(pieces) == 1:  # a run that resumed nothing: its arrays as they are
+            out[run.id] = pieces[0]
+        elif pieces:
             out[run.id] = tuple(np.concatenate(column) for column in zip(*pieces))
     if x == "time":
         origins = wall_time_origins(runs)
