@@ -153,6 +153,9 @@ def main() -> None:
     parser.add_argument("--browser", action="store_true", help="also time the page in headless Chromium")
     args = parser.parse_args()
 
+    from bench import baseline  # noqa: E402 - bench/ is a folder of scripts; ROOT is on the path
+
+    print(baseline.line(baseline.measure(postgres_url=f"{HOST}/postgres")), flush=True)
     ensure_database(args.fresh)
     os.environ["DATABASE_URL"] = f"{HOST}/{DB}"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")

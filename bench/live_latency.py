@@ -210,6 +210,10 @@ def main() -> None:
     parser.add_argument("--latency-points", type=int, default=200)
     args = parser.parse_args()
 
+    from bench import baseline  # bench/ is a folder of scripts; ROOT is on the path
+
+    machine = baseline.measure()
+    print(baseline.line(machine), flush=True)
     ensure_database()
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
@@ -230,7 +234,8 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=20)
-    print(json.dumps({"latency": latency, "ingest": ingest}, indent=1))
+    print(json.dumps({"baseline": machine, "latency": latency, "ingest": ingest}, indent=1))
+    print(f"\n{baseline.line(machine)}")
     print(f"\nlatency, 1 run at 20 points/s: p50 {latency['p50_ms']:.1f} ms, p95 {latency['p95_ms']:.1f} ms "
           f"(target p95 <= 100 ms), lost {latency['lost_on_websocket']}")
     print(f"ingest, {ingest['runs']} runs x {args.points} points written at {args.rate:g}/s each "
