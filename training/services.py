@@ -650,17 +650,14 @@ class RunRecorder:
         for event in events:
             by_kind[event["type"]][int(event["step"])] = event  # a step sent twice in a batch: the last wins
         sent = []
-        # One transaction, so one commit, for the points and the run's last step.
-        with transaction.atomic():
-            for kind, fields in (("metrics", MetricPoint.METRICS_FIELDS), ("eval", MetricPoint.EVAL_FIELDS)):
-                rows = [{"step": step, **{f: v for f, v in _point_values(event).items() if f in fields}}
-                        for step, event in by_kind[kind].items()]
-                if not rows:
-                    continue
-                _upsert_points(self.run.id, fields, rows)
-                sent += [{"kind": kind, **{f: v for f, v in row.items() if f != "time"}} for row in rows]
-            if by_kind["metrics"]:
-                Run.objects.filter(id=self.run.id).update(last_step=max(by_kind["metrics"]))
+        for kind, fields in (("metrics", MetricPoint.METRICS_FIELDS), ("eval", MetricPoint.EVAL_FIELDS)):
+            rows = [{"step": step, **{f: v for f, v in _point_values(event).items() if f in fields}}
+                    for step, event in by_kind[kind].items()]
+            if not rows:
+                continue
+            # The metrics' statement sets the run's last step too: one round trip and one commit for both.
+            _upsert_points(self.run.id, fields, rows, last_step=max(by_kind[kind]) if kind == "metrics" else None)
+            sent += [{"kind": kind, **{f: v for f, v in row.items() if f != "time"}} for row in rows]
         live.send_run_message(self.run.id, "points", {"points": sent, "after": dict(self._sent_up_to)})
         for kind, steps in by_kind.items():
             if steps:
@@ -736,23 +733,29 @@ class RunRecorder:
         self._log_flushed_at = now
 
 
-def _upsert_points(run_id: int, fields: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
-    """INSERT ... ON CONFLICT (run, step) DO UPDATE of these columns only, the rows passed as one array per column.
+def _upsert_points(run_id: int, fields: tuple[str, ...], rows: list[dict[str, Any]], *,
+                   last_step: int | None = None) -> None:
+    """INSERT ... ON CONFLICT (run, step) DO UPDATE of these columns only, the rows passed as one array per column;
+    with last_step, the same statement sets the run's last_step.
 
-    What bulk_create(update_conflicts=True) does, in a statement whose text does not grow with the rows: the ORM
-    builds and prepares every value of every row in Python (~40% of a worker's time per point at 100 runs)."""
-    cursor_sql = _UPSERT_SQL.get(fields)
-    if cursor_sql is None:
-        cursor_sql = _UPSERT_SQL[fields] = _upsert_sql(fields)
+    What bulk_create(update_conflicts=True) and an UPDATE of the run did, in one statement whose text does not
+    grow with the rows: the ORM built and prepared every value of every row in Python (~40% of a worker's time
+    per point at 100 runs), and the two statements cost four round trips and two commits (BEGIN, INSERT, COMMIT,
+    UPDATE); this is one round trip and one commit, done before the caller sends the points."""
+    key = (fields, last_step is not None)
+    sql = _UPSERT_SQL.get(key)
+    if sql is None:
+        sql = _UPSERT_SQL[key] = _upsert_sql(fields, set_last_step=last_step is not None)
     columns = ("step", *fields)
+    params = [run_id, *([row.get(f) for row in rows] for f in columns)]
     with transaction.get_connection().cursor() as cursor:
-        cursor.execute(cursor_sql, [run_id, *([row.get(f) for row in rows] for f in columns)])
+        cursor.execute(sql, [last_step, run_id, *params] if last_step is not None else params)
 
 
-_UPSERT_SQL: dict[tuple[str, ...], str] = {}
+_UPSERT_SQL: dict[tuple[tuple[str, ...], bool], str] = {}
 
 
-def _upsert_sql(fields: tuple[str, ...]) -> str:
+def _upsert_sql(fields: tuple[str, ...], *, set_last_step: bool) -> str:
     meta, connection = MetricPoint._meta, transaction.get_connection()
     quote = connection.ops.quote_name
     columns = [meta.get_field(name) for name in ("step", *fields)]
@@ -760,8 +763,13 @@ def _upsert_sql(fields: tuple[str, ...]) -> str:
     names = ", ".join(quote(c.column) for c in columns)
     arrays = ", ".join(f"%s::{c.db_type(connection)}[]" for c in columns)
     updates = ", ".join(f"{quote(c.column)} = EXCLUDED.{quote(c.column)}" for c in columns[1:])
-    return (f"INSERT INTO {quote(meta.db_table)} ({quote(run)}, {names}) SELECT %s, * FROM unnest({arrays}) "
-            f"ON CONFLICT ({quote(run)}, {quote(key)}) DO UPDATE SET {updates}")
+    # A data-modifying WITH runs exactly once, in the statement's own transaction, whether or not it is read.
+    run_meta = Run._meta
+    with_last_step = (f"WITH last_step AS (UPDATE {quote(run_meta.db_table)} SET "
+                      f"{quote(run_meta.get_field('last_step').column)} = %s WHERE {quote(run_meta.pk.column)} = %s) "
+                      if set_last_step else "")
+    return (f"{with_last_step}INSERT INTO {quote(meta.db_table)} ({quote(run)}, {names}) SELECT %s, * FROM "
+            f"unnest({arrays}) ON CONFLICT ({quote(run)}, {quote(key)}) DO UPDATE SET {updates}")
 
 
 def _point_values(event: dict) -> dict[str, Any]:
