@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from statistics import median
 from typing import Any, Callable, Iterable, Mapping
 
+from guidance import preflight
+
 IMPACT = "Impact and symptoms"  # the guidance section that describes each parameter's symptoms
 BIT8_OPTIMIZERS = frozenset({"adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit"})
 _MAD_TO_SIGMA = 1.4826  # MAD x this estimates the standard deviation of normal noise
@@ -150,6 +152,7 @@ class RunSeries:
     failure: dict[str, Any] | None = None  # the failed event: error_class, message, oom, step
     peer_best_loss: float | None = None  # the lowest loss_floor() of comparable runs, if the caller knows them
     packed_tokens_per_s_estimate: float | None = None  # tokens/s a packed run would reach on this hardware
+    train_examples: int | None = None  # rows the run trains on (the started event), for the seed's rank buckets
 
     # Running maximum of the finite learning rates, filled as far as asked: a live run asks for one more point
     # each time, so the peak costs O(1) per point rather than a scan of the whole run.
@@ -186,7 +189,8 @@ class RunSeries:
             return True
         if kind == "started":
             derived = event.get("derived") or {}
-            self.config = dict(event.get("config") or {})
+            self.config = dict(event.get("config") or self.config)
+            self.train_examples = event.get("train_examples", self.train_examples)
             self.total_steps = derived.get("total_steps") or self.total_steps
             self.warmup_steps = int(derived.get("warmup_steps") or 0)
             self.dtype = event.get("dtype") or self.dtype
@@ -214,8 +218,11 @@ def loss_floor(losses: Iterable[float | None], thresholds: Thresholds | None = N
 
 
 def series_from_events(events: Iterable[Mapping[str, Any]], *, peer_best_loss: float | None = None,
-                       packed_tokens_per_s_estimate: float | None = None) -> RunSeries:
-    series = RunSeries(peer_best_loss=peer_best_loss, packed_tokens_per_s_estimate=packed_tokens_per_s_estimate)
+                       packed_tokens_per_s_estimate: float | None = None,
+                       config: Mapping[str, Any] | None = None) -> RunSeries:
+    """A series from an event stream; `config` is the run's config until a started event brings the resolved one."""
+    series = RunSeries(peer_best_loss=peer_best_loss, packed_tokens_per_s_estimate=packed_tokens_per_s_estimate,
+                       config=dict(config or {}))
     for event in events:
         series.add(event)
     return series
@@ -291,6 +298,101 @@ def _fp16(s: RunSeries) -> bool:
     return (s.dtype or s.config.get("dtype")) == "float16"
 
 
+# ---- causes, ranked against the seed's ranges -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Cause:
+    """A knob that would explain a symptom: `direction` is the side of the seed's range ("up": set too high, "down":
+    too low) that explains it, and `advice` moves the knob back the other way."""
+
+    parameter: str
+    direction: str
+    advice: str
+    only_when_out: bool = False  # a cause only when the config sits outside the range on that side
+
+
+def _ranking_config(s: RunSeries) -> dict[str, Any]:
+    """The run's config, with what the series itself knows where the config is silent (the logged peak learning
+    rate, the resolved warmup)."""
+    cfg = dict(s.config)
+    if "learning_rate" not in cfg:
+        peak = max((v for v in s.learning_rate if _ok(v)), default=0.0)
+        if peak > 0:
+            cfg["learning_rate"] = peak
+    if "warmup_steps" not in cfg and s.warmup_steps:
+        cfg["warmup_steps"] = s.warmup_steps
+    return cfg
+
+
+def _ranked(s: RunSeries, causes: Iterable[Cause]) -> tuple[list[Cause], dict[str, Any]]:
+    """The causes that apply, the furthest outside the seed's range (on the side that explains the symptom) first,
+    ties in the order given; a cause whose advice would push its knob further out than it already is is dropped.
+    Also the evidence: the config values each named knob was judged on, and its distance (doublings past the edge
+    of the seed's range; guidance.preflight.distance)."""
+    cfg = _ranking_config(s)
+    facts = {"rows": s.train_examples, "total": s.total_steps}
+    kept: list[tuple[float, int, Cause]] = []
+    for order, cause in enumerate(causes):
+        back = "down" if cause.direction == "up" else "up"
+        if preflight.distance(cfg, cause.parameter, back, **facts) > 0:
+            continue  # already out of range the way the advice would move it
+        d = preflight.distance(cfg, cause.parameter, cause.direction, **facts)
+        if cause.only_when_out and d == 0:
+            continue
+        kept.append((d, order, cause))
+    kept.sort(key=lambda t: (-t[0], t[1]))
+    used: dict[str, Any] = {}
+    for _, _, cause in kept:
+        m = preflight.measure(cfg, cause.parameter, **facts)
+        if m is not None:
+            used.update(m.used)
+        elif cause.parameter in cfg:
+            used[cause.parameter] = cfg[cause.parameter]
+    distances = {c.parameter: (round(d, 3) if math.isfinite(d) else None) for d, _, c in kept}
+    return [c for _, _, c in kept], {"config": used, "distance_from_seed": distances}
+
+
+def _advice(causes: Iterable[Cause], *, before: Iterable[str] = (), after: Iterable[str] = (),
+            joiner: str = "or") -> str:
+    """The causes' advice in their order as one clause: 'a', 'a or b', 'a, b, or c' (`before` and `after` are
+    advice that names no ranked knob)."""
+    texts = list(dict.fromkeys([*before, *(c.advice for c in causes), *after]))
+    if len(texts) <= 2:
+        return f" {joiner} ".join(texts)
+    return ", ".join(texts[:-1]) + f", {joiner} " + texts[-1]
+
+
+def _overshoot(s: RunSeries) -> bool:
+    """The learning rate sits far above the seed's range: a stalled loss is overshoot, not too small a step."""
+    return preflight.far_outside(_ranking_config(s), "learning_rate", "up")
+
+
+def _underfit_causes(s: RunSeries, grad_evidence: str) -> list[Cause]:
+    """Why a loss stops moving: too small an update (learning rate, gain, heavy decay or dropout), unless the
+    learning rate is far too high, where the updates overshoot into a flat region."""
+    if _overshoot(s):
+        lr = _ranking_config(s)["learning_rate"]
+        return [Cause("learning_rate", "up", f"lower the learning rate: at {lr:.3g}, "
+                      f"{lr / preflight.LORA_LEARNING_RATE:,.0f}x the seed's {preflight.LORA_LEARNING_RATE:g}, the "
+                      f"updates overshoot into a flat region{grad_evidence}"),
+                Cause("lora_alpha", "up", "lower lora_alpha relative to r", only_when_out=True)]
+    return [Cause("learning_rate", "down", "raise the learning rate"),
+            Cause("lora_alpha", "down", "raise lora_alpha relative to r"),
+            Cause("weight_decay", "up", "lower a heavy weight decay"),
+            Cause("lora_dropout", "up", "lower lora_dropout", only_when_out=True)]
+
+
+def _grad_fall(s: RunSeries, i: int, th: Thresholds) -> tuple[str, dict[str, Any]]:
+    """How the gradient norm went from the first points to the last ones up to index i (the overshoot's evidence)."""
+    grads = [v for v in s.grad_norm[:i + 1] if _ok(v)]
+    if len(grads) < 2 * th.level_points:
+        return "", {}
+    first, last = median(grads[:th.level_points]), median(grads[-th.level_points:])
+    text = f", where the gradient norm collapses (median {first:.3g} at the start, {last:.3g} now)" if last < first \
+        else ""
+    return text, {"grad_norm_start": first, "grad_norm_now": last}
+
+
 # ---- detectors -------------------------------------------------------------------------------------------------
 # Each takes (series, thresholds, start, eval_start) and judges only metric points from index `start` and eval
 # points from `eval_start` on, using whatever came before as history: a Watcher passes the new points only.
@@ -314,20 +416,25 @@ def detect_loss_not_finite(s: RunSeries, th: Thresholds, start: int, eval_start:
             step, what = s.steps[i], "NaN" if math.isnan(s.loss[i]) else "Inf"
             last_ok = next((s.loss[k] for k in range(i - 1, -1, -1) if math.isfinite(s.loss[k])), None)
             phase = "during warmup" if step <= s.warmup_steps else "after warmup"
-            params = ["learning_rate", "warmup_steps", "dtype"]
+            causes = [Cause("learning_rate", "up", "lower the learning rate"),
+                      Cause("warmup_steps", "down", "add or lengthen warmup")]
             hint = ""
             if _fp16(s):
                 hint = (" The run trains in float16, whose range overflows easily: bfloat16 avoids that where the "
                         "GPU has it.")
-            if s.config.get("use_rslora"):
-                params += ["use_rslora", "lora_alpha"]
+            rslora = bool(s.config.get("use_rslora"))
+            if rslora:
+                causes.append(Cause("lora_alpha", "up", "lower lora_alpha"))
                 hint += " rsLoRA is on: an alpha tuned for standard LoRA gives a much larger gain (alpha/sqrt(r))."
+            ranked, used = _ranked(s, causes)
+            advice = _advice(ranked, after=["check the precision"], joiner="and")
+            params = [c.parameter for c in ranked] + ["dtype"] + (["use_rslora", "lora_alpha"] if rslora else [])
             return [_finding(
                 "loss_not_finite", "error", step, f"Loss became {what} at step {step}",
-                f"The training loss is {what} at step {step} ({phase}; last finite loss {last_ok}). Lower the "
-                f"learning rate, add or lengthen warmup, and check the precision.{hint}",
+                f"The training loss is {what} at step {step} ({phase}; last finite loss {last_ok}). "
+                f"{advice[:1].upper()}{advice[1:]}.{hint}",
                 {"steps": [step], "values": [str(s.loss[i])], "last_finite_loss": last_ok,
-                 "warmup_steps": s.warmup_steps, "dtype": s.dtype, "thresholds": {}},
+                 "warmup_steps": s.warmup_steps, "dtype": s.dtype, **used, "thresholds": {}},
                 params)]
     return []
 
@@ -349,15 +456,17 @@ def detect_early_instability(s: RunSeries, th: Thresholds, start: int, eval_star
             step = s.steps[i]
             hint = " float16 overflows easily here; bfloat16 avoids it where the GPU has it." if _fp16(s) else ""
             label = "Grad norm" if name == "grad_norm" else "Loss"
+            ranked, used = _ranked(s, [Cause("warmup_steps", "down", "lengthen warmup"),
+                                       Cause("learning_rate", "up", "lower the learning rate")])
             return [_finding(
                 "early_instability", "warning", step, f"Unstable start: {label.lower()} jumped at step {step}",
                 f"{label} jumped to {jump['value']:.4g} at step {step}, {jump['ratio']:.1f}x the median of the steps "
                 f"before it ({jump['running_median']:.4g}); the first {end} steps should be smooth. Warmup is "
-                f"{s.warmup_steps} steps: lengthen it or lower the learning rate.{hint}",
+                f"{s.warmup_steps} steps: {_advice(ranked) or 'check the precision'}.{hint}",
                 {"signal": name, "steps": [step], "values": [jump["value"]], **jump, "early_end_step": end,
-                 "warmup_steps": s.warmup_steps,
+                 "warmup_steps": s.warmup_steps, **used,
                  "thresholds": th.pick(ratio_name, "early_steps", "window", "min_history", "spike_mad")},
-                ["warmup_steps", "learning_rate", "dtype"])]
+                [c.parameter for c in ranked] + ["dtype"])]
     return []
 
 
@@ -385,14 +494,19 @@ def detect_loss_spike(s: RunSeries, th: Thresholds, start: int, eval_start: int)
     """Loss jumps far above its running median after warmup: an overshoot (LR or adapter gain too high)."""
     def build(i: int, jump: dict[str, Any]) -> Finding:
         step = s.steps[i]
+        ranked, used = _ranked(s, [
+            Cause("learning_rate", "up", "lower the learning rate"),
+            Cause("gradient_accumulation_steps", "down",
+                  "smooth them with a larger effective batch (more gradient accumulation)"),
+            Cause("lora_alpha", "up", "lower lora_alpha relative to r")])
         return _finding(
             "loss_spike", "warning", step, f"Loss spike at step {step}",
             f"Loss jumped to {jump['value']:.4g} at step {step}, {jump['ratio']:.1f}x its running median "
             f"({jump['running_median']:.4g}; recent low {jump['recent_min']:.4g}). Sudden jumps after warmup mean "
-            "the updates overshoot: lower the learning rate, or smooth them with a larger effective batch.",
-            {"steps": [step], "values": [jump["value"]], **jump,
+            f"the updates overshoot: {_advice(ranked) or 'look at the data around this step'}.",
+            {"steps": [step], "values": [jump["value"]], **jump, **used,
              "thresholds": th.pick("loss_spike_ratio", "spike_mad", "window", "min_history", "early_steps")},
-            ["learning_rate", "gradient_accumulation_steps", "lora_alpha"])
+            [c.parameter for c in ranked])
     return _spikes(s, th, start, s.loss, "loss_spike_ratio", False, build)
 
 
@@ -401,14 +515,18 @@ def detect_grad_norm_spike(s: RunSeries, th: Thresholds, start: int, eval_start:
     """Grad norm jumps far above its running median: an erratic update (LR too high, effective batch too small)."""
     def build(i: int, jump: dict[str, Any]) -> Finding:
         step = s.steps[i]
+        ranked, used = _ranked(s, [
+            Cause("learning_rate", "up", "lower the learning rate"),
+            Cause("gradient_accumulation_steps", "down", "raise the effective batch (more gradient accumulation)"),
+            Cause("warmup_steps", "down", "lengthen warmup")])
         return _finding(
             "grad_norm_spike", "warning", step, f"Grad-norm spike at step {step}",
             f"The gradient norm jumped to {jump['value']:.4g} at step {step}, {jump['ratio']:.1f}x its running "
             f"median ({jump['running_median']:.4g}). Erratic gradient norms come from a learning rate that is too "
-            "high for the schedule or an effective batch that is too small.",
-            {"steps": [step], "values": [jump["value"]], **jump,
+            f"high for the schedule or an effective batch that is too small: {_advice(ranked) or 'look at the data'}.",
+            {"steps": [step], "values": [jump["value"]], **jump, **used,
              "thresholds": th.pick("grad_spike_ratio", "spike_mad", "window", "min_history", "early_steps")},
-            ["learning_rate", "gradient_accumulation_steps", "warmup_steps"])
+            [c.parameter for c in ranked])
     return _spikes(s, th, start, s.grad_norm, "grad_spike_ratio", True, build)
 
 
@@ -457,24 +575,29 @@ def _flat_finding(s: RunSeries, i: int, th: Thresholds, change: dict[str, Any], 
     grads = [v for v in s.grad_norm[:i + 1] if _ok(v)]
     grad_median = median(grads) if grads else None
     step, first, last, drop = s.steps[i], change["first"], change["last"], change["relative_drop"]
+    grad_text, grad_fall = _grad_fall(s, i, th)
     if lr_zero:
         why = "The learning rate was 0 at every logged step, so nothing was updated: check the schedule and warmup."
         params = ["learning_rate", "lr_scheduler_type", "warmup_steps"]
+        used = {}
     elif grad_median == 0:
         why = ("The gradient norm is 0: no gradient reaches the adapter. Check that the targeted modules exist and "
                "train, and whether an earlier blow-up left the adapter dead (see the findings before this one).")
         params = ["learning_rate", "lora_alpha"]
+        used = {}
     else:
+        ranked, used = _ranked(s, _underfit_causes(s, grad_text))
+        params = [c.parameter for c in ranked]
+        advice = _advice(ranked)
         why = (f"The highest learning rate logged was {max(lrs):.3g}. " if lrs else "") + (
-            "A healthy run falls clearly in its first steps after warmup: raise the learning rate, raise lora_alpha "
-            "relative to r, or lower a heavy weight decay.")
-        params = ["learning_rate", "lora_alpha", "weight_decay"]
+            "A healthy run falls clearly in its first steps after warmup" + (
+                f". {advice[:1].upper()}{advice[1:]}." if _overshoot(s) else f": {advice}."))
     return _finding(
         "flat_loss", "warning", step, "Loss is flat: the adapter is not learning",
         f"Loss moved {-drop:+.1%} from the start ({first:.4g}) to step {step} ({last:.4g}). {why}",
         {"steps": [s.steps[0], step], "values": [first, last], **change,
          "learning_rate_max": max(lrs) if lrs else None, "learning_rate_all_zero": lr_zero,
-         "grad_norm_median": grad_median, "warmup_steps": s.warmup_steps,
+         "grad_norm_median": grad_median, **grad_fall, "warmup_steps": s.warmup_steps, **used,
          "thresholds": th.pick("flat_steps", "flat_min_drop", "flat_patience", "level_points")},
         params)
 
@@ -492,14 +615,20 @@ def detect_plateau_above_peers(s: RunSeries, th: Thresholds, start: int, eval_st
         if stall is None or stall["median_now"] < peer * (1 + th.peer_gap):
             continue
         step, now = s.steps[i], stall["median_now"]
+        grad_text, grad_fall = _grad_fall(s, i, th)
+        causes = _underfit_causes(s, grad_text)
+        if not _overshoot(s):
+            causes.insert(1, Cause("r", "down", "raise r"))
+        ranked, used = _ranked(s, causes)
+        what = ("The updates overshoot" if _overshoot(s) else
+                "This adapter underfits") + f": {_advice(ranked)} lets it reach what the others did."
         return [_finding(
             "plateau_above_peers", "warning", step, f"Plateau {now / peer - 1:.0%} above comparable runs",
             f"Loss has stopped improving at {now:.4g} (step {step}), {now / peer - 1:.0%} above the best loss of "
-            f"comparable runs ({peer:.4g}). This adapter underfits: a higher learning rate, a larger r or "
-            "lora_alpha, or less weight decay lets it reach what the others did.",
-            {"steps": [step], "values": [now], "peer_best_loss": peer, **stall,
+            f"comparable runs ({peer:.4g}). {what}",
+            {"steps": [step], "values": [now], "peer_best_loss": peer, **stall, **grad_fall, **used,
              "thresholds": th.pick("peer_gap", "plateau_min_progress", "stall_min_drop", "window")},
-            ["learning_rate", "r", "lora_alpha", "weight_decay"])]
+            [c.parameter for c in ranked])]
     return []
 
 
@@ -535,7 +664,11 @@ def detect_overfitting(s: RunSeries, th: Thresholds, start: int, eval_start: int
         if trigger is None:
             continue
         first = base if trigger == "eval_rising" else best
-        params = ["lora_dropout", "weight_decay", "r"]
+        ranked, used = _ranked(s, [Cause("lora_dropout", "down", "add lora_dropout"),
+                                   Cause("weight_decay", "down", "add weight decay"),
+                                   Cause("r", "up", "lower r"),
+                                   Cause("lora_alpha", "up", "lower lora_alpha relative to r", only_when_out=True)])
+        params = [c.parameter for c in ranked]
         if s.config.get("bias", "none") != "none":
             params.append("bias")
         gap_text = f" from {gap_best:.4g} at the best eval" if gap_best is not None else ""
@@ -546,10 +679,10 @@ def detect_overfitting(s: RunSeries, th: Thresholds, start: int, eval_start: int
             "overfitting", "warning", step, f"Overfitting from step {s.eval_steps[first]}",
             f"{what} (now {ev[j]:.4g}) while the training loss kept falling (to {train_now:.4g}); the train-eval gap "
             f"went{gap_text} to {gap_now:.4g}. The adapter is memorising the training "
-            "set: train fewer epochs (keep the best checkpoint), add lora_dropout or weight decay, or lower r.",
+            f"set: {_advice(ranked, before=['train fewer epochs (keep the best checkpoint)'])}.",
             {"trigger": trigger, "steps": s.eval_steps[first:j + 1], "values": ev[first:j + 1],
              "best_eval_step": s.eval_steps[best], "best_eval_loss": ev[best], "gap_at_best": gap_best,
-             "gap_now": gap_now, "train_loss_now": train_now,
+             "gap_now": gap_now, "train_loss_now": train_now, **used,
              "thresholds": th.pick("overfit_evals", "overfit_min_rise", "gap_widen", "level_points")},
             params)]
     return []
@@ -577,6 +710,8 @@ def detect_lr_decayed_early(s: RunSeries, th: Thresholds, start: int, eval_start
         stall = _stall(s, i, th)
         if stall is None:
             continue
+        ranked, used = _ranked(s, [Cause("lr_scheduler_type", "down", "pick a schedule that fits the run length"),
+                                   Cause("warmup_steps", "up", "check that warmup is not eating the run")])
         return [_finding(
             "lr_decayed_early", "warning", step, "Learning rate ran out with much of the run left",
             f"At step {step} of {total} the learning rate is {s.learning_rate[i]:.3g}, under "
@@ -586,9 +721,9 @@ def detect_lr_decayed_early(s: RunSeries, th: Thresholds, start: int, eval_start
             "schedule that fits the run length (linear or cosine over all steps, or one with a floor such as "
             "cosine_with_min_lr), and check that warmup is not eating the run.",
             {"steps": [step], "values": [s.learning_rate[i]], "peak_learning_rate": peak, "steps_left": left,
-             "total_steps": total, **stall,
+             "total_steps": total, **stall, **used,
              "thresholds": th.pick("lr_floor_frac", "lr_steps_left_frac", "stall_min_drop", "window")},
-            ["lr_scheduler_type", "warmup_steps"])]
+            [c.parameter for c in ranked])]
     return []
 
 
@@ -713,10 +848,12 @@ class Watcher:
     """Watches a live run: feed it events as they arrive; each call returns only findings not returned before."""
 
     def __init__(self, thresholds: Thresholds | Mapping[str, Any] | None = None, *,
-                 peer_best_loss: float | None = None, packed_tokens_per_s_estimate: float | None = None):
+                 peer_best_loss: float | None = None, packed_tokens_per_s_estimate: float | None = None,
+                 config: Mapping[str, Any] | None = None):
+        # `config`: the run's config, for a run that fails before its started event brings the resolved one.
         self.thresholds = thresholds if isinstance(thresholds, Thresholds) else Thresholds.from_dict(thresholds)
         self.series = RunSeries(peer_best_loss=peer_best_loss,
-                                packed_tokens_per_s_estimate=packed_tokens_per_s_estimate)
+                                packed_tokens_per_s_estimate=packed_tokens_per_s_estimate, config=dict(config or {}))
         self.findings: list[Finding] = []
         self._keys: set[str] = set()
         self._codes: set[str] = set()
