@@ -1,8 +1,8 @@
 """Prints rows/s and peak RSS of accepting and profiling a JSONL dataset generated on the fly (1 GB by default).
 
 The file is written in a temporary folder, then read by the same code the upload service and the statistics task
-run: the row-by-row check writing the engine's JSONL (training.datasets.check_and_normalise), the checksum, and the
-statistics with the tiny model's real tokenizer (training.dataset_stats.profile). Memory must stay bounded: the
+run: the row-by-row check writing the engine's JSONL (training.datasets.files.check_and_normalise), the checksum, and the
+statistics with the tiny model's real tokenizer (training.datasets.stats.profile). Memory must stay bounded: the
 file is never read whole; what grows with the rows is three int64 arrays (lengths, loss tokens, row hashes).
 
     python bench/dataset_profile.py [--size-mb 1024] [--format prompt_completion|messages|text] [--keep DIR]
@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training import dataset_stats, datasets  # noqa: E402
+from training.datasets import files, stats as token_stats  # noqa: E402
 from training.engine.tiny import COLOURS, THINGS, build_tiny_model  # noqa: E402
 
 
@@ -75,7 +75,7 @@ def main() -> None:
 
         started = time.perf_counter()
         with source.open("rb") as fh, normalised.open("wb") as out:
-            checked = datasets.check_and_normalise(fh, "jsonl", out)
+            checked = files.check_and_normalise(fh, "jsonl", out)
         digest = hashlib.sha256()
         with normalised.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
@@ -86,7 +86,7 @@ def main() -> None:
 
         started = time.perf_counter()
         with normalised.open("rb") as fh:
-            stats = dataset_stats.profile((json.loads(line) for line in fh), dataset_stats.tokenizer_encoder(tokenizer),
+            stats = token_stats.profile((json.loads(line) for line in fh), token_stats.tokenizer_encoder(tokenizer),
                                           total_rows=checked.rows, max_length=args.max_length, eval_ratio=0.05)
         took = time.perf_counter() - started
         print(f"profile (tiny tokenizer, max_length {args.max_length}): {checked.rows:,} rows in {took:.1f} s = "

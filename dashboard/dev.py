@@ -162,7 +162,7 @@ def setup_demo(log_dir: Path) -> tuple:
     from django.contrib.auth.models import User
 
     from dashboard.models import Membership, Team
-    from training import services
+    from training.datasets import services as dataset_services
     from training.engine.tiny import write_dataset
     from training.models import Dataset, Preset
 
@@ -189,7 +189,7 @@ def setup_demo(log_dir: Path) -> tuple:
             Dataset.objects.filter(id=dataset.id).update(name=f"{DEMO_DATASET} (file missing, {dataset.id})")
         say("writing the demo dataset")
         source = write_dataset(Path(settings.VAR_DIR) / "demo" / "colours.jsonl", n=256, fmt="messages")
-        dataset = services.dataset_create_from_upload(team=team, user=user, name=DEMO_DATASET,
+        dataset = dataset_services.dataset_create_from_upload(team=team, user=user, name=DEMO_DATASET,
                                                       file=io.BytesIO(source.read_bytes()))
 
     config = demo_preset_config(model_path)

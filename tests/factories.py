@@ -9,6 +9,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 
 from dashboard.models import Membership, Team
+from training.datasets import services as dataset_services
 from training import services
 from training.engine.tiny import write_dataset
 from training.models import Dataset, Preset, Run
@@ -34,7 +35,7 @@ def make_member(team: Team, role: str = Membership.Role.MEMBER, user: User | Non
 def make_dataset(team: Team, user: User, *, rows: int = 64, fmt: str = "messages", tmp_dir: Path,
                  name: str | None = None) -> Dataset:
     path = write_dataset(Path(tmp_dir) / f"data-{next(_ids)}.jsonl", n=rows, fmt=fmt)
-    return services.dataset_create_from_upload(team=team, user=user, name=name or f"data {next(_ids)}",
+    return dataset_services.dataset_create_from_upload(team=team, user=user, name=name or f"data {next(_ids)}",
                                                file=io.BytesIO(path.read_bytes()))
 
 

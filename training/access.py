@@ -47,7 +47,7 @@ def get_run_for_user(user: User, run_id: int) -> Run:
 
 
 def get_dataset_for_user(user: User, dataset_id: int) -> Dataset:
-    dataset = Dataset.objects.filter(id=dataset_id, team_id__in=team_ids_for(user)).first()
+    dataset = Dataset.objects.select_related("team").filter(id=dataset_id, team_id__in=team_ids_for(user)).first()
     if dataset is None:
         raise Http404("No such dataset")
     return dataset

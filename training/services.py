@@ -1,7 +1,6 @@
 """Every write Tuneboard makes: datasets, presets, runs and their lifecycle. Views, tasks and the worker call these."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -9,14 +8,13 @@ import re
 import signal
 import socket
 import sys
-import tempfile
 import time
 import traceback
 from collections import deque
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import Any, Iterable
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -25,7 +23,8 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from dashboard.models import Membership, Team
-from training import datasets, live
+from training import live
+from training.datasets.files import sha256_of
 from training.engine.config import ConfigError, parse_config
 from training.engine.events import parse_float
 from training.findings import RunWatcher
@@ -45,297 +44,6 @@ Status = Run.Status
 
 def _field_errors(errors: dict[str, str]) -> ValidationError:
     return ValidationError({field: [message] for field, message in errors.items()})
-
-
-# Datasets -----------------------------------------------------------------------------------------------------
-
-def _check_dataset_name(team: Team, name: str) -> str:
-    name = (name or "").strip()
-    if not name:
-        raise _field_errors({"name": "give the dataset a name"})
-    if len(name) > 200:
-        raise _field_errors({"name": "at most 200 characters"})
-    if Dataset.objects.filter(team=team, name=name).exists():
-        raise _field_errors({"name": f"team {team.name} already has a dataset called {name!r}"})
-    return name
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class DatasetFileError(ValidationError):
-    """A dataset file refused: messages keyed by form field ("file" for row errors, "format" or "column_<role>" for
-    the mapping), and the file's columns so the page can offer a mapping."""
-
-    def __init__(self, error: datasets.DatasetError):
-        messages: dict[str, list[str]] = {}
-        for item in error.errors:
-            key = "file"
-            if item.row is None and item.field == "format":
-                key = "format"
-            elif item.row is None and item.field in MAPPING_ROLES:
-                key = f"column_{item.field}"
-            messages.setdefault(key, []).append(str(item))
-        if error.more:
-            messages.setdefault("file", []).append(f"and {error.more} more rows with problems")
-        super().__init__(messages)
-        self.columns = error.columns
-
-
-MAPPING_ROLES = sorted({role for roles in datasets.ROLES.values() for role in roles})
-
-
-def _store_normalised(*, source: IO[bytes], kind: str, mapping: datasets.Mapping | None,
-                      folder: Path) -> tuple[datasets.Checked, Path, str]:
-    """Check every row of `source` and write the engine's JSONL under `folder`, named by its checksum."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=folder, prefix="normalised-", suffix=".jsonl", delete=False) as out:
-        out_path = Path(out.name)
-        try:
-            checked = datasets.check_and_normalise(source, kind, out, mapping)
-        except datasets.DatasetError as exc:
-            out.close()
-            out_path.unlink(missing_ok=True)
-            raise DatasetFileError(exc) from None
-        except BaseException:
-            out.close()
-            out_path.unlink(missing_ok=True)
-            raise
-    sha = _sha256_of(out_path)
-    final = folder / f"{sha}.jsonl"
-    os.replace(out_path, final)  # same content, same name: an identical earlier dataset is simply reused
-    return checked, final, sha
-
-
-def _source_stats(checked: datasets.Checked, *, filename: str, kind: str, size: int,
-                  normalised: bool = True) -> dict[str, Any]:
-    return {"source": {"file": filename, "kind": kind, "bytes": size, "format": checked.mapping.format,
-                       "columns": checked.columns, "mapping": checked.mapping.columns, "normalised": normalised}}
-
-
-def dataset_create_from_upload(*, team: Team, user, name: str, file: IO[bytes], filename: str | None = None,
-                               mapping: datasets.Mapping | None = None) -> Dataset:
-    """Check an uploaded JSONL/JSON/CSV/Parquet file row by row and store it normalised to the engine's JSONL.
-    Nothing is saved, and no file is left, when a row is bad; `mapping` names the columns when detection cannot."""
-    require_role(user=user, team=team, role=Role.MEMBER, action="Adding a dataset")
-    name = _check_dataset_name(team, name)
-    filename = filename or getattr(file, "name", None) or "upload.jsonl"
-    try:
-        kind = datasets.file_kind(filename)
-    except datasets.DatasetError as exc:
-        raise DatasetFileError(exc) from None
-    folder = settings.DATASETS_DIR / str(team.id)
-    folder.mkdir(parents=True, exist_ok=True)
-    size = 0
-    limit = settings.TUNEBOARD_DATASET_MAX_BYTES
-    with tempfile.TemporaryFile(dir=folder, prefix="upload-") as tmp:
-        chunks = file.chunks() if hasattr(file, "chunks") else iter(lambda: file.read(1 << 20), b"")
-        for chunk in chunks:
-            size += len(chunk)
-            if size > limit:
-                raise _field_errors({"file": f"larger than the {limit} byte limit (TUNEBOARD_DATASET_MAX_BYTES)"})
-            tmp.write(chunk)
-        if size == 0:
-            raise _field_errors({"file": "the file is empty; it needs at least one row"})
-        tmp.seek(0)
-        checked, final, sha = _store_normalised(source=tmp, kind=kind, mapping=mapping, folder=folder)
-    try:
-        return Dataset.objects.create(team=team, name=name, path=str(final), source=Dataset.Source.UPLOAD,
-                                      format=checked.format, rows=checked.rows, size_bytes=final.stat().st_size,
-                                      sha256=sha, stats=_source_stats(checked, filename=Path(filename).name,
-                                                                      kind=kind, size=size), created_by=user)
-    except BaseException:
-        if not Dataset.objects.filter(path=str(final)).exists():
-            final.unlink(missing_ok=True)
-        raise
-
-
-def dataset_register(*, team: Team, user, name: str, path: str, mapping: datasets.Mapping | None = None) -> Dataset:
-    """Record a file already on the shared storage (inside TUNEBOARD_DATASET_ROOTS). A JSONL/JSON/Parquet/CSV file
-    the engine reads as it is stays where it is; one that needs its columns mapped is stored normalised."""
-    require_role(user=user, team=team, role=Role.ADMIN, action="Registering a dataset path")
-    name = _check_dataset_name(team, name)
-    file = Path(path or "")
-    roots = [Path(root).resolve() for root in settings.TUNEBOARD_DATASET_ROOTS]
-    allowed = f"must be inside one of {', '.join(map(str, roots))} (TUNEBOARD_DATASET_ROOTS)"
-    if not file.is_absolute():
-        raise _field_errors({"path": f"give an absolute path; it {allowed}"})
-    # resolve() follows symlinks and "..", so a link or a climb out of a root lands outside it and is refused.
-    file = file.resolve()
-    if not any(file.is_relative_to(root) for root in roots):
-        raise _field_errors({"path": allowed})
-    if not file.is_file():
-        raise _field_errors({"path": f"{file} is not a file"})
-    try:
-        kind = datasets.file_kind(file.name)
-    except datasets.DatasetError as exc:
-        raise _field_errors({"path": str(exc.errors[0])}) from None
-    with file.open("rb") as fh:
-        checked, normalised, sha = _store_normalised(source=fh, kind=kind, mapping=mapping,
-                                                     folder=settings.DATASETS_DIR / str(team.id))
-    as_is = (checked.mapping.columns == {r: r for r in checked.mapping.columns} and checked.format
-             == checked.mapping.format and not (kind == "csv" and checked.format == "messages"))
-    if as_is:
-        if not Dataset.objects.filter(path=str(normalised)).exists():
-            normalised.unlink(missing_ok=True)
-        stored, sha = file, _sha256_of(file)
-    else:
-        stored = normalised
-    return Dataset.objects.create(team=team, name=name, path=str(stored), source=Dataset.Source.REGISTERED,
-                                  format=checked.format, rows=checked.rows, size_bytes=stored.stat().st_size,
-                                  sha256=sha, stats=_source_stats(checked, filename=str(file), kind=kind,
-                                                                  size=file.stat().st_size, normalised=not as_is),
-                                  created_by=user)
-
-
-PROFILE_PREVIEW_ROWS = 3
-PROFILE_PREVIEW_TOKENS = 400
-PROFILE_SAVE_EVERY_S = 0.5
-
-
-def dataset_profile_start(*, dataset: Dataset, user, model: str, max_length: int, batch_size: int = 8,
-                          eval_ratio: float | None = None, seed: int = 3407, eval_dataset: Dataset | None = None,
-                          completion_only_loss: bool = True) -> dict[str, Any]:
-    """Queue the token statistics of `dataset` with `model`'s tokenizer on the CPU queue; a new request replaces
-    the one in progress (its task sees another token and stops)."""
-    require_role(user=user, team=dataset.team, role=Role.MEMBER, action="Profiling a dataset")
-    errors = {}
-    model = (model or "").strip()
-    if not model:
-        errors["model"] = "give the model's folder (or name) whose tokenizer the run will use"
-    errors.update(model_errors(model))
-    if not 16 <= max_length <= 262144:
-        errors["max_length"] = "between 16 and 262144, like the run's max_length"
-    if not 1 <= batch_size <= 4096:
-        errors["batch_size"] = "between 1 and 4096 sequences"
-    if eval_ratio is not None and not 0 < eval_ratio < 1:
-        errors["eval_ratio"] = "a share between 0 and 1 (exclusive), e.g. 0.05; or leave it blank"
-    if eval_dataset is not None and eval_ratio is not None:
-        errors["eval_dataset"] = "give a ratio or a separate eval dataset, not both"
-    if eval_dataset is not None and eval_dataset.team_id != dataset.team_id:
-        errors["eval_dataset"] = "no such dataset in this team"
-    if errors:
-        raise _field_errors(errors)
-    profile = {"state": "queued", "token": os.urandom(8).hex(), "done": 0, "total": dataset.rows,
-               "params": {"model": model, "max_length": max_length, "batch_size": batch_size,
-                          "eval_ratio": eval_ratio, "seed": seed, "completion_only_loss": completion_only_loss,
-                          "eval_dataset": eval_dataset.id if eval_dataset else None}}
-    with transaction.atomic():
-        locked = Dataset.objects.select_for_update().get(id=dataset.id)
-        Dataset.objects.filter(id=dataset.id).update(stats={**locked.stats, "profile": profile})
-        transaction.on_commit(lambda: _enqueue_profile(dataset.id, profile["token"]))
-    return profile
-
-
-def _enqueue_profile(dataset_id: int, token: str) -> None:
-    from training.tasks import dataset_profile  # here, not at the top: tasks imports this module
-
-    try:
-        dataset_profile.apply_async(args=[dataset_id, token], queue=settings.TUNEBOARD_CPU_QUEUE)
-    except Exception as exc:  # noqa: BLE001 - an unreachable broker must not leave the page waiting forever
-        log.exception("profile of dataset %s could not be queued", dataset_id)
-        _profile_update(dataset_id, token, state="failed", error=f"the task queue (Redis) did not take it: {exc}")
-
-
-def _profile_update(dataset_id: int, token: str, **fields: Any) -> bool:
-    """Merge `fields` into the dataset's profile if it is still the one with `token`; False once replaced."""
-    with transaction.atomic():
-        dataset = Dataset.objects.select_for_update().filter(id=dataset_id).first()
-        if dataset is None or dataset.stats.get("profile", {}).get("token") != token:
-            return False
-        stats = {**dataset.stats, "profile": {**dataset.stats["profile"], **fields}}
-        Dataset.objects.filter(id=dataset_id).update(stats=stats)
-    return True
-
-
-class ProfileReplaced(Exception):
-    """A newer profile request took over; this one stops."""
-
-
-def _dataset_rows(dataset: Dataset):
-    source = dataset.stats.get("source", {})
-    kind = datasets.file_kind(dataset.path)
-    with open(dataset.path, "rb") as fh:
-        # Tuneboard's own normalised copies are already in the engine's format.
-        if source.get("normalised", dataset.source == Dataset.Source.UPLOAD):
-            for line in fh:
-                yield json.loads(line)
-            return
-        mapping = datasets.Mapping(source.get("format", dataset.format), source.get("mapping") or {})
-        yield from datasets.normalised_rows(fh, kind, mapping)
-
-
-def _preview(rows: list[dict], encode, tokenizer) -> list[dict]:
-    special = set(tokenizer.all_special_ids)
-    out = []
-    for row, encoded in zip(rows, encode(rows) if rows else []):
-        ids = encoded.ids[:PROFILE_PREVIEW_TOKENS]
-        out.append({"tokens": [[tokenizer.decode([i]), int(m), i in special]
-                               for i, m in zip(ids, encoded.loss_mask)],
-                    "total": len(encoded.ids)})
-    return out
-
-
-def dataset_profile_execute(*, dataset_id: int, token: str) -> None:
-    """Tokenise every row with the requested model's tokenizer and save the statistics on the dataset; progress is
-    saved as it goes. Every outcome ends in state done or failed, with the error."""
-    from transformers import AutoTokenizer
-
-    from training import dataset_stats
-
-    if not _profile_update(dataset_id, token, state="running", started_at=timezone.now().isoformat()):
-        return
-    try:
-        dataset = Dataset.objects.get(id=dataset_id)
-        params = dataset.stats["profile"]["params"]
-        refused = model_source_error(params["model"], model_policy())  # again, on this worker's real paths
-        if refused:
-            raise ValueError(f"model: {refused}")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(params["model"])
-        except Exception as exc:  # noqa: BLE001 - any loading error is the user's to read
-            raise ValueError(f"model: could not load a tokenizer from {params['model']!r} ({exc})") from None
-        encode = dataset_stats.tokenizer_encoder(tokenizer, completion_only_loss=params["completion_only_loss"])
-        first: list[dict] = []
-        saved_at = time.monotonic()
-
-        def progress(done: int) -> None:
-            nonlocal saved_at
-            if time.monotonic() - saved_at >= PROFILE_SAVE_EVERY_S:
-                saved_at = time.monotonic()
-                if not _profile_update(dataset_id, token, done=done):
-                    raise ProfileReplaced
-
-        def rows():
-            for row in _dataset_rows(dataset):
-                if len(first) < PROFILE_PREVIEW_ROWS:
-                    first.append(row)
-                yield row
-
-        eval_rows = None
-        if params["eval_dataset"]:
-            eval_rows = _dataset_rows(Dataset.objects.get(id=params["eval_dataset"], team_id=dataset.team_id))
-        result = dataset_stats.profile(rows(), encode, total_rows=dataset.rows, max_length=params["max_length"],
-                                       batch_size=params["batch_size"], eval_ratio=params["eval_ratio"],
-                                       seed=params["seed"], eval_rows=eval_rows, progress=progress)
-        result["preview"] = _preview(first, encode, tokenizer)
-        result["chat_template"] = bool(getattr(tokenizer, "chat_template", None))
-        _profile_update(dataset_id, token, state="done", done=dataset.rows, result=result,
-                        finished_at=timezone.now().isoformat())
-    except ProfileReplaced:
-        return
-    except Exception as exc:  # noqa: BLE001 - the one wrapper that owns failure: the page shows the error
-        log.exception("profile of dataset %s failed", dataset_id)
-        _profile_update(dataset_id, token, state="failed", error=str(exc) or repr(exc),
-                        finished_at=timezone.now().isoformat())
-
-
-# Models -------------------------------------------------------------------------------------------------------
 
 
 # Presets ------------------------------------------------------------------------------------------------------
@@ -790,7 +498,7 @@ def _check_dataset_unchanged(run: Run) -> None:
     path = Path(run.config["train_file"])
     if not path.is_file():
         raise RunSetupError(f"train_file: {path} is not on this worker; the var dir must be shared with the web app")
-    if _sha256_of(path) != run.dataset_sha256:
+    if sha256_of(path) != run.dataset_sha256:
         raise RunSetupError(f"train_file: {path} changed since the run was created (checksum differs); "
                             "datasets are immutable, upload it again as a new dataset")
 

@@ -3,6 +3,7 @@ import socket
 
 from celery import shared_task
 
+from training.datasets import services as dataset_services
 from training import services
 
 
@@ -17,4 +18,4 @@ def run_train(self, run_id: int) -> None:
 
 @shared_task(name="training.dataset_profile")
 def dataset_profile(dataset_id: int, token: str) -> None:
-    services.dataset_profile_execute(dataset_id=dataset_id, token=token)
+    dataset_services.dataset_profile_execute(dataset_id=dataset_id, token=token)

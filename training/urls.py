@@ -2,6 +2,7 @@
 from django.urls import path
 
 from training import compare_views, views
+from training.datasets import views as dataset_views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -12,9 +13,9 @@ urlpatterns = [
     path("runs/<int:run_id>/resume/", views.run_resume, name="run_resume"),
     path("runs/<int:run_id>/adapter/", views.run_adapter_list, name="run_adapter_list"),
     path("runs/<int:run_id>/adapter/<str:name>", views.run_adapter_file, name="run_adapter_file"),
-    path("datasets/", views.dataset_list, name="dataset_list"),
-    path("datasets/<int:dataset_id>/", views.dataset_detail, name="dataset_detail"),
-    path("datasets/<int:dataset_id>/profile.json", views.dataset_profile_status, name="dataset_profile_status"),
+    path("datasets/", dataset_views.dataset_list, name="dataset_list"),
+    path("datasets/<int:dataset_id>/", dataset_views.dataset_detail, name="dataset_detail"),
+    path("datasets/<int:dataset_id>/profile.json", dataset_views.dataset_profile_status, name="dataset_profile_status"),
     path("workers/", views.worker_list, name="worker_list"),
     path("compare/", compare_views.compare_page, name="compare"),
     path("compare/data/", compare_views.compare_data, name="compare_data"),

@@ -2,6 +2,7 @@
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from training.datasets import services as dataset_services
 from training.models import Dataset
 
 pytestmark = pytest.mark.django_db
@@ -68,13 +69,12 @@ def test_a_viewer_sees_datasets_but_cannot_upload(world, viewer_client):
 
 
 def test_the_run_form_carries_each_datasets_advice(world, member_client, tiny_model):
-    from training import services
 
     data = member_client.get("/runs/new/").context["form_data"]
     assert data["dataset_advice"] == {str(world.dataset.id): ["Rank for 64 rows: r 4–8"]}
-    token = services.dataset_profile_start(dataset=world.dataset, user=world.member, max_length=64,
+    token = dataset_services.dataset_profile_start(dataset=world.dataset, user=world.member, max_length=64,
                                            model=tiny_model)["token"]
-    services.dataset_profile_execute(dataset_id=world.dataset.id, token=token)
+    dataset_services.dataset_profile_execute(dataset_id=world.dataset.id, token=token)
     advice = member_client.get("/runs/new/").context["form_data"]["dataset_advice"][str(world.dataset.id)]
     assert advice[0] == "Rank for 64 rows: r 4–8" and advice[1].startswith("Packing (64 tokens): packing")
     assert "keeps 99% of examples whole" in advice[2]
@@ -84,7 +84,6 @@ def test_the_run_form_carries_each_datasets_advice(world, member_client, tiny_mo
 
 def test_a_separate_eval_dataset_is_profiled_for_overlap(world, member_client, tmp_path, tiny_model):
     from tests.factories import make_dataset
-    from training import services
 
     held_out = make_dataset(world.team, world.member, rows=10, tmp_dir=tmp_path, name="held out")
     response = member_client.post(f"/datasets/{world.dataset.id}/", {
@@ -92,7 +91,7 @@ def test_a_separate_eval_dataset_is_profiled_for_overlap(world, member_client, t
         "eval_dataset": str(held_out.id)})
     assert response.status_code == 302
     world.dataset.refresh_from_db()
-    services.dataset_profile_execute(dataset_id=world.dataset.id, token=world.dataset.stats["profile"]["token"])
+    dataset_services.dataset_profile_execute(dataset_id=world.dataset.id, token=world.dataset.stats["profile"]["token"])
     result = member_client.get(f"/datasets/{world.dataset.id}/profile.json").json()["result"]
     # Both files come from the same generator (seed 0): the 10 held-out rows are the first 10 training rows.
     assert (result["train_rows"], result["eval_rows"], result["overlap_rows"]) == (64, 10, 10)

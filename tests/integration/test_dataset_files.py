@@ -12,8 +12,8 @@ from django.test import Client
 from django.utils.html import escape
 
 from tests.factories import make_member, make_team
-from training import services
-from training.datasets import Mapping
+from training.datasets import services as dataset_services
+from training.datasets.files import Mapping
 from training.models import Dataset
 
 pytestmark = pytest.mark.django_db
@@ -77,7 +77,7 @@ def test_each_malformed_file_is_refused_by_the_service(member, name):
     key, message = EXPECTED[name]
     before = stored_files()
     with open(MALFORMED / name, "rb") as fh, pytest.raises(ValidationError) as caught:
-        services.dataset_create_from_upload(team=team, user=user, name="bad", file=fh, filename=name)
+        dataset_services.dataset_create_from_upload(team=team, user=user, name="bad", file=fh, filename=name)
     assert message in " ".join(caught.value.message_dict[key]), caught.value.message_dict
     assert not Dataset.objects.exists() and stored_files() == before
 
@@ -114,7 +114,7 @@ GOOD = [
 @pytest.mark.parametrize("name, content, fmt, rows", GOOD, ids=[g[0] for g in GOOD])
 def test_good_files_are_stored_as_the_engines_jsonl(member, name, content, fmt, rows):
     team, user = member
-    dataset = services.dataset_create_from_upload(team=team, user=user, name="good", file=SimpleUploadedFile(
+    dataset = dataset_services.dataset_create_from_upload(team=team, user=user, name="good", file=SimpleUploadedFile(
         name, content), filename=name)
     assert dataset.format == fmt and dataset.rows == len(rows)
     assert [json.loads(line) for line in Path(dataset.path).read_text().splitlines()] == rows
@@ -129,14 +129,14 @@ def test_a_parquet_file_is_read(member, tmp_path):
     pq.write_table(pa.table({"prompt": [f"q{i}" for i in range(3000)], "completion": ["a"] * 3000}),
                    tmp_path / "d.parquet", row_group_size=1000)
     with open(tmp_path / "d.parquet", "rb") as fh:
-        dataset = services.dataset_create_from_upload(team=team, user=user, name="pq", file=fh, filename="d.parquet")
+        dataset = dataset_services.dataset_create_from_upload(team=team, user=user, name="pq", file=fh, filename="d.parquet")
     assert dataset.rows == 3000 and dataset.format == "prompt_completion"
 
 
 def test_a_mapping_names_the_columns(member):
     team, user = member
     content = b'{"question": "2+2=", "answer": "4"}\n'
-    dataset = services.dataset_create_from_upload(
+    dataset = dataset_services.dataset_create_from_upload(
         team=team, user=user, name="mapped", file=SimpleUploadedFile("qa.jsonl", content),
         mapping=Mapping("prompt_completion", {"prompt": "question", "completion": "answer"}))
     assert json.loads(Path(dataset.path).read_text()) == {"prompt": "2+2=", "completion": "4"}
@@ -146,7 +146,7 @@ def test_a_mapping_names_the_columns(member):
 def test_a_mapping_to_a_column_the_file_lacks_names_it(member):
     team, user = member
     with pytest.raises(ValidationError) as caught:
-        services.dataset_create_from_upload(
+        dataset_services.dataset_create_from_upload(
             team=team, user=user, name="mapped", file=SimpleUploadedFile("qa.jsonl", b'{"q": "a", "a": "b"}\n'),
             mapping=Mapping("prompt_completion", {"prompt": "q", "completion": "answer"}))
     assert "column 'answer' is not in the file; it has q, a" in caught.value.message_dict["column_completion"][0]

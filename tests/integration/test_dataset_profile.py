@@ -13,8 +13,8 @@ from transformers import AutoTokenizer
 from tests.factories import make_member, make_team
 from tests.integration.conftest import wait_for
 from tests.workers import start_worker, stop_worker
-from training import services
-from training.dataset_stats import profile, tokenizer_encoder
+from training.datasets import services as dataset_services
+from training.datasets.stats import profile, tokenizer_encoder
 from training.models import Dataset
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -34,7 +34,7 @@ def cpu_worker(tmp_path):
 
 def upload(team, user, rows=ROWS) -> Dataset:
     content = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    return services.dataset_create_from_upload(team=team, user=user, name="chat",
+    return dataset_services.dataset_create_from_upload(team=team, user=user, name="chat",
                                                file=SimpleUploadedFile("chat.jsonl", content))
 
 
@@ -42,7 +42,7 @@ def test_the_worker_profiles_the_dataset_with_the_models_tokenizer(cpu_worker, t
     team = make_team()
     user = make_member(team)
     dataset = upload(team, user)
-    services.dataset_profile_start(dataset=dataset, user=user, model=tiny_model, max_length=32, batch_size=4,
+    dataset_services.dataset_profile_start(dataset=dataset, user=user, model=tiny_model, max_length=32, batch_size=4,
                                    eval_ratio=0.2, seed=11)
 
     def done():
@@ -72,7 +72,7 @@ def test_a_model_without_a_tokenizer_fails_with_its_reason(cpu_worker, tmp_path)
     team = make_team()
     user = make_member(team)
     dataset = upload(team, user)
-    services.dataset_profile_start(dataset=dataset, user=user, model=str(settings.MODELS_DIR / "nothing-here"),
+    dataset_services.dataset_profile_start(dataset=dataset, user=user, model=str(settings.MODELS_DIR / "nothing-here"),
                                    max_length=64)
 
     def ended():
@@ -89,7 +89,7 @@ def test_bad_parameters_are_named_and_queue_nothing():
     user = make_member(team)
     dataset = upload(team, user)
     with pytest.raises(ValidationError) as caught:
-        services.dataset_profile_start(dataset=dataset, user=user, model="", max_length=8, batch_size=0,
+        dataset_services.dataset_profile_start(dataset=dataset, user=user, model="", max_length=8, batch_size=0,
                                        eval_ratio=1.5)
     assert set(caught.value.message_dict) == {"model", "max_length", "batch_size", "eval_ratio"}
     dataset.refresh_from_db()

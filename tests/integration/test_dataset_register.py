@@ -10,8 +10,8 @@ from django.core.exceptions import PermissionDenied, ValidationError
 
 from dashboard.models import Membership
 from tests.factories import make_member, make_run, make_team
-from training import services
-from training.datasets import Mapping
+from training.datasets import services as dataset_services
+from training.datasets.files import Mapping
 from training.models import Dataset
 
 pytestmark = pytest.mark.django_db
@@ -38,7 +38,7 @@ def write(path: Path, rows) -> Path:
 def test_a_file_in_a_root_is_recorded_in_place(admin, root):
     team, user = admin
     file = write(root / "pc.jsonl", [{"prompt": "a", "completion": "b"}] * 3)
-    dataset = services.dataset_register(team=team, user=user, name="shared", path=str(file))
+    dataset = dataset_services.dataset_register(team=team, user=user, name="shared", path=str(file))
     assert (dataset.path, dataset.rows, dataset.format) == (str(file.resolve()), 3, "prompt_completion")
     assert dataset.source == Dataset.Source.REGISTERED and not dataset.stats["source"]["normalised"]
 
@@ -46,7 +46,7 @@ def test_a_file_in_a_root_is_recorded_in_place(admin, root):
 def test_a_file_needing_a_mapping_is_stored_normalised(admin, root):
     team, user = admin
     file = write(root / "qa.jsonl", [{"q": "a", "a": "b"}])
-    dataset = services.dataset_register(team=team, user=user, name="qa", path=str(file),
+    dataset = dataset_services.dataset_register(team=team, user=user, name="qa", path=str(file),
                                         mapping=Mapping("prompt_completion", {"prompt": "q", "completion": "a"}))
     assert Path(dataset.path).parent == settings.DATASETS_DIR / str(team.id)
     assert json.loads(Path(dataset.path).read_text()) == {"prompt": "a", "completion": "b"}
@@ -67,7 +67,7 @@ def test_paths_outside_the_roots_are_refused(admin, root, tmp_path, make_path):
     if not link.is_symlink():
         os.symlink(outside / "data.jsonl", link)
     with pytest.raises(ValidationError) as caught:
-        services.dataset_register(team=team, user=user, name="escape", path=make_path(root, outside))
+        dataset_services.dataset_register(team=team, user=user, name="escape", path=make_path(root, outside))
     assert "must be inside one of" in caught.value.message_dict["path"][0]
     assert "TUNEBOARD_DATASET_ROOTS" in caught.value.message_dict["path"][0]
     assert not Dataset.objects.exists()
@@ -79,11 +79,11 @@ def test_relative_missing_and_bad_files_are_named(admin, root):
              str(write(root / "notes.txt", [{"text": "a"}])): "unsupported file type"}
     for path, message in cases.items():
         with pytest.raises(ValidationError) as caught:
-            services.dataset_register(team=team, user=user, name="x", path=path)
+            dataset_services.dataset_register(team=team, user=user, name="x", path=path)
         assert message in caught.value.message_dict["path"][0]
     bad = write(root / "bad.jsonl", [{"text": "a"}, {"text": ""}])
     with pytest.raises(ValidationError) as caught:
-        services.dataset_register(team=team, user=user, name="x", path=str(bad))
+        dataset_services.dataset_register(team=team, user=user, name="x", path=str(bad))
     assert "row 2, text: column 'text' is empty" in caught.value.message_dict["file"][0]
     assert not Dataset.objects.exists() and not list((settings.DATASETS_DIR / str(team.id)).glob("*"))
 
@@ -92,12 +92,12 @@ def test_only_admins_register(admin, root):
     team, _ = admin
     member = make_member(team)
     with pytest.raises(PermissionDenied):
-        services.dataset_register(team=team, user=member, name="x", path=str(write(root / "m.jsonl", [{"text": "a"}])))
+        dataset_services.dataset_register(team=team, user=member, name="x", path=str(write(root / "m.jsonl", [{"text": "a"}])))
 
 
 def test_a_dataset_a_run_used_cannot_change_and_the_run_records_its_checksum(admin, root):
     team, user = admin
-    dataset = services.dataset_register(team=team, user=user, name="shared",
+    dataset = dataset_services.dataset_register(team=team, user=user, name="shared",
                                         path=str(write(root / "t.jsonl", [{"text": "a"}, {"text": "b"}])))
     run = make_run(team, user, dataset)
     assert run.dataset_sha256 == dataset.sha256 and dataset.is_locked

@@ -16,6 +16,7 @@ from django.test import Client
 from safetensors.torch import load_file
 
 from tests.factories import make_dataset, make_member, make_preset, make_team, tiny_overrides
+from training.datasets import services as dataset_services
 from training import services
 from training.models import Preset, Run
 
@@ -108,7 +109,7 @@ def test_dataset_statistics_refuse_the_path_for_their_tokenizer(team_member, dis
     team, user, dataset = team_member
     for case in ("another team's run folder", "a link to a run folder"):
         with pytest.raises(ValidationError) as caught:
-            services.dataset_profile_start(dataset=dataset, user=user, model=disk[case], max_length=64)
+            dataset_services.dataset_profile_start(dataset=dataset, user=user, model=disk[case], max_length=64)
         assert names_the_roots(caught.value.message_dict["model"][0])
     dataset.refresh_from_db()
     assert "profile" not in dataset.stats

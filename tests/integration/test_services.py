@@ -14,6 +14,7 @@ from django.test import RequestFactory
 from django.utils import timezone
 
 from tests.factories import make_dataset, make_member, make_preset, make_run, make_team, tiny_overrides
+from training.datasets import services as dataset_services
 from training import selectors, services, tasks
 from training.admin import PresetAdmin
 from training.models import Dataset, MetricPoint, Preset, Run, RunEvent, Worker
@@ -171,14 +172,14 @@ def test_uploads_with_bad_rows_are_refused_naming_the_line(member):
     }
     for content, (key, message) in cases.items():
         with pytest.raises(ValidationError) as excinfo:
-            services.dataset_create_from_upload(team=team, user=user, name=f"bad {len(content)}",
+            dataset_services.dataset_create_from_upload(team=team, user=user, name=f"bad {len(content)}",
                                                 file=io.BytesIO(content))
         assert message in field_errors(excinfo)[key]
     assert Dataset.objects.filter(team=team).count() == 1
     with pytest.raises(ValidationError, match="already has a dataset"):
-        services.dataset_create_from_upload(team=team, user=user, name=Dataset.objects.get().name,
+        dataset_services.dataset_create_from_upload(team=team, user=user, name=Dataset.objects.get().name,
                                             file=io.BytesIO(b'{"text": "x"}\n'))
-    good = services.dataset_create_from_upload(team=team, user=user, name="pc",
+    good = dataset_services.dataset_create_from_upload(team=team, user=user, name="pc",
                                                file=io.BytesIO(b'{"prompt": "a", "completion": "bc"}\n' * 3))
     assert (good.format, good.rows, good.size_bytes, good.stats["source"]["bytes"]) == ("prompt_completion", 3, 108, 108)
 

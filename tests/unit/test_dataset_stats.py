@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from training.dataset_stats import Encoded, eval_indices, expected_batch_max, per_row, profile, tokenizer_encoder
+from training.datasets.stats import Encoded, eval_indices, expected_batch_max, per_row, profile, tokenizer_encoder
 
 
 @per_row
@@ -76,7 +76,7 @@ def test_a_separate_eval_file_overlap():
 @pytest.mark.parametrize("rows, rank", [(499, (4, 8)), (500, (8, 16)), (2_000, (16, 32)), (10_000, (32, 64)),
                                         (50_000, (64, 64)), (200_001, (64, 128))])
 def test_advice_rank_buckets(rows, rank):
-    from training.dataset_stats import advice
+    from training.datasets.stats import advice
 
     got = advice(train_rows=rows, sorted_lengths=np.array([10] * 10), max_length=64)
     assert (got["rank_low"], got["rank_high"]) == rank
@@ -84,7 +84,7 @@ def test_advice_rank_buckets(rows, rank):
 
 
 def test_advice_packing_and_max_length():
-    from training.dataset_stats import advice
+    from training.datasets.stats import advice
 
     short = advice(train_rows=100, sorted_lengths=np.array(sorted([10] * 90 + [300] * 10)), max_length=1024)
     assert short["packing_helps"] and "25%" in short["packing"]
