@@ -10,9 +10,15 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from dashboard.env import env_bool  # noqa: E402
 from training.routing import websocket_urlpatterns  # noqa: E402
+from training.workers.heartbeat import start_web_lost_run_check  # noqa: E402
 
 application = ProtocolTypeRouter({
     "http": django_asgi_app,
     "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
 })
+
+# The web process checks for lost runs itself (the test suite turns it off: its own test runs would be marked).
+if env_bool("TUNEBOARD_WEB_LOST_RUN_CHECK", True):
+    start_web_lost_run_check()

@@ -19,15 +19,15 @@ def check_services(**kwargs) -> None:
 
 @signals.worker_ready.connect
 def start_heartbeat(sender, **kwargs) -> None:
-    from training import worker
+    from training.workers import heartbeat
 
     pool = sender.controller.pool_cls
-    worker.start(name=sender.hostname, queues=sorted(sender.app.amqp.queues.consume_from or {}),
+    heartbeat.start(name=sender.hostname, queues=sorted(sender.app.amqp.queues.consume_from or {}),
                  solo=pool.__module__ == "celery.concurrency.solo")
 
 
 @signals.worker_shutdown.connect
 def stop_heartbeat(**kwargs) -> None:
-    from training import worker
+    from training.workers import heartbeat
 
-    worker.stop()
+    heartbeat.stop()

@@ -175,8 +175,9 @@ REDIS_URL = redis_url("REDIS_URL", "redis://127.0.0.1:6379/0")
 TUNEBOARD_DEFAULT_QUEUE = env_str("TUNEBOARD_DEFAULT_QUEUE", "gpu")
 # A stopping run that has not ended this long after its stop file appeared is killed (its step hangs).
 TUNEBOARD_STOP_KILL_AFTER_S = env_float("TUNEBOARD_STOP_KILL_AFTER_S", 120.0, minimum=1.0)
-# Workers heartbeat every HEARTBEAT_S and, each time, mark runs lost whose worker has been silent SILENT_S.
-# A killed worker's last beat is at most HEARTBEAT_S before the kill and another worker's sweep at most
+# Workers heartbeat every HEARTBEAT_S and, each time, mark runs lost whose worker has been silent SILENT_S; the web
+# process makes the same lost-run check every HEARTBEAT_S (training/workers/heartbeat.py), so it holds with every
+# worker dead. A killed worker's last beat is at most HEARTBEAT_S before the kill and the next lost-run check at most
 # HEARTBEAT_S after the silence limit, so a run is lost within SILENT_S + 2 * HEARTBEAT_S = 60 s of the kill.
 TUNEBOARD_HEARTBEAT_S = env_float("TUNEBOARD_HEARTBEAT_S", 5.0, minimum=0.5)
 TUNEBOARD_WORKER_SILENT_S = env_float("TUNEBOARD_WORKER_SILENT_S", 50.0, minimum=1.0)

@@ -233,7 +233,7 @@ class Run(models.Model):
             models.Index(fields=["team", "-created_at"], name="run_team_created_idx"),
             # Queue positions count the queued runs ahead on the same queue.
             models.Index(fields=["queue", "id"], name="run_queued_idx", condition=Q(status="queued")),
-            # The lost-run sweep looks only at runs a worker holds.
+            # The lost-run check looks only at runs a worker holds.
             models.Index(fields=["worker"], name="run_on_worker_idx",
                          condition=Q(status__in=["starting", "running", "stopping"])),
         ]

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import signal
-import socket
 import sys
 import time
 import traceback
@@ -34,6 +32,7 @@ from training.process import TrainingProcess
 from training.run_config import ADAPTER_SHAPE_FIELDS, RESERVED_FIELDS, model_errors, model_policy
 from training.access import require_role
 from training.selectors import event_dict, run_status_dict, sample_dict
+from training.workers.services import worker_get_or_create
 
 log = logging.getLogger(__name__)
 
@@ -256,21 +255,6 @@ def runs_mark_lost(*, now: datetime | None = None) -> list[int]:
                        error=f"lost: {silent}; resume it from its last checkpoint"):
             lost.append(run.id)
     return lost
-
-
-def worker_get_or_create(*, name: str) -> Worker:
-    worker, _ = Worker.objects.get_or_create(name=name, defaults={"hostname": socket.gethostname(),
-                                                                 "pid": os.getpid()})
-    return worker
-
-
-def worker_heartbeat(*, name: str, hostname: str, queues: list[str], pid: int, gpus: list[dict],
-                     started_at: datetime) -> None:
-    """Record that this worker is alive and its GPUs' state. What it runs is written by run_claim and cleared when
-    run_execute ends: one writer each way, so a beat can never report a stale current run."""
-    Worker.objects.update_or_create(name=name, defaults={
-        "hostname": hostname, "queues": queues, "pid": pid, "gpus": gpus, "started_at": started_at,
-        "last_heartbeat_at": timezone.now()})
 
 
 def worker_runs_mark_lost(*, name: str) -> list[int]:

@@ -3,6 +3,7 @@ from django.urls import path
 
 from training import compare_views, views
 from training.datasets import views as dataset_views
+from training.workers import views as worker_views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -16,7 +17,7 @@ urlpatterns = [
     path("datasets/", dataset_views.dataset_list, name="dataset_list"),
     path("datasets/<int:dataset_id>/", dataset_views.dataset_detail, name="dataset_detail"),
     path("datasets/<int:dataset_id>/profile.json", dataset_views.dataset_profile_status, name="dataset_profile_status"),
-    path("workers/", views.worker_list, name="worker_list"),
+    path("workers/", worker_views.worker_list, name="worker_list"),
     path("compare/", compare_views.compare_page, name="compare"),
     path("compare/data/", compare_views.compare_data, name="compare_data"),
     path("compare/export.csv", compare_views.compare_export, {"fmt": "csv"}, name="compare_export_csv"),

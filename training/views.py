@@ -45,7 +45,6 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def run_list(request: HttpRequest) -> HttpResponse:
-    services.runs_mark_lost()  # workers sweep too, but with its only worker dead nobody else would
     page = selectors.run_page_for(request.user, request.GET.get("page"), per_page=RUNS_PER_PAGE)
     can_start = access.team_list_where(request.user, "member").exists()
     return render(request, "training/run_list.html", {"page": page, "can_start": can_start})
@@ -102,7 +101,6 @@ def _facts(run: Run) -> list[dict[str, Any]]:
 
 @login_required
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
-    services.runs_mark_lost()
     run = access.get_run_for_user(request.user, run_id)
     role = access.role_for(request.user, run.team)
     can_control = role in ("member", "admin")
@@ -175,14 +173,5 @@ def run_adapter_file(request: HttpRequest, run_id: int, name: str) -> FileRespon
     run = access.get_run_for_user(request.user, run_id)
     path = selectors.run_adapter_file(run, name)
     return FileResponse(path.open("rb"), as_attachment=True, filename=f"run-{run.id}-{path.name}")
-
-
-@login_required
-def worker_list(request: HttpRequest) -> HttpResponse:
-    services.runs_mark_lost()
-    team_ids = set(access.team_ids_for(request.user))
-    workers = [{"worker": w, "run_visible": w.current_run is not None and w.current_run.team_id in team_ids}
-               for w in selectors.worker_list()]
-    return render(request, "training/worker_list.html", {"workers": workers})
 
 

@@ -119,7 +119,7 @@ def test_on_a_fresh_database_it_sets_up_serves_trains_the_demo_and_stops_cleanly
             with pytest.raises(OSError):
                 socket.create_connection(("127.0.0.1", port), timeout=2).close()
             ended = conn.execute("SELECT status FROM training_run WHERE id = 1").fetchone()[0]
-            # A run training at Ctrl-C checkpoints and stops instead of being left for the lost-run sweep.
+            # A run training at Ctrl-C checkpoints and stops instead of being left for the lost-run check.
             assert ended in ("stopped", "succeeded"), (status, ended)
 
         # Run again on the same database: the demo set-up is reused, and --no-demo-run starts nothing.

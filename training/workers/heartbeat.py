@@ -1,4 +1,5 @@
-"""What a Celery worker process adds for training: a heartbeat thread (alive, GPUs, lost-run sweep)."""
+"""The periodic threads: a Celery worker's heartbeat (alive, GPUs, then the lost-run check), and the web process's
+own lost-run check, so runs are marked lost even when every worker is gone."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from datetime import datetime
 
 from django.conf import settings
@@ -14,6 +16,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from training import services
+from training.workers import services as worker_services
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ def _num(value: str) -> float | None:
 
 
 class Heartbeat(threading.Thread):
-    """Every TUNEBOARD_HEARTBEAT_S: this worker's row (alive, GPUs), then the lost-run sweep."""
+    """Every TUNEBOARD_HEARTBEAT_S: this worker's row (alive, GPUs), then the lost-run check."""
 
     def __init__(self, *, name: str, queues: list[str]):
         super().__init__(name="tuneboard-heartbeat", daemon=True)
@@ -74,7 +77,7 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         try:
             close_old_connections()
-            services.worker_heartbeat(name=self.worker_name, hostname=socket.gethostname(), queues=self.queues,
+            worker_services.worker_heartbeat(name=self.worker_name, hostname=socket.gethostname(), queues=self.queues,
                                       pid=os.getpid(), gpus=gpu_info(), started_at=self.started_at)
             lost = services.runs_mark_lost()
             if lost:
@@ -112,3 +115,33 @@ def start(*, name: str, queues: list[str], solo: bool) -> Heartbeat:
 def stop() -> None:
     if _heartbeat is not None:
         _heartbeat.stop()
+
+
+class LostRunCheck(threading.Thread):
+    """In the web process, every TUNEBOARD_HEARTBEAT_S: the lost-run check the workers' heartbeats also make. With
+    every worker dead nobody else would make it; no page does (a GET does not write)."""
+
+    def __init__(self):
+        super().__init__(name="tuneboard-lost-run-check", daemon=True)
+        self._failing = False
+
+    def run(self) -> None:
+        while True:
+            try:
+                close_old_connections()
+                lost = services.runs_mark_lost()
+                if lost:
+                    log.warning("runs %s marked lost by the web process: their worker is silent or gone", lost)
+                self._failing = False
+            except Exception as exc:  # noqa: BLE001 - a database outage must not end the thread; it retries
+                if not self._failing:
+                    log.error("lost-run check failed (%s: %s); retrying every %.0f s", type(exc).__name__, exc,
+                              settings.TUNEBOARD_HEARTBEAT_S)
+                self._failing = True
+            time.sleep(settings.TUNEBOARD_HEARTBEAT_S)
+
+
+def start_web_lost_run_check() -> LostRunCheck:
+    check = LostRunCheck()
+    check.start()
+    return check

@@ -1,0 +1,25 @@
+"""A worker's row: created when it first claims a run or beats, updated by every heartbeat."""
+from __future__ import annotations
+
+import os
+import socket
+from datetime import datetime
+
+from django.utils import timezone
+
+from training.models import Worker
+
+
+def worker_get_or_create(*, name: str) -> Worker:
+    worker, _ = Worker.objects.get_or_create(name=name, defaults={"hostname": socket.gethostname(),
+                                                                 "pid": os.getpid()})
+    return worker
+
+
+def worker_heartbeat(*, name: str, hostname: str, queues: list[str], pid: int, gpus: list[dict],
+                     started_at: datetime) -> None:
+    """Record that this worker is alive and its GPUs' state. What it runs is written by run_claim and cleared when
+    run_execute ends: one writer each way, so a beat can never report a stale current run."""
+    Worker.objects.update_or_create(name=name, defaults={
+        "hostname": hostname, "queues": queues, "pid": pid, "gpus": gpus, "started_at": started_at,
+        "last_heartbeat_at": timezone.now()})
