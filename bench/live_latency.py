@@ -93,6 +93,7 @@ def produce(run_ids: list[int], points: int, rate: float, ready, start_at, resul
     start = start_at.value
     while time.time() < start:
         time.sleep(0.001)
+    cpu_start = time.process_time()
     sent = 0
     while any(n < points for n in done.values()):
         idle = True
@@ -112,7 +113,7 @@ def produce(run_ids: list[int], points: int, rate: float, ready, start_at, resul
             done[run_id] = steps[-1]
         if idle:
             time.sleep(0.002)
-    results.put((os.getpid(), sent, time.time()))
+    results.put((os.getpid(), sent, time.time(), time.process_time() - cpu_start))
 
 
 async def listen(url: str, cookie: str, run_id: int, expected: int, received: dict, ready: asyncio.Event,
@@ -171,8 +172,10 @@ def run_phase(url: str, cookie: str, run_ids: list[int], points: int, producers:
             p.join()
         return start_at.value, results, finished
 
+    clients_cpu = time.process_time()
     start, results, finished = asyncio.run(main())
-    sent_count = sum(n for _, n, _ in finished)
+    clients_cpu = time.process_time() - clients_cpu
+    sent_count = sum(n for _, n, _, _ in finished)
 
     def written(key: str) -> float:  # when the simulated engine wrote the point (see produce)
         return start + int(key.split(":")[1]) / rate if rate else start
@@ -189,7 +192,9 @@ def run_phase(url: str, cookie: str, run_ids: list[int], points: int, producers:
             "client_errors": [repr(e)[:200] for e in errors[:3]],
             "offered_points_per_s": len(run_ids) * rate if rate else None,
             # stored by the recorders over the time they took: the sustained ingest rate
-            "points_per_s": stored / (max(t for _, _, t in finished) - start) if finished else 0,
+            "points_per_s": stored / (max(t for _, _, t, _ in finished) - start) if finished else 0,
+            # CPU seconds: the producers' (recording) and this process's (the websocket clients, and setup)
+            "producers_cpu_s": sum(cpu for _, _, _, cpu in finished), "clients_cpu_s": clients_cpu,
             "p50_ms": statistics.median(latencies) if latencies else None,
             "p95_ms": latencies[int(0.95 * (len(latencies) - 1))] if latencies else None,
             "max_ms": latencies[-1] if latencies else None, "wall_s": end - start}
@@ -241,7 +246,8 @@ def main() -> None:
     print(f"ingest, {ingest['runs']} runs x {args.points} points written at {args.rate:g}/s each "
           f"({ingest['offered_points_per_s'] or 'all at once'} points/s offered), {args.producers} producer processes: "
           f"{ingest['points_per_s']:.0f} points/s (target >= 10,000), lost in DB {ingest['lost_in_db']}, "
-          f"lost on websocket {ingest['lost_on_websocket']}, p95 {ingest['p95_ms']:.0f} ms")
+          f"lost on websocket {ingest['lost_on_websocket']}, p95 {ingest['p95_ms']:.0f} ms; CPU: producers "
+          f"{ingest['producers_cpu_s']:.1f} s, websocket clients {ingest['clients_cpu_s']:.1f} s")
 
 
 if __name__ == "__main__":
