@@ -13,11 +13,11 @@ import psycopg
 from django.db import connection
 from django.db.models import Count
 from django.http import Http404
-from django.urls import Resolver404, resolve
 from psycopg.adapt import Loader
 from psycopg.pq import Format
 
 from guidance import calculators, content
+from guidance.links import guidance_url
 from guidance.models import Finding
 from training import access, selectors, series
 from training.engine.config import TrainConfig
@@ -438,15 +438,6 @@ OUTCOME_ROWS = (
 )
 
 
-def _guidance_url(param: str) -> str | None:
-    path = f"/guidance/{param}/"
-    try:
-        resolve(path)
-    except Resolver404:
-        return None
-    return path
-
-
 def guidance_for(runs: list[Run], differing: list[str]) -> list[dict[str, Any]]:
     """For each differing parameter with guidance: its one line, its page (or the content inline when there is no
     page) and, for each run that moved it from the first run's value, the seed's prediction for that change."""
@@ -466,10 +457,8 @@ def guidance_for(runs: list[Run], differing: list[str]) -> list[dict[str, Any]]:
                 key = (value_text(old), value_text(new), prediction)
                 changes.setdefault(key, {"runs": [], "from": key[0], "to": key[1], "prediction": prediction})
                 changes[key]["runs"].append(run.id)
-        url = _guidance_url(name)
-        out.append({"param": name, "title": guidance.title, "one_line": guidance.one_line, "url": url,
-                    "sections": None if url else [(title, s["html"]) for title, s in guidance.sections.items()],
-                    "changes": list(changes.values()), "base": base.id})
+        out.append({"param": name, "title": guidance.title, "one_line": guidance.one_line,
+                    "url": guidance_url(name), "changes": list(changes.values()), "base": base.id})
     return out
 
 

@@ -62,24 +62,13 @@ def compare_page(request: HttpRequest) -> HttpResponse:
     return render(request, "training/compare.html", {
         "runs": runs,
         "page": page,
-        "outcome_rows": [(key, label, [(r.id, _outcome_text(page.outcomes[r.id][key])) for r in runs])
+        "outcome_rows": [(key, label, [(r.id, page.outcomes[r.id][key]) for r in runs])
                          for key, label in compare.OUTCOME_ROWS],
         "findings": [(r, page.legend[r.id], found) for r, found in zip(runs, findings_for_runs(runs).values())],
         "ids": ids,
         "compare_data": data,
         "max_runs": compare.MAX_RUNS,
     })
-
-
-def _outcome_text(value: Any) -> str:
-    """As the run page writes facts: thousands separators for counts, four significant digits otherwise."""
-    if value is None:
-        return "—"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return str(value)
 
 
 def _config_for(index: int, page: compare.ComparePage) -> dict[str, Any]:

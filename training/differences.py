@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.urls import reverse
 
 from guidance import calculators, content
+from guidance.links import guidance_url
 from training.engine.config import ConfigError, parse_config
 from training.run_config import value_text
 from training.models import Run
@@ -43,6 +43,6 @@ def run_differences(run: Run) -> dict[str, Any]:
         if not prediction:
             continue
         items.append({"param": param, "title": guidance.title, "one_line": guidance.one_line,
-                      "url": reverse("guidance_param", args=[param]), "from": value_text(old), "to": value_text(new),
+                      "url": guidance_url(param), "from": value_text(old), "to": value_text(new),
                       "prediction": prediction})
     return {"against": against, "items": items}

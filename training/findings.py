@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import IntegrityError
 
 from guidance import detectors
+from guidance.links import IMPACT, guidance_url
 from guidance.models import Finding
 from training import live, selectors
 from training.models import MetricPoint, Run, RunEvent
@@ -24,7 +25,7 @@ def finding_dict(finding: Finding) -> dict[str, Any]:
     return {"id": finding.id, "code": finding.code, "severity": finding.severity, "step": finding.step,
             "title": finding.title, "message": finding.message, "evidence": finding.evidence,
             "parameters": list(finding.parameters),
-            "guidance": [{"param": p, "url": f"/guidance/{p}/#impact_and_symptoms"} for p in finding.parameters]}
+            "guidance": [{"param": p, "url": guidance_url(p, IMPACT)} for p in finding.parameters]}
 
 
 def findings_for_runs(runs: Iterable[Run]) -> dict[int, list[dict[str, Any]]]:

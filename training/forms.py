@@ -65,7 +65,6 @@ NOTES: dict[str, str] = {
     "sample_max_new_tokens": "tokens generated for each sample prompt",
     "merge_16bit": "also save the base model with the adapter merged in, in 16 bits",
 }
-GROUP_TITLES = {"model": "Model", "lora": "LoRA adapter", "sft": "SFT trainer"}
 # Not offered: set by Tuneboard for every run, or the config format's own version.
 NOT_OFFERED = frozenset(RESERVED_FIELDS) | {"version"}
 
@@ -290,7 +289,7 @@ class RunForm(forms.Form):
 
     def groups(self) -> list[dict[str, Any]]:
         """The config fields grouped for the template: each with its bound field and guidance."""
-        return [{"key": key, "title": GROUP_TITLES[key],
+        return [{"key": key, "title": content.GROUP_TITLES[key],
                  "fields": [{"spec": f, "bound": self[f.name]} for f in self.config_fields if f.group == key]}
                 for key in GROUPS]
 

@@ -180,6 +180,8 @@ class Run(models.Model):
     TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.STOPPED, Status.LOST})
     # A worker owns the run in these: the ones a silent worker leaves behind as lost.
     ON_WORKER = frozenset({Status.STARTING, Status.RUNNING, Status.STOPPING})
+    # A run in these can be resumed from its last checkpoint (as a new run).
+    RESUMABLE = frozenset({Status.STOPPED, Status.LOST, Status.FAILED})
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="runs")
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="runs")

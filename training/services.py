@@ -41,10 +41,6 @@ Role = Membership.Role
 Status = Run.Status
 
 
-def _field_errors(errors: dict[str, str]) -> ValidationError:
-    return ValidationError({field: [message] for field, message in errors.items()})
-
-
 # Presets ------------------------------------------------------------------------------------------------------
 
 
@@ -66,7 +62,7 @@ def run_config_build(*, dataset: Dataset, preset: Preset | None, overrides: dict
     """The full config a run trains with: the engine's defaults, then the preset, then the overrides; a run that
     builds on `base_run` takes its model (and, from its adapter, its LoRA shape and weights) from that run."""
     if not isinstance(overrides, dict):
-        raise _field_errors({"overrides": "must be an object of config fields, e.g. {\"learning_rate\": 0.0001}"})
+        raise ValidationError({"overrides": "must be an object of config fields, e.g. {\"learning_rate\": 0.0001}"})
     errors = {field: RESERVED_FIELDS[field] for field in overrides if field in RESERVED_FIELDS}
     merged = {**(preset.config if preset else {}), **overrides}
     if base_run is not None:
@@ -82,7 +78,7 @@ def run_config_build(*, dataset: Dataset, preset: Preset | None, overrides: dict
     except ConfigError as exc:
         errors = {**exc.errors, **errors}
     if errors:
-        raise _field_errors(errors)
+        raise ValidationError(errors)
     return config.model_dump(mode="json")
 
 
@@ -126,14 +122,14 @@ def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = No
     `base_run` (a succeeded run of the same team) is what it builds on: its adapter or its merged model."""
     require_role(user=user, team=team, role=Role.MEMBER, action="Starting a run")
     if dataset.team_id != team.id:
-        raise _field_errors({"dataset": "no such dataset in this team"})
+        raise ValidationError({"dataset": "no such dataset in this team"})
     if preset is not None and preset.team_id not in (None, team.id):
-        raise _field_errors({"preset": "no such preset in this team"})
+        raise ValidationError({"preset": "no such preset in this team"})
     if base_run is not None and base_run.team_id != team.id:
-        raise _field_errors({"start_from": "no such run in this team"})
+        raise ValidationError({"start_from": "no such run in this team"})
     queue = queue or settings.TUNEBOARD_DEFAULT_QUEUE
     if not QUEUE_NAME.match(queue):
-        raise _field_errors({"queue": "letters, digits and _ . @ - only, at most 100"})
+        raise ValidationError({"queue": "letters, digits and _ . @ - only, at most 100"})
     config = run_config_build(dataset=dataset, preset=preset, overrides=overrides or {}, base_run=base_run,
                               base_kind=base_kind)
     name = (name or "").strip()[:200] or f"{preset.name if preset else 'custom'} on {dataset.name}"
@@ -154,12 +150,11 @@ def run_resume(*, run: Run, user, queue: str | None = None) -> Run:
     require_role(user=user, team=run.team, role=Role.MEMBER, action="Resuming a run")
     queue = queue or run.queue
     if not QUEUE_NAME.match(queue):
-        raise _field_errors({"queue": "letters, digits and _ . @ - only, at most 100"})
-    resumable = (Status.STOPPED, Status.LOST, Status.FAILED)
-    if run.status not in resumable:
-        raise _field_errors({"run": f"only a stopped, lost or failed run can be resumed; this one is {run.status}"})
+        raise ValidationError({"queue": "letters, digits and _ . @ - only, at most 100"})
+    if run.status not in Run.RESUMABLE:
+        raise ValidationError({"run": f"only a stopped, lost or failed run can be resumed; this one is {run.status}"})
     if not run.last_checkpoint_path or run.last_checkpoint_step is None:
-        raise _field_errors({"run": "this run saved no checkpoint to resume from (set save_steps to save some)"})
+        raise ValidationError({"run": "this run saved no checkpoint to resume from (set save_steps to save some)"})
     with transaction.atomic():
         continuation = Run.objects.create(
             team=run.team, dataset=run.dataset, preset=run.preset, preset_version=run.preset_version,

@@ -36,7 +36,6 @@ FACTS = (
     ("started", "dtype", "Compute dtype"),
     ("started", "data_format", "Data format"),
 )
-RESUMABLE = {Run.Status.STOPPED, Run.Status.LOST, Run.Status.FAILED}
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -86,16 +85,9 @@ def run_new(request: HttpRequest) -> HttpResponse:
                   status=status)
 
 
-def _fact_text(value: Any) -> str:
-    """As the page's script writes it: thousands separators for counts, four significant digits otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
-
-
 def _facts(run: Run) -> list[dict[str, Any]]:
     sources = {"started": run.started or {}, "derived": run.derived or {}}
-    return [{"label": label, "value": _fact_text(sources[where][key])} for where, key, label in FACTS
+    return [{"label": label, "value": sources[where][key]} for where, key, label in FACTS
             if sources[where].get(key) is not None]
 
 
@@ -112,14 +104,14 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "status": status,
         "resumed_from_step": run.resumed_from_step,
         "can_control": can_control,
-        "resumable": sorted(RESUMABLE),
+        "resumable": sorted(Run.RESUMABLE),
         "facts": [{"where": where, "key": key, "label": label} for where, key, label in FACTS],
     }
     return render(request, "training/run_detail.html", {
         "run": run,
         "status": status,
         "can_control": can_control,
-        "can_resume": can_control and run.status in RESUMABLE and run.last_checkpoint_step is not None,
+        "can_resume": can_control and run.status in Run.RESUMABLE and run.last_checkpoint_step is not None,
         "facts": _facts(run),
         "versions": sorted((run.versions or {}).items()),
         "warnings": [e for e in events if e["event"] == "warning"],

@@ -32,7 +32,7 @@ def test_the_form_shows_each_field_with_its_guidance_and_default(world, member_c
     page = member_client.get("/runs/new/")
     assert page.status_code == 200
     html = page.content.decode()
-    for key in ("Model", "LoRA adapter", "SFT trainer"):
+    for key in ("Loading the model", "The LoRA adapter", "The SFT trainer"):
         assert f"<legend>{key}</legend>" in html
     for param, guidance in content.load_all().items():
         assert f'data-field="{param}"' in html
