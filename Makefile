@@ -28,6 +28,7 @@ dev: install services
 	$(PY) -m dashboard.dev $(DEV_ARGS)
 
 test: install services
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -n $(PYTEST_WORKERS)
 
 clean:

@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.datasets import files, stats as token_stats  # noqa: E402
+from training.datasets import files  # noqa: E402
+from training.datasets import stats as token_stats
 from training.engine.tiny import COLOURS, THINGS, build_tiny_model  # noqa: E402
 
 

@@ -82,7 +82,7 @@ def produce(run_ids: list[int], points: int, rate: float, ready, start_at, resul
 
     django.setup()
     from training.models import Run
-    from training.services import RunRecorder
+    from training.runs.execution import RunRecorder
 
     batch_limit = 1000  # the worker's TrainingProcess.batches limit
     recorders = [RunRecorder(Run.objects.get(id=run_id)) for run_id in run_ids]

@@ -302,7 +302,7 @@ def run(args: argparse.Namespace, children: Children, worker_name: str) -> int:
 
     url = f"http://{args.host}:{args.port}/"
     if not args.no_demo_run:
-        from training import services
+        from training.runs import services
 
         run_ = services.run_create(team=team, user=user, dataset=dataset, preset=preset, name="demo run")
         url = f"http://{args.host}:{args.port}/runs/{run_.id}/"
@@ -323,8 +323,8 @@ def stop_demo_runs(worker_name: str) -> None:
         from django.contrib.auth.models import User
         from django.core.exceptions import PermissionDenied
 
-        from training import services
         from training.models import Run
+        from training.runs import services
 
         user = User.objects.filter(username=DEMO_USER).first()
         active = list(Run.objects.filter(status__in=list(Run.ON_WORKER), worker__name=worker_name)

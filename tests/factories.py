@@ -10,9 +10,9 @@ from django.contrib.auth.models import User
 
 from dashboard.models import Membership, Team
 from training.datasets import services as dataset_services
-from training import services
 from training.engine.tiny import write_dataset
 from training.models import Dataset, Preset, Run
+from training.runs import services
 
 _ids = itertools.count(1)
 

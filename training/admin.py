@@ -1,8 +1,8 @@
 """Admin: presets are curated here (validated by the engine); runs, datasets and workers are inspected here."""
 from django.contrib import admin, messages
 
-from training import services
 from training.models import Dataset, Preset, Run, Sweep, Worker
+from training.runs import services
 
 
 @admin.register(Preset)

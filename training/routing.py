@@ -1,7 +1,7 @@
 """Websocket routes of the training app."""
 from django.urls import path
 
-from training.consumers import RunConsumer, RunListConsumer
+from training.live.consumers import RunConsumer, RunListConsumer
 
 websocket_urlpatterns = [
     path("ws/runs/", RunListConsumer.as_asgi()),

@@ -10,6 +10,7 @@ from django.db.models.functions import Coalesce
 from django.http import Http404
 
 from dashboard.models import Team
+from guidance.links import IMPACT, guidance_url
 from guidance.models import Finding
 from training.access import User, team_ids_for
 from training.models import MetricPoint, Run, RunEvent, Sample, Worker
@@ -200,3 +201,19 @@ def run_page_for(user: User, page_number: Any, *, per_page: int) -> Page:
     ids = list(page.object_list)
     by_id = {run.id: run for run in run_list_for(user).filter(id__in=ids)}
     return Page([by_id[i] for i in ids if i in by_id], page.number, page.paginator)
+
+
+def finding_dict(finding: Finding) -> dict[str, Any]:
+    """What the run page, the run list and the live message show of a finding."""
+    return {"id": finding.id, "code": finding.code, "severity": finding.severity, "step": finding.step,
+            "title": finding.title, "message": finding.message, "evidence": finding.evidence,
+            "parameters": list(finding.parameters),
+            "guidance": [{"param": p, "url": guidance_url(p, IMPACT)} for p in finding.parameters]}
+
+
+def findings_for_runs(runs: Iterable[Run]) -> dict[int, list[dict[str, Any]]]:
+    """Each run's findings in step order, in one query (the Compare page)."""
+    out: dict[int, list[dict[str, Any]]] = {run.id: [] for run in runs}
+    for finding in Finding.objects.filter(run_id__in=list(out)).order_by("run_id", "step", "code"):
+        out[finding.run_id].append(finding_dict(finding))
+    return out

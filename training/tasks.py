@@ -4,7 +4,7 @@ import socket
 from celery import shared_task
 
 from training.datasets import services as dataset_services
-from training import services
+from training.runs import execution, services
 
 
 @shared_task(bind=True, name="training.run_train")
@@ -13,7 +13,7 @@ def run_train(self, run_id: int) -> None:
                              task_id=self.request.id or "")
     if run is None:
         return  # delivered twice, or stopped while queued
-    services.run_execute(run=run)
+    execution.run_execute(run=run)
 
 
 @shared_task(name="training.dataset_profile")

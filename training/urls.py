@@ -1,8 +1,9 @@
 """URLs of the training pages."""
 from django.urls import path
 
-from training import compare_views, views
+from training.compare import views as compare_views
 from training.datasets import views as dataset_views
+from training.runs import views
 from training.workers import views as worker_views
 
 urlpatterns = [

@@ -9,11 +9,11 @@ import pytest
 from dashboard.dev import demo_preset_config
 from dashboard.models import Membership
 from tests.factories import make_dataset, make_member, make_team, make_user
-from training import services
+from tests.integration.conftest import wait_for
 from training.models import MetricPoint, Run
+from training.runs import services
 
 from .conftest import log_in
-from tests.integration.conftest import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

@@ -1,6 +1,7 @@
 """In a real browser: the guidance calculators compute what guidance/calculators.py does, the run form's derived
 values follow r, lora_alpha and rsLoRA, and a field's guidance opens beside the form without leaving it."""
 import itertools
+
 import pytest
 
 from guidance import calculators, content

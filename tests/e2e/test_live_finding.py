@@ -6,7 +6,8 @@ from django.conf import settings
 
 from guidance.models import Finding
 from tests.factories import idle_queue, make_dataset, make_member, make_team, make_user, tiny_overrides
-from training import services, tasks
+from training import tasks
+from training.runs import services
 
 from .conftest import log_in
 

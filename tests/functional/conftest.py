@@ -8,8 +8,8 @@ from django.test import Client
 
 from dashboard.models import Membership, Team
 from tests.factories import make_dataset, make_member, make_team, tiny_overrides
-from training import services
 from training.models import Dataset, Run
+from training.runs import services
 
 
 @dataclass

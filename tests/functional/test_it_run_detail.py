@@ -11,8 +11,8 @@ from django.utils import timezone
 from guidance import content
 from guidance.models import Finding
 from tests.factories import make_preset, tiny_overrides
-from training import services
 from training.models import Run, RunEvent, Sample
+from training.runs import services
 
 from .conftest import client_for, named_run
 

@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 
 from guidance.models import Finding
 from training.models import Run
-from training.views import RUNS_PER_PAGE
+from training.runs.views import RUNS_PER_PAGE
 
 from .conftest import client_for, named_run
 

@@ -7,8 +7,8 @@ from dashboard.models import Membership
 from guidance import content
 from tests.factories import make_member, make_preset
 from training.engine.config import TrainConfig
-from training.forms import GROUPS, NOT_OFFERED, NOTES
 from training.models import Run
+from training.runs.forms import GROUPS, NOT_OFFERED, NOTES
 
 pytestmark = pytest.mark.django_db
 

@@ -14,6 +14,7 @@ from django.test import Client
 
 from training.models import Run
 
+
 def wait_for(condition: Callable[[], object], *, timeout: float, what: str, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while True:

@@ -6,9 +6,10 @@ from django.http import Http404
 
 from dashboard.models import Membership
 from tests.factories import make_dataset, make_member, make_preset, make_run, make_team, make_user
-from training import access, selectors, services
-from training.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
+from training import access, selectors
+from training.live.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
 from training.models import Run
+from training.runs import services
 
 from .conftest import communicator, run_async, session_cookie
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from tests.factories import make_dataset, make_member, make_team, tiny_overrides
-from training import compare, services
+from training.compare import series
 from training.models import Run, SeriesPack
+from training.runs import services
 from training.selectors import run_points
 
 from .conftest import wait_for, wait_for_run, wait_terminal
@@ -29,17 +30,17 @@ def test_a_stopped_and_resumed_run_is_packed_and_compared_along_its_chain(celery
     assert continuation.status == Run.Status.SUCCEEDED, continuation.error
 
     # Packed by the worker once each ended, every column, before any page asked.
-    wait_for(lambda: SeriesPack.objects.filter(run=continuation).count() == len(compare.COLUMN_SQL), timeout=30,
+    wait_for(lambda: SeriesPack.objects.filter(run=continuation).count() == len(series.COLUMN_SQL), timeout=30,
              what="the continuation's packs")
-    assert SeriesPack.objects.filter(run=run).count() == len(compare.COLUMN_SQL)
+    assert SeriesPack.objects.filter(run=run).count() == len(series.COLUMN_SQL)
 
     curve = run_points(continuation)
-    steps, xs, losses = compare.fetch_series([continuation, run], "loss", "step")[continuation.id]
+    steps, xs, losses = series.fetch_series([continuation, run], "loss", "step")[continuation.id]
     assert steps.tolist() == [p["step"] for p in curve] == list(range(1, 161))
     assert losses.tolist() == [p["loss"] for p in curve]
-    _, epochs, evals = compare.fetch_series([continuation], "eval_loss", "epoch")[continuation.id]
+    _, epochs, evals = series.fetch_series([continuation], "eval_loss", "epoch")[continuation.id]
     expected = [(p["epoch"], p["eval_loss"]) for p in curve if p["eval_loss"] is not None]
     assert list(zip(epochs.tolist(), evals.tolist())) == expected and len(expected) == 4
     # the original alone stops at its own last step
-    original_steps = compare.fetch_series([run], "loss", "step")[run.id][0]
+    original_steps = series.fetch_series([run], "loss", "step")[run.id][0]
     assert original_steps[-1] == run.last_step and np.all(np.diff(original_steps) == 1)

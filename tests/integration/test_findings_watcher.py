@@ -10,9 +10,9 @@ from django.utils import timezone
 from guidance import detectors
 from guidance.models import Finding
 from tests.factories import idle_queue, make_dataset, make_member, make_run, make_team, tiny_overrides
-from training import services
-from training.findings import RunWatcher, _loss_floor, peer_best_loss
 from training.models import MetricPoint, Run, RunEvent
+from training.runs import services
+from training.runs.watcher import RunWatcher, _loss_floor, peer_best_loss
 
 pytestmark = pytest.mark.django_db
 

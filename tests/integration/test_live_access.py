@@ -9,8 +9,8 @@ from django.contrib.auth.models import User
 
 from dashboard.models import Membership
 from tests.factories import make_dataset, make_member, make_run, make_team
-from training import live
-from training.consumers import CLOSE_NOT_FOUND, CLOSE_TEAMS_CHANGED
+from training.live import send as live
+from training.live.consumers import CLOSE_NOT_FOUND, CLOSE_TEAMS_CHANGED
 
 from .conftest import communicator, run_async, session_cookie
 

@@ -4,8 +4,10 @@ import uuid
 import pytest
 
 from tests.factories import make_dataset, make_member, make_team, tiny_overrides
-from training import live, selectors, services
+from training import selectors
+from training.live import send as live
 from training.models import MetricPoint
+from training.runs import execution, services
 
 from .conftest import communicator, run_async, session_cookie
 
@@ -32,7 +34,7 @@ def test_a_live_event_arrives_as_an_event_naming_its_kind(tmp_path):
         assert (await comm.connect(timeout=10))[0]
         await comm.send_json_to({"type": "replay", "after_step": 0})
         replay = await comm.receive_json_from(timeout=10)
-        recorder = await database_sync_to_async(services.RunRecorder)(run)
+        recorder = await database_sync_to_async(execution.RunRecorder)(run)
         await database_sync_to_async(recorder.record)({"type": "checkpoint", "step": 5, "path": "/ckpt/checkpoint-5"})
         await database_sync_to_async(recorder.record)(
             {"type": "warning", "code": "bias_no_effect", "field": "bias", "message": "no biases here"})
@@ -55,7 +57,7 @@ def metrics(step: int) -> dict:
 
 def test_a_batch_of_points_is_one_message_split_only_by_other_events_and_nothing_replayed_comes_twice(tmp_path):
     run, cookie = quiet_run(tmp_path)
-    recorder = services.RunRecorder(run)
+    recorder = execution.RunRecorder(run)
     recorder.record_many([metrics(1), metrics(2)])  # before the page opens: it gets them by replay
 
     async def watch():
@@ -90,7 +92,7 @@ def test_points_whose_live_message_was_lost_reach_the_page_from_the_database(tmp
     """Redis drops what it cannot deliver; the next points message (or the run's status) names the steps the worker
     had sent, and the consumer sends the page the ones it never got, once each."""
     run, cookie = quiet_run(tmp_path)
-    recorder = services.RunRecorder(run)
+    recorder = execution.RunRecorder(run)
     real_send = live.send_run_message
 
     def losing_points(run_id, type_, payload):
@@ -142,7 +144,7 @@ def test_replay_and_catch_up_read_the_database_in_chunks_and_send_each_point_onc
     though its own chunk is empty); three lost points and the one after them come back as two chunks."""
     monkeypatch.setattr(selectors, "REPLAY_CHUNK", 2)
     run, cookie = quiet_run(tmp_path)
-    recorder = services.RunRecorder(run)
+    recorder = execution.RunRecorder(run)
     recorder.record_many([metrics(step) for step in range(1, 5)])
     real_send = live.send_run_message
 

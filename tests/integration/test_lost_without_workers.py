@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SETUP = """
 import io
 from tests.factories import make_member, make_team, tiny_overrides
-from training import services
+from training.runs import services
 from training.datasets import services as dataset_services
 from training.engine.tiny import build_tiny_model, write_dataset
 from django.conf import settings

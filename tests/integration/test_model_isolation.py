@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 
 from tests.factories import make_dataset, make_member, make_preset, make_team, tiny_overrides
 from training.datasets import services as dataset_services
-from training import services
 from training.models import Preset, Run
+from training.runs import services
 
 from .conftest import wait_terminal
 

@@ -4,8 +4,8 @@ import pytest
 from channels.db import database_sync_to_async
 
 from tests.factories import make_dataset, make_member, make_run, make_team
-from training import services
 from training.models import Run
+from training.runs import services
 
 from .conftest import communicator, run_async, session_cookie
 

@@ -14,10 +14,11 @@ from django.test import RequestFactory
 from django.utils import timezone
 
 from tests.factories import make_dataset, make_member, make_preset, make_run, make_team, tiny_overrides
-from training.datasets import services as dataset_services
-from training import selectors, services, tasks
+from training import selectors, tasks
 from training.admin import PresetAdmin
+from training.datasets import services as dataset_services
 from training.models import Dataset, MetricPoint, Preset, Run, RunEvent, Worker
+from training.runs import execution, services
 
 pytestmark = pytest.mark.django_db
 
@@ -80,7 +81,7 @@ def test_the_recorder_merges_metrics_and_eval_per_step_and_keeps_non_finite_valu
     team, user, dataset = member
     run = make_run(team, user, dataset)
     run = services.run_claim(run_id=run.id, worker_name="recorder@test")
-    recorder = services.RunRecorder(run)
+    recorder = execution.RunRecorder(run)
     recorder.record({"type": "metrics", "time": 1.0, "step": 1, "epoch": 0.1, "tokens_seen": 100, "loss": 2.5,
                      "grad_norm": 1.0, "learning_rate": 1e-4, "tokens_per_s": 50.0, "peak_vram_bytes": None})
     recorder.record({"type": "eval", "time": 2.0, "step": 1, "epoch": 0.1, "eval_loss": 2.7})
@@ -93,7 +94,7 @@ def test_the_recorder_merges_metrics_and_eval_per_step_and_keeps_non_finite_valu
     replay = [p for chunk in selectors.run_point_chunks(run) for p in chunk]
     assert [p["step"] for p in replay] == [1, 2]
     # What a browser receives must be valid JSON: NaN becomes the engine's "nan".
-    from training.live import json_safe
+    from training.engine.events import json_safe
 
     text = json.dumps(json_safe(replay), allow_nan=False)
     assert '"loss": "nan"' in text and '"grad_norm": "inf"' in text
@@ -134,7 +135,7 @@ def test_a_changed_dataset_file_fails_the_run_before_training(member):
     run = services.run_claim(run_id=make_run(team, user, dataset).id, worker_name="box@test")
     with open(dataset.path, "a") as fh:
         fh.write('{"text": "sneaked in"}\n')
-    services.run_execute(run=run)
+    execution.run_execute(run=run)
     run.refresh_from_db()
     assert run.status == Run.Status.FAILED and run.error_class == "RunSetupError"
     assert "changed since the run was created" in run.error

@@ -8,8 +8,8 @@ import pytest
 
 from tests.factories import make_dataset, make_member, make_team, tiny_overrides
 from tests.workers import start_worker, stop_worker
-from training import services
 from training.models import MetricPoint, Run
+from training.runs import services
 
 from .conftest import wait_for, wait_for_run, wait_terminal
 

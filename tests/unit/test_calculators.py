@@ -5,7 +5,6 @@ from guidance import calculators as calc
 from guidance.content import load_all
 from training.engine.config import LoftQ
 
-
 # --- effective batch and total steps -----------------------------------------------------------------------------
 
 def test_step_plan_for_one_epoch():

@@ -6,8 +6,7 @@ import random
 import pytest
 
 from guidance.content import GUIDED_PARAMS, SECTIONS
-from guidance.detectors import (IMPACT, Finding, RunSeries, Thresholds, Watcher, detect, loss_floor,
-                                series_from_events)
+from guidance.detectors import IMPACT, Finding, RunSeries, Thresholds, Watcher, detect, loss_floor, series_from_events
 
 
 def healthy(n=300, *, seed=0, warmup=10, total=None, noise=0.08, grad_noise=0.3, eval_every=25):

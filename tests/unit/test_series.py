@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from training.series import EmaState, downsample, ema, group_band
+from training.compare.curves import EmaState, downsample, ema, group_band
 
 
 def test_ema_debiases_the_first_points():

@@ -2,7 +2,7 @@
 import sys
 import time
 
-from training.process import TrainingProcess
+from training.runs.process import TrainingProcess
 
 
 def test_lines_come_in_order_in_batches_of_what_is_waiting_up_to_the_limit(tmp_path, settings):

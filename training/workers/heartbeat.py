@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
-from training import services
+from training.runs import services
 from training.workers import services as worker_services
 
 log = logging.getLogger(__name__)

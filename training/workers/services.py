@@ -1,19 +1,11 @@
-"""A worker's row: created when it first claims a run or beats, updated by every heartbeat."""
+"""A worker's row, written by every heartbeat (run_claim creates it if a task arrives before the first beat)."""
 from __future__ import annotations
 
-import os
-import socket
 from datetime import datetime
 
 from django.utils import timezone
 
 from training.models import Worker
-
-
-def worker_get_or_create(*, name: str) -> Worker:
-    worker, _ = Worker.objects.get_or_create(name=name, defaults={"hostname": socket.gethostname(),
-                                                                 "pid": os.getpid()})
-    return worker
 
 
 def worker_heartbeat(*, name: str, hostname: str, queues: list[str], pid: int, gpus: list[dict],

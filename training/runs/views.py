@@ -11,13 +11,14 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from training import access, selectors, services
+from training import access, selectors
 from training.datasets.stats import run_form_advice
-from training.differences import run_differences
 from training.engine.config import TrainConfig
-from training.forms import RunForm
-from training.run_config import value_text
 from training.models import Run
+from training.run_config import value_text
+from training.runs import services
+from training.runs.differences import run_differences
+from training.runs.forms import RunForm
 
 RUNS_PER_PAGE = 50
 # The `started` facts the run page shows: (where the value is, key, label).

@@ -14,8 +14,9 @@ from django.conf import settings
 from django.http import Http404
 
 from training import access, selectors
-from training.findings import finding_dict
-from training.live import json_safe, run_group, team_runs_group
+from training.engine.events import json_safe
+from training.live.send import run_group, team_runs_group
+from training.selectors import finding_dict
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class RunConsumer(JsonRequests):
                               **json_safe(rest)})
 
     async def run_message(self, message: dict) -> None:
-        """A message from the worker (training.live.send_run_message): forward it unless the page has it."""
+        """A message from the worker (training.live.send.send_run_message): forward it unless the page has it."""
         body = message["message"]
         if not self.replayed:
             return
@@ -263,7 +264,7 @@ class RunListConsumer(JsonRequests):
         await self.send_json({"type": "rows", "rows": json_safe(rows)})
 
     async def run_row(self, message: dict) -> None:
-        """A run's row from the worker or the web app (training.live.send_run_row)."""
+        """A run's row from the worker or the web app (training.live.send.send_run_row)."""
         await self.send_json({"type": "row", "row": message["row"]})
 
 

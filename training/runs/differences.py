@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from guidance import calculators, content
 from guidance.links import guidance_url
 from training.engine.config import ConfigError, parse_config
-from training.run_config import value_text
 from training.models import Run
+from training.run_config import value_text
 
 
 def baseline(run: Run) -> tuple[str, dict[str, Any]]:

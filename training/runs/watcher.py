@@ -9,31 +9,17 @@ from django.conf import settings
 from django.db import IntegrityError
 
 from guidance import detectors
-from guidance.links import IMPACT, guidance_url
 from guidance.models import Finding
-from training import live, selectors
+from training import selectors
+from training.engine.events import json_safe
+from training.live import send as live
 from training.models import MetricPoint, Run, RunEvent
+from training.selectors import finding_dict
 
 log = logging.getLogger(__name__)
 
 # Comparable runs whose loss floor sets peer_best_loss: the latest few only, so a run's start stays cheap.
 PEER_RUNS = 10
-
-
-def finding_dict(finding: Finding) -> dict[str, Any]:
-    """What the run page, the run list and the live message show of a finding."""
-    return {"id": finding.id, "code": finding.code, "severity": finding.severity, "step": finding.step,
-            "title": finding.title, "message": finding.message, "evidence": finding.evidence,
-            "parameters": list(finding.parameters),
-            "guidance": [{"param": p, "url": guidance_url(p, IMPACT)} for p in finding.parameters]}
-
-
-def findings_for_runs(runs: Iterable[Run]) -> dict[int, list[dict[str, Any]]]:
-    """Each run's findings in step order, in one query (the Compare page)."""
-    out: dict[int, list[dict[str, Any]]] = {run.id: [] for run in runs}
-    for finding in Finding.objects.filter(run_id__in=list(out)).order_by("run_id", "step", "code"):
-        out[finding.run_id].append(finding_dict(finding))
-    return out
 
 
 def _loss_floor(losses: np.ndarray, window: int) -> float | None:
@@ -114,7 +100,7 @@ class RunWatcher:
             finding, created = Finding.objects.get_or_create(
                 run_id=self.run.id, code=found.code, step=found.step,
                 defaults={"severity": found.severity, "title": found.title[:200], "message": found.message,
-                          "evidence": live.json_safe(found.evidence), "parameters": list(found.parameters)})
+                          "evidence": json_safe(found.evidence), "parameters": list(found.parameters)})
         except IntegrityError:  # the same finding saved by a re-delivered task between the get and the create
             return None
         return finding if created else None

@@ -12,13 +12,13 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.shortcuts import render
 from django.urls import reverse
 
-from training import compare
-from training.findings import findings_for_runs
-from training.live import json_safe
+from training.compare import series
+from training.engine.events import json_safe
 from training.models import Run
+from training.selectors import findings_for_runs
 
 
-def _bad_request(request: HttpRequest, error: compare.CompareError, *, as_json: bool) -> HttpResponse:
+def _bad_request(request: HttpRequest, error: series.CompareError, *, as_json: bool) -> HttpResponse:
     if as_json:
         return JsonResponse(error.as_dict(), status=400)
     return render(request, "training/compare_error.html", {"error": error}, status=400)
@@ -29,23 +29,23 @@ def _run_ids(request: HttpRequest) -> tuple[int, ...]:
     sweep = request.GET.get("sweep", "").strip()
     if sweep and not request.GET.getlist("runs"):
         if not sweep.isdigit():
-            raise compare.CompareError("sweep", f"{sweep!r} is not a sweep id", "a sweep id, e.g. sweep=4")
-        ids = compare.sweep_run_ids(request.user, int(sweep))
-        return compare.parse_run_ids(",".join(map(str, ids)))
+            raise series.CompareError("sweep", f"{sweep!r} is not a sweep id", "a sweep id, e.g. sweep=4")
+        ids = series.sweep_run_ids(request.user, int(sweep))
+        return series.parse_run_ids(",".join(map(str, ids)))
     # runs=1,2,3 (a shared link) or runs=1&runs=2 (the run list's checkboxes)
-    return compare.parse_run_ids(",".join(request.GET.getlist("runs")))
+    return series.parse_run_ids(",".join(request.GET.getlist("runs")))
 
 
 @login_required
 def compare_page(request: HttpRequest) -> HttpResponse:
     try:
-        query = compare.parse_query(request.GET, run_ids=_run_ids(request))
-    except compare.CompareError as error:
+        query = series.parse_query(request.GET, run_ids=_run_ids(request))
+    except series.CompareError as error:
         return _bad_request(request, error, as_json=False)
-    runs = compare.runs_for_user(request.user, query.run_ids)
-    page = compare.compare_page(runs)
+    runs = series.runs_for_user(request.user, query.run_ids)
+    page = series.compare_page(runs)
     ids = ",".join(str(r.id) for r in runs)
-    origins = compare.wall_time_origins(runs)
+    origins = series.wall_time_origins(runs)
     data = {
         "runs": [{"id": r.id, "name": r.name, "legend": page.legend[r.id], "status": r.status,
                   "live": not r.is_terminal, "ws": f"/ws/runs/{r.id}/", "url": reverse("run_detail", args=[r.id]),
@@ -53,25 +53,25 @@ def compare_page(request: HttpRequest) -> HttpResponse:
                   "outcomes": json_safe(page.outcomes[r.id])} for i, r in enumerate(runs)],
         "ids": ids,
         "query": {"x": query.x, "smooth": query.smooth, "metric": ",".join(query.metrics), "group": query.group},
-        "metrics": {m: compare.METRICS[m] for m in query.metrics},  # metric=loss,eval_loss shows only those
-        "x_axes": list(compare.X_AXES),
+        "metrics": {m: series.METRICS[m] for m in query.metrics},  # metric=loss,eval_loss shows only those
+        "x_axes": list(series.X_AXES),
         "differing": page.differing,
-        "outcome_rows": compare.OUTCOME_ROWS,
+        "outcome_rows": series.OUTCOME_ROWS,
         "data_url": reverse("compare_data"),
     }
     return render(request, "training/compare.html", {
         "runs": runs,
         "page": page,
         "outcome_rows": [(key, label, [(r.id, page.outcomes[r.id][key]) for r in runs])
-                         for key, label in compare.OUTCOME_ROWS],
+                         for key, label in series.OUTCOME_ROWS],
         "findings": [(r, page.legend[r.id], found) for r, found in zip(runs, findings_for_runs(runs).values())],
         "ids": ids,
         "compare_data": data,
-        "max_runs": compare.MAX_RUNS,
+        "max_runs": series.MAX_RUNS,
     })
 
 
-def _config_for(index: int, page: compare.ComparePage) -> dict[str, Any]:
+def _config_for(index: int, page: series.ComparePage) -> dict[str, Any]:
     """The index-th run's values of the differing fields (what the scatter and grouping offer)."""
     return {row["name"]: row["raw"][index] for row in page.parameters if row["differs"]}
 
@@ -80,11 +80,11 @@ def _config_for(index: int, page: compare.ComparePage) -> dict[str, Any]:
 def compare_data(request: HttpRequest) -> JsonResponse:
     """The charts' series for metric(s), x axis, smoothing and x range; asked again on every zoom."""
     try:
-        query = compare.parse_query(request.GET, run_ids=_run_ids(request))
-    except compare.CompareError as error:
+        query = series.parse_query(request.GET, run_ids=_run_ids(request))
+    except series.CompareError as error:
         return _bad_request(request, error, as_json=True)
-    runs = compare.runs_for_user(request.user, query.run_ids)
-    return JsonResponse(compare.series_payload(runs, query))
+    runs = series.runs_for_user(request.user, query.run_ids)
+    return JsonResponse(series.series_payload(runs, query))
 
 
 def _csv_value(value: Any) -> str:
@@ -98,25 +98,25 @@ def _csv_value(value: Any) -> str:
 def _csv_lines(runs: list[Run]) -> Iterable[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["run_id", "run_name", *compare.EXPORT_FIELDS])
-    for run, chunk in compare.export_rows(runs):
+    writer.writerow(["run_id", "run_name", *series.EXPORT_FIELDS])
+    for run, chunk in series.export_rows(runs):
         for point in chunk:
-            writer.writerow([run.id, run.name, *(_csv_value(point[f]) for f in compare.EXPORT_FIELDS)])
+            writer.writerow([run.id, run.name, *(_csv_value(point[f]) for f in series.EXPORT_FIELDS)])
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()
     yield buffer.getvalue()
 
 
-def _json_chunks(runs: list[Run], page: compare.ComparePage) -> Iterable[str]:
+def _json_chunks(runs: list[Run], page: series.ComparePage) -> Iterable[str]:
     """{"runs": [{id, name, config, differing, outcomes, points: {field: [...]}}]}, one run at a time."""
-    yield '{"fields": ' + json.dumps(list(compare.EXPORT_FIELDS)) + ', "differing": ' + json.dumps(page.differing)
+    yield '{"fields": ' + json.dumps(list(series.EXPORT_FIELDS)) + ', "differing": ' + json.dumps(page.differing)
     yield ', "runs": ['
     for index, run in enumerate(runs):
-        points: dict[str, list] = {f: [] for f in compare.EXPORT_FIELDS}
-        for _, chunk in compare.export_rows([run]):
+        points: dict[str, list] = {f: [] for f in series.EXPORT_FIELDS}
+        for _, chunk in series.export_rows([run]):
             for point in chunk:
-                for f in compare.EXPORT_FIELDS:
+                for f in series.EXPORT_FIELDS:
                     points[f].append(point[f])
         body = {"id": run.id, "name": run.name, "config": run.config, "outcomes": page.outcomes[run.id],
                 "points": points}
@@ -129,14 +129,14 @@ def compare_export(request: HttpRequest, fmt: str) -> HttpResponse:
     """The compared runs' full-resolution points, as CSV or JSON, for the user's team only."""
     try:
         run_ids = _run_ids(request)
-    except compare.CompareError as error:
+    except series.CompareError as error:
         return _bad_request(request, error, as_json=fmt == "json")
-    runs = compare.runs_for_user(request.user, run_ids)
+    runs = series.runs_for_user(request.user, run_ids)
     name = "compare-" + "-".join(str(r.id) for r in runs)
     if fmt == "csv":
         response = StreamingHttpResponse(_csv_lines(runs), content_type="text/csv; charset=utf-8")
     else:
-        page = compare.compare_page(runs)
+        page = series.compare_page(runs)
         response = StreamingHttpResponse(_json_chunks(runs, page), content_type="application/json")
     response["Content-Disposition"] = f'attachment; filename="{name}.{fmt}"'
     return response

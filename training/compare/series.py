@@ -19,10 +19,11 @@ from psycopg.pq import Format
 from guidance import calculators, content
 from guidance.links import guidance_url
 from guidance.models import Finding
-from training import access, selectors, series
+from training import access, selectors
+from training.compare import curves
 from training.engine.config import TrainConfig
-from training.run_config import value_text
 from training.models import MetricPoint, Run, SeriesPack, Sweep
+from training.run_config import value_text
 
 MIN_RUNS, MAX_RUNS = 2, 20
 METRICS: dict[str, str] = {
@@ -309,7 +310,7 @@ def _sorted_by_x(steps: np.ndarray, xs: np.ndarray, ys: np.ndarray):
 
 def series_payload(runs: list[Run], query: CompareQuery) -> dict[str, Any]:
     """What the charts draw for the query: per metric and run the raw line and the smoothed one, each at most
-    series.MAX_POINTS points over the query's x range; with query.group, a mean and min–max band per value."""
+    curves.MAX_POINTS points over the query's x range; with query.group, a mean and min–max band per value."""
     metrics: dict[str, Any] = {}
     for metric in query.metrics:
         fetched = fetch_series(runs, metric, query.x)
@@ -318,12 +319,12 @@ def series_payload(runs: list[Run], query: CompareQuery) -> dict[str, Any]:
         for run in runs:
             steps, xs, ys = fetched.get(run.id, (np.empty(0), np.empty(0), np.empty(0)))
             # Smoothing runs over the whole curve in step order, before any cut, so a zoom shows the same line.
-            smooth, state = series.ema(ys, query.smooth) if query.smooth > 0 else (None, None)
+            smooth, state = curves.ema(ys, query.smooth) if query.smooth > 0 else (None, None)
             if smooth is not None:
                 _, xs_sorted, smooth_sorted = _sorted_by_x(steps, xs, smooth)
                 smoothed_full[run.id] = (xs_sorted, smooth_sorted)
             steps_sorted, xs_sorted, ys_sorted = _sorted_by_x(steps, xs, ys)
-            keep = series.downsample(xs_sorted, ys_sorted, x0=query.x0, x1=query.x1)
+            keep = curves.downsample(xs_sorted, ys_sorted, x0=query.x0, x1=query.x1)
             entry: dict[str, Any] = {
                 "id": run.id,
                 "points": int(len(ys)),
@@ -334,7 +335,7 @@ def series_payload(runs: list[Run], query: CompareQuery) -> dict[str, Any]:
             }
             if smooth is not None:
                 sx, sy = smoothed_full[run.id]
-                keep_s = series.downsample(sx, sy, x0=query.x0, x1=query.x1)
+                keep_s = curves.downsample(sx, sy, x0=query.x0, x1=query.x1)
                 entry["smooth"] = {"x": sx[keep_s].tolist(), "y": _json_floats(sy[keep_s])}
             per_run.append(entry)
         metric_payload: dict[str, Any] = {"runs": per_run}
@@ -357,7 +358,7 @@ def _groups(runs, query, fetched, smoothed_full) -> list[dict[str, Any]]:
             elif run.id in fetched:
                 _, xs, ys = _sorted_by_x(*fetched[run.id])
                 lines.append((xs, ys))
-        band = series.group_band(lines, x0=query.x0, x1=query.x1)
+        band = curves.group_band(lines, x0=query.x0, x1=query.x1)
         groups.append({"value": value, "runs": [r.id for r in members], "x": band["x"].tolist(),
                        **{k: _json_floats(band[k]) for k in ("mean", "min", "max")}})
     return groups
@@ -439,8 +440,8 @@ OUTCOME_ROWS = (
 
 
 def guidance_for(runs: list[Run], differing: list[str]) -> list[dict[str, Any]]:
-    """For each differing parameter with guidance: its one line, its page (or the content inline when there is no
-    page) and, for each run that moved it from the first run's value, the seed's prediction for that change."""
+    """For each differing parameter with guidance: its one line, its page and, for each run that moved it from the
+    first run's value, the seed's prediction for that change."""
     guided = content.load_all()
     base = runs[0]
     out = []

@@ -1,0 +1,1 @@
+"""Live updates: the one way worker code tells browsers (send), and the websockets that forward it (consumers)."""
