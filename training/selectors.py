@@ -87,16 +87,28 @@ def run_lineage(run: Run) -> list[tuple[int, int | None]]:
     return list(reversed(chain))
 
 
+CURVE_END = 2**31 - 1  # "up to the last step" for the last part of a curve
+
+
+def curve_parts(run: Run) -> list[tuple[int, int, int]]:
+    """A run's curve as (source run id, after step, up to step): each run of its resume chain, its points after
+    the step it started from (-1: all), up to the checkpoint the next one continued from (CURVE_END: all)."""
+    lineage = run_lineage(run) if run.resumed_from_id else [(run.id, None)]
+    parts = []
+    for index, (source, start_after) in enumerate(lineage):
+        upto = (lineage[index + 1][1] or 0) if index + 1 < len(lineage) else CURVE_END
+        parts.append((source, -1 if start_after is None else start_after, upto))
+    return parts
+
+
 def _curve_filter(run: Run) -> Q:
-    """The points of a run's curve: each run of its resume chain up to the checkpoint the next one continued from."""
-    lineage = run_lineage(run)
     where = Q()
-    for index, (run_id, start_after) in enumerate(lineage):
-        part = Q(run_id=run_id)
-        if start_after is not None:
-            part &= Q(step__gt=start_after)
-        if index + 1 < len(lineage):
-            part &= Q(step__lte=lineage[index + 1][1] or 0)
+    for source, after, upto in curve_parts(run):
+        part = Q(run_id=source)
+        if after >= 0:
+            part &= Q(step__gt=after)
+        if upto < CURVE_END:
+            part &= Q(step__lte=upto)
         where |= part
     return where
 

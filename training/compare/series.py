@@ -162,15 +162,8 @@ FLOAT8_ARRAY_OID = 1022
 
 
 def _curve_parts(runs: list[Run]) -> list[tuple[int, int, int, int]]:
-    """(run id, source run id, after step, up to step): a run's curve is its resume chain, each part up to the
-    checkpoint the next one continued from (as on the run page)."""
-    parts = []
-    for run in runs:
-        lineage = selectors.run_lineage(run) if run.resumed_from_id else [(run.id, None)]
-        for index, (source, start_after) in enumerate(lineage):
-            upto = (lineage[index + 1][1] or 0) if index + 1 < len(lineage) else 2**31 - 1
-            parts.append((run.id, source, -1 if start_after is None else start_after, upto))
-    return parts
+    """(run id, source run id, after step, up to step) for every part of every run's curve (as on the run page)."""
+    return [(run.id, *part) for run in runs for part in selectors.curve_parts(run)]
 
 
 # The SQL of each column a compare series reads; x axes other than step are columns too.

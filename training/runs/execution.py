@@ -326,12 +326,32 @@ def _series_packs_build(run: Run) -> None:
         log.exception("run %s: compare series not packed", run.id)
 
 
+class StopEscalation:
+    """A stop request followed to its end: the child is asked once (the stop file, then it checkpoints at its next
+    step), and killed if it has not ended `kill_after_s` later (its step hangs)."""
+
+    def __init__(self, process: TrainingProcess, kill_after_s: float):
+        self.process, self.kill_after_s = process, kill_after_s
+        self.asked_at: float | None = None
+        self.killed = False
+
+    def tick(self, now: float) -> bool:
+        """Called while the run is `stopping`; True when this call killed the child."""
+        if self.asked_at is None:
+            self.process.request_stop()
+            self.asked_at = now
+        elif not self.killed and now - self.asked_at > self.kill_after_s:
+            self.process.kill()
+            self.killed = True
+            return True
+        return False
+
+
 def _run_follow(run: Run, process: TrainingProcess, recorder: RunRecorder) -> None:
     """Record the child's events until it exits, acting on a stop request; end the run if it dies unreported."""
     poll_s = 0.5
     last_poll = 0.0
-    stop_sent_at: float | None = None
-    killed_for_stop = False
+    stop = StopEscalation(process, settings.TUNEBOARD_STOP_KILL_AFTER_S)
     for lines in process.batches(timeout=poll_s):
         events = []
         for line in lines:
@@ -351,25 +371,19 @@ def _run_follow(run: Run, process: TrainingProcess, recorder: RunRecorder) -> No
         if status is None or status in Run.TERMINAL:
             # Deleted, or given up on as lost: nobody will read what it does next, and it holds a GPU.
             process.kill()
-        elif status == Status.STOPPING:
-            if stop_sent_at is None:
-                process.request_stop()
-                stop_sent_at = now
-            elif not killed_for_stop and now - stop_sent_at > settings.TUNEBOARD_STOP_KILL_AFTER_S:
-                log.warning("run %s: no stop after %.0f s, killing it", run.id, settings.TUNEBOARD_STOP_KILL_AFTER_S)
-                process.kill()
-                killed_for_stop = True
+        elif status == Status.STOPPING and stop.tick(now):
+            log.warning("run %s: no stop after %.0f s, killed it", run.id, stop.kill_after_s)
     returncode = process.wait()
     recorder.add_log_lines(process.take_stderr())
     recorder.flush_log(force=True)
     if recorder.terminal is not None:
         return
     tail = "\n".join(list(recorder.log_tail)[-50:])
-    if killed_for_stop:
+    if stop.killed:
         run_transition(run, to=Status.STOPPED, allowed_from=Run.ON_WORKER, finished_at=timezone.now(),
                        error_class="StopTimeout",
-                       error=f"killed {settings.TUNEBOARD_STOP_KILL_AFTER_S:.0f} s after the stop request: the step "
-                          "did not end; resume from the last periodic checkpoint", traceback=tail)
+                       error=f"killed {stop.kill_after_s:.0f} s after the stop request: the step did not end; "
+                             "resume from the last periodic checkpoint", traceback=tail)
         return
     run_transition(run, to=Status.FAILED, allowed_from=Run.ON_WORKER, finished_at=timezone.now(),
                    error_class="ProcessDied", error=_describe_exit(returncode), traceback=tail)
