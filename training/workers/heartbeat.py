@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 from datetime import datetime
 
 from django.conf import settings
@@ -54,12 +53,15 @@ def _num(value: str) -> float | None:
 
 
 class Heartbeat(threading.Thread):
-    """Every TUNEBOARD_HEARTBEAT_S: this worker's row (alive, GPUs), then the lost-run check."""
+    """Every TUNEBOARD_HEARTBEAT_S: this worker's row (alive, GPUs), then the lost-run check. In the web process
+    (no worker name) the lost-run check alone: with every worker dead nobody else would make it, and no page does
+    (a GET does not write)."""
 
-    def __init__(self, *, name: str, queues: list[str]):
-        super().__init__(name="tuneboard-heartbeat", daemon=True)
+    def __init__(self, *, name: str | None, queues: list[str] | None = None):
+        super().__init__(name="tuneboard-heartbeat" if name else "tuneboard-lost-run-check", daemon=True)
         self.worker_name = name
-        self.queues = queues
+        self.who = name or "the web process"
+        self.queues = queues or []
         self.started_at: datetime = timezone.now()
         self._stopping = threading.Event()
         self._failing = False
@@ -77,21 +79,23 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         try:
             close_old_connections()
-            worker_services.worker_heartbeat(name=self.worker_name, hostname=socket.gethostname(), queues=self.queues,
-                                      pid=os.getpid(), gpus=gpu_info(), started_at=self.started_at)
+            if self.worker_name:
+                worker_services.worker_heartbeat(name=self.worker_name, hostname=socket.gethostname(),
+                                                 queues=self.queues, pid=os.getpid(), gpus=gpu_info(),
+                                                 started_at=self.started_at)
             lost = services.runs_mark_lost()
             if lost:
-                log.warning("runs %s marked lost: their worker is silent or no longer runs them", lost)
+                log.warning("runs %s marked lost by %s: their worker is silent or no longer runs them", lost, self.who)
             if self._failing:
-                log.info("heartbeat recorded again")
+                log.info("heartbeat of %s recorded again", self.who)
             elif not self._beaten:
-                log.info("first heartbeat recorded: %s, pid %d", self.worker_name, os.getpid())
+                log.info("first heartbeat recorded: %s, pid %d", self.who, os.getpid())
             self._beaten = True
             self._failing = False
         except Exception as exc:  # noqa: BLE001 - a database outage must not kill the thread; it retries
             if not self._failing:
-                log.error("heartbeat not recorded (%s: %s); retrying every %.0f s", type(exc).__name__, exc,
-                          settings.TUNEBOARD_HEARTBEAT_S)
+                log.error("heartbeat of %s not recorded (%s: %s); retrying every %.0f s", self.who,
+                          type(exc).__name__, exc, settings.TUNEBOARD_HEARTBEAT_S)
             self._failing = True
 
 
@@ -117,31 +121,7 @@ def stop() -> None:
         _heartbeat.stop()
 
 
-class LostRunCheck(threading.Thread):
-    """In the web process, every TUNEBOARD_HEARTBEAT_S: the lost-run check the workers' heartbeats also make. With
-    every worker dead nobody else would make it; no page does (a GET does not write)."""
-
-    def __init__(self):
-        super().__init__(name="tuneboard-lost-run-check", daemon=True)
-        self._failing = False
-
-    def run(self) -> None:
-        while True:
-            try:
-                close_old_connections()
-                lost = services.runs_mark_lost()
-                if lost:
-                    log.warning("runs %s marked lost by the web process: their worker is silent or gone", lost)
-                self._failing = False
-            except Exception as exc:  # noqa: BLE001 - a database outage must not end the thread; it retries
-                if not self._failing:
-                    log.error("lost-run check failed (%s: %s); retrying every %.0f s", type(exc).__name__, exc,
-                              settings.TUNEBOARD_HEARTBEAT_S)
-                self._failing = True
-            time.sleep(settings.TUNEBOARD_HEARTBEAT_S)
-
-
-def start_web_lost_run_check() -> LostRunCheck:
-    check = LostRunCheck()
+def start_web_lost_run_check() -> Heartbeat:
+    check = Heartbeat(name=None)
     check.start()
     return check
