@@ -87,8 +87,8 @@ def test_ten_thousand_runs_page_fast(world):
 
 def test_a_get_does_not_write_not_even_the_lost_run_check(world, member_client):
     """The run list, run page and workers page only read: a run whose only worker died stays as stored until a
-    lost-run check (a worker's heartbeat, or the web process's own: tests/integration/test_lost_without_workers.py)
-    marks it."""
+    lost-run check marks it (a worker's heartbeat, or the web process's own:
+    tests/integration/workers/test_lost_without_workers.py)."""
     from datetime import timedelta
 
     from django.utils import timezone

@@ -9,10 +9,9 @@ from django.contrib.auth.models import User
 
 from dashboard.models import Membership
 from tests.factories import make_dataset, make_member, make_run, make_team
+from tests.integration.conftest import communicator, run_async, session_cookie
 from training.live import send as live
 from training.live.consumers import CLOSE_NOT_FOUND, CLOSE_TEAMS_CHANGED
-
-from .conftest import communicator, run_async, session_cookie
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 

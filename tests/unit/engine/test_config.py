@@ -6,7 +6,7 @@ import pytest
 from training.engine.config import SCHEDULER_KWARGS, SCHEDULERS, ConfigError, check_environment, parse_config
 
 BASE = {"model": "/models/tiny", "train_file": "/data/train.jsonl"}
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def errors_of(**overrides):

@@ -6,12 +6,11 @@ from django.http import Http404
 
 from dashboard.models import Membership
 from tests.factories import make_dataset, make_member, make_preset, make_run, make_team, make_user
+from tests.integration.conftest import communicator, run_async, session_cookie
 from training import access, selectors
 from training.live.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
 from training.models import Run
 from training.runs import services
-
-from .conftest import communicator, run_async, session_cookie
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -17,7 +17,7 @@ from training.datasets.files import Mapping
 from training.models import Dataset
 
 pytestmark = pytest.mark.django_db
-MALFORMED = Path(__file__).parent.parent / "data" / "malformed"
+MALFORMED = Path(__file__).parents[2] / "data" / "malformed"
 
 # file -> (the form field the error lands on, what the message says)
 EXPECTED = {

@@ -16,11 +16,10 @@ from django.test import Client
 from safetensors.torch import load_file
 
 from tests.factories import make_dataset, make_member, make_preset, make_team, tiny_overrides
+from tests.integration.conftest import wait_terminal
 from training.datasets import services as dataset_services
 from training.models import Preset, Run
 from training.runs import services
-
-from .conftest import wait_terminal
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 

@@ -8,12 +8,7 @@ import redis
 from django.conf import settings
 
 from tests.factories import make_dataset, make_member, make_team, tiny_overrides
-from training import tasks
-from training.models import MetricPoint, Run, RunEvent
-from training.runs import services
-from training.selectors import run_points
-
-from .conftest import (
+from tests.integration.conftest import (
     communicator,
     is_terminal_status,
     receive_until,
@@ -23,6 +18,10 @@ from .conftest import (
     wait_for_run,
     wait_terminal,
 )
+from training import tasks
+from training.models import MetricPoint, Run, RunEvent
+from training.runs import services
+from training.selectors import run_points
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
 

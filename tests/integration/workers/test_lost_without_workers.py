@@ -11,9 +11,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.integration.test_dev_launcher import free_port, launcher_env
+from tests.integration.dashboard.test_dev_launcher import free_port, launcher_env
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SETUP = """
 import io
 from tests.factories import make_member, make_team, tiny_overrides

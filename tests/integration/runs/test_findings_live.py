@@ -5,11 +5,17 @@ from django.conf import settings
 
 from guidance.models import Finding
 from tests.factories import idle_queue, make_dataset, make_member, make_team, tiny_overrides
+from tests.integration.conftest import (
+    communicator,
+    is_terminal_status,
+    receive_until,
+    run_async,
+    session_cookie,
+    wait_terminal,
+)
 from training import tasks
 from training.models import Run
 from training.runs import services
-
-from .conftest import communicator, is_terminal_status, receive_until, run_async, session_cookie, wait_terminal
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
 

@@ -4,10 +4,9 @@ import pytest
 from channels.db import database_sync_to_async
 
 from tests.factories import make_dataset, make_member, make_run, make_team
+from tests.integration.conftest import communicator, run_async, session_cookie
 from training.models import Run
 from training.runs import services
-
-from .conftest import communicator, run_async, session_cookie
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 

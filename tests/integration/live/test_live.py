@@ -7,9 +7,8 @@ from asgiref.sync import sync_to_async
 from channels.layers import channel_layers
 
 from tests.factories import make_dataset, make_member, make_run, make_team
+from tests.integration.conftest import communicator, run_async, session_cookie
 from training.live import send as live
-
-from .conftest import communicator, run_async, session_cookie
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,11 +7,10 @@ import time
 import pytest
 
 from tests.factories import make_dataset, make_member, make_team, tiny_overrides
+from tests.integration.conftest import wait_for, wait_for_run, wait_terminal
 from tests.workers import start_worker, stop_worker
 from training.models import MetricPoint, Run
 from training.runs import services
-
-from .conftest import wait_for, wait_for_run, wait_terminal
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 

@@ -13,7 +13,7 @@ from training.engine.tiny import COLOURS, THINGS, build_tiny_model, write_datase
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 INSTABILITY = {"loss_not_finite", "loss_spike", "grad_norm_spike", "early_instability"}
 
 

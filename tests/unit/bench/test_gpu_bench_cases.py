@@ -9,7 +9,7 @@ import pytest
 
 from training.engine.config import parse_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 spec = importlib.util.spec_from_file_location("gpu_throughput", ROOT / "bench" / "gpu_throughput.py")
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)

@@ -347,7 +347,7 @@ def test_one_review_takes_under_5_ms():
 # ---- cause ranking in the findings ----------------------------------------------------------------------------
 
 def run(n=60, *, config, lr=None, loss=None, grad=None, warmup=2, evals=(), total=None, seed=0):
-    """A recorded series with its config, built as tests/unit/test_detectors.py builds them."""
+    """A recorded series with its config, built as tests/unit/guidance/test_detectors.py builds them."""
     rng = random.Random(seed)
     steps = list(range(1, n + 1))
     peak = lr if lr is not None else config["learning_rate"]

@@ -4,12 +4,11 @@ import uuid
 import pytest
 
 from tests.factories import make_dataset, make_member, make_team, tiny_overrides
+from tests.integration.conftest import communicator, run_async, session_cookie
 from training import selectors
 from training.live import send as live
 from training.models import MetricPoint
 from training.runs import execution, services
-
-from .conftest import communicator, run_async, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

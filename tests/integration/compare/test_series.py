@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 
 from tests.factories import make_dataset, make_member, make_team, tiny_overrides
+from tests.integration.conftest import wait_for, wait_for_run, wait_terminal
 from training.compare import series
 from training.models import Run, SeriesPack
 from training.runs import services
 from training.selectors import run_points
-
-from .conftest import wait_for, wait_for_run, wait_terminal
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
