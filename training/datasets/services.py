@@ -18,6 +18,7 @@ from django.utils import timezone
 from dashboard.models import Membership, Team
 from training.access import require_role
 from training.datasets import files
+from training.datasets import stats as token_stats
 from training.datasets.files import sha256_of
 from training.model_source import model_source_error
 from training.models import Dataset
@@ -259,7 +260,6 @@ def dataset_profile_execute(*, dataset_id: int, token: str) -> None:
     saved as it goes. Every outcome ends in state done or failed, with the error."""
     from transformers import AutoTokenizer
 
-    from training.datasets import stats
 
     if not _profile_update(dataset_id, token, state="running", started_at=timezone.now().isoformat()):
         return
@@ -273,7 +273,7 @@ def dataset_profile_execute(*, dataset_id: int, token: str) -> None:
             tokenizer = AutoTokenizer.from_pretrained(params["model"])
         except Exception as exc:  # noqa: BLE001 - any loading error is the user's to read
             raise ValueError(f"model: could not load a tokenizer from {params['model']!r} ({exc})") from None
-        encode = stats.tokenizer_encoder(tokenizer, completion_only_loss=params["completion_only_loss"])
+        encode = token_stats.tokenizer_encoder(tokenizer, completion_only_loss=params["completion_only_loss"])
         first: list[dict] = []
         saved_at = time.monotonic()
 
@@ -293,7 +293,7 @@ def dataset_profile_execute(*, dataset_id: int, token: str) -> None:
         eval_rows = None
         if params["eval_dataset"]:
             eval_rows = _dataset_rows(Dataset.objects.get(id=params["eval_dataset"], team_id=dataset.team_id))
-        result = stats.profile(rows(), encode, total_rows=dataset.rows, max_length=params["max_length"],
+        result = token_stats.profile(rows(), encode, total_rows=dataset.rows, max_length=params["max_length"],
                                        batch_size=params["batch_size"], eval_ratio=params["eval_ratio"],
                                        seed=params["seed"], eval_rows=eval_rows, progress=progress)
         result["preview"] = _preview(first, encode, tokenizer)
