@@ -3,6 +3,7 @@ from django.contrib import admin, messages
 
 from training.models import Dataset, Preset, Run, Sweep, Worker
 from training.runs import services
+from training.runs.preflight import preset_review
 
 
 @admin.register(Preset)
@@ -18,6 +19,9 @@ class PresetAdmin(admin.ModelAdmin):
         if not change:
             obj.created_by = request.user
         super().save_model(request, obj, form, change)
+        for note in preset_review(obj):
+            self.message_user(request, f"Pre-flight: {note['title']}. {note['message']} (guidance: "
+                                       f"{note['guidance_url']})", messages.WARNING)
 
     @admin.action(description="Duplicate the selected presets")
     def duplicate(self, request, queryset):

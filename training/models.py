@@ -220,6 +220,8 @@ class Run(models.Model):
     versions = models.JSONField(default=dict, blank=True)
     started = models.JSONField(default=dict, blank=True,
                                help_text="Facts from the started event: trainable_params, lora_scale, device, ...")
+    preflight = models.JSONField(default=list, blank=True,
+                                 help_text="The pre-flight review's notes on the config, made when the run was created")
 
     artifact_dir = models.CharField(max_length=1000, blank=True)
     adapter_path = models.CharField(max_length=1000, blank=True)

@@ -10,6 +10,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("runs/", views.run_list, name="run_list"),
     path("runs/new/", views.run_new, name="run_new"),
+    path("runs/new/preflight/", views.run_preflight, name="run_preflight"),
     path("runs/<int:run_id>/", views.run_detail, name="run_detail"),
     path("runs/<int:run_id>/stop/", views.run_stop, name="run_stop"),
     path("runs/<int:run_id>/resume/", views.run_resume, name="run_resume"),

@@ -22,7 +22,8 @@ from training.access import require_role
 from training.engine.config import ConfigError, parse_config
 from training.live import send as live
 from training.models import Dataset, Preset, Run, Worker
-from training.run_config import ADAPTER_SHAPE_FIELDS, RESERVED_FIELDS, model_errors
+from training.run_config import ADAPTER_SHAPE_FIELDS, PRESET_PLACEHOLDERS, RESERVED_FIELDS, model_errors
+from training.runs import preflight
 from training.selectors import run_status_dict
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def preset_duplicate(*, preset: Preset, user) -> Preset:
 
 # Runs: creation -----------------------------------------------------------------------------------------------
 
-def run_config_build(*, dataset: Dataset, preset: Preset | None, overrides: dict[str, Any],
+def run_config_build(*, train_file: str, preset: Preset | None, overrides: dict[str, Any],
                      base_run: Run | None = None, base_kind: str = "") -> dict[str, Any]:
     """The full config a run trains with: the engine's defaults, then the preset, then the overrides; a run that
     builds on `base_run` takes its model (and, from its adapter, its LoRA shape and weights) from that run."""
@@ -62,7 +63,7 @@ def run_config_build(*, dataset: Dataset, preset: Preset | None, overrides: dict
         merged.update(base)
     if "model" in merged and not (base_run is not None and base_kind == Run.BaseKind.MERGED):
         errors = {**model_errors(merged["model"]), **errors}
-    merged.update(train_file=dataset.path, output_dir="run")
+    merged.update(train_file=train_file, output_dir="run")
     merged.pop("eval_file", None)
     try:
         config = parse_config(merged)
@@ -71,6 +72,21 @@ def run_config_build(*, dataset: Dataset, preset: Preset | None, overrides: dict
     if errors:
         raise ValidationError(errors)
     return config.model_dump(mode="json")
+
+
+def run_config_review(*, dataset: Dataset | None, preset: Preset | None, overrides: dict[str, Any],
+                      base_run: Run | None = None, base_kind: str = "") -> dict[str, Any]:
+    """What the run form shows as the user types: the pre-flight notes of the config the fields make so far, or the
+    engine's field errors when it is not a config yet ({"notes": [...], "errors": {field: [message]}}). A model not
+    typed yet stands in as a placeholder, so the other fields are reviewed already."""
+    if base_run is None and "model" not in overrides and not (preset and preset.config.get("model")):
+        overrides = {**overrides, "model": PRESET_PLACEHOLDERS["model"]}
+    try:
+        config = run_config_build(train_file=dataset.path if dataset else PRESET_PLACEHOLDERS["train_file"],
+                                  preset=preset, overrides=overrides, base_run=base_run, base_kind=base_kind)
+    except ValidationError as exc:
+        return {"notes": [], "errors": exc.message_dict}
+    return {"notes": preflight.review(config, dataset=dataset), "errors": {}}
 
 
 def _base_fields(base_run: Run, base_kind: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -121,14 +137,16 @@ def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = No
     queue = queue or settings.TUNEBOARD_DEFAULT_QUEUE
     if not QUEUE_NAME.match(queue):
         raise ValidationError({"queue": "letters, digits and _ . @ - only, at most 100"})
-    config = run_config_build(dataset=dataset, preset=preset, overrides=overrides or {}, base_run=base_run,
+    config = run_config_build(train_file=dataset.path, preset=preset, overrides=overrides or {}, base_run=base_run,
                               base_kind=base_kind)
+    notes = preflight.review(config, dataset=dataset)
     name = (name or "").strip()[:200] or f"{preset.name if preset else 'custom'} on {dataset.name}"
     with transaction.atomic():
         run = Run.objects.create(
             team=team, dataset=dataset, preset=preset, preset_version=preset.version if preset else None,
             created_by=user, name=name, config=config, dataset_sha256=dataset.sha256, queue=queue,
             total_steps=config["max_steps"], base_run=base_run, base_kind=base_kind if base_run else "",
+            preflight=notes,
         )
         _run_set_dir(run)
         transaction.on_commit(lambda: _enqueue(run))
@@ -153,7 +171,7 @@ def run_resume(*, run: Run, user, queue: str | None = None) -> Run:
             dataset_sha256=run.dataset_sha256, queue=queue, resumed_from=run,
             resumed_from_checkpoint=run.last_checkpoint_path, resumed_from_step=run.last_checkpoint_step,
             last_step=run.last_checkpoint_step, total_steps=run.total_steps, sweep=run.sweep,
-            base_run=run.base_run, base_kind=run.base_kind,
+            base_run=run.base_run, base_kind=run.base_kind, preflight=run.preflight,
         )
         _run_set_dir(continuation)
         transaction.on_commit(lambda: _enqueue(continuation))

@@ -86,6 +86,22 @@ def run_new(request: HttpRequest) -> HttpResponse:
                   status=status)
 
 
+@require_POST
+@login_required
+def run_preflight(request: HttpRequest) -> JsonResponse:
+    """The run form's pre-flight notes for what is typed so far (the form posts its fields as the user types):
+    {"notes": [...], "errors": {field: [message]}}. A field that does not parse yet is left out, never a 500."""
+    form = RunForm(request.POST, user=request.user)
+    form.is_valid()  # parses what it can; each config field that parses is in form.overrides
+    cleaned = getattr(form, "cleaned_data", {})
+    result = services.run_config_review(dataset=cleaned.get("dataset"), preset=cleaned.get("preset"),
+                                        overrides=form.overrides, base_run=form.base_run,
+                                        base_kind=form.base_kind or Run.BaseKind.ADAPTER)
+    errors = {**form.errors.get_json_data(), **{k: [{"message": m} for m in v] for k, v in result["errors"].items()}}
+    return JsonResponse({"notes": result["notes"],
+                         "errors": {k: [e["message"] for e in v] for k, v in errors.items()}})
+
+
 def _facts(run: Run) -> list[dict[str, Any]]:
     sources = {"started": run.started or {}, "derived": run.derived or {}}
     return [{"label": label, "value": sources[where][key]} for where, key, label in FACTS
@@ -119,6 +135,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "events": [e for e in events if e["event"] != "warning"],
         "samples": list(reversed(selectors.run_samples(run))),
         "findings": selectors.run_findings(run),
+        "preflight": run.preflight or [],
         "differences": run_differences(run),
         "adapter_files": selectors.run_adapter_files(run),
         "continuations": run.continuations.filter(team=run.team).order_by("id"),

@@ -72,7 +72,8 @@ class RunWatcher:
             log.exception("run %s: peer loss not computed", run.id)
             peer = None
         # The packed-throughput estimate comes from the run's own padding share (its metrics events).
-        self.watcher = detectors.Watcher(thresholds, peer_best_loss=peer)
+        # The config from the start: a run that fails before its started event is still judged against it.
+        self.watcher = detectors.Watcher(thresholds, peer_best_loss=peer, config=run.config)
         if run.resumed_from_id and run.resumed_from_step:
             try:
                 started = RunEvent.objects.filter(run_id=run.resumed_from_id, type="started").order_by("seq").first()
