@@ -11,6 +11,12 @@ function valueText(value) {
   return String(value);
 }
 
+function el(tag, props = {}, ...children) {
+  const node = Object.assign(document.createElement(tag), props);
+  node.append(...children);
+  return node;
+}
+
 function input(name) {
   return form.elements.namedItem(name);
 }
@@ -156,9 +162,71 @@ function updateEffective() {
   }
 }
 
+// The pre-flight review: the server holds what the form says so far against the seed's guidance (notes, never
+// refusals); each note links its guidance section and offers the seed's value in one click.
+const preflightList = document.getElementById("preflight-notes");
+const preflightStatus = document.getElementById("preflight-status");
+let preflightTimer = null;
+let preflightAsked = 0;
+
+function renderNotes(notes) {
+  preflightList.replaceChildren(...notes.map((note) => {
+    const item = el("li", { className: `finding severity-${note.severity}` }, el("strong", {}, note.title),
+      el("p", {}, note.message));
+    item.dataset.note = note.code;
+    const links = el("p", { className: "muted small" }, "Look at: ",
+      ...note.parameters.flatMap((p, i) => [i ? ", " : "", el("code", {}, p)]));
+    if (note.combines_with.length) {
+      links.append(" (with ", ...note.combines_with.flatMap((p, i) => [i ? ", " : "", el("code", {}, p)]), ")");
+    }
+    const guide = el("a", { href: note.guidance_url, className: "guide-link-inline", target: "_blank", rel: "noopener" },
+      "guidance");
+    guide.dataset.guide = note.section.param;
+    links.append(" · ", guide);
+    item.append(links);
+    if (note.fix_text) {
+      const text = Object.entries(note.fix_text).map(([field, value]) => `${field} = ${value}`).join(", ");
+      const fix = el("button", { type: "button", className: "fix" }, `Use the seed's ${text}`);
+      fix.addEventListener("click", () => applyFix(note.fix_text));
+      item.append(el("p", {}, fix));
+    }
+    return item;
+  }));
+  preflightStatus.textContent = notes.length
+    ? `${notes.length} note${notes.length === 1 ? "" : "s"}: the seed's guidance would question ${notes.length === 1 ? "this value" : "these values"}.`
+    : "Nothing to question: every reviewed value is within the seed's ranges.";
+}
+
+function applyFix(fixText) {
+  for (const [name, text] of Object.entries(fixText)) {
+    const field = input(name);
+    if (field) field.value = text;
+  }
+  update();
+}
+
+async function reviewNow() {
+  const asked = ++preflightAsked;
+  try {
+    const response = await fetch(data.preflight_url, { method: "POST", body: new FormData(form),
+      headers: { Accept: "application/json" } });
+    if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
+    const answer = await response.json();
+    if (asked === preflightAsked) renderNotes(answer.notes);  // an older answer must not replace a newer one
+  } catch (error) {
+    if (asked === preflightAsked) preflightStatus.textContent = `The review could not run (${error.message}).`;
+  }
+}
+
+function reviewSoon() {
+  clearTimeout(preflightTimer);
+  preflightTimer = setTimeout(reviewNow, 250);
+}
+
 function update() {
   updateEffective();
   updateDerived();
+  reviewSoon();
 }
 
 // A field's "guidance" link opens that parameter's guidance page in a panel beside the form; the form keeps its typing.
@@ -185,6 +253,8 @@ async function openGuidance(link) {
     panelBody.replaceChildren(document.importNode(article, true));
     panel.dataset.param = link.dataset.guide;
     panel.scrollTop = 0;
+    const section = link.hash && panelBody.querySelector(`[id="${CSS.escape(link.hash.slice(1))}"]`);
+    if (section) section.scrollIntoView({ block: "start" });
   } catch (error) {
     panelBody.textContent = `Guidance could not be loaded (${error.message}).`;
   }

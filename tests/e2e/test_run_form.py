@@ -90,3 +90,36 @@ def test_derived_values_follow_the_typing(web_server, page, tmp_path):
     assert shown("lora_scale") == "2" and shown("effective_batch") == "4"
     assert "preset" in page.inner_text("[data-effective-for=r]") and page.get_attribute("#id_r", "placeholder") == "8"
     assert page.js_errors == []
+
+
+def test_an_out_of_range_value_shows_its_note_and_the_fix_puts_the_seeds_value_back(web_server, page, tmp_path):
+    team = make_team()
+    user = make_member(team, user=make_user("pilot", password="pilot-password"))
+    make_dataset(team, user, rows=64, tmp_dir=tmp_path, name="sixty four")
+    log_in(page, web_server, "pilot", "pilot-password")
+    page.goto(f"{web_server.url}/runs/new/")
+    lr_note = '#preflight-notes [data-note="learning_rate_off"]'
+    page.wait_for_selector("#preflight-notes [data-note]")  # the defaults' own notes (r for 64 rows)
+    assert page.locator(lr_note).count() == 0
+
+    page.fill("#id_learning_rate", "0.3")
+    page.wait_for_selector(lr_note)
+    note = page.locator(lr_note)
+    assert "1,500x above the LoRA default" in note.inner_text()
+    link = note.locator("a[data-guide]")
+    assert link.get_attribute("href") == "/guidance/learning_rate/#too_high"
+    # The lr x weight_decay combination is named too, with the other parameter.
+    assert "learning_rate" in page.inner_text('#preflight-notes [data-note="weight_decay_heavy_for_learning_rate"]')
+
+    link.click()  # the guidance opens beside the form, the form keeps its typing
+    page.wait_for_selector("#guidance-panel:not([hidden]) #guidance-article")
+    assert page.input_value("#id_learning_rate") == "0.3"
+    page.locator("#id_learning_rate").scroll_into_view_if_needed()
+    page.screenshot(path=str(tmp_path / "preflight.png"))
+    page.click("#guidance-panel-close")
+
+    note.locator("button.fix").click()
+    assert page.input_value("#id_learning_rate") == "0.0002"
+    page.wait_for_selector(lr_note, state="detached")
+    assert page.locator('#preflight-notes [data-note="weight_decay_heavy_for_learning_rate"]').count() == 0
+    assert page.js_errors == []

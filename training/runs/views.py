@@ -57,6 +57,7 @@ def _run_form_data(form: RunForm) -> dict[str, Any]:
         "required": [f.name for f in form.config_fields if f.required],
         "presets": {str(p.id): p.config for p in form.fields["preset"].queryset},
         "start_from": form.start_from_configs(),
+        "preflight_url": reverse("run_preflight"),
         "datasets": {str(d.id): d.rows for d in form.fields["dataset"].queryset},
         "dataset_advice": {str(d.id): run_form_advice(d.rows, (d.stats.get("profile") or {}).get("result"))
                            for d in form.fields["dataset"].queryset},
@@ -91,6 +92,8 @@ def run_new(request: HttpRequest) -> HttpResponse:
 def run_preflight(request: HttpRequest) -> JsonResponse:
     """The run form's pre-flight notes for what is typed so far (the form posts its fields as the user types):
     {"notes": [...], "errors": {field: [message]}}. A field that does not parse yet is left out, never a 500."""
+    if not access.team_list_where(request.user, "member").exists():  # refused as the run form is
+        return JsonResponse({"notes": [], "errors": {"__all__": ["Only a team's members start runs."]}}, status=403)
     form = RunForm(request.POST, user=request.user)
     form.is_valid()  # parses what it can; each config field that parses is in form.overrides
     cleaned = getattr(form, "cleaned_data", {})
