@@ -204,8 +204,13 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # A run can train for days: the broker must not hand an unacknowledged (acks_late) task to another worker.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT_S", 7 * 24 * 3600)}
 
-# An open websocket re-checks this often that its user may still see its run or team's rows (and closes if not).
-TUNEBOARD_WS_ACCESS_RECHECK_S = env_float("TUNEBOARD_WS_ACCESS_RECHECK_S", 2.0, minimum=0.1)
+# An open websocket re-checks at once that its user may still see its run or team's rows when told the user's access
+# changed (training/live/access_signals.py: a membership deleted or moved, a user deactivated or deleted), and closes
+# if not. This setting is the backstop for changes that send no signal (a queryset's update(), raw SQL) or a message
+# Redis lost: each socket also checks at least once in this many seconds. 30 s, not the 2 s it was when polling was
+# the only way: each check is a database read (a new connection with CONN_MAX_AGE 0), and 100 sockets at 2 s took
+# most of the ASGI server's database thread and held up new connects (docs/benchmarks.md, live, 2026-12-02).
+TUNEBOARD_WS_ACCESS_RECHECK_S = env_float("TUNEBOARD_WS_ACCESS_RECHECK_S", 30.0, minimum=0.1)
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",

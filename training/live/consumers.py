@@ -1,11 +1,14 @@
 """The websockets: a run page's (replay of everything stored, then the run's live messages, each point once) and
 the run list's (each row's status, progress, queue position and findings as they change). While open, each re-checks
-every TUNEBOARD_WS_ACCESS_RECHECK_S that its user may still see what it streams, and closes when not."""
+that its user may still see what it streams, and closes when not: at once when told through the user's group
+(training.live.access_signals pushes "access.changed" when a membership is deleted or moved, or the user deactivated
+or deleted), and every TUNEBOARD_WS_ACCESS_RECHECK_S as the backstop for changes that send no signal."""
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import random
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -15,7 +18,7 @@ from django.http import Http404
 
 from training import access, selectors
 from training.engine.events import json_safe
-from training.live.send import run_group, team_runs_group
+from training.live.send import run_group, team_runs_group, user_group
 from training.selectors import finding_dict
 
 log = logging.getLogger(__name__)
@@ -33,7 +36,8 @@ KIND_FIELDS = (("metrics", "loss"), ("eval", "eval_loss"))
 
 class JsonRequests(AsyncJsonWebsocketConsumer):
     """Text frames holding JSON objects only; anything else is answered with an error naming what is allowed. The
-    socket's groups are left, and the socket closed, once may_still_watch() says its user lost access."""
+    socket's groups are left, and the socket closed, once may_still_watch() says its user lost access: checked when
+    the user's group says their access changed, and periodically."""
 
     ALLOWED: list[dict[str, str]] = []
     # How the socket closes once its user may no longer see what it streams.
@@ -42,13 +46,25 @@ class JsonRequests(AsyncJsonWebsocketConsumer):
     access_check: asyncio.Task | None = None
     access_lost = False
 
-    async def join(self, *groups: str) -> None:
-        """Join the groups, accept, and start re-checking the user's access (connect's last step)."""
-        self.groups_joined = groups
+    async def follow_user(self) -> None:
+        """Join the user's group before connect reads their access: a change pushed while connect reads is handled
+        (re-checked) once connect is done, so none falls between the read and the join."""
+        await self.add_groups(user_group(self.user.id))
+
+    async def add_groups(self, *groups: str) -> None:
         for group in groups:
+            self.groups_joined += (group,)
             await self.channel_layer.group_add(group, self.channel_name)
+
+    async def join(self, *groups: str) -> None:
+        """Join the groups, accept, and start the periodic re-check of the user's access (connect's last step)."""
+        await self.add_groups(*groups)
         await self.accept()
-        self.access_check = asyncio.create_task(self.recheck_access())
+        self.access_check = asyncio.create_task(self.recheck_periodically())
+
+    async def refuse(self, code: int) -> None:
+        await self.leave()
+        await self.close(code=code)
 
     async def disconnect(self, code: int) -> None:
         if self.access_check is not None:
@@ -60,21 +76,32 @@ class JsonRequests(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(group, self.channel_name)
         self.groups_joined = ()
 
+    async def access_changed(self, message: dict) -> None:
+        """The user's access may have shrunk (training.live.send.send_access_changed): re-check now."""
+        await self.recheck_access()
+
+    async def recheck_periodically(self) -> None:
+        """The backstop for changes no signal announced (a queryset's update(), a message Redis lost): a check at
+        least once in TUNEBOARD_WS_ACCESS_RECHECK_S, spread over its last quarter so that sockets opened together (a
+        server restart) do not all ask the database at the same moment."""
+        while not self.access_lost:
+            await asyncio.sleep(settings.TUNEBOARD_WS_ACCESS_RECHECK_S * random.uniform(0.75, 1.0))
+            await self.recheck_access()
+
     async def recheck_access(self) -> None:
-        """A member removed from the team, a deactivated or a deleted user stops getting its messages within one
-        interval: the check reads the database (never writes it), then the socket leaves its groups and closes."""
-        while True:
-            await asyncio.sleep(settings.TUNEBOARD_WS_ACCESS_RECHECK_S)
-            try:
-                allowed = await database_sync_to_async(self.may_still_watch)()
-            except Exception as exc:  # noqa: BLE001 - a database outage is no loss of access: check again next time
-                log.warning("websocket access re-check failed: %s: %s", type(exc).__name__, exc)
-                continue
-            if not allowed:
-                self.access_lost = True
-                await self.leave()
-                await self.close(code=self.ACCESS_LOST_CODE)
-                return
+        """A member removed from the team, a deactivated or a deleted user stops getting its messages: the check
+        reads the database (never writes it), then the socket leaves its groups and closes."""
+        if self.access_lost:
+            return
+        try:
+            allowed = await database_sync_to_async(self.may_still_watch)()
+        except Exception as exc:  # noqa: BLE001 - a database outage is no loss of access: check again next time
+            log.warning("websocket access re-check failed: %s: %s", type(exc).__name__, exc)
+            return
+        if not allowed and not self.access_lost:
+            self.access_lost = True
+            await self.leave()
+            await self.close(code=self.ACCESS_LOST_CODE)
 
     def may_still_watch(self) -> bool:
         raise NotImplementedError
@@ -114,11 +141,12 @@ class RunConsumer(JsonRequests):
         if self.user is None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
+        await self.follow_user()
         try:
             self.run = await database_sync_to_async(access.get_run_for_user)(
                 self.user, int(self.scope["url_route"]["kwargs"]["run_id"]))
         except (Http404, ValueError):
-            await self.close(code=CLOSE_NOT_FOUND)
+            await self.refuse(CLOSE_NOT_FOUND)
             return
         # Live messages are held back until the page asked for its replay; after it, only what is newer.
         self.replayed = False
@@ -243,6 +271,7 @@ class RunListConsumer(JsonRequests):
         if self.user is None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
+        await self.follow_user()
         self.team_ids = await database_sync_to_async(access.team_ids_for)(self.user)
         await self.join(*(team_runs_group(team_id) for team_id in self.team_ids))
 

@@ -1,5 +1,5 @@
 """The one way worker code tells browsers about a run: a typed message to the run's Channels group, and the run's
-row to its team's run lists."""
+row to its team's run lists; and the way the web app tells a user's open websockets that their access changed."""
 from __future__ import annotations
 
 import asyncio
@@ -31,6 +31,17 @@ def run_group(run_id: int) -> str:
 def team_runs_group(team_id: int) -> str:
     """Everyone with the team's run list open."""
     return f"team.{team_id}.runs"
+
+
+def user_group(user_id: int) -> str:
+    """Every open websocket of the user: told when the user's access may have shrunk."""
+    return f"user.{user_id}"
+
+
+def send_access_changed(user_id: int) -> bool:
+    """Ask every open websocket of the user to re-check its access now (training.live.access_signals sends it on
+    commit); False if Redis could not take it (the sockets' periodic re-check still catches the change)."""
+    return _group_send(user_group(user_id), {"type": "access.changed"}, f"user {user_id}: access changed")
 
 
 def send_run_message(run_id: int, type_: MessageType, payload: dict[str, Any]) -> bool:
