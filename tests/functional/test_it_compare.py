@@ -268,3 +268,39 @@ def test_each_runs_findings_are_listed_with_their_guidance_and_counted(three, me
     assert 'href="/guidance/learning_rate/#impact_and_symptoms"' in listed
     assert re.search(rf'<tr class="outcome-row" data-outcome="findings">.*?<td data-run="{b.id}">1</td>', html, re.S)
     assert re.search(rf'<tr class="outcome-row" data-outcome="findings">.*?<td data-run="{a.id}">0</td>', html, re.S)
+
+
+@pytest.mark.django_db
+def test_each_runs_pre_flight_notes_are_shown_beside_its_findings(world, member_client):
+    from guidance.models import Finding
+
+    hot = named_run(world.team, world.member, world.dataset, "hot", learning_rate=0.3)
+    tame = named_run(world.team, world.member, world.dataset, "tame", warmup_steps=10, r=8, lora_alpha=16)
+    runs = [world.run, hot, tame]
+    Finding.objects.create(run=hot, code="early_instability", severity="warning", step=3, title="Unstable start",
+                           message="...", parameters=["learning_rate", "warmup_steps", "dtype"])
+    html = member_client.get(f"/compare/?runs={ids(runs)}").content.decode()
+    card = html[html.index('id="compare-findings"'):]
+    card = card[:card.index("</section>")]
+    assert "<h2>Findings and pre-flight notes</h2>" in card
+    assert re.findall(r'<ul class="findings preflight-notes" id="preflight-(\d+)">', card) == [
+        str(r.id) for r in runs]
+    for run in runs:
+        # Each run's column: its findings, then its notes, before the next run's findings.
+        column = card[card.index(f'id="findings-{run.id}"'):]
+        nxt = re.search(r'id="findings-\d+"', column[1:])
+        column = column[:nxt.start() + 1] if nxt else column
+        notes = column[column.index(f'id="preflight-{run.id}"'):]
+        notes = notes[:notes.index("</ul>")]
+        assert re.findall(r'data-note="(\w+)"', notes) == [n["code"] for n in run.preflight], run.name
+        for note in run.preflight:
+            assert f'<a href="{note["guidance_url"]}">' in notes
+    hot_column = card[card.index(f'id="findings-{hot.id}"'):card.index(f'id="preflight-{hot.id}"')]
+    assert 'data-finding="early_instability@3"' in hot_column
+    hot_notes = card[card.index(f'id="preflight-{hot.id}"'):]
+    hot_notes = hot_notes[:hot_notes.index("</ul>")]
+    assert [n["code"] for n in hot.preflight][:2] == ["learning_rate_off", "weight_decay_heavy_for_learning_rate"]
+    assert ('<strong>Learning rate 0.3 is 1,500x above the LoRA default</strong>' in hot_notes
+            and '<a href="/guidance/learning_rate/#too_high"><code>learning_rate</code></a>' in hot_notes)
+    tame_notes = card[card.index(f'id="preflight-{tame.id}"'):]
+    assert tame_notes[:tame_notes.index("</ul>")].count("No pre-flight notes.") == 1

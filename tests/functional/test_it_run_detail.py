@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from django.utils import timezone
+from django.utils.html import escape
 
 from guidance import content
 from guidance.models import Finding
@@ -206,3 +207,46 @@ def test_a_resumed_run_is_compared_with_the_run_it_continues(world, member_clien
     html = member_client.get(f"/runs/{continuation.id}/").content.decode()
     assert f"Against run #{run.id}, which it resumes" in html
     assert differences(html) == {} and "No guided parameter differs." in html
+
+
+def before_it_started(html: str) -> str:
+    section = html[html.index('<section class="card" id="before-it-started">'):]
+    return section[:section.index("</section>")]
+
+
+def test_before_it_started_shows_the_runs_preflight_notes_with_their_guidance_and_the_seeds_value(world,
+                                                                                                  member_client):
+    run = named_run(world.team, world.member, world.dataset, "hot", learning_rate=0.3)
+    expected = ["learning_rate_off", "weight_decay_heavy_for_learning_rate", "warmup_below_short_run_floor",
+                "rank_for_dataset"]
+    assert [n["code"] for n in run.preflight] == expected  # made at creation, kept on the run
+    html = member_client.get(f"/runs/{run.id}/").content.decode()
+    section = before_it_started(html)
+    assert "<h2>Before it started" in section and '<span class="badge warn" id="preflight-count">4</span>' in section
+    assert re.findall(r'data-note="(\w+)"', section) == expected
+    for note in run.preflight:
+        assert escape(note["title"]) in section and escape(note["message"]) in section, note["code"]
+        assert f'<a href="{note["guidance_url"]}">guidance</a>' in section, note["code"]
+    assert '<a href="/guidance/learning_rate/#too_high">guidance</a>' in section
+    assert "<code>learning_rate = 0.0002</code>" in section
+    assert "<code>r = 8</code>, <code>lora_alpha = 16</code>" in section
+    assert "(with <code>learning_rate</code>)" in section  # weight decay's note combines with the learning rate
+    # The link lands on a section of the guidance page.
+    assert 'id="too_high"' in member_client.get("/guidance/learning_rate/").content.decode()
+    # A continuation keeps the notes of the config it continues.
+    Run.objects.filter(id=run.id).update(status=Run.Status.STOPPED, last_checkpoint_path="/x/checkpoint-5",
+                                         last_checkpoint_step=5)
+    run.refresh_from_db()
+    continuation = services.run_resume(run=run, user=world.member)
+    assert continuation.preflight == run.preflight
+    assert re.findall(r'data-note="(\w+)"', before_it_started(
+        member_client.get(f"/runs/{continuation.id}/").content.decode())) == expected
+
+
+def test_a_run_within_the_seeds_ranges_says_so_before_it_started(world, member_client):
+    run = named_run(world.team, world.member, world.dataset, "tame", warmup_steps=10, r=8, lora_alpha=16)
+    assert run.preflight == []
+    section = before_it_started(member_client.get(f"/runs/{run.id}/").content.decode())
+    assert '<span class="badge" id="preflight-count">0</span>' in section
+    assert "Nothing: every reviewed value is within the seed's ranges." in section
+    assert "data-note=" not in section

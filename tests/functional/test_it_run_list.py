@@ -104,3 +104,23 @@ def test_a_get_does_not_write_not_even_the_lost_run_check(world, member_client):
         assert member_client.get(url).status_code == 200
         run.refresh_from_db()
         assert run.status == Run.Status.RUNNING, url
+
+
+def preflight_cells(html: str) -> dict[int, str]:
+    """Each row's Pre-flight cell, by run id."""
+    return {int(run_id): cell for run_id, cell in re.findall(
+        r'<tr data-run="(\d+)">.*?<td class="col-preflight">(.*?)</td>', html, re.S)}
+
+
+def test_the_pre_flight_column_counts_each_runs_notes_and_links_to_them(world, member_client):
+    hot = named_run(world.team, world.member, world.dataset, "hot alpha run", learning_rate=0.3)
+    tame = named_run(world.team, world.member, world.dataset, "tame alpha run", warmup_steps=10, r=8, lora_alpha=16)
+    assert (len(hot.preflight), len(world.run.preflight), len(tame.preflight)) == (4, 2, 0)
+    html = member_client.get("/runs/").content.decode()
+    assert '<th title="pre-flight notes on the config">Pre-flight</th>' in html
+    cells = preflight_cells(html)
+    assert set(cells) == {hot.id, world.run.id, tame.id}
+    assert cells[hot.id] == (f'<a class="badge" href="/runs/{hot.id}/#before-it-started" '
+                             'title="the pre-flight review\'s notes on its config">4</a>')
+    assert re.search(r">2</a>$", cells[world.run.id])
+    assert cells[tame.id] == '<span class="muted">0</span>'

@@ -1,6 +1,10 @@
 """The New run page: a form generated from the engine's config with guidance beside each field; a valid run is
 created and queued, a bad value is refused on its field with nothing saved; a viewer cannot start runs."""
+import json
+
 import pytest
+from django.conf import settings
+from django.shortcuts import resolve_url
 from django.utils.html import escape
 
 from dashboard.models import Membership
@@ -139,3 +143,93 @@ def test_junk_in_every_field_gets_field_errors_never_a_server_error(world, membe
     assert response.status_code == 400
     assert field_errors(response)
     assert Run.objects.count() == before
+
+
+# The pre-flight endpoint: the run form posts its fields as the user types (issue 18) --------------------------------
+
+PREFLIGHT = "/runs/new/preflight/"
+
+
+def preflight(client, world, **fields) -> dict:
+    response = client.post(PREFLIGHT, form_data(world, **fields))
+    assert response.status_code == 200, response.content[:500]
+    return response.json()
+
+
+def codes(body: dict) -> list[str]:
+    return [note["code"] for note in body["notes"]]
+
+
+def test_preflight_notes_an_out_of_range_value_with_its_guidance_and_the_seeds_value(world, member_client):
+    before = Run.objects.count()
+    body = preflight(member_client, world, learning_rate="0.3")
+    assert body["errors"] == {}
+    # Warnings first; the engine's default r 16 is above the seed's 4-8 for a dataset of 64 rows (an info).
+    assert codes(body) == ["learning_rate_off", "weight_decay_heavy_for_learning_rate", "rank_for_dataset"]
+    note = body["notes"][0]
+    assert note["parameters"] == ["learning_rate"] and note["severity"] == "warning"
+    assert note["title"] == "Learning rate 0.3 is 1,500x above the LoRA default"
+    assert note["fix"] == {"learning_rate": 0.0002} and note["fix_text"] == {"learning_rate": "0.0002"}
+    assert note["guidance_url"] == "/guidance/learning_rate/#too_high"
+    assert note["evidence"]["learning_rate"] == 0.3
+    decay = body["notes"][1]
+    assert decay["combines_with"] == ["learning_rate"] and decay["fix_text"] == {"weight_decay": "6.7e-06"}
+    rank = body["notes"][2]
+    assert rank["fix_text"] == {"r": "8", "lora_alpha": "16"} and rank["evidence"]["rows"] == world.dataset.rows
+    assert Run.objects.count() == before  # a review creates nothing
+    # The seed's value back: its notes go, the others stay.
+    assert codes(preflight(member_client, world, learning_rate="0.0002")) == ["rank_for_dataset"]
+
+
+def test_preflight_reviews_the_preset_under_the_typed_fields(world, member_client):
+    preset = make_preset(world.team, name="hot", model="tiny-model", learning_rate=0.3, lora_alpha=1)
+    body = preflight(member_client, world, preset=str(preset.id), model="")
+    assert body["errors"] == {}
+    assert codes(body)[:3] == ["learning_rate_off", "lora_scale_off", "weight_decay_heavy_for_learning_rate"]
+    assert body["notes"][1]["fix_text"] == {"lora_alpha": "32"}
+    # A typed field wins over the preset's.
+    assert codes(preflight(member_client, world, preset=str(preset.id), learning_rate="2e-4",
+                           lora_alpha="32")) == ["rank_for_dataset"]
+
+
+def test_preflight_without_a_model_yet_reviews_the_other_fields(world, member_client):
+    body = preflight(member_client, world, model="", lora_dropout="0.5")
+    assert body["errors"] == {}
+    assert codes(body)[0] == "lora_dropout_high" and body["notes"][0]["fix_text"] == {"lora_dropout": "0.05"}
+
+
+def test_a_field_that_does_not_parse_yet_is_named_and_the_rest_is_still_reviewed(world, member_client):
+    body = preflight(member_client, world, r="sixteen", learning_rate="0.3")
+    assert list(body["errors"]) == ["r"] and "give a whole number" in body["errors"]["r"][0]
+    assert codes(body)[0] == "learning_rate_off"
+    # Refused by the engine rather than the form field: named too, and no notes on a config that is not one.
+    body = preflight(member_client, world, learning_rate="5")
+    assert list(body["errors"]) == ["learning_rate"]
+    assert "less than or equal to 1" in body["errors"]["learning_rate"][0] and body["notes"] == []
+    body = preflight(member_client, world, lr_scheduler_kwargs="{not json")
+    assert "lr_scheduler_kwargs" in body["errors"]
+
+
+def test_preflight_uses_neither_another_teams_dataset_nor_its_preset(world, member_client):
+    # Team Beta's dataset: refused on its field, and its rows are not used (no rank note "for 64 examples").
+    body = preflight(member_client, world, dataset=str(world.other_dataset.id))
+    assert list(body["errors"]) == ["dataset"]
+    assert "rank_for_dataset" not in codes(body)
+    assert "beta" not in json.dumps(body).lower()
+    assert "rank_for_dataset" in codes(preflight(member_client, world))  # team Alpha's own dataset is used
+    other = make_preset(world.other_team, name="beta hot", model="tiny-model", learning_rate=0.3)
+    body = preflight(member_client, world, preset=str(other.id))
+    assert list(body["errors"]) == ["preset"]
+    assert "learning_rate_off" not in codes(body) and "beta" not in json.dumps(body).lower()
+
+
+def test_preflight_is_refused_as_the_run_form_is(world, viewer_client, client, member_client):
+    response = viewer_client.post(PREFLIGHT, form_data(world, learning_rate="0.3"))
+    assert response.status_code == 403 and response.json()["notes"] == []
+    response = client.post(PREFLIGHT, form_data(world, learning_rate="0.3"))  # logged out: to log in, as /runs/new/
+    assert response.status_code == 302
+    login = resolve_url(settings.LOGIN_URL)
+    assert response["Location"] == f"{login}?next={PREFLIGHT}"
+    assert client.get("/runs/new/")["Location"] == f"{login}?next=/runs/new/"
+    assert member_client.get(PREFLIGHT).status_code == 405
+    assert client.get(PREFLIGHT).status_code == 405
