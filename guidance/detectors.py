@@ -326,16 +326,17 @@ def _ranking_config(s: RunSeries) -> dict[str, Any]:
 
 def _ranked(s: RunSeries, causes: Iterable[Cause]) -> tuple[list[Cause], dict[str, Any]]:
     """The causes that apply, the furthest outside the seed's range (on the side that explains the symptom) first,
-    ties in the order given; a cause whose advice would push its knob further out than it already is is dropped.
+    ties in the order given; a cause whose advice would push its knob out of the range, or further out, is dropped.
     Also the evidence: the config values each named knob was judged on, and its distance (doublings past the edge
-    of the seed's range; guidance.preflight.distance)."""
+    of the seed's range; guidance.preflight.distance). A knob already at its range's edge on the side the advice
+    would move it is dropped too: one more step that way leaves the range."""
     cfg = _ranking_config(s)
     facts = {"rows": s.train_examples, "total": s.total_steps}
     kept: list[tuple[float, int, Cause]] = []
     for order, cause in enumerate(causes):
         back = "down" if cause.direction == "up" else "up"
-        if preflight.distance(cfg, cause.parameter, back, **facts) > 0:
-            continue  # already out of range the way the advice would move it
+        if preflight.at_edge_or_past(cfg, cause.parameter, back, **facts):
+            continue  # the advice would move it out of range, or further out
         d = preflight.distance(cfg, cause.parameter, cause.direction, **facts)
         if cause.only_when_out and d == 0:
             continue

@@ -205,6 +205,20 @@ def distance(config: Mapping[str, Any], parameter: str, direction: str, *, rows:
     raise ValueError(f"direction must be 'up' or 'down', not {direction!r}")
 
 
+def at_edge_or_past(config: Mapping[str, Any], parameter: str, direction: str, *, rows: int | None = None,
+                    total: int | None = None, devices: int = 1) -> bool:
+    """Whether `parameter` already sits at the seed's range's edge on that side (or past it): moving it further that
+    way would leave the range (or go further out). False when the config does not say enough to tell."""
+    m = measure(config, parameter, rows=rows, total=total, devices=devices)
+    if m is None:
+        return False
+    if direction == "up":
+        return not _below(m.value, m.high)
+    if direction == "down":
+        return not _above(m.value, m.low)
+    raise ValueError(f"direction must be 'up' or 'down', not {direction!r}")
+
+
 def far_outside(config: Mapping[str, Any], parameter: str, direction: str, **facts: Any) -> bool:
     """Whether `parameter` is outside the seed's range on that side by more than its note's tolerance."""
     m = measure(config, parameter, **facts)

@@ -94,8 +94,11 @@ def test_a_tiny_lora_alpha_for_its_r_is_noted_before_it_starts_and_named_first_w
     f = flat[0]
     assert f.step == 20  # warmup 0 + flat_steps 20, the run's last step
     assert abs(f.evidence["relative_drop"]) < f.evidence["thresholds"]["flat_min_drop"]
-    assert f.parameters == ["lora_alpha", "learning_rate", "weight_decay"]
+    # learning_rate 2e-3 is at the top of the seed's band: "raise the learning rate" would take it out, so it is
+    # not advised.
+    assert f.parameters == ["lora_alpha", "weight_decay"]
     assert f.evidence["config"] == {"lora_alpha": 1, "r": 16, "use_rslora": False, "gain": 1 / 16,
-                                    "learning_rate": 2e-3, "weight_decay": 0.01}
-    assert f.evidence["distance_from_seed"] == {"lora_alpha": 4.0, "learning_rate": 0.0, "weight_decay": 0.0}
-    assert "raise lora_alpha relative to r, raise the learning rate, or lower a heavy weight decay" in f.message
+                                    "weight_decay": 0.01}
+    assert f.evidence["distance_from_seed"] == {"lora_alpha": 4.0, "weight_decay": 0.0}
+    assert "raise lora_alpha relative to r or lower a heavy weight decay" in f.message
+    assert "raise the learning rate" not in f.message

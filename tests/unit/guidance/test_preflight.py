@@ -397,6 +397,17 @@ def test_a_flat_loss_with_a_tiny_lora_scale_names_alpha_first():
     no_advice_points_outward(f, config)
 
 
+def test_advice_never_moves_a_knob_past_its_ranges_edge():
+    # At the top of the seed's band (2e-3) "raise the learning rate" would take it out; just inside, it may.
+    at_edge = one(detect(run(config=cfg(lora_alpha=1, r=16, learning_rate=2e-3))), "flat_loss")
+    assert "learning_rate" not in at_edge.parameters and "raise the learning rate" not in at_edge.message
+    inside = one(detect(run(config=cfg(lora_alpha=1, r=16, learning_rate=1e-3))), "flat_loss")
+    assert "learning_rate" in inside.parameters and "raise the learning rate" in inside.message
+    # No weight decay to lower at 0.
+    no_decay = one(detect(run(config=cfg(lora_alpha=1, r=16, weight_decay=0.0))), "flat_loss")
+    assert "weight_decay" not in no_decay.parameters and "weight decay" not in no_decay.message
+
+
 def test_a_flat_loss_with_a_tiny_learning_rate_and_heavy_decay_ranks_by_distance():
     config = cfg(learning_rate=1e-6, weight_decay=0.9)  # lr 4.3 doublings below its band, decay 3.2 above 0.1
     f = one(detect(run(config=config)), "flat_loss")
