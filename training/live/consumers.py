@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import random
+import weakref
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -32,6 +33,20 @@ CLOSE_TEAMS_CHANGED = 4403
 WATCH_MAX_RUNS = 200
 # A stored point (one row per step) holds each kind of point when that kind's main value is set.
 KIND_FIELDS = (("metrics", "loss"), ("eval", "eval_loss"))
+# Group joins and leaves in flight at once per event loop. Each takes a Redis connection from the channel layer's
+# pool, which refuses (MaxConnectionsError, a 500 to the browser) past redis-py's default 100: 100 sockets
+# connecting together (a server restart, the live bench) each join their user's group before anything else waits.
+GROUP_CHANGES_AT_ONCE = 32
+_group_changes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def _group_change_slot() -> asyncio.Semaphore:
+    """This event loop's limit on group changes (a semaphore belongs to one loop; tests run several)."""
+    loop = asyncio.get_running_loop()
+    slot = _group_changes.get(loop)
+    if slot is None:
+        slot = _group_changes[loop] = asyncio.Semaphore(GROUP_CHANGES_AT_ONCE)
+    return slot
 
 
 class JsonRequests(AsyncJsonWebsocketConsumer):
@@ -54,7 +69,8 @@ class JsonRequests(AsyncJsonWebsocketConsumer):
     async def add_groups(self, *groups: str) -> None:
         for group in groups:
             self.groups_joined += (group,)
-            await self.channel_layer.group_add(group, self.channel_name)
+            async with _group_change_slot():
+                await self.channel_layer.group_add(group, self.channel_name)
 
     async def join(self, *groups: str) -> None:
         """Join the groups, accept, and start the periodic re-check of the user's access (connect's last step)."""
@@ -73,7 +89,8 @@ class JsonRequests(AsyncJsonWebsocketConsumer):
 
     async def leave(self) -> None:
         for group in self.groups_joined:
-            await self.channel_layer.group_discard(group, self.channel_name)
+            async with _group_change_slot():
+                await self.channel_layer.group_discard(group, self.channel_name)
         self.groups_joined = ()
 
     async def access_changed(self, message: dict) -> None:
