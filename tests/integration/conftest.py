@@ -6,13 +6,30 @@ import asyncio
 import time
 from typing import Callable
 
+import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
 
+from tests.factories import make_dataset, make_member, make_team, tiny_overrides
 from training.models import Run
+from training.runs import services
+
+
+@pytest.fixture
+def team_member(tmp_path):
+    """A team, a member of it and a 64-row chat dataset of theirs."""
+    team = make_team()
+    user = make_member(team)
+    return team, user, make_dataset(team, user, tmp_dir=tmp_path)
+
+
+def create_run(team_member, model: str, **overrides) -> Run:
+    """A tiny CPU run of the team_member's dataset, created through the services and queued to the session's worker."""
+    team, user, dataset = team_member
+    return services.run_create(team=team, user=user, dataset=dataset, overrides=tiny_overrides(model, **overrides))
 
 
 def wait_for(condition: Callable[[], object], *, timeout: float, what: str, interval: float = 0.2):

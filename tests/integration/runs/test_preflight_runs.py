@@ -6,24 +6,10 @@ import math
 import pytest
 
 from guidance.models import Finding
-from tests.factories import make_dataset, make_member, make_team, tiny_overrides
-from tests.integration.conftest import wait_terminal
+from tests.integration.conftest import create_run, wait_terminal
 from training.models import Run
-from training.runs import services
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
-
-
-@pytest.fixture
-def team_member(tmp_path):
-    team = make_team()
-    user = make_member(team)
-    return team, user, make_dataset(team, user, tmp_dir=tmp_path)
-
-
-def create(team_member, model, **overrides) -> Run:
-    team, user, dataset = team_member
-    return services.run_create(team=team, user=user, dataset=dataset, overrides=tiny_overrides(model, **overrides))
 
 
 def saved_notes(run: Run) -> list[dict]:
@@ -39,7 +25,7 @@ def test_a_huge_learning_rate_is_noted_before_it_starts_and_named_first_when_it_
         celery_worker, tiny_model, team_member):
     # 0.3 is 1,500x the seed's LoRA default; at a constant rate the tiny Llama's gradient norm jumps ~40x at step 3
     # (5x is the early_instability threshold), then collapses to ~0.004 while the loss stalls.
-    run = create(team_member, tiny_model, learning_rate=0.3, lr_scheduler_type="constant")
+    run = create_run(team_member, tiny_model, learning_rate=0.3, lr_scheduler_type="constant")
     notes = saved_notes(run)
     assert [n["code"] for n in notes if n["severity"] == "warning"] == [
         "learning_rate_off", "weight_decay_heavy_for_learning_rate"]
@@ -76,7 +62,7 @@ def test_a_tiny_lora_alpha_for_its_r_is_noted_before_it_starts_and_named_first_w
         celery_worker, tiny_model, team_member):
     # lora_alpha 1 at r 16 is a gain of 1/16 (the seed's is 1-2): at learning rate 2e-3, where the same run with
     # the default alpha falls ~13% in 20 steps, the loss moves ~1.5% (flat_loss fires under 3%).
-    run = create(team_member, tiny_model, learning_rate=2e-3, lora_alpha=1, r=16)
+    run = create_run(team_member, tiny_model, learning_rate=2e-3, lora_alpha=1, r=16)
     notes = saved_notes(run)
     warnings = [n for n in notes if n["severity"] == "warning"]
     assert [n["code"] for n in warnings] == ["lora_scale_off"]

@@ -7,9 +7,9 @@ import pytest
 import redis
 from django.conf import settings
 
-from tests.factories import make_dataset, make_member, make_team, tiny_overrides
 from tests.integration.conftest import (
     communicator,
+    create_run,
     is_terminal_status,
     receive_until,
     run_async,
@@ -24,18 +24,6 @@ from training.runs import services
 from training.selectors import run_points
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
-
-
-@pytest.fixture
-def team_member(tmp_path):
-    team = make_team()
-    user = make_member(team)
-    return team, user, make_dataset(team, user, tmp_dir=tmp_path)
-
-
-def create(team_member, model, **overrides) -> Run:
-    team, user, dataset = team_member
-    return services.run_create(team=team, user=user, dataset=dataset, overrides=tiny_overrides(model, **overrides))
 
 
 def steps_of(run: Run) -> list[int]:
@@ -64,7 +52,7 @@ def live_metrics(messages: list[dict]) -> list[dict]:
 
 
 def test_run_trains_to_succeeded_and_a_websocket_gets_its_points_live(celery_worker, tiny_model, team_member):
-    run = create(team_member, tiny_model, max_steps=20, save_steps=10)
+    run = create_run(team_member, tiny_model, max_steps=20, save_steps=10)
     cookie = session_cookie(team_member[1])
 
     async def watch():
@@ -94,7 +82,7 @@ def test_run_trains_to_succeeded_and_a_websocket_gets_its_points_live(celery_wor
 
 
 def test_reconnect_replays_what_was_missed_with_no_gap_or_duplicate(celery_worker, tiny_model, team_member):
-    run = create(team_member, tiny_model, max_steps=40, gradient_accumulation_steps=2)
+    run = create_run(team_member, tiny_model, max_steps=40, gradient_accumulation_steps=2)
     cookie = session_cookie(team_member[1])
 
     async def first_connection():
@@ -128,7 +116,7 @@ def test_reconnect_replays_what_was_missed_with_no_gap_or_duplicate(celery_worke
 
 
 def test_a_task_delivered_twice_trains_once(celery_worker, tiny_model, team_member):
-    run = create(team_member, tiny_model, max_steps=10)
+    run = create_run(team_member, tiny_model, max_steps=10)
     tasks.run_train.apply_async(args=[run.id], queue=run.queue)  # the broker's second delivery
     run = wait_terminal(run)
     broker = redis.Redis.from_url(settings.REDIS_URL)
@@ -143,7 +131,7 @@ def test_a_task_delivered_twice_trains_once(celery_worker, tiny_model, team_memb
 def test_stop_checkpoints_and_resume_continues_from_it(celery_worker, tiny_model, team_member):
     team, user, _ = team_member
     # Long enough that the stop (polled every 0.5 s) lands mid-run even on a fast, idle machine (~15 ms a step).
-    run = create(team_member, tiny_model, max_steps=240, gradient_accumulation_steps=2)
+    run = create_run(team_member, tiny_model, max_steps=240, gradient_accumulation_steps=2)
     wait_for_run(run, lambda r: r.last_step >= 3 or r.is_terminal, timeout=90, what="step 3")
     services.run_stop(run=run, user=user)
     run = wait_terminal(run, timeout=60)
@@ -165,7 +153,7 @@ def test_stop_checkpoints_and_resume_continues_from_it(celery_worker, tiny_model
 
 def test_a_stop_the_training_cannot_honour_ends_in_a_kill(celery_worker, tiny_model, team_member):
     team, user, _ = team_member
-    run = create(team_member, tiny_model, max_steps=2000)
+    run = create_run(team_member, tiny_model, max_steps=2000)
     run = wait_for_run(run, lambda r: r.last_step >= 2 or r.is_terminal, timeout=90, what="step 2")
     child = run.started["pid"]
     os.kill(child, signal.SIGSTOP)  # a step that hangs: the stop file is never read
@@ -178,7 +166,7 @@ def test_a_stop_the_training_cannot_honour_ends_in_a_kill(celery_worker, tiny_mo
 
 def test_a_training_process_that_dies_unreported_fails_the_run_with_its_stderr(celery_worker, tiny_model,
                                                                                 team_member):
-    run = create(team_member, tiny_model, max_steps=2000)
+    run = create_run(team_member, tiny_model, max_steps=2000)
     run = wait_for_run(run, lambda r: r.last_step >= 2 or r.is_terminal, timeout=90, what="step 2")
     os.kill(run.started["pid"], signal.SIGKILL)
     run = wait_terminal(run, timeout=30)
@@ -188,7 +176,7 @@ def test_a_training_process_that_dies_unreported_fails_the_run_with_its_stderr(c
 
 
 def test_the_engine_refusing_the_machine_fails_the_run_naming_the_field(celery_worker, tiny_model, team_member):
-    run = wait_terminal(create(team_member, tiny_model, load_in_4bit=True))
+    run = wait_terminal(create_run(team_member, tiny_model, load_in_4bit=True))
     assert run.status == Run.Status.FAILED
     assert run.error_class == "ConfigError" and "load_in_4bit" in run.error
     assert RunEvent.objects.get(run=run, type="failed").data["errors"]["load_in_4bit"]

@@ -59,13 +59,6 @@ def names_the_roots(message: str) -> bool:
     return "TUNEBOARD_MODEL_ROOTS" in message and str(Path(settings.MODELS_DIR).resolve()) in message
 
 
-@pytest.fixture
-def team_member(tmp_path):
-    team = make_team()
-    user = make_member(team)
-    return team, user, make_dataset(team, user, tmp_dir=tmp_path)
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_the_run_form_refuses_the_path_naming_the_roots(team_member, disk, case):
     team, user, dataset = team_member
