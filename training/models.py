@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -11,7 +12,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from dashboard.models import Team
-from training.run_config import preset_config_errors
+from training.run_config import ADAPTER_SHAPE_FIELDS, preset_config_errors
 
 
 class Dataset(models.Model):
@@ -255,6 +256,14 @@ class Run(models.Model):
         if self.status != self.Status.SUCCEEDED or not (self.config or {}).get("merge_16bit") or not self.artifact_dir:
             return ""
         return str(Path(self.artifact_dir) / "merged")
+
+    def fields_for_builds(self, kind: str) -> dict[str, Any]:
+        """The config fields a run that builds on this one takes from it: its merged model; or its model, its adapter
+        as init_adapter and that adapter's shape (r, target modules, bias), with no LoftQ initialisation."""
+        if kind == self.BaseKind.MERGED:
+            return {"model": self.merged_path}
+        return {"model": self.config.get("model"), "init_adapter": self.adapter_path,
+                **{name: self.config.get(name) for name in ADAPTER_SHAPE_FIELDS}, "loftq_config": None}
 
     @property
     def progress(self) -> float | None:

@@ -16,7 +16,7 @@ from guidance import content
 from training import access, selectors
 from training.engine.config import TrainConfig
 from training.models import Dataset, Preset, Run
-from training.run_config import ADAPTER_SHAPE_FIELDS, RESERVED_FIELDS, value_text
+from training.run_config import RESERVED_FIELDS, value_text
 
 # Every TrainConfig field the form offers, by group; a field the engine gains must be placed here (a test checks).
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -244,10 +244,9 @@ class RunForm(forms.Form):
         """For each "Start from" choice, the fields it fixes (the run form shows them as the effective values)."""
         configs = {}
         for run in self.base_runs.values():
-            configs[f"adapter:{run.id}"] = {"model": run.config.get("model"),
-                                            **{name: run.config.get(name) for name in ADAPTER_SHAPE_FIELDS}}
+            configs[f"adapter:{run.id}"] = run.fields_for_builds(Run.BaseKind.ADAPTER)
             if run.merged_path:
-                configs[f"merged:{run.id}"] = {"model": run.merged_path}
+                configs[f"merged:{run.id}"] = run.fields_for_builds(Run.BaseKind.MERGED)
         return configs
 
     def clean_start_from(self) -> str:

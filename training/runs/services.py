@@ -98,24 +98,19 @@ def _base_fields(base_run: Run, base_kind: str, overrides: dict[str, Any]) -> di
                                          f"{', '.join(Run.BaseKind.values)}"}}
     if base_run.status != Status.SUCCEEDED:
         return {"errors": {"start_from": f"{label} is {base_run.status}; only a succeeded run can be built on"}}
-    if base_kind == Run.BaseKind.MERGED:
-        if not base_run.merged_path:
-            return {"errors": {"start_from": f"{label} saved no merged model (it trained without merge_16bit); "
-                                             "build on its adapter instead"}}
-        fields = {"model": base_run.merged_path}
-    else:
-        if not base_run.adapter_path:
-            return {"errors": {"start_from": f"{label} saved no adapter"}}
-        fields = {"model": base_run.config["model"], "init_adapter": base_run.adapter_path}
+    if base_kind == Run.BaseKind.MERGED and not base_run.merged_path:
+        return {"errors": {"start_from": f"{label} saved no merged model (it trained without merge_16bit); "
+                                         "build on its adapter instead"}}
+    if base_kind == Run.BaseKind.ADAPTER and not base_run.adapter_path:
+        return {"errors": {"start_from": f"{label} saved no adapter"}}
+    fields = base_run.fields_for_builds(base_kind)
+    if base_kind == Run.BaseKind.ADAPTER:
         for name in ADAPTER_SHAPE_FIELDS:
-            value = base_run.config.get(name)
-            if name in overrides and overrides[name] != value:
+            if name in overrides and overrides[name] != fields[name]:
                 errors[name] = (f"a run that starts from {label}'s adapter keeps its {name} "
-                                f"({json.dumps(value)}), so the weights fit; leave it blank")
-            fields[name] = value
+                                f"({json.dumps(fields[name])}), so the weights fit; leave it blank")
         if overrides.get("loftq_config") is not None:
             errors["loftq_config"] = f"the adapters start from {label}'s trained weights; leave loftq_config empty"
-        fields["loftq_config"] = None
     if "model" in overrides and overrides["model"] != fields["model"]:
         what = f"{label}'s merged model" if base_kind == Run.BaseKind.MERGED else f"{label}'s model with its adapter"
         errors["model"] = f"a run that builds on {label} trains {what}; leave model blank"
