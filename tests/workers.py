@@ -40,6 +40,7 @@ def start_worker(*, queue: str, name: str, log: Path, timeout: float = 120, env:
         "TUNEBOARD_VAR_DIR": str(settings.VAR_DIR),
         "TUNEBOARD_CHANNEL_PREFIX": settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"],
         "TUNEBOARD_DEFAULT_QUEUE": queue,
+        "TUNEBOARD_CPU_QUEUE": settings.TUNEBOARD_CPU_QUEUE,  # where a member's end queues its sweep's advance
         "TUNEBOARD_DATASET_ROOTS": ",".join(settings.TUNEBOARD_DATASET_ROOTS),
         "TUNEBOARD_MODEL_ROOTS": ",".join(settings.TUNEBOARD_MODEL_ROOTS),
         # A tiny run stops gracefully within a second; a hung one is killed after this (2 minutes in production).

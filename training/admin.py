@@ -63,7 +63,12 @@ class WorkerAdmin(admin.ModelAdmin):
 
 @admin.register(Sweep)
 class SweepAdmin(admin.ModelAdmin):
-    list_display = ["name", "team", "parameter", "rule", "status", "winner", "created_at"]
-    list_filter = ["status", "team", "rule"]
-    search_fields = ["name", "parameter"]
-    raw_id_fields = ["winner"]
+    """Read-only: a sweep is started, stopped and resumed from its page, where the services keep its phases whole."""
+
+    list_display = ["name", "team", "template", "status", "winner", "created_at"]
+    list_filter = ["status", "team", "template"]
+    search_fields = ["name", "template"]
+    readonly_fields = [f.name for f in Sweep._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False

@@ -107,32 +107,106 @@ class Preset(models.Model):
 
 
 class Sweep(models.Model):
-    """A tuning procedure: one parameter tried at several values, the winner picked by the procedure's rule."""
+    """A tuning procedure of the seed (training/sweeps/plan.py's TEMPLATES) or an open Optuna search, run as phases of
+    ordinary runs on one dataset, each phase judged by its rule (training/sweeps/rules.py)."""
 
     class Status(models.TextChoices):
-        PENDING = "pending", "Pending"
         RUNNING = "running", "Running"
+        CONFIRMING = "confirming", "Waiting for you to confirm the next phase"
         FINISHED = "finished", "Finished"
         STOPPED = "stopped", "Stopped"
         FAILED = "failed", "Failed"
 
-    class Rule(models.TextChoices):
-        LOWEST_EVAL_LOSS = "lowest_eval_loss", "Lowest final eval loss"
-        LOWEST_TRAIN_LOSS = "lowest_train_loss", "Lowest final train loss"
+    TERMINAL = frozenset({Status.FINISHED, Status.STOPPED, Status.FAILED})
+    SEARCH = "search"  # the template name of the open Optuna search
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="sweeps")
     name = models.CharField(max_length=200)
-    base_config = models.JSONField(default=dict)
-    parameter = models.CharField(max_length=100)
-    values = models.JSONField(default=list)
-    rule = models.CharField(max_length=30, choices=Rule.choices, default=Rule.LOWEST_EVAL_LOSS)
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
-    winner = models.ForeignKey("Run", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    template = models.CharField(max_length=60, help_text="The parameter whose procedure this runs, or 'search'")
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="sweeps")
+    preset = models.ForeignKey(Preset, on_delete=models.SET_NULL, null=True, blank=True, related_name="sweeps")
+    base_run = models.ForeignKey("Run", on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+                                 help_text="The run whose config the first phase starts from")
+    base_config = models.JSONField(default=dict, help_text="The full config the first phase's members vary")
+    params = models.JSONField(default=dict, blank=True, help_text="The template's parameters as launched")
+    queue = models.CharField(max_length=100)
+    auto_advance = models.BooleanField(default=True, help_text="Start the next phase without asking")
+    early_stop = models.BooleanField(default=True, help_text="Stop members that diverge")
+    prune = models.BooleanField(default=False, help_text="Successive halving at the eval steps")
+    confirm_top = models.PositiveSmallIntegerField(
+        default=0, help_text="Rerun this many top candidates of the last phase with a second seed (0: no)")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.RUNNING)
+    verdict = models.TextField(blank=True)
+    winner = models.ForeignKey("SweepMember", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    error = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [models.Index(fields=["team", "-created_at"], name="sweep_team_created_idx")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+
+class SweepPhase(models.Model):
+    """One phase as plan.expand returned it; its verdict is written once, when its rule decides."""
+
+    sweep = models.ForeignKey(Sweep, on_delete=models.CASCADE, related_name="phases")
+    index = models.PositiveSmallIntegerField()
+    key = models.CharField(max_length=40)
+    title = models.CharField(max_length=200)
+    axis = models.CharField(max_length=60)
+    rule = models.CharField(max_length=40)
+    rule_params = models.JSONField(default=dict, blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    held = models.JSONField(default=dict, blank=True)
+    budget = models.JSONField(default=dict, blank=True)
+    base = models.JSONField(default=dict, blank=True)
+    verdict = models.JSONField(null=True, blank=True, help_text="rules.Verdict as a dict, once decided")
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["sweep", "index"]
+        constraints = [models.UniqueConstraint(fields=["sweep", "index"], name="sweepphase_sweep_index_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.sweep_id}/{self.key}"
+
+
+class SweepMember(models.Model):
+    """One run of a phase. `run` is its latest attempt: a lost member resumed from its checkpoint points at the
+    continuation. `outcome` is set when the sweep ended it early (diverged, pruned) or judged it invalid."""
+
+    class Outcome(models.TextChoices):
+        NONE = "", "-"
+        DIVERGED = "diverged", "Diverged"
+        PRUNED = "pruned", "Pruned"
+
+    phase = models.ForeignKey(SweepPhase, on_delete=models.CASCADE, related_name="members")
+    sweep = models.ForeignKey(Sweep, on_delete=models.CASCADE, related_name="members")
+    index = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=200)
+    value = models.JSONField(null=True, blank=True)
+    values = models.JSONField(default=dict, blank=True, help_text="The fields it sets; all it changes from the base")
+    config = models.JSONField(default=dict)
+    steps = models.PositiveIntegerField()
+    tokens = models.BigIntegerField(null=True, blank=True)
+    run = models.ForeignKey("Run", on_delete=models.SET_NULL, null=True, blank=True, related_name="sweep_members")
+    outcome = models.CharField(max_length=10, choices=Outcome.choices, blank=True, default="")
+    outcome_note = models.TextField(blank=True, help_text="The evidence: the finding, or the rung's losses")
+    result = models.JSONField(default=dict, blank=True, help_text="What the phase's rule read, once it decided")
+
+    class Meta:
+        ordering = ["phase", "index"]
+        constraints = [models.UniqueConstraint(fields=["phase", "name"], name="sweepmember_phase_name_unique")]
 
     def __str__(self) -> str:
         return self.name

@@ -324,7 +324,9 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
         train, evaluation, fmt = load_data(config)
         backend = backends.resolve_backend(config)
         dtype = backends.resolve_dtype(config)
-        model, tokenizer = backends.load(config, backend, dtype)
+        loading = time.perf_counter()
+        model, tokenizer = backends.load(config, backend, dtype)  # LoftQ's initialisation happens in here
+        load_s = time.perf_counter() - loading
         trainer_class = _trainer_class(backend)  # after backends.load: unsloth must patch TRL first
         counts = backends.parameter_counts(model)
         lengths = rendered_lengths(train, tokenizer, fmt)
@@ -347,7 +349,7 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
             backend=backend, device=_device_name(), dtype=str(dtype).removeprefix("torch."),
             lora_scale=backends.lora_scale_in_effect(model), train_examples=len(train),
             eval_examples=len(evaluation) if evaluation is not None else 0, data_format=fmt,
-            resumed_from_step=resumed_step, pid=os.getpid(), **counts,
+            resumed_from_step=resumed_step, pid=os.getpid(), load_s=round(load_s, 3), **counts,
         )
         _setting_warnings(sink, config, model, counts, lengths, backend, loftq_applied)
         started = time.perf_counter()

@@ -38,6 +38,17 @@ def user_group(user_id: int) -> str:
     return f"user.{user_id}"
 
 
+def sweep_group(sweep_id: int) -> str:
+    """Everyone with the sweep's page open: its state whenever a member ends, a phase is decided or one begins."""
+    return f"sweep.{sweep_id}"
+
+
+def send_sweep_state(sweep_id: int, state: dict[str, Any]) -> bool:
+    """The sweep's whole state (training.sweeps.selectors.sweep_state) to its page; False if Redis could not take it."""
+    return _group_send(sweep_group(sweep_id), {"type": "sweep.state", "state": json_safe(state)},
+                       f"sweep {sweep_id}: state")
+
+
 def send_access_changed(user_id: int) -> bool:
     """Ask every open websocket of the user to re-check its access now (training.live.access_signals sends it on
     commit); False if Redis could not take it (the sockets' periodic re-check still catches the change)."""

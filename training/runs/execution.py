@@ -12,12 +12,13 @@ from collections import deque
 from datetime import datetime
 from datetime import timezone as dt_timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from guidance.models import Finding
 from training.compare.series import series_packs_build
 from training.datasets.files import sha256_of
 from training.engine.events import json_safe, parse_float
@@ -32,6 +33,10 @@ from training.selectors import event_dict, sample_dict
 
 log = logging.getLogger(__name__)
 Status = Run.Status
+
+
+# Called with each event after it is stored and the findings it raised; may stop the run through the services.
+Observer = Callable[[dict, list[Finding]], None]
 
 
 class RunSetupError(Exception):
@@ -55,8 +60,9 @@ class RunRecorder:
     LOG_FLUSH_S = 1.0
     ROW_EVERY_S = 1.0  # the run lists' progress bar moves at most this often (status and findings: at once)
 
-    def __init__(self, run: Run):
+    def __init__(self, run: Run, observers: Sequence[Observer] = ()):
         self.run = run
+        self.observers = tuple(observers)
         self.seq = RunEvent.objects.filter(run=run).order_by("-seq").values_list("seq", flat=True).first() or 0
         self.terminal: dict | None = None
         self.log_tail: deque[str] = deque(run.log_tail.splitlines(), maxlen=settings.TUNEBOARD_LOG_TAIL_LINES)
@@ -93,10 +99,16 @@ class RunRecorder:
 
     def _watch(self, events: list[dict]) -> None:
         for event in events:
+            found: list = []
             try:
-                self.findings.feed(event)  # after the event is stored: a finding's page shows the point it cites
+                found = self.findings.feed(event)  # after the event is stored: a finding's page shows the point it cites
             except Exception:  # noqa: BLE001 - a detector's bug must not end a training run
                 log.exception("run %s: symptom detectors failed on a %s event", self.run.id, event.get("type"))
+            for observer in self.observers:
+                try:
+                    observer(event, found)
+                except Exception:  # noqa: BLE001 - nor an observer's
+                    log.exception("run %s: observer %r failed on a %s event", self.run.id, observer, event.get("type"))
 
     def _points(self, events: list[dict]) -> None:
         """Upsert the points (one statement per kind: eval must not erase a step's metrics), then send them."""
@@ -142,7 +154,7 @@ class RunRecorder:
 
     def _on_started(self, event: dict) -> None:
         facts = ("trainable_params", "total_params", "trainable_bias_params", "lora_scale", "device", "backend",
-                 "dtype", "train_examples", "eval_examples", "data_format", "resumed_from_step", "pid")
+                 "dtype", "train_examples", "eval_examples", "data_format", "resumed_from_step", "pid", "load_s")
         derived = event.get("derived") or {}
         Run.objects.filter(id=self.run.id).update(
             started={k: event.get(k) for k in facts}, derived=derived, versions=event.get("versions") or {},
@@ -282,9 +294,10 @@ def _describe_exit(returncode: int | None) -> str:
     return f"the training process exited with code {returncode} without reporting a result"
 
 
-def run_execute(*, run: Run) -> None:
-    """Train a claimed run in a child process. The one wrapper that owns failure: every outcome is terminal."""
-    recorder = RunRecorder(run)
+def run_execute(*, run: Run, observers: Sequence[Observer] = ()) -> None:
+    """Train a claimed run in a child process. The one wrapper that owns failure: every outcome is terminal.
+    `observers` see every event after it is stored, with the findings it raised (a sweep watches its members)."""
+    recorder = RunRecorder(run, observers)
     process: TrainingProcess | None = None
     try:
         run_dir = Path(run.artifact_dir)

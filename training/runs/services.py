@@ -21,7 +21,7 @@ from dashboard.models import Membership, Team
 from training.access import require_role
 from training.engine.config import ConfigError, parse_config
 from training.live import send as live
-from training.models import Dataset, Preset, Run, Worker
+from training.models import Dataset, Preset, Run, Sweep, Worker
 from training.run_config import ADAPTER_SHAPE_FIELDS, PRESET_PLACEHOLDERS, RESERVED_FIELDS, model_errors
 from training.runs import preflight
 from training.selectors import run_status_dict
@@ -119,7 +119,7 @@ def _base_fields(base_run: Run, base_kind: str, overrides: dict[str, Any]) -> di
 
 def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = None,
                overrides: dict[str, Any] | None = None, name: str = "", queue: str | None = None,
-               base_run: Run | None = None, base_kind: str = Run.BaseKind.ADAPTER) -> Run:
+               base_run: Run | None = None, base_kind: str = Run.BaseKind.ADAPTER, sweep: Sweep | None = None) -> Run:
     """Validate and save a run, then queue it once the transaction commits. Nothing is saved on an error.
     `base_run` (a succeeded run of the same team) is what it builds on: its adapter or its merged model."""
     require_role(user=user, team=team, role=Role.MEMBER, action="Starting a run")
@@ -141,7 +141,7 @@ def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = No
             team=team, dataset=dataset, preset=preset, preset_version=preset.version if preset else None,
             created_by=user, name=name, config=config, dataset_sha256=dataset.sha256, queue=queue,
             total_steps=config["max_steps"], base_run=base_run, base_kind=base_kind if base_run else "",
-            preflight=notes,
+            preflight=notes, sweep=sweep,
         )
         _run_set_dir(run)
         transaction.on_commit(lambda: _enqueue(run))
@@ -204,7 +204,20 @@ def run_transition(run: Run, *, to: str, allowed_from: Iterable[str], **fields: 
     if changed:
         live.send_run_message(run.id, "status", run_status_dict(run))
         live.send_run_row(run)
+        if run.sweep_id and to in Run.TERMINAL:
+            sweep_id = run.sweep_id
+            transaction.on_commit(lambda: sweep_advance_enqueue(sweep_id))
     return bool(changed)
+
+
+def sweep_advance_enqueue(sweep_id: int) -> None:
+    """Queue the sweep's advance (training/sweeps/services.py) on the cpu queue: a member ended, or the sweep was
+    resumed. By the task's name: the runs know nothing of sweeps. Never on a GPU queue, where it would wait behind
+    the next member's training."""
+    try:
+        current_app.send_task("training.sweep_advance", args=[sweep_id], queue=settings.TUNEBOARD_CPU_QUEUE)
+    except Exception:  # noqa: BLE001 - the periodic check (workers/heartbeat.py) advances it later
+        log.exception("sweep %s: advance not queued", sweep_id)
 
 
 def run_claim(*, run_id: int, worker_name: str, task_id: str = "") -> Run | None:

@@ -212,6 +212,39 @@ def advance(template: Template, phase: Phase, verdict: Decided, *,
     return expand(template, next_base, params={**carried, **added, **(params or {})}, phase=key)
 
 
+def confirmation(phase: Phase, verdict: Decided, results: Mapping[str, Mapping[str, Any]], *, top: int,
+                 seed_offset: int = 1) -> Phase | None:
+    """The confirmation phase (ours): the winner of `phase` and the next best by eval loss, `top` in all, rerun at a
+    second seed (`seed` and `random_state` + seed_offset: data order and adapter init both change). None where the
+    phase has no candidate besides a probe, or top < 1."""
+    if verdict.winner is None:
+        raise ValueError(f"phase {phase.key} is undecided; nothing to confirm yet")
+    if top < 1 or phase.rule in ("lr_range", "confirm"):
+        return None
+    excluded = set(getattr(verdict, "invalid", ())) | set(getattr(verdict, "diverged", ()))
+    scored = [m for m in phase.members if m.name != verdict.winner and m.name not in excluded
+              and (results.get(m.name) or {}).get("status") == "succeeded"
+              and (results.get(m.name) or {}).get("final_eval_loss") is not None]
+    scored.sort(key=lambda m: results[m.name]["final_eval_loss"])
+    picked = [phase.member(verdict.winner), *scored][:top]
+    first = {m.name: (results.get(m.name) or {}).get("final_eval_loss") for m in picked}
+    if any(v is None for v in first.values()):
+        return None
+    members, origin = [], {}
+    for m in picked:
+        seed = int(m.config.get("seed", 0)) + seed_offset
+        changes = {"seed": seed, "random_state": int(m.config.get("random_state", m.config.get("seed", 0))) + seed_offset}
+        config = {**m.config, **changes}
+        parse_config(config)
+        name = f"{m.name} (seed {seed})"
+        origin[name] = m.name
+        members.append(replace(m, name=name, values={**m.values, **changes}, config=config, reuse=False))
+    held = {k: v for k, v in phase.held.items() if k not in ("seed", "random_state")}
+    return Phase(template=phase.template, key="confirm", title="Confirmation at a second seed", axis=phase.axis,
+                 members=tuple(members), held=held, budget=phase.budget, rule="confirm",
+                 rule_params={"first": first, "origin": origin}, params=dict(phase.params), base=phase.base)
+
+
 def _values(spec: PhaseSpec, base: TrainConfig, p: dict) -> list[Any]:
     values = list(p["values"]) if p.get("values") is not None else list(spec.values(base, p))
     if not values:

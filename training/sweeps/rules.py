@@ -1,7 +1,7 @@
 """Decision rules: a phase's recorded results -> a Verdict that names the winner, the rule and its evidence. Pure.
 
 A result is a plain dict per member (keys below, all optional until the member ends): status ("succeeded",
-"diverged", "failed"; anything else is still running), final_eval_loss, best_eval_loss, train_loss, tokens_per_s,
+"diverged", "pruned", "failed"; anything else is still running or waiting to resume), final_eval_loss, best_eval_loss, train_loss, tokens_per_s,
 peak_vram_gb, trainable_params, init_s, findings (the detectors' codes, "loss_spike@120" counts as "loss_spike"),
 and for the learning-rate range test curve: [[learning_rate, loss], ...] in step order. A rule never guesses: while
 a member has no result, or a result lacks what the rule reads, the verdict is undecided and says why.
@@ -18,7 +18,7 @@ from typing import Any
 
 from training.sweeps.plan import TOLERANCE, Phase
 
-TERMINAL = frozenset({"succeeded", "diverged", "failed"})
+TERMINAL = frozenset({"succeeded", "diverged", "pruned", "failed"})
 UNSTABLE = frozenset({"loss_not_finite", "early_instability", "loss_spike", "grad_norm_spike"})  # the detectors'
 UNDERFIT = frozenset({"flat_loss"})  # lora_dropout: "If neither train nor val improves": the flat-loss finding
 OVERFIT = frozenset({"overfitting"})  # lora_dropout: "If train improves but val doesn't": the overfitting finding
@@ -40,10 +40,22 @@ class Verdict:
     diverged: tuple[str, ...] = ()
     failed: tuple[str, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
+    pruned: tuple[str, ...] = ()
 
     @property
     def decided(self) -> bool:
         return self.winner is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "winner": self.winner, "text": self.text, "ties": list(self.ties),
+                "invalid": list(self.invalid), "diverged": list(self.diverged), "failed": list(self.failed),
+                "pruned": list(self.pruned), "details": dict(self.details)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Verdict:
+        return cls(data["rule"], data.get("winner"), data.get("text", ""), tuple(data.get("ties") or ()),
+                   tuple(data.get("invalid") or ()), tuple(data.get("diverged") or ()),
+                   tuple(data.get("failed") or ()), dict(data.get("details") or {}), tuple(data.get("pruned") or ()))
 
 
 def decide(phase: Phase, results: Mapping[str, Mapping[str, Any]], **overrides: Any) -> Verdict:
@@ -83,15 +95,18 @@ class _Sorted:
     failed: list[str]
     unstable: list[dict]  # diverged members and, where stability counts, those with an instability finding
     undecided: Verdict | None = None
+    pruned: list[str] = field(default_factory=list)
 
     def verdict(self, rule: str, winner: Mapping | None, text: str, **kw: Any) -> Verdict:
         notes = [text]
         if self.diverged:
             notes.append(f"diverged, not compared: {', '.join(self.diverged)}")
+        if self.pruned:
+            notes.append(f"pruned early by successive halving, not compared: {', '.join(self.pruned)}")
         if self.failed:
             notes.append(f"failed, not compared: {', '.join(self.failed)}")
         return Verdict(rule, winner["name"] if winner else None, "; ".join(notes) + ".", diverged=tuple(self.diverged),
-                       failed=tuple(self.failed), **kw)
+                       failed=tuple(self.failed), pruned=tuple(self.pruned), **kw)
 
 
 def _sort(rule: str, entries: Sequence[dict], metric: str, *, stable_only: bool = False,
@@ -99,16 +114,18 @@ def _sort(rule: str, entries: Sequence[dict], metric: str, *, stable_only: bool 
     pending = [e["name"] for e in entries if e.get("status") not in TERMINAL]
     diverged = [e["name"] for e in entries if _is_diverged(e)]
     failed = [e["name"] for e in entries if e.get("status") == "failed" and e["name"] not in diverged]
+    pruned = [e["name"] for e in entries if e.get("status") == "pruned" and e["name"] not in diverged]
     done = [e for e in entries if e.get("status") == "succeeded" and e["name"] not in diverged]
     shaky = [e for e in done if stable_only and _codes(e) & UNSTABLE]
     out = _Sorted([e for e in done if e not in shaky], diverged, failed,
-                  [e for e in entries if e["name"] in diverged] + shaky)
+                  [e for e in entries if e["name"] in diverged] + shaky, pruned=pruned)
     missing = [f"{e['name']} ({k})" for e in out.candidates for k in (metric, *needs) if e.get(k) is None]
     reason = (f"waiting for {', '.join(pending)}: no result yet" if pending else
               f"finished without {', '.join(missing)}" if missing else
               "no member finished stable" if not out.candidates else None)
     if reason:
-        out.undecided = Verdict(rule, None, f"undecided: {reason}.", diverged=tuple(diverged), failed=tuple(failed))
+        out.undecided = Verdict(rule, None, f"undecided: {reason}.", diverged=tuple(diverged), failed=tuple(failed),
+                                pruned=tuple(pruned))
     return out
 
 
@@ -323,6 +340,36 @@ def lr_range(entries: Sequence[dict], *, axis: str, bound_fraction: float, blowu
                                     "of it.", details={"blowup_lr": blowup, "upper_bound": bound})
 
 
+def confirm(entries: Sequence[dict], *, axis: str, first: Mapping[str, float], origin: Mapping[str, str],
+            metric: str = "final_eval_loss") -> Verdict:
+    """The confirmation phase (ours, after the seed's "same seed" comparisons): the top candidates rerun at a second
+    seed; the winner has the lowest mean eval loss over both seeds. `first` holds each candidate's first-seed loss
+    by its original member's name, `origin` maps a rerun's name to that name."""
+    s = _sort("confirm", entries, metric)
+    if s.undecided:
+        return s.undecided
+
+    def mean(e: Mapping) -> float:
+        return (first[origin[e["name"]]] + e[metric]) / 2
+
+    ranked = sorted(s.candidates, key=mean)
+    winner = ranked[0]
+    first_best = min(origin.values(), key=lambda name: first[name])
+
+    def shown(e: Mapping) -> str:
+        return f"{mean(e):.3f} ({_loss(first[origin[e['name']]])} then {_loss(e[metric])})"
+
+    others = "; ".join(f"{origin[e['name']]} {shown(e)}" for e in ranked[1:])
+    held = origin[winner["name"]] == first_best
+    ties = tuple(e["name"] for e in ranked[1:] if abs(mean(e) - mean(winner)) <= TIE)
+    text = (f"{origin[winner['name']]}: the lowest mean eval loss over both seeds, {shown(winner)}"
+            + (f", against {others}" if others else "")
+            + ("; the first seed's winner held" if held else f"; the first seed had picked {first_best}")
+            + _tie_note(ties, "by the order listed"))
+    return s.verdict("confirm", winner, text, ties=ties, details={"held": held, "origin": origin[winner["name"]],
+                                                                  "means": {e["name"]: mean(e) for e in ranked}})
+
+
 RULES: dict[str, Callable[..., Verdict]] = {
     "lowest_eval": lowest_eval,
     "smallest_within_tolerance": smallest_within_tolerance,
@@ -331,4 +378,5 @@ RULES: dict[str, Callable[..., Verdict]] = {
     "loftq_score": loftq_score,
     "packing": packing,
     "lr_range": lr_range,
+    "confirm": confirm,
 }

@@ -1,0 +1,160 @@
+"""Reads of sweeps: a member's result as the decision rules read it, and a sweep's whole state as its page and its
+websocket show it."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from django.db.models import Count, Max, Min, QuerySet
+from django.http import Http404
+
+from guidance.models import Finding
+from training import access
+from training.models import MetricPoint, Run, Sweep, SweepMember, SweepPhase
+from training.sweeps import rules
+
+GB = 1e9
+
+# A member's run status -> the status the rules read (rules.TERMINAL ends it; anything else waits).
+RUN_TO_RESULT = {Run.Status.SUCCEEDED: "succeeded", Run.Status.FAILED: "failed", Run.Status.STOPPED: "stopped",
+                 Run.Status.LOST: "lost"}
+
+
+def sweep_list_for(user, *, team=None) -> QuerySet[Sweep]:
+    sweeps = Sweep.objects.filter(team_id__in=access.team_ids_for(user)).select_related("team", "dataset")
+    return sweeps.filter(team=team) if team is not None else sweeps
+
+
+def get_sweep_for_user(user, sweep_id: int) -> Sweep:
+    """The sweep if it is one of the user's teams'; Http404 otherwise, as for another team's run."""
+    sweep = sweep_list_for(user).filter(id=sweep_id).first()
+    if sweep is None:
+        raise Http404("No such sweep")
+    return sweep
+
+
+def member_status(member: SweepMember, run: Run | None) -> str:
+    """What the member is now: its early end (diverged, pruned) wins over its run's status."""
+    if member.outcome:
+        return member.outcome
+    if run is None:
+        return "pending"
+    return RUN_TO_RESULT.get(run.status, run.status)
+
+
+def member_results(members: list[SweepMember]) -> dict[str, dict[str, Any]]:
+    """Each member's result dict (rules.py's keys), read in four queries for the whole phase."""
+    runs = {m.run_id: m.run for m in members if m.run_id}
+    run_ids = list(runs)
+    lineage = {rid: _curve_run_ids(runs[rid]) for rid in run_ids}
+    all_ids = sorted({i for ids in lineage.values() for i in ids})
+    points: dict[int, list[tuple]] = {i: [] for i in all_ids}
+    for row in (MetricPoint.objects.filter(run_id__in=all_ids).order_by("run_id", "step")
+                .values_list("run_id", "step", "loss", "eval_loss", "learning_rate", "tokens_per_s",
+                             "peak_vram_bytes")):
+        points[row[0]].append(row[1:])
+    findings: dict[int, list[str]] = {i: [] for i in all_ids}
+    for run_id, code, step in Finding.objects.filter(run_id__in=all_ids).values_list("run_id", "code", "step"):
+        findings[run_id].append(f"{code}@{step}")
+    out = {}
+    for m in members:
+        run = runs.get(m.run_id)
+        result: dict[str, Any] = {"status": member_status(m, run), "run_id": m.run_id}
+        if run is not None:
+            curve = _joined_curve(run, lineage[run.id], points)
+            result.update(_figures(curve))
+            result["findings"] = [f for i in lineage[run.id] for f in findings[i]]
+            result["trainable_params"] = (run.started or {}).get("trainable_params")
+            result["init_s"] = (run.started or {}).get("load_s")
+        out[m.name] = result
+    return out
+
+
+def _curve_run_ids(run: Run) -> list[int]:
+    """The run and the runs it resumes, oldest first: a resumed member's curve is the whole member's."""
+    ids, current, seen = [], run, set()
+    while current is not None and current.id not in seen:
+        seen.add(current.id)
+        ids.insert(0, current.id)
+        current = current.resumed_from if current.resumed_from_id else None
+    return ids
+
+
+def _joined_curve(run: Run, ids: list[int], points: dict[int, list[tuple]]) -> list[tuple]:
+    """Each run's points up to where its continuation took over (the continuation's resumed_from_step)."""
+    runs = {r.id: r for r in Run.objects.filter(id__in=ids).only("id", "resumed_from_step")} if len(ids) > 1 else {}
+    curve: list[tuple] = []
+    for i, rid in enumerate(ids):
+        cut = runs[ids[i + 1]].resumed_from_step if i + 1 < len(ids) else None
+        curve += [p for p in points.get(rid, []) if cut is None or p[0] <= cut]
+    return curve
+
+
+def _figures(curve: list[tuple]) -> dict[str, Any]:
+    evals = [p[2] for p in curve if p[2] is not None]
+    losses = [p[1] for p in curve if p[1] is not None]
+    speeds = sorted(p[4] for p in curve if p[4] is not None and math.isfinite(p[4]))
+    vram = [p[5] for p in curve if p[5] is not None]
+    tail = losses[-10:]
+    return {
+        "final_eval_loss": evals[-1] if evals else None,
+        "best_eval_loss": min(evals) if evals else None,
+        "train_loss": sum(tail) / len(tail) if tail else None,
+        "tokens_per_s": speeds[len(speeds) // 2] if speeds else None,  # the median: the first steps warm up
+        "peak_vram_gb": max(vram) / GB if vram else None,
+        "curve": [[p[3], p[1]] for p in curve if p[1] is not None and p[3] is not None],
+        "last_step": curve[-1][0] if curve else 0,
+    }
+
+
+def sweep_state(sweep: Sweep) -> dict[str, Any]:
+    """Everything the sweep page draws, in a handful of queries whatever the number of members."""
+    phases = list(SweepPhase.objects.filter(sweep=sweep).order_by("index"))
+    members = list(SweepMember.objects.filter(sweep=sweep).select_related("run").order_by("phase__index", "index"))
+    by_phase: dict[int, list[SweepMember]] = {}
+    for m in members:
+        by_phase.setdefault(m.phase_id, []).append(m)
+    run_ids = [m.run_id for m in members if m.run_id]
+    finding_counts = dict(Finding.objects.filter(run_id__in=run_ids).values("run_id").annotate(n=Count("id"))
+                          .values_list("run_id", "n")) if run_ids else {}
+    evals = {}
+    if run_ids:
+        last = (MetricPoint.objects.filter(run_id__in=run_ids, eval_loss__isnull=False).values("run_id")
+                .annotate(best=Min("eval_loss"), step=Max("step")))
+        evals = {row["run_id"]: row for row in last}
+    out_phases = []
+    for phase in phases:
+        rows = []
+        for m in by_phase.get(phase.id, []):
+            run = m.run
+            rows.append({
+                "id": m.id, "name": m.name, "value": m.value, "values": m.values, "steps": m.steps,
+                "tokens": m.tokens, "status": member_status(m, run), "outcome": m.outcome,
+                "outcome_note": m.outcome_note, "run_id": m.run_id,
+                "run_status": run.status if run else None,
+                "progress": run.progress if run else None,
+                "last_step": run.last_step if run else 0,
+                "best_eval_loss": evals.get(m.run_id, {}).get("best"),
+                "final_eval_loss": (m.result or {}).get("final_eval_loss"),
+                "findings": finding_counts.get(m.run_id, 0),
+                "winner": bool(phase.verdict and phase.verdict.get("winner") == m.name),
+            })
+        out_phases.append({
+            "id": phase.id, "index": phase.index, "key": phase.key, "title": phase.title, "axis": phase.axis,
+            "rule": phase.rule, "rule_params": phase.rule_params, "held": phase.held, "budget": phase.budget,
+            "verdict": phase.verdict, "members": rows,
+        })
+    winner = next((m for m in members if m.id == sweep.winner_id), None)
+    return {
+        "id": sweep.id, "name": sweep.name, "template": sweep.template, "status": sweep.status,
+        "status_label": sweep.get_status_display(), "is_terminal": sweep.is_terminal, "verdict": sweep.verdict,
+        "error": sweep.error, "auto_advance": sweep.auto_advance, "early_stop": sweep.early_stop,
+        "prune": sweep.prune, "confirm_top": sweep.confirm_top, "phases": out_phases,
+        "winner": {"id": winner.id, "name": winner.name, "values": winner.values, "run_id": winner.run_id}
+        if winner else None,
+        "run_ids": run_ids,
+    }
+
+
+def verdict_of(phase: SweepPhase) -> rules.Verdict | None:
+    return rules.Verdict.from_dict(phase.verdict) if phase.verdict else None
