@@ -34,6 +34,7 @@ PARAMS = {
     "range_end": "the range test's final learning rate",
     "bound_fraction": "the share of the blow-up rate taken as the upper bound (0.1-0.3)",
     "memory_bound": "true to screen paged_adamw_8bit as well",
+    "phase": "the phase to start at (e.g. learning_rate's 'coarse', to skip the range test)",
 }
 # Fields a member never passes as an override: the services set them (the dataset, the run's folder, the adapter
 # of the run it builds on).
@@ -87,8 +88,9 @@ def sweep_preview(*, team: Team, template: str, dataset: Dataset, base_run: Run 
     spec = _template(template)
     p = _params(spec, dataset, params)
     base = sweep_base_config(dataset=dataset, base_run=base_run, preset=preset, overrides=overrides)
+    start = p.pop("phase", None)
     try:
-        phase = plan.expand(spec, base, params=p)
+        phase = plan.expand(spec, base, params=p, phase=start)
     except ConfigError as exc:
         raise ValidationError(_errors(exc)) from None
     for member in phase.members:
@@ -329,19 +331,28 @@ def sweep_stop(*, sweep: Sweep, user) -> None:
     sweep.refresh_from_db()
 
 
-def sweep_resume(*, sweep: Sweep, user) -> Sweep:
+def sweep_resume(*, sweep: Sweep, user, queue: str | None = None) -> Sweep:
     """Carry on after a worker died or the sweep was stopped: each member of the current phase whose run is lost or
     stopped (not one the sweep ended early) resumes from its last checkpoint, or starts again without one; the
-    verdict waits for them."""
+    verdict waits for them. With another `queue` (the dead worker's may have no other), the members still queued
+    move there too."""
     require_role(user=user, team=sweep.team, role=Role.MEMBER, action="Resuming a sweep")
+    if queue is not None and not runs.QUEUE_NAME.match(queue):
+        raise ValidationError({"queue": "letters, digits and _ . @ - only, at most 100"})
     with transaction.atomic():
         locked = Sweep.objects.select_for_update().get(id=sweep.id)
         if locked.status == Sweep.Status.FINISHED:
             raise ValidationError({"sweep": "this sweep finished with a verdict; start a new one"})
+        moved = queue is not None and queue != locked.queue
+        locked.queue = queue or locked.queue
         row = SweepPhase.objects.filter(sweep=locked).order_by("-index").first()
-        resumable = [m for m in row.members.select_related("run").order_by("index")
-                     if not m.outcome and m.run is not None and m.run.status in (Run.Status.LOST, Run.Status.STOPPED,
-                                                                                 Run.Status.FAILED)]
+        ended = (Run.Status.LOST, Run.Status.STOPPED, Run.Status.FAILED)
+        members = list(row.members.select_related("run").order_by("index"))
+        if moved:
+            for m in members:
+                if not m.outcome and m.run is not None and m.run.status == Run.Status.QUEUED:
+                    runs.run_stop(run=m.run, user=user)
+        resumable = [m for m in members if not m.outcome and m.run is not None and m.run.status in ended]
         if not resumable and locked.status == Sweep.Status.RUNNING:
             raise ValidationError({"sweep": "no member of the current phase is lost, stopped or failed"})
         for member in resumable:
@@ -359,7 +370,7 @@ def sweep_resume(*, sweep: Sweep, user) -> Sweep:
             row.verdict, row.decided_at = None, None
             row.save(update_fields=["verdict", "decided_at"])
         locked.verdict = ""
-        locked.save(update_fields=["status", "finished_at", "error", "verdict"])
+        locked.save(update_fields=["status", "finished_at", "error", "verdict", "queue"])
     transaction.on_commit(lambda: runs.sweep_advance_enqueue(sweep.id))
     sweep.refresh_from_db()
     return sweep

@@ -97,10 +97,45 @@ def test_a_member_with_a_huge_learning_rate_is_stopped_early_as_diverged(celery_
     sweep = services.sweep_create(
         team=team, user=user, template="learning_rate", dataset=dataset,
         overrides=sweep_overrides(tiny_model, max_steps=40, eval_steps=10, save_steps=10),
-        params={"values": [1e-3, 50.0]})
-    wait_sweep(sweep)
-    diverged = SweepMember.objects.get(sweep=sweep, name="learning_rate=50")
+        params={"phase": "coarse", "values": [1e-3, 1.0]})
+    phase = SweepPhase.objects.get(sweep=sweep, index=0)
+    wait_for(lambda: SweepPhase.objects.get(id=phase.id).verdict, timeout=300, what="the coarse phase's verdict")
+    services.sweep_stop(sweep=sweep, user=user)  # the refine phase it chained to is not this test's
+    diverged = SweepMember.objects.get(sweep=sweep, name="learning_rate=1")
     assert diverged.outcome == SweepMember.Outcome.DIVERGED, diverged.outcome_note
     assert diverged.run.status == Run.Status.STOPPED and diverged.run.last_step < 40
-    phase = SweepPhase.objects.filter(sweep=sweep).order_by("index").first()
-    assert phase.verdict["diverged"] == ["learning_rate=50"] and "diverged, not compared" in phase.verdict["text"]
+    phase.refresh_from_db()
+    assert phase.verdict["winner"] == "learning_rate=0.001"
+    assert phase.verdict["diverged"] == ["learning_rate=1"] and "diverged, not compared" in phase.verdict["text"]
+
+
+def test_a_worker_killed_mid_sweep_leaves_its_member_lost_and_the_resumed_sweep_reaches_its_verdict(
+        celery_worker, cpu_worker, tiny_model, team_member, isolated_session, tmp_path):
+    team, user, dataset = team_member
+    doomed = start_worker(queue=f"doomed-{isolated_session}", name=f"doomed-{isolated_session}@test",
+                          log=tmp_path / "doomed.log")
+    try:
+        sweep = services.sweep_create(team=team, user=user, template="r", dataset=dataset, queue=doomed.queue,
+                                      overrides=sweep_overrides(tiny_model, max_steps=30, eval_steps=10, save_steps=5),
+                                      params={"values": [2, 4]})
+        first = SweepMember.objects.get(sweep=sweep, name="r=2")
+        wait_for(lambda: (Run.objects.get(id=first.run_id).last_checkpoint_step or 0) >= 5, timeout=90,
+                 what="the first member's checkpoint")
+        doomed.process.send_signal(signal.SIGKILL)
+        doomed.process.wait()
+    finally:
+        stop_worker(doomed)
+    # What the worker's restart (or, within a minute, the lost-run check) does: its run is lost.
+    assert runs.worker_runs_mark_lost(name=doomed.name) == [first.run_id]
+    assert sweep_state(sweep)["phases"][0]["members"][0]["status"] == "lost"
+    assert tasks.sweep_advance(sweep.id) == "waiting"  # the verdict waits for the lost member
+    sweep.refresh_from_db()
+    assert sweep.status == Sweep.Status.RUNNING and SweepPhase.objects.get(sweep=sweep).verdict is None
+
+    services.sweep_resume(sweep=sweep, user=user, queue=celery_worker.queue)
+    wait_sweep(sweep)
+    assert sweep.status == Sweep.Status.FINISHED, (sweep.verdict, sweep.error)
+    first.refresh_from_db()
+    assert first.run.resumed_from_id is not None and first.run.resumed_from.status == Run.Status.LOST
+    assert first.run.resumed_from_step >= 5 and first.run.status == Run.Status.SUCCEEDED
+    assert first.result["final_eval_loss"] is not None and sweep.winner is not None
