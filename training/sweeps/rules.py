@@ -124,8 +124,7 @@ def _sort(rule: str, entries: Sequence[dict], metric: str, *, stable_only: bool 
               f"finished without {', '.join(missing)}" if missing else
               "no member finished stable" if not out.candidates else None)
     if reason:
-        out.undecided = Verdict(rule, None, f"undecided: {reason}.", diverged=tuple(diverged), failed=tuple(failed),
-                                pruned=tuple(pruned))
+        out.undecided = out.verdict(rule, None, f"undecided: {reason}")
     return out
 
 

@@ -2,7 +2,7 @@
 import math
 
 from training.sweeps import rules
-from training.sweeps.plan import TEMPLATES, advance, expand
+from training.sweeps.plan import TEMPLATES, advance, confirmation, expand
 
 BASE = {"model": "var/models/tiny", "train_file": "data.jsonl", "eval_split": 0.1, "eval_steps": 10,
         "max_steps": 200, "r": 16, "lora_alpha": 32}
@@ -251,3 +251,48 @@ def test_an_undecided_verdict_does_not_advance_the_chain():
 
 def test_every_rule_of_every_template_exists():
     assert {s.rule for t in TEMPLATES.values() for s in t.phases} <= set(rules.RULES)
+
+
+def test_pruned_members_end_the_wait_and_are_named_not_compared():
+    v = decide("r", {"r=8": ok(1.02), "r=16": {"status": "pruned"}, "r=32": ok(1.03)})
+    assert v.winner == "r=8" and v.pruned == ("r=16",)
+    assert "pruned early by successive halving, not compared: r=16" in v.text
+
+
+def confirmed(first_losses, second_losses, top=2):
+    phase = expand(TEMPLATES["r"], BASE, params={"values": [8, 16, 32]})
+    results = {name: ok(loss) for name, loss in zip(("r=8", "r=16", "r=32"), first_losses)}
+    verdict = rules.decide(phase, results)
+    confirm = confirmation(phase, verdict, results, top=top)
+    second = {m.name: ok(loss) for m, loss in zip(confirm.members, second_losses)}
+    return verdict, confirm, rules.decide(confirm, second)
+
+
+def test_the_confirmation_phase_reruns_the_winner_and_the_next_best_at_a_second_seed():
+    verdict, confirm, _ = confirmed([1.05, 1.00, 1.02], [1.0, 1.0])
+    assert verdict.winner == "r=16"
+    assert [m.name for m in confirm.members] == ["r=16 (seed 3408)", "r=32 (seed 3408)"]
+    assert all(m.config["seed"] == 3408 and m.config["random_state"] == 3408 for m in confirm.members)
+    assert [m.config["r"] for m in confirm.members] == [16, 32]
+    assert confirm.rule == "confirm" and confirm.rule_params["first"] == {"r=16": 1.00, "r=32": 1.02}
+
+
+def test_confirm_judges_the_mean_over_both_seeds_and_says_whether_the_first_winner_held():
+    _, _, held = confirmed([1.05, 1.00, 1.02], [1.01, 1.02])
+    assert held.winner == "r=16 (seed 3408)" and "the first seed's winner held" in held.text
+    assert "1.005 (1.000 then 1.010)" in held.text
+    _, _, changed = confirmed([1.05, 1.00, 1.02], [1.10, 0.95])
+    assert changed.winner == "r=32 (seed 3408)" and "the first seed had picked r=16" in changed.text
+
+
+def test_no_confirmation_for_a_probe_or_top_zero():
+    phase = expand(TEMPLATES["r"], BASE, params={"values": [8, 16]})
+    results = {"r=8": ok(1.0), "r=16": ok(1.1)}
+    verdict = rules.decide(phase, results)
+    assert confirmation(phase, verdict, results, top=0) is None
+    assert len(confirmation(phase, verdict, results, top=5).members) == 2  # only as many as finished
+
+
+def test_a_verdict_survives_its_round_trip_through_json():
+    v = decide("r", {"r=8": ok(1.02), "r=16": {"status": "diverged"}, "r=32": ok(1.03)})
+    assert rules.Verdict.from_dict(v.as_dict()) == v
