@@ -4,6 +4,7 @@ from django.urls import path
 from training.compare import views as compare_views
 from training.datasets import views as dataset_views
 from training.runs import views
+from training.sweeps import views as sweep_views
 from training.workers import views as worker_views
 
 urlpatterns = [
@@ -16,6 +17,15 @@ urlpatterns = [
     path("runs/<int:run_id>/resume/", views.run_resume, name="run_resume"),
     path("runs/<int:run_id>/adapter/", views.run_adapter_list, name="run_adapter_list"),
     path("runs/<int:run_id>/adapter/<str:name>", views.run_adapter_file, name="run_adapter_file"),
+    path("sweeps/", sweep_views.sweep_list, name="sweep_list"),
+    path("sweeps/new/", sweep_views.sweep_new, name="sweep_new"),
+    path("sweeps/new/preview/", sweep_views.sweep_preview, name="sweep_preview"),
+    path("sweeps/<int:sweep_id>/", sweep_views.sweep_detail, name="sweep_detail"),
+    path("sweeps/<int:sweep_id>/stop/", sweep_views.sweep_stop, name="sweep_stop"),
+    path("sweeps/<int:sweep_id>/resume/", sweep_views.sweep_resume, name="sweep_resume"),
+    path("sweeps/<int:sweep_id>/confirm/", sweep_views.sweep_confirm, name="sweep_confirm"),
+    path("sweeps/<int:sweep_id>/apply/", sweep_views.sweep_apply, name="sweep_apply"),
+    path("sweeps/<int:sweep_id>/points/", sweep_views.sweep_points, name="sweep_points"),
     path("datasets/", dataset_views.dataset_list, name="dataset_list"),
     path("datasets/<int:dataset_id>/", dataset_views.dataset_detail, name="dataset_detail"),
     path("datasets/<int:dataset_id>/profile.json", dataset_views.dataset_profile_status, name="dataset_profile_status"),

@@ -158,3 +158,15 @@ def sweep_state(sweep: Sweep) -> dict[str, Any]:
 
 def verdict_of(phase: SweepPhase) -> rules.Verdict | None:
     return rules.Verdict.from_dict(phase.verdict) if phase.verdict else None
+
+
+def seconds_per_step(team, *, model: str, backend: str, limit: int = 50) -> tuple[float, int] | None:
+    """The median wall seconds per step (model loading included) of the team's latest succeeded runs of this model
+    and backend, and how many runs it read: the sweep form's expected GPU time. None with no such run yet."""
+    rows = (Run.objects.filter(team=team, status=Run.Status.SUCCEEDED, config__model=model, config__backend=backend,
+                               started_at__isnull=False, finished_at__isnull=False, last_step__gt=0)
+            .order_by("-id").values_list("started_at", "finished_at", "last_step")[:limit])
+    per_step = sorted((end - start).total_seconds() / steps for start, end, steps in rows)
+    if not per_step:
+        return None
+    return per_step[len(per_step) // 2], len(per_step)
