@@ -1,4 +1,5 @@
-"""`make dev`: set up a fresh machine's database, demo data and tiny model, then run web, worker and a demo run."""
+"""`make dev`: set up a fresh machine's database, demo data and tiny model, then run web, workers, a demo run and a
+demo rank sweep."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,10 @@ DEMO_DATASET = "colours"
 DEMO_PRESET = "Demo: tiny model, live curve"
 # A few hundred steps on the tiny model: about a minute on a laptop CPU, long enough to watch the curve grow.
 DEMO_STEPS = 300
+DEMO_SWEEP = "Demo: rank sweep"
+# The rank sweep's members (r = 2, 4, 8 for the demo dataset's 256 rows): short, so its verdict comes within minutes
+# of the demo run on a laptop CPU; three evals each for the rule to read; no sample generation to wait for.
+DEMO_SWEEP_OVERRIDES = {"max_steps": 60, "eval_steps": 20, "save_steps": 20, "sample_prompts": []}
 
 
 def demo_preset_config(model_path: Path) -> dict:
@@ -246,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dashboard.dev", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="address the web server listens on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="web server port (default 8000)")
-    parser.add_argument("--no-demo-run", action="store_true", help="set up and serve, but start no demo run")
+    parser.add_argument("--no-demo-run", action="store_true",
+                        help="set up and serve, but start no demo run and do not start or resume the demo sweep")
     args = parser.parse_args(argv)
     if not 1 <= args.port <= 65535:
         parser.error(f"--port must be 1-65535, not {args.port}")
@@ -257,24 +263,26 @@ def main(argv: list[str] | None = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     children = Children(log_dir)
     worker_name = f"dev-{settings.TUNEBOARD_DEFAULT_QUEUE}@{socket.gethostname()}"
+    demo_sweeps: list[int] = []  # the demo sweep, once this launcher started or resumed it
     # From here on a Ctrl-C (or a SIGTERM) shuts the children down in order rather than leaving them running.
     # SIGINT too, explicitly: a process started in the background by a non-interactive shell (a CI script, `make
     # dev &`) inherits SIGINT ignored, and Python then leaves it ignored.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return run(args, children, worker_name)
+        return run(args, children, worker_name, demo_sweeps)
     except KeyboardInterrupt:
         say("shutting down")
         return 0
     finally:
         if children.running("worker"):
+            stop_demo_sweep(demo_sweeps)
             stop_demo_runs(worker_name)
         children.stop_all()
         say("stopped")
 
 
-def run(args: argparse.Namespace, children: Children, worker_name: str) -> int:
+def run(args: argparse.Namespace, children: Children, worker_name: str, demo_sweeps: list[int]) -> int:
     from django.conf import settings
 
     if not port_free(args.host, args.port):
@@ -288,33 +296,91 @@ def run(args: argparse.Namespace, children: Children, worker_name: str) -> int:
     say(f"starting the web server on http://{args.host}:{args.port} (log: {children.log_dir / 'web.log'})")
     web = children.start("web", [sys.executable, "-m", "daphne", "-b", args.host, "-p", str(args.port),
                                  "dashboard.asgi:application"])
-    # One solo worker also takes the dataset statistics (cpu queue): they wait while the demo run trains.
-    say(f"starting a worker for queues {queue!r} and {settings.TUNEBOARD_CPU_QUEUE!r} "
-        f"(log: {children.log_dir / 'worker.log'})")
-    worker = children.start("worker", [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "-Q",
-                                       f"{queue},{settings.TUNEBOARD_CPU_QUEUE}",
-                                       "-n", worker_name, "--pool", "solo", "-c", "1", "--without-gossip",
-                                       "--without-mingle", "-l", "info"])
+    # Two solo workers: one trains (the gpu queue, one run at a time), one takes the cpu queue (dataset statistics,
+    # sweep advances), so neither waits for a training to end: a sweep's next phase is queued as soon as its last
+    # member ends, and an upload's statistics appear while the demo run trains.
+    say(f"starting a worker for queue {queue!r} (log: {children.log_dir / 'worker.log'})")
+    worker = children.start("worker", celery_worker(queue, worker_name))
+    cpu_queue = settings.TUNEBOARD_CPU_QUEUE
+    cpu_worker_name = f"dev-{cpu_queue}@{socket.gethostname()}"
+    say(f"starting a worker for queue {cpu_queue!r}: dataset statistics and sweep advances "
+        f"(log: {children.log_dir / 'cpu-worker.log'})")
+    cpu_worker = children.start("cpu-worker", celery_worker(cpu_queue, cpu_worker_name))
     if not wait_http(args.host, args.port, web):
         fail(f"the web server did not start; see {children.log_dir / 'web.log'}")
     if not wait_worker(worker_name, worker):
         fail(f"the worker did not start; see {children.log_dir / 'worker.log'}")
+    if not wait_worker(cpu_worker_name, cpu_worker):
+        fail(f"the cpu worker did not start; see {children.log_dir / 'cpu-worker.log'}")
 
-    url = f"http://{args.host}:{args.port}/"
+    site = f"http://{args.host}:{args.port}"
+    url, sweep_line = f"{site}/", ""
     if not args.no_demo_run:
         from training.runs import services
 
         run_ = services.run_create(team=team, user=user, dataset=dataset, preset=preset, name="demo run")
-        url = f"http://{args.host}:{args.port}/runs/{run_.id}/"
+        url = f"{site}/runs/{run_.id}/"
         say(f"demo run #{run_.id} queued: {DEMO_STEPS} steps of the tiny model")
-    print(f"\n  Tuneboard is running: {url}\n  Log in as {DEMO_USER} / {DEMO_PASSWORD}.  Ctrl-C stops everything.\n",
-          flush=True)
+        sweep = start_demo_sweep(team, user, dataset, preset)
+        demo_sweeps.append(sweep.id)
+        sweep_line = f"\n  The demo rank sweep: {site}/sweeps/{sweep.id}/"
+    print(f"\n  Tuneboard is running: {url}{sweep_line}\n  Log in as {DEMO_USER} / {DEMO_PASSWORD}.  "
+          "Ctrl-C stops everything.\n", flush=True)
     while True:
         dead = children.dead()
         if dead:
             say(f"{', '.join(dead)} exited; see its log in {children.log_dir}")
             return 1
         time.sleep(1)
+
+
+def celery_worker(queue: str, name: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "-Q", queue, "-n", name, "--pool", "solo",
+            "-c", "1", "--without-gossip", "--without-mingle", "-l", "info"]
+
+
+def start_demo_sweep(team, user, dataset, preset):
+    """The demo's rank sweep on the tiny model, started once: a later launch resumes it where the last one stopped
+    it (its stopped members from their checkpoints) and leaves a finished one as it is."""
+    from django.core.exceptions import ValidationError
+
+    from training.models import Sweep
+    from training.sweeps import services
+
+    sweep = Sweep.objects.filter(team=team, name=DEMO_SWEEP, dataset=dataset).order_by("-created_at").first()
+    if sweep is None:
+        sweep = services.sweep_create(team=team, user=user, template="r", dataset=dataset, preset=preset,
+                                      overrides=DEMO_SWEEP_OVERRIDES, name=DEMO_SWEEP)
+        names = ", ".join(sweep.phases.get().members.order_by("index").values_list("name", flat=True))
+        say(f"demo sweep #{sweep.id} queued: ranks {names}, {DEMO_SWEEP_OVERRIDES['max_steps']} steps each, "
+            "judged by the smallest rank within 1% of the best eval loss")
+        return sweep
+    if sweep.status == Sweep.Status.FINISHED:
+        say(f"demo sweep #{sweep.id} finished earlier: {sweep.verdict}")
+        return sweep
+    try:
+        services.sweep_resume(sweep=sweep, user=user)
+        say(f"demo sweep #{sweep.id} resumed")
+    except ValidationError:
+        say(f"demo sweep #{sweep.id} is {sweep.get_status_display().lower()}")
+    return sweep
+
+
+def stop_demo_sweep(sweep_ids: list[int]) -> None:
+    """Stop the demo sweep this launcher started or resumed: its queued members would otherwise wait in Redis for
+    a worker (or be lost with a Redis that keeps nothing); the next launch resumes it."""
+    try:
+        from django.contrib.auth.models import User
+
+        from training.models import Sweep
+        from training.sweeps import services
+
+        user = User.objects.filter(username=DEMO_USER).first()
+        for sweep in Sweep.objects.filter(id__in=sweep_ids).exclude(status__in=list(Sweep.TERMINAL)):
+            services.sweep_stop(sweep=sweep, user=user)
+            say(f"demo sweep #{sweep.id} stopped; the next `make dev` resumes it")
+    except Exception as exc:  # noqa: BLE001 - shutting down must go on
+        say(f"could not stop the demo sweep ({type(exc).__name__}: {exc})")
 
 
 def stop_demo_runs(worker_name: str) -> None:

@@ -1,6 +1,6 @@
 """`make dev`'s launcher (python -m dashboard.dev) on a fresh database: it creates and migrates it, sets up the
-demo, serves the app with a worker training the demo run, and shuts everything down on Ctrl-C; a missing
-PostgreSQL or Redis is a clear sentence, not a traceback."""
+demo, serves the app with a worker training the demo run (and the demo rank sweep after it) and a worker for the cpu
+queue, and shuts everything down on Ctrl-C; a missing PostgreSQL or Redis is a clear sentence, not a traceback."""
 import os
 import signal
 import socket
@@ -13,6 +13,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
+from dashboard import dev
+from training.models import Run, Sweep
+from training.sweeps import services as sweep_services
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -99,6 +103,8 @@ def test_on_a_fresh_database_it_sets_up_serves_trains_the_demo_and_stops_cleanly
         out = launcher.output()
         assert f"creating database {name}" in out and "Log in as demo / demo" in out
         assert f"http://127.0.0.1:{port}/runs/1/" in out
+        # The rank sweep queued after the demo run, on the demo dataset's rank bucket.
+        assert f"http://127.0.0.1:{port}/sweeps/1/" in out and "demo sweep #1 queued: ranks r=2, r=4, r=8" in out
         login = urllib.request.urlopen(f"http://127.0.0.1:{port}/accounts/login/", timeout=10)
         assert login.status == 200 and b"Log in" in login.read()
         plotly = urllib.request.urlopen(f"http://127.0.0.1:{port}/static/vendor/plotly.min.js", timeout=10)
@@ -109,6 +115,8 @@ def test_on_a_fresh_database_it_sets_up_serves_trains_the_demo_and_stops_cleanly
             while not conn.execute("SELECT count(*) FROM training_metricpoint WHERE run_id = 1").fetchone()[0]:
                 assert time.monotonic() < deadline, f"the demo run drew no point:\n{launcher.output()}"
                 time.sleep(1)
+            workers = conn.execute("SELECT queues FROM training_worker ORDER BY name").fetchall()
+            assert sorted(q for (queues,) in workers for q in queues) == sorted([queue, f"{queue}-cpu"])
             user = conn.execute("SELECT is_superuser FROM auth_user WHERE username = 'demo'").fetchone()
             role = conn.execute("SELECT role FROM dashboard_membership").fetchone()
             assert user == (True,) and role == ("admin",)
@@ -121,6 +129,10 @@ def test_on_a_fresh_database_it_sets_up_serves_trains_the_demo_and_stops_cleanly
             ended = conn.execute("SELECT status FROM training_run WHERE id = 1").fetchone()[0]
             # A run training at Ctrl-C checkpoints and stops instead of being left for the lost-run check.
             assert ended in ("stopped", "succeeded"), (status, ended)
+            # The demo sweep is stopped with it (the next launch resumes it): no member is left queued in Redis.
+            assert conn.execute("SELECT status FROM training_sweep").fetchone() == ("stopped",)
+            assert conn.execute("SELECT count(*) FROM training_run WHERE sweep_id = 1 AND status NOT IN "
+                                "('stopped', 'succeeded')").fetchone() == (0,)
 
         # Run again on the same database: the demo set-up is reused, and --no-demo-run starts nothing.
         again = Launcher(env, port, "--no-demo-run")
@@ -129,9 +141,29 @@ def test_on_a_fresh_database_it_sets_up_serves_trains_the_demo_and_stops_cleanly
         assert again.interrupt() == 0
         with psycopg.connect(dbname=name, user="postgres", host="127.0.0.1") as conn:
             counts = conn.execute("SELECT (SELECT count(*) FROM training_run), (SELECT count(*) FROM auth_user), "
-                                  "(SELECT count(*) FROM training_dataset), (SELECT count(*) FROM training_preset)"
-                                  ).fetchone()
-        assert counts == (1, 1, 1, 1)
+                                  "(SELECT count(*) FROM training_dataset), (SELECT count(*) FROM training_preset), "
+                                  "(SELECT count(*) FROM training_sweep)").fetchone()
+        assert counts == (4, 1, 1, 1, 1)  # the demo run and the sweep's three members
     finally:
         with psycopg.connect(dbname="postgres", user="postgres", host="127.0.0.1", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.django_db
+def test_the_demo_sweep_is_started_once_resumed_after_a_stop_and_left_alone_once_finished(tiny_model, tmp_path):
+    team, user, dataset, preset = dev.setup_demo(tmp_path)  # the tiny model is the session's, in the model roots
+    sweep = dev.start_demo_sweep(team, user, dataset, preset)
+    members = list(sweep.phases.get().members.order_by("index").select_related("run"))
+    assert [m.name for m in members] == ["r=2", "r=4", "r=8"]
+    assert all(m.run.config["max_steps"] == 60 and m.run.config["eval_steps"] == 20 for m in members)
+    assert dev.start_demo_sweep(team, user, dataset, preset) == sweep and Sweep.objects.count() == 1
+
+    sweep_services.sweep_stop(sweep=sweep, user=user)  # as Ctrl-C leaves it
+    assert dev.start_demo_sweep(team, user, dataset, preset) == sweep
+    sweep.refresh_from_db()
+    assert sweep.status == Sweep.Status.RUNNING and Sweep.objects.count() == 1
+    assert sorted(Run.objects.filter(sweep=sweep).values_list("status", flat=True)) == ["queued"] * 3 + ["stopped"] * 3
+
+    Sweep.objects.filter(id=sweep.id).update(status=Sweep.Status.FINISHED, verdict="r=2: the smallest")
+    assert dev.start_demo_sweep(team, user, dataset, preset) == sweep
+    assert Sweep.objects.get(id=sweep.id).status == Sweep.Status.FINISHED and Run.objects.count() == 6
