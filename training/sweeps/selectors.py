@@ -156,6 +156,26 @@ def sweep_state(sweep: Sweep) -> dict[str, Any]:
     }
 
 
+def stalled_sweep_ids(*, now, grace_s: float = 30.0) -> list[int]:
+    """Running sweeps whose current phase has every member ended more than `grace_s` ago but no verdict, or a
+    winning verdict and no next phase: their advance message was lost (Redis down as the last member ended) and
+    the periodic check (training/workers/heartbeat.py) queues it again. A phase waiting for a lost or stopped member
+    to be resumed is not stalled."""
+    out = []
+    for sweep in Sweep.objects.filter(status=Sweep.Status.RUNNING).only("id"):
+        row = SweepPhase.objects.filter(sweep=sweep).order_by("-index").first()
+        if row is None or (row.verdict is not None and not row.verdict.get("winner")):
+            continue
+        statuses = list(SweepMember.objects.filter(phase=row).values_list("run__status", "run__finished_at"))
+        if not statuses or any(status not in (Run.Status.SUCCEEDED, Run.Status.FAILED, Run.Status.STOPPED)
+                               or ended is None for status, ended in statuses):
+            continue
+        waits_for_resume = SweepMember.objects.filter(phase=row, outcome="", run__status=Run.Status.STOPPED).exists()
+        if not waits_for_resume and max(ended for _, ended in statuses).timestamp() < now.timestamp() - grace_s:
+            out.append(sweep.id)
+    return out
+
+
 def verdict_of(phase: SweepPhase) -> rules.Verdict | None:
     return rules.Verdict.from_dict(phase.verdict) if phase.verdict else None
 

@@ -15,6 +15,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from training.runs import services
+from training.sweeps.selectors import stalled_sweep_ids
 from training.workers import services as worker_services
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ class Heartbeat(threading.Thread):
             lost = services.runs_mark_lost()
             if lost:
                 log.warning("runs %s marked lost by %s: their worker is silent or no longer runs them", lost, self.who)
+            for sweep_id in stalled_sweep_ids(now=timezone.now()):
+                log.warning("sweep %s: its members ended but it did not advance; queued its advance again", sweep_id)
+                services.sweep_advance_enqueue(sweep_id)
             if self._failing:
                 log.info("heartbeat of %s recorded again", self.who)
             elif not self._beaten:

@@ -10,6 +10,7 @@ from tests.factories import idle_queue, make_member, make_team, tiny_overrides
 from training.models import MetricPoint, Run, Sweep, SweepMember, SweepPhase
 from training.runs import services as runs
 from training.sweeps import services
+from training.sweeps.selectors import stalled_sweep_ids
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -194,3 +195,14 @@ def test_another_teams_base_run_or_a_base_that_cannot_take_the_parameter_is_refu
                               params={"values": [2, 4]}, queue=idle_queue())
     assert "r" in exc.value.message_dict and "keeps its r" in " ".join(exc.value.message_dict["r"])
     assert counts() == before
+
+
+def test_a_sweep_whose_advance_was_lost_is_found_by_the_periodic_check(team_member):
+    sweep = create(team_member, "weight_decay", params={"values": [0.0, 0.01]})
+    for member, loss in zip(phase_members(sweep, 0), [1.2, 1.1]):
+        finish(member, loss)
+    later = timezone.now() + timezone.timedelta(seconds=31)
+    assert stalled_sweep_ids(now=timezone.now()) == []  # within the grace: its own advance is on the way
+    assert stalled_sweep_ids(now=later) == [sweep.id]
+    services.sweep_advance(sweep_id=sweep.id)  # what the re-queued advance does
+    assert stalled_sweep_ids(now=later) == []  # the next phase's members are queued, not ended
