@@ -21,7 +21,11 @@ SCHEDULERS = (
     "reduce_lr_on_plateau",
     "cosine_with_min_lr",
     "warmup_stable_decay",
+    # Ours, for the learning-rate range test: from start_lr up to learning_rate, multiplying by the same factor every
+    # step (the seed's "LR increases smoothly from very small to large"); no warmup.
+    "exponential_range",
 )
+EXPONENTIAL_RANGE_START = 1e-7
 
 # The keyword arguments transformers' get_scheduler passes on for each type (transformers 5.17).
 SCHEDULER_KWARGS: dict[str, frozenset[str]] = {
@@ -39,6 +43,7 @@ SCHEDULER_KWARGS: dict[str, frozenset[str]] = {
     "warmup_stable_decay": frozenset(
         {"num_stable_steps", "num_decay_steps", "warmup_type", "decay_type", "min_lr_ratio", "num_cycles"}
     ),
+    "exponential_range": frozenset({"start_lr"}),
 }
 
 OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
@@ -162,6 +167,13 @@ class TrainConfig(BaseModel):
                 raise ValueError("lr_scheduler_kwargs: cosine_with_min_lr needs exactly one of min_lr, min_lr_rate")
         if self.lr_scheduler_type == "warmup_stable_decay" and "num_decay_steps" not in self.lr_scheduler_kwargs:
             raise ValueError("lr_scheduler_kwargs: warmup_stable_decay needs num_decay_steps (e.g. 30-50% of the run)")
+        if self.lr_scheduler_type == "exponential_range":
+            start = self.lr_scheduler_kwargs.get("start_lr", EXPONENTIAL_RANGE_START)
+            if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 < start < self.learning_rate:
+                raise ValueError(f"lr_scheduler_kwargs: exponential_range's start_lr must be above 0 and below "
+                                 f"learning_rate ({self.learning_rate:g}), where the ramp ends")
+            if self.warmup_steps:
+                raise ValueError("warmup_steps: exponential_range ramps from start_lr itself; set warmup_steps to 0")
         if self.lr_scheduler_type == "reduce_lr_on_plateau" and not self.has_eval:
             raise ValueError(
                 "lr_scheduler_type: reduce_lr_on_plateau steps on eval loss; give eval_file or eval_split "

@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import backends
-from .config import ConfigError, TrainConfig, check_environment
+from .config import EXPONENTIAL_RANGE_START, ConfigError, TrainConfig, check_environment
 from .data import load_data, rendered_lengths
 from .derived import derive, packed_attention_ratio
 from .events import EventSink
@@ -71,8 +71,9 @@ def sft_config(config: TrainConfig, fmt: str, dtype, has_eval: bool):
         learning_rate=config.learning_rate,
         optim=config.optim,
         weight_decay=config.weight_decay,
-        lr_scheduler_type=config.lr_scheduler_type,
-        lr_scheduler_kwargs=dict(config.lr_scheduler_kwargs),
+        # exponential_range is not one of transformers' schedules: the trainer's own is replaced (_exponential_range).
+        lr_scheduler_type="constant" if config.lr_scheduler_type == "exponential_range" else config.lr_scheduler_type,
+        lr_scheduler_kwargs={} if config.lr_scheduler_type == "exponential_range" else dict(config.lr_scheduler_kwargs),
         max_grad_norm=config.max_grad_norm,
         num_train_epochs=config.num_train_epochs,
         max_steps=config.max_steps or -1,
@@ -101,6 +102,30 @@ def sft_config(config: TrainConfig, fmt: str, dtype, has_eval: bool):
     if config.lr_scheduler_type == "reduce_lr_on_plateau":
         kwargs["metric_for_best_model"] = "eval_loss"
     return SFTConfig(**kwargs)
+
+
+def exponential_range_factor(step: int, total_steps: int, start_lr: float, end_lr: float) -> float:
+    """The multiplier of learning_rate at `step` (0-based) of an exponential ramp from start_lr to end_lr that
+    reaches end_lr at the last step."""
+    last = max(1, total_steps - 1)
+    return (start_lr / end_lr) ** (1 - min(step, last) / last)
+
+
+def _exponential_range(trainer, config: TrainConfig) -> None:
+    """Give the trainer the range test's schedule: transformers has none that rises exponentially, so its
+    create_scheduler makes a LambdaLR instead (saved in checkpoints and restored on resume like any schedule)."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    start = float(config.lr_scheduler_kwargs.get("start_lr", EXPONENTIAL_RANGE_START))
+
+    def create_scheduler(num_training_steps: int, optimizer=None):
+        if trainer.lr_scheduler is None:
+            trainer.lr_scheduler = LambdaLR(optimizer or trainer.optimizer, lambda step: exponential_range_factor(
+                step, num_training_steps, start, config.learning_rate))
+            trainer._created_lr_scheduler = True
+        return trainer.lr_scheduler
+
+    trainer.create_scheduler = create_scheduler
 
 
 def _count_batch_slots(trainer, slots: dict) -> None:
@@ -335,6 +360,8 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
                              processing_class=tokenizer)
         if backend == "hf":
             backends.keep_adapters_float32(trainer.model)  # as the unsloth backend trains them
+        if config.lr_scheduler_type == "exponential_range":
+            _exponential_range(trainer, config)
         slots = {"seen": 0, "real": 0}
         _count_batch_slots(trainer, slots)
         trainer.add_callback(_event_callback(sink, stop, model, tokenizer, config, state_box, slots))

@@ -48,6 +48,7 @@ LR_BOUND_FRACTION = (0.1, 0.3)  # learning_rate 1: "take ~10-30% of that as an u
 # Ours: the range test ramps to 1e-2 over 100 steps. A blow-up above 8e-3 would put even 10% of it above the top of
 # the coarse grid (8e-4), so a ramp that ends at 1e-2 without a blow-up leaves the grid unclipped, as it should.
 LR_RANGE_END, LR_RANGE_STEPS = 1e-2, 100
+LR_RANGE_START = 1e-7  # ours: five decades below the coarse grid's smallest rate
 OPTIMIZERS = ("adamw_torch_fused", "adamw_torch")  # optim Phase 1: the speed baseline and the stability fallback
 OPTIMIZER_MEMORY_BOUND = "paged_adamw_8bit"  # optim Phase 1: "If memory-limited: paged_adamw_8bit"
 OPTIM_LR_FACTORS = (0.5, 1.0, 2.0)  # optim Phase 3: "a small LR sweep (e.g., x0.5, x1, x2)"
@@ -529,12 +530,11 @@ _template(
 
 
 def _range_member(base: TrainConfig, end: Any, p: dict) -> dict[str, Any]:
-    """learning_rate 1: "a short run where LR increases smoothly from very small to large". The engine's schedules
-    have no exponential ramp: this is a linear warmup from 0 to `end` over the whole run, and the rule reads the
-    rate of each step from the curve, so it finds the blow-up whatever the ramp's shape."""
-    steps = int(p.get("range_steps", LR_RANGE_STEPS))
-    return {"learning_rate": end, "lr_scheduler_type": "constant_with_warmup", "lr_scheduler_kwargs": {},
-            "warmup_steps": steps}
+    """learning_rate 1: "a short run where LR increases smoothly from very small to large": the engine's
+    exponential_range schedule, from LR_RANGE_START up to `end` at the last step (the rule reads each step's rate
+    from the curve, so it finds the blow-up whatever the ramp)."""
+    return {"learning_rate": end, "lr_scheduler_type": "exponential_range",
+            "lr_scheduler_kwargs": {"start_lr": float(p.get("range_start", LR_RANGE_START))}, "warmup_steps": 0}
 
 
 def _range_budget(base: TrainConfig, changes: dict, p: dict, steps: int) -> tuple[int, None, dict]:

@@ -18,7 +18,7 @@ from training.live import send as live
 from training.models import Dataset, Preset, Run, Sweep, SweepMember, SweepPhase
 from training.run_config import RESERVED_FIELDS
 from training.runs import services as runs
-from training.sweeps import plan, rules
+from training.sweeps import plan, pruning, rules, search
 from training.sweeps.selectors import member_results, sweep_state
 
 Role = Membership.Role
@@ -32,6 +32,7 @@ PARAMS = {
     "margin": "how much lower a non-preferred value's eval loss must be to win, e.g. 0.01",
     "range_steps": "the range test's steps",
     "range_end": "the range test's final learning rate",
+    "range_start": "the range test's first learning rate",
     "bound_fraction": "the share of the blow-up rate taken as the upper bound (0.1-0.3)",
     "memory_bound": "true to screen paged_adamw_8bit as well",
     "phase": "the phase to start at (e.g. learning_rate's 'coarse', to skip the range test)",
@@ -85,6 +86,9 @@ def sweep_preview(*, team: Team, template: str, dataset: Dataset, base_run: Run 
     """The first phase the sweep would create, checked as run_create checks a run; ValidationError naming the field
     otherwise. Creates nothing: the form shows it before launch."""
     _check_team(team, dataset=dataset, base_run=base_run, preset=preset)
+    if template == Sweep.SEARCH:
+        return search.preview(sweep_base_config(dataset=dataset, base_run=base_run, preset=preset,
+                                                overrides=overrides), params)
     spec = _template(template)
     p = _params(spec, dataset, params)
     base = sweep_base_config(dataset=dataset, base_run=base_run, preset=preset, overrides=overrides)
@@ -142,8 +146,10 @@ def sweep_create(*, team: Team, user, template: str, dataset: Dataset, base_run:
         sweep = Sweep.objects.create(
             team=team, name=name, template=template, dataset=dataset, preset=preset, base_run=base_run,
             base_config=phase.base, params=phase.params, queue=queue, auto_advance=auto_advance,
-            early_stop=early_stop, prune=prune, confirm_top=confirm_top, created_by=user)
-        _phase_create(sweep, phase, index=0, user=user)
+            early_stop=early_stop, prune=prune or template == Sweep.SEARCH, confirm_top=confirm_top, created_by=user)
+        row = _phase_create(sweep, phase, index=0, user=user)
+        if template == Sweep.SEARCH:  # its members come from the study: the first `parallel` now
+            search.start(sweep=sweep, row=row, user=user)
     transaction.on_commit(lambda: _send_state(sweep.id))
     return sweep
 
@@ -219,8 +225,16 @@ def sweep_advance(*, sweep_id: int) -> str:
         members = list(row.members.select_related("run").order_by("index"))
         results = member_results(members)
         phase = _plan_phase(row, members)
+        if sweep.prune:  # each ended member's Optuna trial is told its end (pruning.py)
+            pruning.tell_ended(sweep_id=sweep.id, phase_index=row.index, phase_key=row.key, params=row.params,
+                               first_eval_step=row.base.get("eval_steps"), members=members, results=results)
+        searching = sweep.template == Sweep.SEARCH and row.key == search.KEY
+        if row.verdict is None and searching and search.ask_next(sweep=sweep, row=row, members=members,
+                                                                 results=results, user=sweep.created_by):
+            transaction.on_commit(lambda: _send_state(sweep_id))
+            return "search: next trials asked"
         if row.verdict is None:
-            verdict = rules.decide(phase, results)
+            verdict = (search.decide if searching else rules.decide)(phase, results)
             if not verdict.decided:
                 did = _undecided(sweep, row, verdict, results)
                 transaction.on_commit(lambda: _send_state(sweep_id))
@@ -257,7 +271,7 @@ def _chain(sweep: Sweep, row: SweepPhase, phase: plan.Phase, verdict: rules.Verd
         if row.key == "confirm":
             nxt = None
         else:
-            nxt = plan.advance(_template(sweep.template), phase, verdict)
+            nxt = None if sweep.template == Sweep.SEARCH else plan.advance(_template(sweep.template), phase, verdict)
             if nxt is None and sweep.confirm_top:
                 nxt = plan.confirmation(phase, verdict, results, top=sweep.confirm_top)
     except (ConfigError, ValidationError) as exc:

@@ -169,3 +169,14 @@ def test_unsloth_backend_bias_on_a_biased_model(tiny_qwen, data_dir, tmp_path):
     # Unsloth 2026.10.9 does make the q/k/v biases trainable (2 layers x (64 + 32 + 32)), so no warning.
     assert started["trainable_bias_params"] == 2 * (64 + 32 + 32)
     assert "bias_no_effect" not in [w["code"] for w in of_type(events, "warning")]
+
+
+def test_the_range_tests_exponential_ramp_trains_from_start_lr_up_to_the_rate(tiny_llama, data_dir, tmp_path):
+    """learning_rate 1: "LR increases smoothly from very small to large": the same factor every step."""
+    config = base_config(tiny_llama, data_dir, tmp_path / "out", max_steps=9, learning_rate=1e-2, warmup_steps=0,
+                         lr_scheduler_type="exponential_range", lr_scheduler_kwargs={"start_lr": 1e-6})
+    code, events = run_cli(config, tmp_path)
+    assert code == 0, events[-1]
+    rates = [m["learning_rate"] for m in of_type(events, "metrics")]
+    assert len(rates) == 9 and rates[0] == pytest.approx(1e-6) and rates[-1] == pytest.approx(1e-2)
+    assert [b / a for a, b in zip(rates, rates[1:])] == pytest.approx([10 ** 0.5] * 8)

@@ -61,7 +61,7 @@ def test_unknown_scheduler_kwargs_list_the_allowed_ones():
 
 
 def test_every_scheduler_accepts_its_own_kwargs():
-    assert set(SCHEDULERS) == set(SCHEDULER_KWARGS) and len(SCHEDULERS) == 10
+    assert set(SCHEDULERS) == set(SCHEDULER_KWARGS) and len(SCHEDULERS) == 11
     examples = {
         "cosine": {"num_cycles": 0.5},
         "cosine_with_restarts": {"num_cycles": 2},
@@ -70,9 +70,11 @@ def test_every_scheduler_accepts_its_own_kwargs():
         "reduce_lr_on_plateau": {"factor": 0.5, "patience": 2},
         "cosine_with_min_lr": {"min_lr_rate": 0.1},
         "warmup_stable_decay": {"num_decay_steps": 10, "min_lr_ratio": 0.05},
+        "exponential_range": {"start_lr": 1e-7},
     }
     for name in SCHEDULERS:
         extra = {"eval_split": 0.1, "eval_steps": 5} if name == "reduce_lr_on_plateau" else {}
+        extra |= {"warmup_steps": 0} if name == "exponential_range" else {}
         parse_config({**BASE, "lr_scheduler_type": name, "lr_scheduler_kwargs": examples.get(name, {}), **extra})
 
 
@@ -203,3 +205,26 @@ print(json.dumps(seen))
     out = subprocess.run([sys.executable, "-c", script, json.dumps(config)], capture_output=True, text=True,
                          check=True, cwd=ROOT)
     assert json.loads(out.stdout.splitlines()[-1]) == {"torch_imported": False}
+
+
+def test_the_range_tests_exponential_ramp_is_checked():
+    from training.engine.config import ConfigError, parse_config
+
+    ok = parse_config({**BASE, "lr_scheduler_type": "exponential_range", "learning_rate": 1e-2, "warmup_steps": 0})
+    assert ok.lr_scheduler_kwargs == {}
+    for kwargs, warmup, field in (({"start_lr": 0.1}, 0, "lr_scheduler_kwargs"), ({"start_lr": 0}, 0,
+                                  "lr_scheduler_kwargs"), ({}, 10, "warmup_steps"), ({"end": 1}, 0,
+                                                                                    "lr_scheduler_kwargs")):
+        with pytest.raises(ConfigError) as exc:
+            parse_config({**BASE, "lr_scheduler_type": "exponential_range", "learning_rate": 1e-2,
+                          "lr_scheduler_kwargs": kwargs, "warmup_steps": warmup})
+        assert field in exc.value.errors
+
+
+def test_the_exponential_ramp_multiplies_by_the_same_factor_each_step_and_ends_at_the_rate():
+    from training.engine.runner import exponential_range_factor
+
+    factors = [exponential_range_factor(s, 5, 1e-6, 1e-2) * 1e-2 for s in range(5)]
+    assert factors[0] == pytest.approx(1e-6) and factors[-1] == pytest.approx(1e-2)
+    ratios = [b / a for a, b in zip(factors, factors[1:])]
+    assert ratios == pytest.approx([10.0] * 4)

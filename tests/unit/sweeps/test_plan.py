@@ -216,7 +216,8 @@ def test_learning_rate_range_test_is_one_short_rising_run():
     (m,) = phase.members
     assert m.name == "range_test" and m.steps == 100 and phase.budget == {"max_steps": 100}
     assert (m.config["learning_rate"], m.config["lr_scheduler_type"], m.config["warmup_steps"]) == (
-        1e-2, "constant_with_warmup", 100)
+        1e-2, "exponential_range", 0)
+    assert m.config["lr_scheduler_kwargs"] == {"start_lr": 1e-7}
     assert phase.rule == "lr_range" and phase.rule_params == {"bound_fraction": 0.3}
     with pytest.raises(ConfigError) as exc:
         expand(TEMPLATES["learning_rate"], BASE, params={"bound_fraction": 0.5})
