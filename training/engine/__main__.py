@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--stop-file", help="the job stops (checkpoint, then `stopped`) once this file exists")
     run_p.add_argument("--resume-from", help="a checkpoint-N directory to continue from")
 
+    eval_p = sub.add_parser("evaluate", help="generate an eval suite's outputs; events go to stdout")
+    eval_p.add_argument("spec", help="path of a JSON spec (training/engine/evaluate.py), or - for stdin")
+
     check_p = sub.add_parser("check", help="validate a config; print its errors or derived values as JSON")
     check_p.add_argument("config")
     check_p.add_argument("--examples", type=int, help="dataset size, for steps per epoch and total steps")
@@ -38,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "check":
         return _check(args)
+    if args.command == "evaluate":
+        return _evaluate(args)
     if args.command == "tiny-model":
         from .tiny import build_tiny_model
 
@@ -86,6 +91,23 @@ def _run(args) -> int:
     stop.install_signal_handlers()
     with contextlib.redirect_stdout(sys.stderr):
         return run(config, sink, stop=stop, resume_from=args.resume_from)
+
+
+def _evaluate(args) -> int:
+    from .evaluate import SpecError, generate, parse_spec
+    from .events import EventSink
+
+    events_out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sink = EventSink(events_out)
+    try:
+        spec = parse_spec(_read(args.spec))
+    except (SpecError, ValueError, OSError) as exc:
+        sink.emit("failed", step=0, error_class=type(exc).__name__, message=str(exc),
+                  errors=getattr(exc, "errors", {"spec": str(exc)}), traceback="", oom=False)
+        return 2
+    with contextlib.redirect_stdout(sys.stderr):
+        return generate(spec, sink)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ from typing import IO, Any, Callable
 
 SCHEMA_VERSION = 1
 TERMINAL = frozenset({"finished", "stopped", "failed"})
-TYPES = frozenset({"started", "metrics", "eval", "sample", "warning", "log", "checkpoint"}) | TERMINAL
+# output: one generated answer of an evaluation (training/engine/evaluate.py): index, output, tokens
+TYPES = frozenset({"started", "metrics", "eval", "sample", "warning", "log", "checkpoint", "output"}) | TERMINAL
 
 
 def json_safe(value: Any) -> Any:
