@@ -183,7 +183,7 @@ def sweep_detail(request: HttpRequest, sweep_id: int) -> HttpResponse:
     return render(request, "training/sweep_detail.html", {
         "sweep": sweep, "state": state, "can_control": can_control,
         "can_admin": role == "admin", "actions": _actions(state, can_control),
-        "apply_placeholder": f"{steps} (the sweep's)" if steps else "the sweep's",
+        "apply_placeholder": str(steps) if steps else "",
         "winner_values": _text(winner["values"]) if winner else "",
         "findings": sum(m["findings"] for p in state["phases"] for m in p["members"]),
         "sweep_data": data,
