@@ -156,6 +156,8 @@ if env_bool("SECURE_PROXY_SSL_HEADER", False):
 VAR_DIR = Path(env_str("TUNEBOARD_VAR_DIR", str(BASE_DIR / "var"))).resolve()
 RUNS_DIR = VAR_DIR / "runs"
 DATASETS_DIR = VAR_DIR / "datasets"
+SUITES_DIR = VAR_DIR / "suites"  # eval suites, checked and normalised like datasets
+EVALS_DIR = VAR_DIR / "evals"  # each evaluation's prompts and spec, for the worker
 MODELS_DIR = VAR_DIR / "models"
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 TUNEBOARD_DATASET_MAX_BYTES = env_int("TUNEBOARD_DATASET_MAX_BYTES", 2 * 1024**3, minimum=1)

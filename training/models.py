@@ -298,6 +298,9 @@ class Run(models.Model):
     preflight = models.JSONField(default=list, blank=True,
                                  help_text="The pre-flight review's notes on the config, made when the run was created")
 
+    eval_suites = models.ManyToManyField("EvalSuite", blank=True, related_name="+",
+                                         help_text="Suites evaluated once the run succeeds")
+
     artifact_dir = models.CharField(max_length=1000, blank=True)
     adapter_path = models.CharField(max_length=1000, blank=True)
     last_checkpoint_path = models.CharField(max_length=1000, blank=True)
@@ -418,3 +421,90 @@ class SeriesPack(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "column"], name="seriespack_run_column_unique")]
+
+
+class EvalSuite(models.Model):
+    """A team's prompts with references and the metric that scores them (training/evaluation/metrics.py)."""
+
+    class Format(models.TextChoices):
+        PROMPT = "prompt_completion", "prompt and reference"
+        MESSAGES = "messages", "chat (the last assistant turn is the reference)"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="eval_suites")
+    name = models.CharField(max_length=200)
+    path = models.CharField(max_length=1000, help_text="The checked JSONL on the shared var dir")
+    format = models.CharField(max_length=20, choices=Format.choices)
+    rows = models.PositiveIntegerField()
+    sha256 = models.CharField(max_length=64)
+    metric = models.CharField(max_length=30)
+    labels = models.JSONField(default=list, blank=True, help_text="The label set of a classification suite")
+    max_new_tokens = models.PositiveIntegerField(default=64)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="evalsuite_team_name_unique")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Evaluation(models.Model):
+    """One suite's outputs from one model: a run's adapter (at its end or a checkpoint), the same with its adapters
+    disabled, or the base model alone (run empty), which is generated once per model, suite and decoding and then
+    reused (cache_key)."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED})
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="evaluations")
+    suite = models.ForeignKey(EvalSuite, on_delete=models.CASCADE, related_name="evaluations")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, null=True, blank=True, related_name="evaluations")
+    model = models.CharField(max_length=1000, help_text="The base model")
+    adapter_path = models.CharField(max_length=1000, blank=True)
+    checkpoint_step = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: the run's final adapter")
+    adapters = models.CharField(max_length=3, default="on", help_text="off: the adapter loaded, then disabled")
+    decoding = models.JSONField(default=dict, help_text="max_new_tokens, temperature, top_p, seed")
+    cache_key = models.CharField(max_length=64, blank=True, db_index=True,
+                                 help_text="For a base-model evaluation: model, suite content and decoding")
+    queue = models.CharField(max_length=100)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    figures = models.JSONField(default=dict, blank=True)
+    examples_per_s = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    worker_name = models.CharField(max_length=200, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.suite} on {'run #%s' % self.run_id if self.run_id else self.model}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+
+class EvalExample(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    evaluation = models.ForeignKey(Evaluation, on_delete=models.CASCADE, related_name="examples")
+    index = models.PositiveIntegerField()
+    prompt = models.TextField()
+    reference = models.TextField()
+    output = models.TextField()
+    score = models.FloatField()
+    label = models.CharField(max_length=200, blank=True, help_text="Classification: the output's label")
+
+    class Meta:
+        ordering = ["evaluation", "index"]
+        constraints = [models.UniqueConstraint(fields=["evaluation", "index"], name="evalexample_unique")]

@@ -1,9 +1,11 @@
-"""Celery tasks: training a run on a worker of its queue; dataset statistics and sweep advances on the cpu queue."""
+"""Celery tasks: training and evaluating on a worker of the run's queue; dataset statistics, sweep advances and the
+evaluations a run asked for on the cpu queue."""
 import socket
 
 from celery import shared_task
 
 from training.datasets import services as dataset_services
+from training.evaluation import services as eval_services
 from training.runs import execution, services
 from training.sweeps import services as sweep_services
 from training.sweeps import watch as sweep_watch
@@ -26,3 +28,14 @@ def dataset_profile(dataset_id: int, token: str) -> None:
 @shared_task(name="training.sweep_advance")
 def sweep_advance(sweep_id: int) -> str:
     return sweep_services.sweep_advance(sweep_id=sweep_id)
+
+
+@shared_task(bind=True, name="training.eval_run")
+def eval_run(self, evaluation_id: int) -> None:
+    eval_services.evaluation_execute(evaluation_id=evaluation_id,
+                                     worker_name=self.request.hostname or f"local@{socket.gethostname()}")
+
+
+@shared_task(name="training.evals_after_run")
+def evals_after_run(run_id: int) -> list[int]:
+    return eval_services.evaluations_after_run(run_id=run_id)

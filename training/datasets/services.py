@@ -83,24 +83,14 @@ def _store_normalised(*, source: IO[bytes], kind: str, mapping: files.Mapping | 
     return checked, final, sha
 
 
-def _source_stats(checked: files.Checked, *, filename: str, kind: str, size: int,
-                  normalised: bool = True) -> dict[str, Any]:
-    return {"source": {"file": filename, "kind": kind, "bytes": size, "format": checked.mapping.format,
-                       "columns": checked.columns, "mapping": checked.mapping.columns, "normalised": normalised}}
-
-
-def dataset_create_from_upload(*, team: Team, user, name: str, file: IO[bytes], filename: str | None = None,
-                               mapping: files.Mapping | None = None) -> Dataset:
-    """Check an uploaded JSONL/JSON/CSV/Parquet file row by row and store it normalised to the engine's JSONL.
-    Nothing is saved, and no file is left, when a row is bad; `mapping` names the columns when detection cannot."""
-    require_role(user=user, team=team, role=Role.MEMBER, action="Adding a dataset")
-    name = _check_dataset_name(team, name)
-    filename = filename or getattr(file, "name", None) or "upload.jsonl"
+def upload_store(*, file: IO[bytes], filename: str, mapping: files.Mapping | None,
+                 folder: Path) -> tuple[files.Checked, Path, str, str, int]:
+    """Receive an upload (within TUNEBOARD_DATASET_MAX_BYTES), check every row and store it normalised under
+    `folder`: (checked, path, sha256, file kind, bytes received). Datasets and eval suites are uploaded alike."""
     try:
         kind = files.file_kind(filename)
     except files.DatasetError as exc:
         raise DatasetFileError(exc) from None
-    folder = settings.DATASETS_DIR / str(team.id)
     folder.mkdir(parents=True, exist_ok=True)
     size = 0
     limit = settings.TUNEBOARD_DATASET_MAX_BYTES
@@ -115,6 +105,24 @@ def dataset_create_from_upload(*, team: Team, user, name: str, file: IO[bytes], 
             raise ValidationError({"file": "the file is empty; it needs at least one row"})
         tmp.seek(0)
         checked, final, sha = _store_normalised(source=tmp, kind=kind, mapping=mapping, folder=folder)
+    return checked, final, sha, kind, size
+
+
+def _source_stats(checked: files.Checked, *, filename: str, kind: str, size: int,
+                  normalised: bool = True) -> dict[str, Any]:
+    return {"source": {"file": filename, "kind": kind, "bytes": size, "format": checked.mapping.format,
+                       "columns": checked.columns, "mapping": checked.mapping.columns, "normalised": normalised}}
+
+
+def dataset_create_from_upload(*, team: Team, user, name: str, file: IO[bytes], filename: str | None = None,
+                               mapping: files.Mapping | None = None) -> Dataset:
+    """Check an uploaded JSONL/JSON/CSV/Parquet file row by row and store it normalised to the engine's JSONL.
+    Nothing is saved, and no file is left, when a row is bad; `mapping` names the columns when detection cannot."""
+    require_role(user=user, team=team, role=Role.MEMBER, action="Adding a dataset")
+    name = _check_dataset_name(team, name)
+    filename = filename or getattr(file, "name", None) or "upload.jsonl"
+    checked, final, sha, kind, size = upload_store(file=file, filename=filename, mapping=mapping,
+                                                   folder=settings.DATASETS_DIR / str(team.id))
     try:
         return Dataset.objects.create(team=team, name=name, path=str(final), source=Dataset.Source.UPLOAD,
                                       format=checked.format, rows=checked.rows, size_bytes=final.stat().st_size,

@@ -21,7 +21,7 @@ from dashboard.models import Membership, Team
 from training.access import require_role
 from training.engine.config import ConfigError, parse_config
 from training.live import send as live
-from training.models import Dataset, Preset, Run, Sweep, Worker
+from training.models import Dataset, EvalSuite, Preset, Run, Sweep, Worker
 from training.run_config import ADAPTER_SHAPE_FIELDS, PRESET_PLACEHOLDERS, RESERVED_FIELDS, model_errors
 from training.runs import preflight
 from training.selectors import run_status_dict
@@ -119,7 +119,8 @@ def _base_fields(base_run: Run, base_kind: str, overrides: dict[str, Any]) -> di
 
 def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = None,
                overrides: dict[str, Any] | None = None, name: str = "", queue: str | None = None,
-               base_run: Run | None = None, base_kind: str = Run.BaseKind.ADAPTER, sweep: Sweep | None = None) -> Run:
+               base_run: Run | None = None, base_kind: str = Run.BaseKind.ADAPTER, sweep: Sweep | None = None,
+               eval_suites: Iterable[EvalSuite] = ()) -> Run:
     """Validate and save a run, then queue it once the transaction commits. Nothing is saved on an error.
     `base_run` (a succeeded run of the same team) is what it builds on: its adapter or its merged model."""
     require_role(user=user, team=team, role=Role.MEMBER, action="Starting a run")
@@ -144,6 +145,10 @@ def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = No
             preflight=notes, sweep=sweep,
         )
         _run_set_dir(run)
+        suites = list(eval_suites)
+        if any(suite.team_id != team.id for suite in suites):
+            raise ValidationError({"eval_suites": "no such eval suite in this team"})
+        run.eval_suites.set(suites)
         transaction.on_commit(lambda: _enqueue(run))
     return run
 
@@ -169,6 +174,7 @@ def run_resume(*, run: Run, user, queue: str | None = None) -> Run:
             base_run=run.base_run, base_kind=run.base_kind, preflight=run.preflight,
         )
         _run_set_dir(continuation)
+        continuation.eval_suites.set(run.eval_suites.all())
         transaction.on_commit(lambda: _enqueue(continuation))
     return continuation
 
@@ -207,7 +213,16 @@ def run_transition(run: Run, *, to: str, allowed_from: Iterable[str], **fields: 
         if run.sweep_id and to in Run.TERMINAL:
             sweep_id = run.sweep_id
             transaction.on_commit(lambda: sweep_advance_enqueue(sweep_id))
+        if to == Status.SUCCEEDED and run.eval_suites.exists():
+            transaction.on_commit(lambda: _cpu_task("training.evals_after_run", run.id))
     return bool(changed)
+
+
+def _cpu_task(name: str, *args: Any) -> None:
+    try:
+        current_app.send_task(name, args=list(args), queue=settings.TUNEBOARD_CPU_QUEUE)
+    except Exception:  # noqa: BLE001 - the page can start it again by hand
+        log.exception("%s%s not queued", name, args)
 
 
 def sweep_advance_enqueue(sweep_id: int) -> None:
