@@ -316,3 +316,25 @@ def _generate(evaluation: Evaluation, examples: list[dict[str, Any]]) -> tuple[d
         raise EvaluationFailed(terminal.get("message") or terminal.get("error_class") or "generation failed")
     return outputs, terminal
 
+
+
+# The seed's bias check: base drift ---------------------------------------------------------------------------------
+
+def drift_check_create(*, run: Run, suite: EvalSuite, user) -> dict[str, Evaluation]:
+    """bias, "Run a base drift check": the suite's prompts through (1) the base model, (2) the run's adapted model
+    and (3) the same with its adapters disabled, all greedy. With bias "none" (3) must equal (1) token for token;
+    trained biases change the base model itself, so it does not. Reuses what exists; the selector judges it."""
+    decoding = {"temperature": 0.0}
+    return {
+        "base": evaluation_create(suite=suite, user=user, team=run.team, model=run.config.get("model"),
+                                  decoding=decoding, queue=run.queue),
+        "adapted": _existing_or_new(run, suite, user, "on", decoding),
+        "disabled": _existing_or_new(run, suite, user, "off", decoding),
+    }
+
+
+def _existing_or_new(run: Run, suite: EvalSuite, user, adapters: str, decoding: dict[str, Any]) -> Evaluation:
+    values = _decoding(suite, decoding)
+    existing = (Evaluation.objects.filter(run=run, suite=suite, checkpoint_step=None, adapters=adapters,
+                                          decoding=values).exclude(status=Status.FAILED).first())
+    return existing or evaluation_create(suite=suite, user=user, run=run, adapters=adapters, decoding=decoding)

@@ -115,3 +115,37 @@ def test_another_teams_suite_or_a_prompt_longer_than_the_context_is_refused(team
                                    decoding={"temperature": 9, "beams": 2})
     assert set(exc.value.message_dict) == {"beams"}
     assert counts()[1:] == before[1:]
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_model():
+    """The tiny Qwen2-style model (its attention projections have biases), where the runs may load it."""
+    from training.engine.tiny import build_tiny_model
+
+    return str(build_tiny_model(settings.MODELS_DIR / "tiny-qwen", arch="qwen2"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_the_base_drift_check_finds_no_drift_for_bias_none_and_drift_for_bias_all(
+        celery_worker, tiny_qwen_model, team_member):
+    from training.evaluation import drift
+
+    team, user, dataset = team_member
+    suite = make_suite(team, user, metric="rouge_l", labels=None, max_new_tokens=8,
+                       rows=[{"prompt": f"What colour is thing {i}? Say it 2 times.", "reference": "red red"}
+                             for i in range(4)])
+    runs_by_bias = {bias: runs.run_create(team=team, user=user, dataset=dataset, overrides=tiny_overrides(
+        tiny_qwen_model, max_steps=12, learning_rate=2e-2, bias=bias)) for bias in ("none", "all")}
+    for bias, run in runs_by_bias.items():
+        run = wait_terminal(run)
+        assert run.status == Run.Status.SUCCEEDED, run.error
+        checks = services.drift_check_create(run=run, suite=suite, user=user)
+        for evaluation in checks.values():
+            assert wait_evaluation(evaluation).status == Evaluation.Status.SUCCEEDED, evaluation.error
+    none, all_ = (drift.drift_for(runs_by_bias[b], suite) for b in ("none", "all"))
+    assert none["changed"] == [] and none["drift"] == 0 and none["as_expected"], none
+    assert "left the base weights untouched" in none["text"]
+    assert none["base_evaluation"] == all_["base_evaluation"]  # the base model evaluated once for both
+    assert all_["changed"] and all_["drift"] > 0 and all_["as_expected"], all_
+    assert 'bias "all" trained the base model\'s own biases' in all_["text"]
