@@ -3,6 +3,7 @@ from django.urls import path
 
 from training.compare import views as compare_views
 from training.datasets import views as dataset_views
+from training.evaluation import views as evaluation_views
 from training.runs import views
 from training.sweeps import views as sweep_views
 from training.workers import views as worker_views
@@ -15,6 +16,8 @@ urlpatterns = [
     path("runs/<int:run_id>/", views.run_detail, name="run_detail"),
     path("runs/<int:run_id>/stop/", views.run_stop, name="run_stop"),
     path("runs/<int:run_id>/resume/", views.run_resume, name="run_resume"),
+    path("runs/<int:run_id>/evaluate/", evaluation_views.run_evaluate, name="run_evaluate"),
+    path("runs/<int:run_id>/evaluations.json", evaluation_views.run_evaluations, name="run_evaluations"),
     path("runs/<int:run_id>/adapter/", views.run_adapter_list, name="run_adapter_list"),
     path("runs/<int:run_id>/adapter/<str:name>", views.run_adapter_file, name="run_adapter_file"),
     path("sweeps/", sweep_views.sweep_list, name="sweep_list"),
@@ -29,6 +32,8 @@ urlpatterns = [
     path("datasets/", dataset_views.dataset_list, name="dataset_list"),
     path("datasets/<int:dataset_id>/", dataset_views.dataset_detail, name="dataset_detail"),
     path("datasets/<int:dataset_id>/profile.json", dataset_views.dataset_profile_status, name="dataset_profile_status"),
+    path("evaluation/suites/", evaluation_views.suite_list, name="suite_list"),
+    path("evaluation/suites/<int:suite_id>/", evaluation_views.suite_detail, name="suite_detail"),
     path("workers/", worker_views.worker_list, name="worker_list"),
     path("compare/", compare_views.compare_page, name="compare"),
     path("compare/data/", compare_views.compare_data, name="compare_data"),

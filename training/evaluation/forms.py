@@ -1,0 +1,77 @@
+"""The evaluation forms: upload an eval suite, and evaluate a run on one (its end or a checkpoint, adapters on or
+off, and the base model beside it)."""
+from __future__ import annotations
+
+from django import forms
+
+from training import access
+from training.datasets.forms import ServiceErrors
+from training.evaluation import metrics
+from training.models import EvalSuite, Run
+
+FINAL = "final"
+
+
+class SuiteUploadForm(ServiceErrors, forms.Form):
+    # The file's column problems ("format", "column_<role>") are about the file: shown on it, as the suite form has
+    # no column mapping of its own.
+    FILE_KEYS = ("format", "column_")
+
+    team = forms.ModelChoiceField(queryset=None, empty_label=None)
+    name = forms.CharField(max_length=200)
+    file = forms.FileField(help_text="JSONL, JSON, CSV or Parquet: prompt and reference columns, prompt/completion "
+                                     "(the completion is the reference), instruction/input/output, or chats whose "
+                                     "last assistant turn is the reference")
+    metric = forms.ChoiceField(choices=[(name, f"{name.replace('_', ' ')}: {description}")
+                                        for name, description in metrics.METRICS.items()],
+                               initial="exact_match", widget=forms.RadioSelect)
+    labels = forms.CharField(max_length=2000, required=False, help_text="Comma-separated, e.g. positive, negative: "
+                                                                        "every reference must be one of them")
+    max_new_tokens = forms.IntegerField(initial=64, help_text="Tokens generated per prompt (1-4096)")
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["team"].queryset = access.team_list_where(user, "member")
+
+    def clean_labels(self) -> list[str]:
+        """The label set; only a classification suite has one (the field is hidden for the other metrics, so what
+        it still holds from an earlier choice is not held against the upload)."""
+        if self.data.get(self.add_prefix("metric")) != "classification":
+            return []
+        return [label.strip() for label in self.cleaned_data.get("labels", "").split(",") if label.strip()]
+
+    def add_service_errors(self, error) -> None:
+        for key, messages in error.message_dict.items():
+            field = "file" if key.startswith(self.FILE_KEYS) else key
+            for message in messages:
+                self.add_error(field if field in self.fields else None, message)
+
+
+class RunEvaluateForm(forms.Form):
+    """What to evaluate a run on: a suite of its team, its final adapter or a saved checkpoint, adapters on or off,
+    and optionally the base model on the same suite."""
+
+    suite = forms.ModelChoiceField(queryset=EvalSuite.objects.none(), empty_label=None, error_messages={
+        "invalid_choice": "no such eval suite in this run's team; choose one from the list"})
+    checkpoint = forms.ChoiceField(choices=(), error_messages={
+        "invalid_choice": "%(value)s is not a checkpoint this run saved; choose the final adapter or a saved step"})
+    adapters = forms.ChoiceField(choices=[("on", "on"), ("off", "off: loaded, then disabled")], initial="on",
+                                 widget=forms.RadioSelect)
+    base = forms.BooleanField(required=False, initial=True, label="Also evaluate the base model",
+                              help_text="Once per model, suite and decoding; reused when it exists")
+
+    def __init__(self, *args, run: Run, checkpoint_steps: list[int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["suite"].queryset = EvalSuite.objects.filter(team=run.team).order_by("name")
+        self.fields["suite"].label_from_instance = lambda s: f"{s.name} ({s.rows} rows, {s.metric})"
+        choices = [(FINAL, "final adapter")] if run.status == Run.Status.SUCCEEDED and run.adapter_path else []
+        choices += [(str(step), f"checkpoint at step {step}") for step in reversed(checkpoint_steps)]
+        self.fields["checkpoint"].choices = choices
+
+    @property
+    def can_evaluate(self) -> bool:
+        return bool(self.fields["checkpoint"].choices) and self.fields["suite"].queryset.exists()
+
+    def clean_checkpoint(self) -> int | None:
+        value = self.cleaned_data["checkpoint"]
+        return None if value == FINAL else int(value)

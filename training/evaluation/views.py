@@ -1,0 +1,122 @@
+"""The evaluation pages: the team's eval suites with an upload, a suite's examples and evaluations, and the run page's
+evaluation section (its evaluations, the examples they got wrong, Evaluate, and the JSON it polls)."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from training import access
+from training.evaluation import metrics, selectors, services
+from training.evaluation.forms import RunEvaluateForm, SuiteUploadForm
+from training.models import EvalSuite, Run
+
+SUITE_PREVIEW_ROWS = 20
+
+
+@login_required
+def suite_list(request: HttpRequest) -> HttpResponse:
+    can_upload = access.team_list_where(request.user, "member").exists()
+    form = SuiteUploadForm(request.POST or None, request.FILES or None, user=request.user) if can_upload else None
+    status = 200
+    if request.method == "POST":
+        if form is None:
+            raise PermissionDenied("Adding an eval suite needs the member role in a team")
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                suite = services.suite_create_from_upload(
+                    team=data["team"], user=request.user, name=data["name"], file=data["file"],
+                    metric=data["metric"], labels=data["labels"], max_new_tokens=data["max_new_tokens"],
+                    filename=data["file"].name)
+            except ValidationError as exc:
+                form.add_service_errors(exc)
+            else:
+                messages.success(request, f"Eval suite {suite.name} added: {suite.rows} examples, {suite.metric}.")
+                return redirect(reverse("suite_detail", args=[suite.id]))
+        status = 400
+    suites = selectors.suite_list_for(request.user).order_by("-created_at")
+    return render(request, "training/suite_list.html", {"suites": suites, "form": form}, status=status)
+
+
+def _suite_preview(suite: EvalSuite) -> list[dict[str, Any]]:
+    try:
+        examples = services.suite_examples(suite)[:SUITE_PREVIEW_ROWS]
+    except OSError:
+        return []  # the file is gone from the shared var dir: the page says so
+    return [{"index": e["index"], "prompt": services.prompt_of(e), "reference": e["reference"]} for e in examples]
+
+
+@login_required
+def suite_detail(request: HttpRequest, suite_id: int) -> HttpResponse:
+    suite = selectors.get_suite_for_user(request.user, suite_id)
+    return render(request, "training/suite_detail.html", {
+        "suite": suite, "metric_description": metrics.METRICS.get(suite.metric, ""),
+        "examples": _suite_preview(suite), "preview_rows": SUITE_PREVIEW_ROWS,
+        "evaluations": selectors.suite_evaluations(suite)})
+
+
+def run_section(request: HttpRequest, run: Run) -> dict[str, Any]:
+    """The context of the run page's evaluation section (templates/training/_run_evaluation.html)."""
+    can_evaluate = access.role_for(request.user, run.team) in ("member", "admin")
+    state = selectors.run_evaluation_state(run)
+    form = RunEvaluateForm(run=run, checkpoint_steps=selectors.run_checkpoint_steps(run)) if can_evaluate else None
+    return {"run": run, "state": state, "form": form, "can_evaluate": can_evaluate,
+            "state_url": reverse("run_evaluations", args=[run.id])}
+
+
+@require_POST
+@login_required
+def run_evaluate(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Queue an evaluation of the run (and, when asked, of its base model on the same suite and decoding)."""
+    run = access.get_run_for_user(request.user, run_id)
+    access.require_role(user=request.user, team=run.team, role="member", action="Evaluating a run")
+    back = reverse("run_detail", args=[run.id]) + "#evaluation"
+    form = RunEvaluateForm(request.POST, run=run, checkpoint_steps=selectors.run_checkpoint_steps(run))
+    if not form.is_valid():
+        for field, errors in form.errors.items():
+            for error in errors:
+                messages.error(request, f"{field}: {error}" if field != "__all__" else error)
+        return redirect(back)
+    data = form.cleaned_data
+    try:
+        with transaction.atomic():  # the run's and the base model's, or neither
+            evaluation = services.evaluation_create(suite=data["suite"], user=request.user, run=run,
+                                                    checkpoint_step=data["checkpoint"], adapters=data["adapters"])
+            base = None
+            if data["base"]:
+                base = services.evaluation_create(suite=data["suite"], user=request.user, team=run.team,
+                                                  model=run.config.get("model"), decoding=evaluation.decoding,
+                                                  queue=run.queue)
+    except ValidationError as exc:
+        for field, errors in exc.message_dict.items():
+            for error in errors:
+                messages.error(request, f"{field}: {error}" if field != "__all__" else error)
+        return redirect(back)
+    text = f"Evaluation of {selectors.what_of(evaluation)} on {data['suite'].name} queued on {evaluation.queue}"
+    if base is not None:
+        text += ("; the base model's too" if base.id > evaluation.id else
+                 f"; the base model's from before is reused ({base.get_status_display().lower()})")
+    messages.success(request, text + ".")
+    return redirect(back)
+
+
+@login_required
+def run_evaluations(request: HttpRequest, run_id: int) -> JsonResponse:
+    """The run's evaluations as JSON, polled by the run page while one is queued or running: each row, whether to
+    keep polling, and the section's list as HTML to put in place."""
+    run = access.get_run_for_user(request.user, run_id)
+    section = run_section(request, run)
+    state = section["state"]
+    html = render_to_string("training/_run_evaluation_list.html", section, request=request)
+    rows = [{k: v for k, v in e.items() if k != "wrong"} for e in state["evaluations"]]
+    return JsonResponse({"active": state["active"], "pending_suites": state["pending_suites"], "evaluations": rows,
+                         "html": html})
