@@ -53,8 +53,7 @@ class RunEvaluateForm(forms.Form):
 
     suite = forms.ModelChoiceField(queryset=EvalSuite.objects.none(), empty_label=None, error_messages={
         "invalid_choice": "no such eval suite in this run's team; choose one from the list"})
-    checkpoint = forms.ChoiceField(choices=(), error_messages={
-        "invalid_choice": "%(value)s is not a checkpoint this run saved; choose the final adapter or a saved step"})
+    checkpoint = forms.CharField(widget=forms.Select, help_text="The final adapter, or a checkpoint the run saved")
     adapters = forms.ChoiceField(choices=[("on", "on"), ("off", "off: loaded, then disabled")], initial="on",
                                  widget=forms.RadioSelect)
     base = forms.BooleanField(required=False, initial=True, label="Also evaluate the base model",
@@ -62,16 +61,26 @@ class RunEvaluateForm(forms.Form):
 
     def __init__(self, *args, run: Run, checkpoint_steps: list[int], **kwargs):
         super().__init__(*args, **kwargs)
+        self.run, self.checkpoint_steps = run, checkpoint_steps
         self.fields["suite"].queryset = EvalSuite.objects.filter(team=run.team).order_by("name")
         self.fields["suite"].label_from_instance = lambda s: f"{s.name} ({s.rows} rows, {s.metric})"
         choices = [(FINAL, "final adapter")] if run.status == Run.Status.SUCCEEDED and run.adapter_path else []
         choices += [(str(step), f"checkpoint at step {step}") for step in reversed(checkpoint_steps)]
-        self.fields["checkpoint"].choices = choices
+        self.fields["checkpoint"].widget.choices = choices
 
     @property
     def can_evaluate(self) -> bool:
-        return bool(self.fields["checkpoint"].choices) and self.fields["suite"].queryset.exists()
+        return bool(self.fields["checkpoint"].widget.choices) and self.fields["suite"].queryset.exists()
 
     def clean_checkpoint(self) -> int | None:
-        value = self.cleaned_data["checkpoint"]
-        return None if value == FINAL else int(value)
+        """None for the final adapter, else the step of a checkpoint the run saved."""
+        value = self.cleaned_data["checkpoint"].strip()
+        offered = {v for v, _ in self.fields["checkpoint"].widget.choices}
+        if value in offered:
+            return None if value == FINAL else int(value)
+        saved = ", ".join(map(str, self.checkpoint_steps)) or "none"
+        if value == FINAL:
+            raise forms.ValidationError(f"run #{self.run.id} is {self.run.get_status_display().lower()} and saved no "
+                                        f"final adapter; evaluate a saved checkpoint (saved: {saved}), or wait for "
+                                        "it to succeed")
+        raise forms.ValidationError(f"run #{self.run.id} saved no checkpoint at step {value}; saved: {saved}")
