@@ -1,5 +1,6 @@
 """The New run page: a form generated from the engine's config with guidance beside each field; a valid run is
 created and queued, a bad value is refused on its field with nothing saved; a viewer cannot start runs."""
+import io
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from dashboard.models import Membership
 from guidance import content
 from tests.factories import make_member, make_preset
 from training.engine.config import TrainConfig
+from training.evaluation import services as evaluation_services
 from training.models import Run
 from training.runs.forms import GROUPS, NOT_OFFERED, NOTES
 
@@ -109,6 +111,40 @@ def test_another_teams_dataset_or_preset_is_refused(world, member_client):
     assert "preset" in field_errors(response)
     response = member_client.post("/runs/new/", form_data(world, dataset="not-a-number"))
     assert response.status_code == 400 and "dataset" in field_errors(response)
+    assert Run.objects.count() == before
+
+
+def make_suite(team, user, name):
+    return evaluation_services.suite_create_from_upload(
+        team=team, user=user, name=name, file=io.BytesIO(b'{"prompt": "2+2=", "reference": "4"}\n'),
+        metric="exact_match", filename="suite.jsonl")
+
+
+def test_the_run_is_evaluated_at_its_end_on_the_chosen_suites(world, member_client, settings, tmp_path):
+    settings.SUITES_DIR = tmp_path / "suites"
+    mine, also = make_suite(world.team, world.member, "alpha qa"), make_suite(world.team, world.member, "alpha b")
+    make_suite(world.other_team, world.outsider, "beta qa")
+    html = member_client.get("/runs/new/").content.decode()
+    assert "Evaluate at the end on" in html and 'name="eval_suites"' in html
+    assert f'<option value="{mine.id}">alpha qa (1 rows, exact_match)</option>' in html and "beta qa" not in html
+    member_client.post("/runs/new/", form_data(world, name="evaluated", eval_suites=[str(mine.id), str(also.id)]))
+    assert set(Run.objects.get(name="evaluated").eval_suites.all()) == {mine, also}
+    member_client.post("/runs/new/", form_data(world, name="plain"))
+    assert not Run.objects.get(name="plain").eval_suites.exists()
+
+
+def test_a_suite_of_another_team_is_refused_on_its_field(world, member_client, settings, tmp_path):
+    settings.SUITES_DIR = tmp_path / "suites"
+    theirs = make_suite(world.other_team, world.outsider, "beta qa")
+    before = Run.objects.count()
+    response = member_client.post("/runs/new/", form_data(world, eval_suites=[str(theirs.id)]))
+    assert response.status_code == 400 and "is not one of the available choices" in " ".join(
+        field_errors(response)["eval_suites"])
+    # A member of both teams may pick either team's suite, but only the dataset's team's suites go with its run.
+    make_member(world.other_team, user=world.member)
+    response = member_client.post("/runs/new/", form_data(world, eval_suites=[str(theirs.id)]))
+    assert response.status_code == 400
+    assert field_errors(response)["eval_suites"] == ["no such eval suite in this team"]
     assert Run.objects.count() == before
 
 

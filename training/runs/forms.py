@@ -15,7 +15,7 @@ from django.db.models import Q
 from guidance import content
 from training import access, selectors
 from training.engine.config import TrainConfig
-from training.models import Dataset, Preset, Run
+from training.models import Dataset, EvalSuite, Preset, Run
 from training.run_config import RESERVED_FIELDS, value_text
 
 # Every TrainConfig field the form offers, by group; a field the engine gains must be placed here (a test checks).
@@ -71,7 +71,8 @@ NOT_OFFERED = frozenset(RESERVED_FIELDS) | {"version"}
 NONE_WORDS = {"none", "null"}
 INT_TEXT = re.compile(r"^[+-]?\d+$")
 # Config keys on errors that are not config fields: where on the form they belong.
-FORM_KEYS = {"dataset": "dataset", "preset": "preset", "name": "name", "start_from": "start_from"}
+FORM_KEYS = {"dataset": "dataset", "preset": "preset", "name": "name", "start_from": "start_from",
+             "eval_suites": "eval_suites"}
 
 
 @dataclass(frozen=True)
@@ -198,17 +199,26 @@ class RunForm(forms.Form):
     start_from = forms.CharField(required=False, label="Start from", widget=forms.Select, help_text=(
         "An earlier run of the team: its adapter (the adapters start from its weights, same r and target modules) "
         "or its merged model (fresh adapters on it); the model comes from that run"))
+    eval_suites = forms.ModelMultipleChoiceField(
+        queryset=EvalSuite.objects.none(), required=False, label="Evaluate at the end on",
+        widget=forms.SelectMultiple(attrs={"size": 4}),
+        help_text="Eval suites of the run's team, each evaluated on the final adapter once the run succeeds")
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
         teams = access.team_list_where(user, "member")
         self.fields["dataset"].queryset = access.dataset_list_for(user).filter(team__in=teams).order_by(
             "team__name", "-created_at")
+        self.fields["eval_suites"].queryset = EvalSuite.objects.filter(team__in=teams).select_related("team").order_by(
+            "team__name", "name")
         presets = access.preset_list_for(user).filter(Q(team__isnull=True) | Q(team__in=teams))
         self.fields["preset"].queryset = presets.order_by("team__name", "name")
         multi_team = teams.count() > 1
         self.fields["dataset"].label_from_instance = (
             lambda d: f"{d.team.name} / {d.name} ({d.rows} rows)" if multi_team else f"{d.name} ({d.rows} rows)")
+        self.fields["eval_suites"].label_from_instance = (
+            lambda s: f"{s.team.name} / {s.name} ({s.rows} rows, {s.metric})" if multi_team
+            else f"{s.name} ({s.rows} rows, {s.metric})")
         self.fields["preset"].label_from_instance = (
             lambda p: f"{p.name} (v{p.version}, {p.team.name if p.team_id else 'global'})")
         self.base_runs = {run.id: run for run in selectors.runs_to_build_on(teams)}

@@ -76,7 +76,8 @@ def run_new(request: HttpRequest) -> HttpResponse:
             run = services.run_create(team=dataset.team, user=request.user, dataset=dataset,
                                       preset=form.cleaned_data["preset"], overrides=form.overrides,
                                       name=form.cleaned_data["name"], base_run=form.base_run,
-                                      base_kind=form.base_kind or Run.BaseKind.ADAPTER)
+                                      base_kind=form.base_kind or Run.BaseKind.ADAPTER,
+                                      eval_suites=form.cleaned_data["eval_suites"])
         except ValidationError as exc:
             form.add_service_errors(exc)
         else:
