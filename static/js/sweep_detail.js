@@ -154,12 +154,17 @@ function onRunFinding(runId) {
 
 function lineFor(runId) {
   if (!lines.has(runId)) {
-    const m = memberOfRun(runId);
-    const phase = state.phases.find((p) => p.members.includes(m));
-    const name = m ? (state.phases.length > 1 && phase ? `${phase.key} · ${m.name}` : m.name) : `#${runId}`;
-    lines.set(runId, { name, color: COLORS[lines.size % COLORS.length], loss: new Map(), eval_loss: new Map() });
+    lines.set(runId, { color: COLORS[lines.size % COLORS.length], loss: new Map(), eval_loss: new Map() });
   }
   return lines.get(runId);
+}
+
+// A member's legend: its name, and its phase's key once the sweep has several phases.
+function lineName(runId) {
+  const m = memberOfRun(runId);
+  if (!m) return `#${runId}`;
+  const phase = state.phases.find((p) => p.members.includes(m));
+  return state.phases.length > 1 && phase ? `${phase.key} · ${m.name}` : m.name;
 }
 
 function numberOrNull(value) {
@@ -183,10 +188,11 @@ function layout(metric) {
 function traces(metric) {
   return [...lines.entries()].map(([runId, line]) => {
     const steps = [...line[metric].keys()].sort((a, b) => a - b);
+    const name = lineName(runId);
     return {
       x: steps, y: steps.map((s) => line[metric].get(s)), type: "scatter", mode: metric === "eval_loss" ? "lines+markers" : "lines",
-      name: line.name, line: { color: line.color, width: 1.5 }, marker: { size: 5 }, meta: { run: runId },
-      hovertemplate: `step %{x}<br>%{y:.4g}<extra>${esc(line.name)}</extra>`,
+      name, line: { color: line.color, width: 1.5 }, marker: { size: 5 }, meta: { run: runId },
+      hovertemplate: `step %{x}<br>%{y:.4g}<extra>${esc(name)}</extra>`,
     };
   });
 }

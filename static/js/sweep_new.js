@@ -32,6 +32,7 @@ function count(n) {
 function showParams() {
   const wanted = new Set(data.template_params[template.value] || []);
   document.querySelectorAll(".param-field").forEach((el) => { el.hidden = !wanted.has(el.dataset.param); });
+  values.closest(".field").hidden = template.value === data.search; // a search's members come from its space
 }
 
 function clearErrors() {
@@ -62,7 +63,11 @@ function showErrors(errors) {
 function render(answer) {
   document.getElementById("preview-phase").textContent = answer.phase.title;
   document.getElementById("preview-rule").textContent = `judged by ${answer.phase.rule}`;
-  document.getElementById("preview-members").innerHTML = answer.members.map((m) => {
+  const search = answer.search;
+  document.getElementById("preview-members").innerHTML = search
+    ? `<li><strong>${search.trials} trials</strong>, ${search.parallel} at a time: each asked of the study (TPE, seed ` +
+      `${search.seed}) as another ends; the worse ones pruned at the eval steps</li>`
+    : answer.members.map((m) => {
     const budget = Object.keys(m.changes || {}).filter((k) => !(k in m.values)).length
       ? ` <span class="muted">(${esc(fieldsText(m.changes))})</span>` : "";
     return `<li data-member="${esc(m.name)}"><strong>${esc(m.name)}</strong> <code>${esc(fieldsText(m.values))}</code>${budget}` +
@@ -70,10 +75,12 @@ function render(answer) {
   }).join("");
   document.getElementById("preview-held").innerHTML = `<code>${esc(fieldsText(answer.held))}</code>`;
   document.getElementById("preview-budget").textContent = fieldsText(answer.budget);
-  document.getElementById("preview-steps").textContent = `${count(answer.total_steps)} over ${answer.members.length} members`;
+  const n = search ? search.trials : answer.members.length;
+  document.getElementById("preview-steps").textContent = `${count(answer.total_steps)} over ${n} members`;
   document.getElementById("preview-tokens").textContent = `${count(answer.total_tokens)} at most`;
   document.getElementById("preview-later").textContent = answer.later_phases.length
-    ? `${answer.later_phases.join(" → ")} (from the winner)` : "the verdict";
+    ? `the verdict, then what the procedure chains to from the winner: ${answer.later_phases.join("; ")}`
+    : "the verdict";
   document.getElementById("preview-gpu").textContent = answer.gpu_time_text;
   if (values.dataset.auto === "1") values.value = answer.values_text;
   body.hidden = false;
@@ -97,7 +104,8 @@ async function previewNow() {
       return;
     }
     render(answer);
-    status.textContent = `${answer.members.length} member${answer.members.length === 1 ? "" : "s"} in its first phase, each checked as a run.`;
+    status.textContent = answer.search ? "The search's space, checked against the engine."
+      : `${answer.members.length} member${answer.members.length === 1 ? "" : "s"} in its first phase, each checked as a run.`;
   } catch (error) {
     if (mine === asked) status.textContent = `The preview could not run (${error.message}).`;
   }

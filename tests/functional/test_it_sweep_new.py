@@ -199,3 +199,33 @@ def test_a_member_of_two_teams_is_offered_both_and_each_sweep_is_its_dataset_tea
     response = client.post("/sweeps/new/", form_data(world, dataset=str(world.other_dataset.id)))
     assert response.status_code == 302
     assert Sweep.objects.get().team == world.other_team
+
+
+# The open search: a space instead of values ----------------------------------------------------------------------
+
+SPACE = '{"learning_rate": {"low": 1e-5, "high": 1e-3, "log": true}, "r": {"choices": [4, 8]}}'
+
+
+def test_the_preview_of_a_search_says_how_many_trials_and_their_budget(world, member_client):
+    answer = member_client.post("/sweeps/new/preview/", form_data(
+        world, template="search", values="", search_space=SPACE, search_trials="6", search_parallel="3")).json()
+    assert answer["errors"] == {}
+    assert answer["search"] == {"trials": 6, "parallel": 3, "seed": 0}
+    assert answer["members"] == [] and answer["total_steps"] == 6 * 12
+    assert answer["phase"]["title"] == "Search over learning_rate, r: 6 trials, 3 at a time"
+    assert not Sweep.objects.exists()
+
+
+@pytest.mark.parametrize("fields, field, words", [
+    ({"search_space": ""}, "search_space", "choose at least one field"),
+    ({"search_space": "{learning_rate: 1}"}, "search_space", "not valid JSON"),
+    ({"search_space": '{"model": {"choices": ["a", "b"]}}'}, "search_space", "model:"),
+    ({"search_trials": "500"}, "search_trials", "a whole number from 1"),
+])
+def test_a_bad_search_names_the_field_and_creates_nothing(world, member_client, fields, field, words):
+    data = form_data(world, template="search", values="", **{"search_space": SPACE, **fields})
+    answer = member_client.post("/sweeps/new/preview/", data).json()
+    assert any(words in e for e in answer["errors"].get(field, [])), answer["errors"]
+    response = member_client.post("/sweeps/new/", data)
+    assert response.status_code == 400 and field in errors_of(response)
+    assert not Sweep.objects.exists()

@@ -2,6 +2,7 @@
 the procedure's values and parameters as text, config overrides as key=value lines, and how the sweep runs."""
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -12,7 +13,7 @@ from django.db.models import Q
 
 from training import access, selectors
 from training.engine.config import TrainConfig
-from training.models import Dataset, Preset, Run
+from training.models import Dataset, Preset, Run, Sweep
 from training.run_config import value_text
 from training.runs.forms import NOT_OFFERED, config_fields, parse_value
 from training.sweeps import plan
@@ -29,12 +30,16 @@ TEMPLATE_PARAMS: dict[str, tuple[str, ...]] = {
     "packing": ("tolerance",),
     "gradient_accumulation_steps": ("tolerance",),
     "warmup_steps": ("tolerance",),
-    "learning_rate": ("range_steps", "range_end", "bound_fraction"),
+    "learning_rate": ("range_steps", "range_start", "range_end", "bound_fraction"),
     "optim": ("memory_bound",),
     "weight_decay": (),
     "lr_scheduler_type": (),
+    Sweep.SEARCH: ("search_space", "search_trials", "search_parallel", "search_seed"),
 }
-NUMBER_PARAMS = ("tolerance", "gain", "lam", "margin", "range_end", "bound_fraction")
+# The open search's fields on this form -> its params (training/sweeps/search.py), and back for its errors.
+SEARCH_FIELDS = {"search_space": "space", "search_trials": "trials", "search_parallel": "parallel",
+                 "search_seed": "seed"}
+SEARCH_TITLE = "an open search over several fields you choose (Optuna's TPE, members pruned at the eval steps)"
 INT_TEXT = re.compile(r"^[+-]?\d+$")
 PAIR_TEXT = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 # Keys of the services' errors that belong on another field of this form than their own name.
@@ -101,9 +106,18 @@ class SweepForm(forms.Form):
     lam = forms.CharField(required=False, label="λ", help_text=PARAMS["lam"])
     margin = forms.CharField(required=False, help_text=PARAMS["margin"])
     range_steps = forms.CharField(required=False, help_text=PARAMS["range_steps"])
+    range_start = forms.CharField(required=False, help_text=PARAMS.get("range_start", "the range test's first rate"))
     range_end = forms.CharField(required=False, help_text=PARAMS["range_end"])
     bound_fraction = forms.CharField(required=False, help_text=PARAMS["bound_fraction"])
     memory_bound = forms.BooleanField(required=False, help_text=PARAMS["memory_bound"])
+    search_space = forms.CharField(required=False, label="Search space", widget=forms.Textarea(attrs={
+        "rows": 4, "spellcheck": "false",
+        "placeholder": '{"learning_rate": {"low": 1e-5, "high": 1e-3, "log": true}, "r": {"choices": [8, 16, 32]}}'}),
+        help_text="A JSON object: each field searched, with low and high (and log) or choices")
+    search_trials = forms.IntegerField(required=False, label="Trials", help_text="How many members in all (default 8)")
+    search_parallel = forms.IntegerField(required=False, label="In parallel",
+                                         help_text="Members training at once (default 2)")
+    search_seed = forms.IntegerField(required=False, label="Sampler seed", help_text="The TPE sampler's seed (default 0)")
     overrides = forms.CharField(required=False, label="Config overrides", widget=forms.Textarea(attrs={
         "rows": 5, "spellcheck": "false", "placeholder": "one key=value a line, e.g.\nmax_steps=200\neval_steps=50"}),
         help_text="Fields of the run form set for every member, over the base's values")
@@ -120,7 +134,8 @@ class SweepForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.user = user
         self.teams = access.team_list_where(user, "member")
-        self.fields["template"].choices = [(key, f"{key}: {t.title}") for key, t in plan.TEMPLATES.items()]
+        self.fields["template"].choices = [(key, f"{key}: {t.title}") for key, t in plan.TEMPLATES.items()] + [
+            (Sweep.SEARCH, f"{Sweep.SEARCH}: {SEARCH_TITLE}")]
         chosen = plan.TEMPLATES.get(self.data.get("template") or self.initial.get("template") or "r")
         self.fields["phase"].widget.choices = phase_choices(chosen) if chosen else []
         self.fields["queue"].widget.attrs["placeholder"] = settings.TUNEBOARD_DEFAULT_QUEUE
@@ -213,6 +228,10 @@ class SweepForm(forms.Form):
                 cleaned["dataset"] = base_run.dataset
         template = cleaned.get("template")
         wanted = TEMPLATE_PARAMS.get(template, ())
+        if template == Sweep.SEARCH:
+            self._clean_search(cleaned)
+            self.config_overrides = cleaned.get("overrides") or {}
+            return cleaned
         if cleaned.get("values") is not None:
             self.params["values"] = cleaned["values"]
         if (cleaned.get("phase") or "").strip():
@@ -238,6 +257,18 @@ class SweepForm(forms.Form):
         self.config_overrides = cleaned.get("overrides") or {}
         return cleaned
 
+    def _clean_search(self, cleaned: dict[str, Any]) -> None:
+        text = (cleaned.get("search_space") or "").strip()
+        if text:
+            try:
+                self.params["space"] = json.loads(text)
+            except json.JSONDecodeError as exc:
+                self.add_error("search_space", f"not valid JSON ({exc.msg}); give an object, e.g. "
+                                               '{"learning_rate": {"low": 1e-5, "high": 1e-3, "log": true}}')
+        for name, key in SEARCH_FIELDS.items():
+            if name != "search_space" and cleaned.get(name) is not None:
+                self.params[key] = cleaned[name]
+
     def service_kwargs(self) -> dict[str, Any]:
         """What sweep_preview takes; sweep_create takes these and create_kwargs()."""
         c = self.cleaned_data
@@ -254,10 +285,18 @@ class SweepForm(forms.Form):
     def add_service_errors(self, error: ValidationError) -> None:
         """The services' {key: [message]} on the field they name: a form field, the values (the swept field), the
         overrides (any other config field, named in the message), else the form as a whole."""
-        template = plan.TEMPLATES.get(self.cleaned_data.get("template") or "")
+        chosen = self.cleaned_data.get("template") or ""
+        template = plan.TEMPLATES.get(chosen)
         swept = {template.parameter, template.phases[0].axis} if template else set()
+        searched = {v: k for k, v in SEARCH_FIELDS.items()} if chosen == Sweep.SEARCH else {}
         for key, messages in error.message_dict.items():
             top = key.partition(".")[0]
+            if top in searched:
+                target = searched[top]
+                messages = [f"{key.partition('.')[2]}: {m}" if "." in key else m for m in messages]
+                for message in messages:
+                    self.add_error(target, message)
+                continue
             target = ERROR_FIELDS.get(top) or (top if top in self.fields and top != "overrides" else None)
             if target is None and top in swept:
                 target = "values"
@@ -271,7 +310,8 @@ class SweepForm(forms.Form):
         return {k: [e["message"] for e in v] for k, v in self.errors.get_json_data().items()}
 
     def param_fields(self) -> list[forms.BoundField]:
-        return [self[name] for name in PARAMS if name not in ("values", "phase") and name in self.fields]
+        names = [n for n in PARAMS if n not in ("values", "phase") and n in self.fields] + list(SEARCH_FIELDS)
+        return [self[name] for name in names]
 
 
 def phase_choices(template: plan.Template) -> list[tuple[str, str]]:

@@ -42,6 +42,7 @@ def sweep_list(request: HttpRequest) -> HttpResponse:
 def _form_data(form: SweepForm) -> dict[str, Any]:
     return {
         "preview_url": reverse("sweep_preview"),
+        "search": Sweep.SEARCH,
         "template_params": TEMPLATE_PARAMS,
         "phases": {key: phase_choices(t) for key, t in plan.TEMPLATES.items()},
         "base_runs": {str(r.id): {"dataset": r.dataset_id} for r in form.base_runs.values()},
@@ -96,9 +97,15 @@ def _mean_tokens(dataset) -> float | None:
 
 def _preview(phase: plan.Phase, *, team, mean_tokens: float | None) -> dict[str, Any]:
     members = [{"name": m.name, "values": m.values, "changes": m.budget_changes, "steps": m.steps,
-                "tokens": m.tokens if m.tokens is not None else _tokens(m, mean_tokens)} for m in phase.members]
+                "tokens": m.tokens if m.tokens is not None else _tokens(m.config, m.steps, mean_tokens)}
+               for m in phase.members]
     total_steps = sum(m.steps for m in phase.members)
+    total_tokens = sum(m["tokens"] for m in members)
     base = phase.base
+    searching = phase.template == Sweep.SEARCH
+    if searching:  # its members are asked of the study as others end: only their number and budget are known
+        trials, steps = phase.params["trials"], phase.budget["max_steps"]
+        total_steps, total_tokens = trials * steps, trials * _tokens(base, steps, mean_tokens)
     history = seconds_per_step(team, model=base.get("model"), backend=base.get("backend"))
     gpu = None
     if history is not None:
@@ -106,28 +113,29 @@ def _preview(phase: plan.Phase, *, team, mean_tokens: float | None) -> dict[str,
         gpu = {"seconds": per_step * total_steps, "per_step": per_step, "runs": runs,
                "text": f"about {_duration(per_step * total_steps)} of GPU time: {per_step:.2g} s a step, the median "
                        f"of {runs} succeeded run{'s' if runs != 1 else ''} of this model and backend"}
-    template = plan.TEMPLATES[phase.template]
+    chain = plan.TEMPLATES[phase.template].phases if not searching else ()
+    keys = [p.key for p in chain]
     return {
         "errors": {},
         "phase": {"key": phase.key, "title": phase.title, "axis": phase.axis, "rule": phase.rule,
                   "rule_params": phase.rule_params},
-        "later_phases": [p.title for p in template.phases if p.key != phase.key],
+        "later_phases": [p.title for p in chain[keys.index(phase.key) + 1:]] if phase.key in keys else [],
+        "search": {k: phase.params[k] for k in ("trials", "parallel", "seed")} if searching else None,
         "members": members,
         "values_text": values_text([m.value for m in phase.members]),
         "held": phase.held,
         "budget": phase.budget,
         "total_steps": total_steps,
-        "total_tokens": sum(m["tokens"] for m in members),
+        "total_tokens": total_tokens,
         "gpu_time": gpu,
         "gpu_time_text": gpu["text"] if gpu else "Expected GPU time: no history yet (no succeeded run of this model "
                                                  "and backend in the team)",
     }
 
 
-def _tokens(member: plan.Member, mean_tokens: float | None) -> int:
-    """Tokens the member trains on at most: its steps of full batches (the mean example where known, unpacked)."""
-    c = member.config
-    return member.steps * derived.tokens_per_step(c["per_device_train_batch_size"], c["gradient_accumulation_steps"],
+def _tokens(c: dict[str, Any], steps: int, mean_tokens: float | None) -> int:
+    """Tokens a member of config c trains on in `steps` at most: full batches (the mean example where known, unpacked)."""
+    return steps * derived.tokens_per_step(c["per_device_train_batch_size"], c["gradient_accumulation_steps"],
                                                   c["max_length"], packing=c.get("packing", False),
                                                   mean_tokens=mean_tokens)
 
