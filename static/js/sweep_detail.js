@@ -130,7 +130,7 @@ function memberOfRun(runId) {
 function onRunStatus(runId, status) {
   const m = memberOfRun(runId);
   if (!m) return;
-  if (!m.outcome) m.status = { succeeded: "succeeded", failed: "failed", stopped: "stopped", lost: "lost" }[status.status] || status.status;
+  if (!m.outcome) m.status = status.status; // an early end (diverged, pruned) stays what the sweep said
   m.run_status = status.status;
   m.progress = status.progress;
   m.last_step = status.last_step;

@@ -117,7 +117,8 @@ class SweepForm(forms.Form):
     search_trials = forms.IntegerField(required=False, label="Trials", help_text="How many members in all (default 8)")
     search_parallel = forms.IntegerField(required=False, label="In parallel",
                                          help_text="Members training at once (default 2)")
-    search_seed = forms.IntegerField(required=False, label="Sampler seed", help_text="The TPE sampler's seed (default 0)")
+    search_seed = forms.IntegerField(required=False, label="Sampler seed",
+                                     help_text="The TPE sampler's seed (default 0)")
     overrides = forms.CharField(required=False, label="Config overrides", widget=forms.Textarea(attrs={
         "rows": 5, "spellcheck": "false", "placeholder": "one key=value a line, e.g.\nmax_steps=200\neval_steps=50"}),
         help_text="Fields of the run form set for every member, over the base's values")

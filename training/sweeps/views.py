@@ -134,7 +134,8 @@ def _preview(phase: plan.Phase, *, team, mean_tokens: float | None) -> dict[str,
 
 
 def _tokens(c: dict[str, Any], steps: int, mean_tokens: float | None) -> int:
-    """Tokens a member of config c trains on in `steps` at most: full batches (the mean example where known, unpacked)."""
+    """Tokens a member of config c trains on in `steps`, at most: full batches (of the mean example where known and
+    unpacked)."""
     return steps * derived.tokens_per_step(c["per_device_train_batch_size"], c["gradient_accumulation_steps"],
                                                   c["max_length"], packing=c.get("packing", False),
                                                   mean_tokens=mean_tokens)
