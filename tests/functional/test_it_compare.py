@@ -214,11 +214,13 @@ def test_a_finished_runs_series_comes_from_its_pack_and_matches_the_rows(member_
 def test_a_sweep_link_compares_its_runs(member_client, world, three):
     from training.models import Sweep
 
-    sweep = Sweep.objects.create(team=world.team, name="rank sweep", parameter="r", values=[16, 8])
+    sweep = Sweep.objects.create(team=world.team, name="rank sweep", template="r", dataset=three[0].dataset,
+                                 queue="gpu")
     Run.objects.filter(id__in=[three[0].id, three[1].id]).update(sweep=sweep)
     response = member_client.get(f"/compare/?sweep={sweep.id}")
     assert response.status_code == 200 and "Compare 2 runs" in response.content.decode()
-    other = Sweep.objects.create(team=world.other_team, name="theirs", parameter="r", values=[8])
+    other = Sweep.objects.create(team=world.other_team, name="theirs", template="r", dataset=three[0].dataset,
+                                 queue="gpu")
     assert member_client.get(f"/compare/?sweep={other.id}").status_code == 404
 
 

@@ -135,10 +135,17 @@ def runs_for_user(user, run_ids: Iterable[int]) -> list[Run]:
 
 
 def sweep_run_ids(user, sweep_id: int) -> tuple[int, ...]:
+    """The runs of the sweep's latest phase (its members' latest attempts), in member order, at most MAX_RUNS: a
+    whole sweep of 30 members would be refused; the phase is what its verdict compared. A sweep without phases
+    (made before them) compares every run that names it."""
     sweep = Sweep.objects.filter(id=sweep_id, team_id__in=access.team_ids_for(user)).first()
     if sweep is None:
         raise Http404("No such sweep")
-    return tuple(sweep.runs.order_by("id").values_list("id", flat=True))
+    phase = sweep.phases.order_by("-index").first()
+    if phase is None:
+        return tuple(sweep.runs.order_by("id").values_list("id", flat=True))[:MAX_RUNS]
+    ids = phase.members.filter(run__isnull=False).order_by("index").values_list("run_id", flat=True)
+    return tuple(dict.fromkeys(ids))[:MAX_RUNS]
 
 
 # Series ----------------------------------------------------------------------------------------------------
