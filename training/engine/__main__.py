@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     eval_p = sub.add_parser("evaluate", help="generate an eval suite's outputs; events go to stdout")
     eval_p.add_argument("spec", help="path of a JSON spec (training/engine/evaluate.py), or - for stdin")
 
+    loftq_p = sub.add_parser("loftq-check", help="4-bit logits against full precision, standard init vs LoftQ")
+    loftq_p.add_argument("spec", help="path of a JSON spec (training/engine/loftq_check.py)")
+
     check_p = sub.add_parser("check", help="validate a config; print its errors or derived values as JSON")
     check_p.add_argument("config")
     check_p.add_argument("--examples", type=int, help="dataset size, for steps per epoch and total steps")
@@ -43,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check(args)
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.command == "loftq-check":
+        return _loftq_check(args)
     if args.command == "tiny-model":
         from .tiny import build_tiny_model
 
@@ -108,6 +113,16 @@ def _evaluate(args) -> int:
         return 2
     with contextlib.redirect_stdout(sys.stderr):
         return generate(spec, sink)
+
+
+def _loftq_check(args) -> int:
+    from .events import EventSink
+    from .loftq_check import check
+
+    events_out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    with contextlib.redirect_stdout(sys.stderr):
+        return check(_read(args.spec), EventSink(events_out))
 
 
 if __name__ == "__main__":
