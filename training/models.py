@@ -508,3 +508,30 @@ class EvalExample(models.Model):
     class Meta:
         ordering = ["evaluation", "index"]
         constraints = [models.UniqueConstraint(fields=["evaluation", "index"], name="evalexample_unique")]
+
+
+class LoftqCheck(models.Model):
+    """loftq_config's check before training (training/engine/loftq_check.py): the 4-bit model's logits against full
+    precision with standard init and with LoftQ, on the first rows of a dataset. Needs a GPU worker."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="loftq_checks")
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="+")
+    model = models.CharField(max_length=1000)
+    spec = models.JSONField(default=dict, help_text="r, lora_alpha, target_modules, loftq pairs, samples, max_length")
+    queue = models.CharField(max_length=100)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    results = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+    worker_name = models.CharField(max_length=200, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]

@@ -5,6 +5,7 @@ import socket
 from celery import shared_task
 
 from training.datasets import services as dataset_services
+from training.evaluation import loftq
 from training.evaluation import services as eval_services
 from training.runs import execution, services
 from training.sweeps import services as sweep_services
@@ -39,3 +40,8 @@ def eval_run(self, evaluation_id: int) -> None:
 @shared_task(name="training.evals_after_run")
 def evals_after_run(run_id: int) -> list[int]:
     return eval_services.evaluations_after_run(run_id=run_id)
+
+
+@shared_task(bind=True, name="training.loftq_check")
+def loftq_check(self, check_id: int) -> None:
+    loftq.loftq_check_execute(check_id=check_id, worker_name=self.request.hostname or socket.gethostname())

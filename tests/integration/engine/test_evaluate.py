@@ -77,3 +77,13 @@ def test_a_bad_spec_is_refused_naming_its_fields(tiny_llama, tmp_path):
     code, events = evaluate(tmp_path, model=tiny_llama, adapter=None, adapters="off", temperature=5, colour=1)
     assert code == 2 and events[-1]["type"] == "failed"
     assert set(events[-1]["errors"]) == {"adapters", "temperature", "colour"}
+
+
+def test_the_loftq_check_on_a_machine_without_cuda_fails_at_once_with_the_reason(tiny_llama, data_dir, tmp_path):
+    spec = tmp_path / "loftq.json"
+    spec.write_text(json.dumps({"model": tiny_llama, "calibration_file": str(data_dir / "text.jsonl")}))
+    proc = subprocess.run([sys.executable, "-m", "training.engine", "loftq-check", str(spec)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert proc.returncode == 1 and events[-1]["type"] == "failed"
+    assert "needs a CUDA GPU" in events[-1]["message"] and "this machine has no CUDA GPU" in events[-1]["message"]

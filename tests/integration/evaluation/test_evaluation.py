@@ -149,3 +149,24 @@ def test_the_base_drift_check_finds_no_drift_for_bias_none_and_drift_for_bias_al
     assert none["base_evaluation"] == all_["base_evaluation"]  # the base model evaluated once for both
     assert all_["changed"] and all_["drift"] > 0 and all_["as_expected"], all_
     assert 'bias "all" trained the base model\'s own biases' in all_["text"]
+
+
+def test_the_loftq_check_is_refused_without_a_gpu_worker_and_queued_to_one(team_member, tiny_model):
+    from training.evaluation import loftq
+    from training.models import LoftqCheck, Worker
+
+    team, user, dataset = team_member
+    queue = idle_queue()
+    config = tiny_overrides(tiny_model, loftq_config={"loftq_bits": 4, "loftq_iter": 2})
+    Worker.objects.create(name=f"cpu-box@{queue}", hostname="cpu-box", queues=[queue], gpus=[])
+    with pytest.raises(ValidationError) as exc:
+        loftq.loftq_check_create(team=team, user=user, dataset=dataset, config=config, queue=queue)
+    message = exc.value.message_dict["queue"][0]
+    assert "needs a CUDA GPU" in message and f"no live worker of queue {queue!r} reported a GPU" in message
+    assert not LoftqCheck.objects.exists()
+
+    Worker.objects.create(name=f"gpu-box@{queue}", hostname="gpu-box", queues=[queue],
+                          gpus=[{"name": "NVIDIA H200", "memory_total": 143771}])
+    check = loftq.loftq_check_create(team=team, user=user, dataset=dataset, config=config, queue=queue)
+    assert check.status == LoftqCheck.Status.QUEUED and check.spec["loftq"] == [[4, 2]]
+    assert check.spec["target_modules"] and check.spec["samples"] == 16
