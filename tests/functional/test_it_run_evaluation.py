@@ -261,7 +261,8 @@ def test_the_json_says_to_keep_polling_until_every_evaluation_ended(world, membe
     evaluation = Evaluation.objects.create(team=world.team, suite=suite, run=run, model="tiny-model",
                                            queue=run.queue)
     state = member_client.get(f"/runs/{run.id}/evaluations.json").json()
-    assert state["active"] is True and state["pending_suites"] == []
+    assert state["active"] is True and state["pending_suites"] == [] and state["run_ended"] is True
+    assert 'id="evaluate-form"' in state["form_html"] and 'name="csrfmiddlewaretoken"' in state["form_html"]
     [row] = state["evaluations"]
     assert (row["id"], row["suite"], row["what"], row["status"], row["queue"]) == (
         evaluation.id, "qa", "final", "queued", run.queue)
@@ -280,7 +281,9 @@ def test_a_run_that_evaluates_at_its_end_says_so_and_polls_until_it_is_queued(wo
     run = make_run(world.team, world.member, world.dataset)
     run.eval_suites.set([suite])
     html = member_client.get(f"/runs/{run.id}/").content.decode()
-    assert "At its end the run is evaluated on" in html and 'data-active="1"' in html
+    assert "At its end the run is evaluated on" in html and 'data-active="1" data-run-ended="0"' in html
+    state = member_client.get(f"/runs/{run.id}/evaluations.json").json()
+    assert state["run_ended"] is False and "once it saves a checkpoint" in state["form_html"]
     Run.objects.filter(id=run.id).update(status=Run.Status.SUCCEEDED)
     assert "Queuing the evaluation at the end on" in member_client.get(f"/runs/{run.id}/evaluations.json").json()[
         "html"]

@@ -22,8 +22,7 @@ class SuiteUploadForm(ServiceErrors, forms.Form):
     file = forms.FileField(help_text="JSONL, JSON, CSV or Parquet: prompt and reference columns, prompt/completion "
                                      "(the completion is the reference), instruction/input/output, or chats whose "
                                      "last assistant turn is the reference")
-    metric = forms.ChoiceField(choices=[(name, f"{name.replace('_', ' ')}: {description}")
-                                        for name, description in metrics.METRICS.items()],
+    metric = forms.ChoiceField(choices=list(metrics.METRICS.items()),
                                initial="exact_match", widget=forms.RadioSelect)
     labels = forms.CharField(max_length=2000, required=False, help_text="Comma-separated, e.g. positive, negative: "
                                                                         "every reference must be one of them")

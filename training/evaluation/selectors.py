@@ -15,6 +15,8 @@ from training.models import EvalExample, EvalSuite, Evaluation, Run
 WRONG_SHOWN = 50
 # What a classification suite's row shows, in order: (figure, label).
 CLASSIFICATION_FIGURES = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("minority_recall", "minority recall"))
+METRIC_LABELS = {"exact_match": "exact match", "contains": "contains",
+                 "normalized_exact_match": "normalised exact match", "rouge_l": "ROUGE-L"}
 
 
 def suite_list_for(user, *, team=None) -> QuerySet[EvalSuite]:
@@ -40,7 +42,8 @@ def headline(evaluation: Evaluation) -> list[dict[str, Any]]:
             out[-1]["label"] = f"recall of {figures['minority_class']!s} (minority)"
         return out
     metric = evaluation.suite.metric
-    return [{"name": metric, "label": metric.replace("_", " "), "value": figures[metric]}] if metric in figures else []
+    label = METRIC_LABELS.get(metric, metric)
+    return [{"name": metric, "label": label, "value": figures[metric]}] if metric in figures else []
 
 
 def what_of(evaluation: Evaluation) -> str:

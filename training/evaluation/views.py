@@ -111,12 +111,14 @@ def run_evaluate(request: HttpRequest, run_id: int) -> HttpResponse:
 
 @login_required
 def run_evaluations(request: HttpRequest, run_id: int) -> JsonResponse:
-    """The run's evaluations as JSON, polled by the run page while one is queued or running: each row, whether to
-    keep polling, and the section's list as HTML to put in place."""
+    """The run's evaluations as JSON, polled by the run page while one is queued or running (and, slower, while the
+    run trains: it may save a checkpoint to evaluate): each row, whether one is under way, and the section's list
+    and Evaluate form as HTML to put in place."""
     run = access.get_run_for_user(request.user, run_id)
     section = run_section(request, run)
     state = section["state"]
-    html = render_to_string("training/_run_evaluation_list.html", section, request=request)
     rows = [{k: v for k, v in e.items() if k != "wrong"} for e in state["evaluations"]]
-    return JsonResponse({"active": state["active"], "pending_suites": state["pending_suites"], "evaluations": rows,
-                         "html": html})
+    return JsonResponse({
+        "active": state["active"], "run_ended": run.is_terminal, "pending_suites": state["pending_suites"],
+        "evaluations": rows, "html": render_to_string("training/_run_evaluation_list.html", section, request=request),
+        "form_html": render_to_string("training/_run_evaluate_form.html", section, request=request)})
