@@ -429,6 +429,7 @@ class EvalSuite(models.Model):
     class Format(models.TextChoices):
         PROMPT = "prompt_completion", "prompt and reference"
         MESSAGES = "messages", "chat (the last assistant turn is the reference)"
+        HARNESS = "harness", "an lm-evaluation-harness task's documents"
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="eval_suites")
     name = models.CharField(max_length=200)
@@ -439,6 +440,7 @@ class EvalSuite(models.Model):
     metric = models.CharField(max_length=30)
     labels = models.JSONField(default=list, blank=True, help_text="The label set of a classification suite")
     max_new_tokens = models.PositiveIntegerField(default=64)
+    task_config = models.TextField(blank=True, help_text="metric lm_eval: the lm-evaluation-harness task's YAML")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 

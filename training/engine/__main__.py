@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     eval_p = sub.add_parser("evaluate", help="generate an eval suite's outputs; events go to stdout")
     eval_p.add_argument("spec", help="path of a JSON spec (training/engine/evaluate.py), or - for stdin")
 
+    harness_p = sub.add_parser("harness", help="an lm-evaluation-harness task from local files; events to stdout")
+    harness_p.add_argument("spec", help="path of a JSON spec (training/engine/harness.py)")
+
     loftq_p = sub.add_parser("loftq-check", help="4-bit logits against full precision, standard init vs LoftQ")
     loftq_p.add_argument("spec", help="path of a JSON spec (training/engine/loftq_check.py)")
 
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         return _evaluate(args)
     if args.command == "loftq-check":
         return _loftq_check(args)
+    if args.command == "harness":
+        return _harness(args)
     if args.command == "tiny-model":
         from .tiny import build_tiny_model
 
@@ -123,6 +128,16 @@ def _loftq_check(args) -> int:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     with contextlib.redirect_stdout(sys.stderr):
         return check(_read(args.spec), EventSink(events_out))
+
+
+def _harness(args) -> int:
+    from . import harness
+    from .events import EventSink
+
+    events_out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    with contextlib.redirect_stdout(sys.stderr):
+        return harness.run(_read(args.spec), EventSink(events_out))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ METRICS = {
     "normalized_exact_match": "equal after lowercasing and removing punctuation, articles and extra spaces",
     "rouge_l": "ROUGE-L F-measure of the output against the reference (0-1)",
     "classification": "the output's label (the first of the suite's labels it starts with) against the reference's",
+    "lm_eval": "a task of EleutherAI's lm-evaluation-harness, from the suite's task YAML and data; its own metrics",
 }
+HARNESS = "lm_eval"  # scored by the harness itself (training/engine/harness.py), not here
 NO_LABEL = "(none)"  # an output that starts with none of the labels
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _WORDS = re.compile(r"\w+", re.UNICODE)
@@ -102,6 +104,8 @@ class SuiteScore:
 def check_metric(metric: str, labels: Sequence[str] | None) -> None:
     if metric not in METRICS:
         raise MetricError("metric", f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
+    if metric == HARNESS and labels:
+        raise MetricError("labels", "an lm-evaluation-harness task has its own targets; leave labels empty")
     if metric == "classification":
         if not labels or len(labels) < 2:
             raise MetricError("labels", "classification needs the label set: at least two labels")

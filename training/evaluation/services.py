@@ -4,6 +4,7 @@ queue, executed by a worker in a child process, and scored."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import sys
@@ -21,6 +22,7 @@ from dashboard.models import Membership, Team
 from training.access import require_role
 from training.datasets import files
 from training.datasets.services import DatasetFileError, upload_store
+from training.engine import harness
 from training.engine.evaluate import SpecError, parse_spec
 from training.evaluation import metrics
 from training.models import EvalExample, EvalSuite, Evaluation, Run
@@ -59,9 +61,10 @@ def prompt_of(example: dict[str, Any]) -> str:
 
 def suite_create_from_upload(*, team: Team, user, name: str, file: IO[bytes], metric: str,
                              labels: list[str] | None = None, max_new_tokens: int = 64,
-                             filename: str | None = None) -> EvalSuite:
+                             filename: str | None = None, task_config: str = "") -> EvalSuite:
     """Check the file row by row (prompt + reference columns, prompt/completion, instruction rows, or chats ending in
-    the assistant's reference answer) and the metric; nothing is saved on an error, which names the row or field."""
+    the assistant's reference answer) and the metric; nothing is saved on an error, which names the row or field.
+    With metric lm_eval the file is an lm-evaluation-harness task's documents and task_config its YAML."""
     require_role(user=user, team=team, role=Role.MEMBER, action="Adding an eval suite")
     name = (name or "").strip()
     if not name or len(name) > 200:
@@ -76,6 +79,11 @@ def suite_create_from_upload(*, team: Team, user, name: str, file: IO[bytes], me
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= 4096:
         raise ValidationError({"max_new_tokens": "an integer from 1 to 4096"})
     filename = filename or getattr(file, "name", None) or "suite.jsonl"
+    if metric == metrics.HARNESS:
+        return _harness_suite_create(team=team, user=user, name=name, file=file, filename=filename,
+                                     task_config=task_config)
+    if task_config:
+        raise ValidationError({"task_config": "a task YAML is for the lm_eval metric only"})
     mapping = _suite_mapping(file, filename)
     checked, path, sha, _, _ = upload_store(file=file, filename=filename, mapping=mapping,
                                             folder=settings.SUITES_DIR / str(team.id))
@@ -97,6 +105,38 @@ def suite_create_from_upload(*, team: Team, user, name: str, file: IO[bytes], me
         if not EvalSuite.objects.filter(path=str(path)).exists():
             path.unlink(missing_ok=True)
         raise
+
+
+def _harness_suite_create(*, team: Team, user, name: str, file: IO[bytes], filename: str,
+                          task_config: str) -> EvalSuite:
+    """An lm-evaluation-harness task: its YAML checked (harness.task_errors) and its documents read as records of a
+    JSONL/JSON/CSV file, stored as they are (the task's own fields name the columns)."""
+    _, errors = harness.task_errors(task_config or "")
+    if errors:
+        raise ValidationError(errors)
+    try:
+        kind = files.file_kind(filename)
+    except files.DatasetError as exc:
+        raise DatasetFileError(exc) from None
+    if kind not in ("jsonl", "json", "csv"):
+        raise ValidationError({"file": "an lm-evaluation-harness task's documents: a JSONL, JSON or CSV file"})
+    data = file.read()
+    try:
+        records = list(files.read_records(io.BytesIO(data), kind))
+    except files.DatasetError as exc:
+        raise DatasetFileError(exc) from None
+    bad = next((n for n, r in records if not isinstance(r, dict)), None)
+    if not records or bad is not None:
+        raise ValidationError({"file": f"row {bad}: each document must be an object of fields" if bad
+                               else "the file has no documents"})
+    folder = settings.SUITES_DIR / str(team.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    sha = hashlib.sha256(data).hexdigest()
+    path = folder / f"{sha}{Path(filename).suffix.lower()}"
+    path.write_bytes(data)
+    return EvalSuite.objects.create(team=team, name=name, path=str(path), format=EvalSuite.Format.HARNESS,
+                                    rows=len(records), sha256=sha, metric=metrics.HARNESS, task_config=task_config,
+                                    created_by=user)
 
 
 def _suite_mapping(file: IO[bytes], filename: str) -> files.Mapping | None:
@@ -197,7 +237,7 @@ def evaluation_create(*, suite: EvalSuite, user, run: Run | None = None, team: T
         existing = Evaluation.objects.filter(cache_key=key, team=team).exclude(status=Status.FAILED).first()
         if existing is not None:
             return existing
-    errors = _context_errors(model, suite, values["max_new_tokens"])
+    errors = {} if suite.metric == metrics.HARNESS else _context_errors(model, suite, values["max_new_tokens"])
     if errors:
         raise ValidationError(errors)
     queue = queue or (run.queue if run is not None else settings.TUNEBOARD_DEFAULT_QUEUE)
@@ -257,6 +297,8 @@ def evaluation_execute(*, evaluation_id: int, worker_name: str) -> None:
     if not claimed:
         return
     evaluation = Evaluation.objects.select_related("suite").get(id=evaluation_id)
+    if evaluation.suite.metric == metrics.HARNESS:
+        return _harness_execute(evaluation)
     try:
         examples = suite_examples(evaluation.suite)
         outputs, finished = _generate(evaluation, examples)
@@ -280,6 +322,27 @@ def evaluation_execute(*, evaluation_id: int, worker_name: str) -> None:
             Evaluation.objects.filter(id=evaluation_id).update(error=f"{exc}\n{traceback.format_exc()[-2000:]}")
 
 
+def _harness_execute(evaluation: Evaluation) -> None:
+    """lm-evaluation-harness's own scoring: its metrics become the figures, its per-document records the examples."""
+    try:
+        spec = {"model": evaluation.model, "adapter": evaluation.adapter_path or None,
+                "task_yaml": evaluation.suite.task_config, "data_file": evaluation.suite.path, "batch_size": 8}
+        events, finished = _engine(evaluation, "harness", spec)
+        with transaction.atomic():
+            EvalExample.objects.filter(evaluation=evaluation).delete()
+            EvalExample.objects.bulk_create([
+                EvalExample(evaluation=evaluation, index=e["index"], prompt=e.get("prompt", ""),
+                            reference=e.get("reference", ""), output=e.get("output", ""), score=e.get("score", 0.0))
+                for e in events if e.get("type") == "output"])
+            Evaluation.objects.filter(id=evaluation.id).update(
+                status=Status.SUCCEEDED, figures={**finished.get("metrics", {}), "examples": finished.get("examples")},
+                examples_per_s=finished.get("examples_per_s"), finished_at=timezone.now())
+    except Exception as exc:  # noqa: BLE001
+        log.exception("evaluation %s failed", evaluation.id)
+        Evaluation.objects.filter(id=evaluation.id).update(status=Status.FAILED, error=str(exc) or repr(exc),
+                                                           finished_at=timezone.now())
+
+
 class EvaluationFailed(Exception):
     """The generation reported a failure; the message is its own."""
 
@@ -292,30 +355,36 @@ def _generate(evaluation: Evaluation, examples: list[dict[str, Any]]) -> tuple[d
                                for e in examples), encoding="utf-8")
     spec = {"model": evaluation.model, "adapter": evaluation.adapter_path or None, "adapters": evaluation.adapters,
             "examples_file": str(prompts), **evaluation.decoding}
+    events, finished = _engine(evaluation, "evaluate", spec)
+    return {int(e["index"]): str(e.get("output") or "") for e in events if e.get("type") == "output"}, finished
+
+
+def _engine(evaluation: Evaluation, command: str, spec: dict[str, Any]) -> tuple[list[dict], dict[str, Any]]:
+    """Run `python -m training.engine <command>` in a child process; its events, and its finished event (or
+    EvaluationFailed with the failure's own message)."""
+    folder = settings.EVALS_DIR / str(evaluation.id)
+    folder.mkdir(parents=True, exist_ok=True)
     spec_path = folder / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    process = TrainingProcess([sys.executable, "-m", "training.engine", "evaluate", str(spec_path)], cwd=folder,
+    process = TrainingProcess([sys.executable, "-m", "training.engine", command, str(spec_path)], cwd=folder,
                               stop_file=folder / "STOP")
-    outputs: dict[int, str] = {}
-    terminal: dict[str, Any] | None = None
+    events: list[dict] = []
     for lines in process.batches(timeout=0.5):
         for line in lines:
             try:
                 event = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if event.get("type") == "output":
-                outputs[int(event["index"])] = str(event.get("output") or "")
-            elif event.get("type") in ("finished", "failed"):
-                terminal = event
+            if isinstance(event, dict):
+                events.append(event)
         process.take_stderr()
     returncode = process.wait()
+    terminal = next((e for e in reversed(events) if e.get("type") in ("finished", "failed")), None)
     if terminal is None:
         raise EvaluationFailed(f"the evaluation process exited with code {returncode} without reporting a result")
     if terminal["type"] == "failed":
         raise EvaluationFailed(terminal.get("message") or terminal.get("error_class") or "generation failed")
-    return outputs, terminal
-
+    return events, terminal
 
 
 # The seed's bias check: base drift ---------------------------------------------------------------------------------

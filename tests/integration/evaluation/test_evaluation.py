@@ -170,3 +170,47 @@ def test_the_loftq_check_is_refused_without_a_gpu_worker_and_queued_to_one(team_
     check = loftq.loftq_check_create(team=team, user=user, dataset=dataset, config=config, queue=queue)
     assert check.status == LoftqCheck.Status.QUEUED and check.spec["loftq"] == [[4, 2]]
     assert check.spec["target_modules"] and check.spec["samples"] == 16
+
+
+TASK = """task: team_colours
+output_type: multiple_choice
+doc_to_text: "{{question}} Answer:"
+doc_to_choice: "{{choices}}"
+doc_to_target: label
+metric_list:
+  - metric: acc
+"""
+DOCS = [{"question": f"What colour is thing {i}?", "choices": ["red", "blue"], "label": i % 2} for i in range(6)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_an_lm_eval_task_from_local_files_runs_end_to_end_on_the_tiny_model(celery_worker, tiny_model, team_member):
+    team, user, _ = team_member
+    suite = services.suite_create_from_upload(team=team, user=user, name="harness", file=jsonl(DOCS),
+                                              filename="docs.jsonl", metric="lm_eval", task_config=TASK)
+    assert suite.format == EvalSuite.Format.HARNESS and suite.rows == 6
+    evaluation = services.evaluation_create(suite=suite, user=user, team=team, model=tiny_model,
+                                            queue=celery_worker.queue)
+    evaluation = wait_evaluation(evaluation)
+    assert evaluation.status == Evaluation.Status.SUCCEEDED, evaluation.error
+    examples = list(EvalExample.objects.filter(evaluation=evaluation).order_by("index"))
+    assert [e.index for e in examples] == list(range(6)) and all(e.score in (0.0, 1.0) for e in examples)
+    assert examples[0].prompt == "What colour is thing 0? Answer:" and examples[0].reference == "0"
+    assert evaluation.figures["acc"] == pytest.approx(sum(e.score for e in examples) / 6)
+    assert "acc_stderr" in evaluation.figures and evaluation.figures["examples"] == 6
+
+
+@pytest.mark.parametrize("task, says", [
+    ("task: x\noutput_type: guess\ndoc_to_text: a\ndoc_to_target: b", "output_type: one of multiple_choice"),
+    ("task: x\noutput_type: multiple_choice\ndoc_to_text: !function utils.f\ndoc_to_target: b", "!function"),
+    (TASK + "dataset_path: hellaswag\n", "dataset_path: set by Tuneboard"),
+    ("- a list", "must be a mapping"),
+])
+def test_a_bad_task_yaml_is_refused_and_saves_nothing(team_member, task, says):
+    team, user, _ = team_member
+    with pytest.raises(ValidationError) as exc:
+        services.suite_create_from_upload(team=team, user=user, name="harness", file=jsonl(DOCS),
+                                          filename="docs.jsonl", metric="lm_eval", task_config=task)
+    assert says in exc.value.message_dict["task_config"][0]
+    assert not EvalSuite.objects.exists()
