@@ -135,6 +135,9 @@ class Sweep(models.Model):
     prune = models.BooleanField(default=False, help_text="Successive halving at the eval steps")
     confirm_top = models.PositiveSmallIntegerField(
         default=0, help_text="Rerun this many top candidates of the last phase with a second seed (0: no)")
+    eval_suite = models.ForeignKey("EvalSuite", on_delete=models.PROTECT, null=True, blank=True, related_name="+",
+                                   help_text="Judge members on this suite's figure instead of eval loss")
+    eval_figure = models.CharField(max_length=60, blank=True, help_text="The suite's figure the rules read")
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.RUNNING)
     verdict = models.TextField(blank=True)
     winner = models.ForeignKey("SweepMember", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")

@@ -25,6 +25,12 @@ METRICS = {
     "lm_eval": "a task of EleutherAI's lm-evaluation-harness, from the suite's task YAML and data; its own metrics",
 }
 HARNESS = "lm_eval"  # scored by the harness itself (training/engine/harness.py), not here
+# The figures of a suite a sweep can be judged on (all 0-1, higher is better); the first is the default. An
+# lm-eval task's figures are its own metrics' names (acc, acc_norm, exact_match, ...), known once it ran.
+FIGURES = {"exact_match": ("exact_match",), "contains": ("contains",),
+           "normalized_exact_match": ("normalized_exact_match",), "rouge_l": ("rouge_l",),
+           "classification": ("accuracy", "macro_f1", "minority_f1", "minority_recall", "minority_precision"),
+           HARNESS: ("acc",)}
 NO_LABEL = "(none)"  # an output that starts with none of the labels
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _WORDS = re.compile(r"\w+", re.UNICODE)

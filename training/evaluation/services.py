@@ -27,6 +27,7 @@ from training.engine.evaluate import SpecError, parse_spec
 from training.evaluation import metrics
 from training.models import EvalExample, EvalSuite, Evaluation, Run
 from training.runs.process import TrainingProcess
+from training.runs.services import sweep_advance_enqueue
 
 log = logging.getLogger(__name__)
 Role = Membership.Role
@@ -296,9 +297,18 @@ def evaluation_execute(*, evaluation_id: int, worker_name: str) -> None:
         status=Status.RUNNING, started_at=timezone.now(), worker_name=worker_name[:200])
     if not claimed:
         return
-    evaluation = Evaluation.objects.select_related("suite").get(id=evaluation_id)
-    if evaluation.suite.metric == metrics.HARNESS:
-        return _harness_execute(evaluation)
+    evaluation = Evaluation.objects.select_related("suite", "run").get(id=evaluation_id)
+    try:
+        if evaluation.suite.metric == metrics.HARNESS:
+            _harness_execute(evaluation)
+        else:
+            _generation_execute(evaluation)
+    finally:
+        if evaluation.run is not None and evaluation.run.sweep_id:  # a sweep judged on the suite waits for it
+            sweep_advance_enqueue(evaluation.run.sweep_id)
+
+
+def _generation_execute(evaluation: Evaluation) -> None:
     try:
         examples = suite_examples(evaluation.suite)
         outputs, finished = _generate(evaluation, examples)
@@ -315,11 +325,11 @@ def evaluation_execute(*, evaluation_id: int, worker_name: str) -> None:
                 status=Status.SUCCEEDED, figures=scored.figures, examples_per_s=finished.get("examples_per_s"),
                 finished_at=timezone.now())
     except Exception as exc:  # noqa: BLE001
-        log.exception("evaluation %s failed", evaluation_id)
-        Evaluation.objects.filter(id=evaluation_id).update(
+        log.exception("evaluation %s failed", evaluation.id)
+        Evaluation.objects.filter(id=evaluation.id).update(
             status=Status.FAILED, error=str(exc) or repr(exc), finished_at=timezone.now())
         if not isinstance(exc, EvaluationFailed):
-            Evaluation.objects.filter(id=evaluation_id).update(error=f"{exc}\n{traceback.format_exc()[-2000:]}")
+            Evaluation.objects.filter(id=evaluation.id).update(error=f"{exc}\n{traceback.format_exc()[-2000:]}")
 
 
 def _harness_execute(evaluation: Evaluation) -> None:

@@ -214,7 +214,7 @@ def advance(template: Template, phase: Phase, verdict: Decided, *,
 
 
 def confirmation(phase: Phase, verdict: Decided, results: Mapping[str, Mapping[str, Any]], *, top: int,
-                 seed_offset: int = 1) -> Phase | None:
+                 seed_offset: int = 1, metric: str = "final_eval_loss") -> Phase | None:
     """The confirmation phase (ours): the winner of `phase` and the next best by eval loss, `top` in all, rerun at a
     second seed (`seed` and `random_state` + seed_offset: data order and adapter init both change). None where the
     phase has no candidate besides a probe, or top < 1."""
@@ -225,10 +225,10 @@ def confirmation(phase: Phase, verdict: Decided, results: Mapping[str, Mapping[s
     excluded = set(getattr(verdict, "invalid", ())) | set(getattr(verdict, "diverged", ()))
     scored = [m for m in phase.members if m.name != verdict.winner and m.name not in excluded
               and (results.get(m.name) or {}).get("status") == "succeeded"
-              and (results.get(m.name) or {}).get("final_eval_loss") is not None]
-    scored.sort(key=lambda m: results[m.name]["final_eval_loss"])
+              and (results.get(m.name) or {}).get(metric) is not None]
+    scored.sort(key=lambda m: results[m.name][metric])
     picked = [phase.member(verdict.winner), *scored][:top]
-    first = {m.name: (results.get(m.name) or {}).get("final_eval_loss") for m in picked}
+    first = {m.name: (results.get(m.name) or {}).get(metric) for m in picked}
     if any(v is None for v in first.values()):
         return None
     members, origin = [], {}
@@ -243,7 +243,9 @@ def confirmation(phase: Phase, verdict: Decided, results: Mapping[str, Mapping[s
     held = {k: v for k, v in phase.held.items() if k not in ("seed", "random_state")}
     return Phase(template=phase.template, key="confirm", title="Confirmation at a second seed", axis=phase.axis,
                  members=tuple(members), held=held, budget=phase.budget, rule="confirm",
-                 rule_params={"first": first, "origin": origin}, params=dict(phase.params), base=phase.base)
+                 rule_params={"first": first, "origin": origin,
+                              **({"metric": metric} if metric != "final_eval_loss" else {})},
+                 params=dict(phase.params), base=phase.base)
 
 
 def _values(spec: PhaseSpec, base: TrainConfig, p: dict) -> list[Any]:

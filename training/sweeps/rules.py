@@ -138,7 +138,7 @@ def _tie_note(ties: Sequence[str], broken: str) -> str:
 
 # ---- the rules --------------------------------------------------------------------------------------------------------
 
-def lowest_eval(entries: Sequence[dict], *, axis: str, metric: str = "final_eval_loss") -> Verdict:
+def lowest_eval(entries: Sequence[dict], *, axis: str, metric: str = "final_eval_loss", label: str = "eval loss") -> Verdict:
     """The lowest eval loss (learning_rate 3: "best validation metric / lowest val loss"; and every phase whose
     procedure says only "best validation")."""
     s = _sort("lowest_eval", entries, metric, stable_only=True)
@@ -149,14 +149,14 @@ def lowest_eval(entries: Sequence[dict], *, axis: str, metric: str = "final_eval
     ties = _ties(winner, s.candidates, metric)
     runner = f" (next: {_label(axis, ranked[1])} at {_loss(ranked[1][metric])})" if len(ranked) > 1 else ""
     unstable = [e["name"] for e in s.unstable if e["name"] not in s.diverged]
-    text = (f"{_label(axis, winner)}: the lowest eval loss, {_loss(winner[metric])}{runner}"
+    text = (f"{_label(axis, winner)}: the lowest {label}, {_loss(winner[metric])}{runner}"
             f"{_tie_note(ties, 'by the order listed')}"
             + (f"; unstable, not compared: {', '.join(unstable)}" if unstable else ""))
     return s.verdict("lowest_eval", winner, text, ties=ties, invalid=tuple(unstable))
 
 
 def smallest_within_tolerance(entries: Sequence[dict], *, axis: str, tolerance: float = TOLERANCE,
-                              metric: str = "final_eval_loss", stable_only: bool = False,
+                              metric: str = "final_eval_loss", label: str = "eval loss", stable_only: bool = False,
                               above_unstable: bool = False) -> Verdict:
     """The smallest value whose eval loss is within `tolerance` of the best. r: "pick the smallest that wins on
     validation"; gradient_accumulation_steps: "the smallest ... that gives stable training"; warmup_steps, with
@@ -181,10 +181,10 @@ def smallest_within_tolerance(entries: Sequence[dict], *, axis: str, tolerance: 
     within = [e for e in candidates if e[metric] <= best[metric] * (1 + tolerance)]
     winner = min(within, key=lambda e: e["value"])
     if winner is best:
-        text = (f"{_label(axis, winner)}: the best eval loss, {_loss(winner[metric])}, with no smaller {noun} "
+        text = (f"{_label(axis, winner)}: the best {label}, {_loss(winner[metric])}, with no smaller {noun} "
                 f"within the {tolerance:.0%} tolerance of it")
     else:
-        text = (f"{_label(axis, winner)}: eval loss {_loss(winner[metric])} against the best "
+        text = (f"{_label(axis, winner)}: {label} {_loss(winner[metric])} against the best "
                 f"{_loss(best[metric])} ({_label(axis, best)}), within the {tolerance:.0%} tolerance, and the "
                 f"smallest such {noun}")
     ties = _ties(winner, candidates, metric)
@@ -196,10 +196,10 @@ def smallest_within_tolerance(entries: Sequence[dict], *, axis: str, tolerance: 
 
 
 def dropout_fit(entries: Sequence[dict], *, axis: str, tolerance: float = TOLERANCE,
-                metric: str = "final_eval_loss") -> Verdict:
+                metric: str = "final_eval_loss", label: str = "eval loss") -> Verdict:
     """The rank sweep at dropout 0.05, then how the winner fits (lora_dropout: "If the winner overfits: rerun
     winner rank with dropout = 0.1; If all underfit: rerun best rank with dropout = 0.0-0.03")."""
-    v = smallest_within_tolerance(entries, axis=axis, tolerance=tolerance, metric=metric)
+    v = smallest_within_tolerance(entries, axis=axis, tolerance=tolerance, metric=metric, label=label)
     if not v.decided:
         return Verdict("dropout_fit", None, v.text, v.ties, v.invalid, v.diverged, v.failed)
     by_name = {e["name"]: e for e in entries}
@@ -215,7 +215,7 @@ def dropout_fit(entries: Sequence[dict], *, axis: str, tolerance: float = TOLERA
 
 
 def preferred_unless_better(entries: Sequence[dict], *, axis: str, order: Sequence[Any], margin: float = TOLERANCE,
-                            metric: str = "final_eval_loss", check_trainable: bool = False) -> Verdict:
+                            metric: str = "final_eval_loss", label: str = "eval loss", check_trainable: bool = False) -> Verdict:
     """The first of `order` unless a later one is clearly better: lower eval loss by more than `margin`. bias: "If
     none of them differ meaningfully, default to none", "If lora_only is clearly better on validation, keep it",
     "If all is only marginally better (or worse), prefer lora_only or none"; use_rslora: "If rsLoRA wins or ties,
@@ -243,19 +243,19 @@ def preferred_unless_better(entries: Sequence[dict], *, axis: str, order: Sequen
             current = e
     others = ", ".join(f"{_label(axis, e)} {_loss(e[metric])}" for e in ranked if e is not current)
     if current is ranked[0]:
-        text = (f"{_label(axis, current)}: eval loss {_loss(current[metric])}, and no other is clearly better "
+        text = (f"{_label(axis, current)}: {label} {_loss(current[metric])}, and no other is clearly better "
                 f"(more than {margin:.0%} lower)" + (f": {others}" if others else ""))
     else:
         base = ranked[0]
         drop = 1 - current[metric] / base[metric]
-        text = (f"{_label(axis, current)}: eval loss {_loss(current[metric])}, {drop:.1%} below "
+        text = (f"{_label(axis, current)}: {label} {_loss(current[metric])}, {drop:.1%} below "
                 f"{_label(axis, base)}'s {_loss(base[metric])}, more than the {margin:.0%} margin")
     ties = _ties(current, ranked, metric)
     text += _tie_note(ties, "towards the preferred") + "".join(f"; {n}" for n in notes)
     return s.verdict(rule, current, text, ties=ties, invalid=tuple(invalid))
 
 
-def loftq_score(entries: Sequence[dict], *, axis: str, lam: float, metric: str = "final_eval_loss") -> Verdict:
+def loftq_score(entries: Sequence[dict], *, axis: str, lam: float, metric: str = "final_eval_loss", label: str = "eval loss") -> Verdict:
     """loftq_config Step 4: "(final validation score at fixed compute) - λ x (init_time)"; with a loss, the lowest
     eval loss + λ x init seconds."""
     s = _sort("loftq_score", entries, metric, needs=("init_s",))
@@ -273,13 +273,13 @@ def loftq_score(entries: Sequence[dict], *, axis: str, lam: float, metric: str =
 
     others = "; ".join(f"{e['name']} {shown(e)}" for e in ranked[1:])
     ties = tuple(e["name"] for e in ranked[1:] if abs(score(e) - score(winner)) <= TIE)
-    text = (f"{winner['name']}: eval loss {shown(winner)}, the lowest score" + (f" ({others})" if others else "")
+    text = (f"{winner['name']}: {label} {shown(winner)}, the lowest score" + (f" ({others})" if others else "")
             + _tie_note(ties, "by the order listed"))
     return s.verdict("loftq_score", winner, text, ties=ties, details={"scores": {e["name"]: score(e) for e in ranked}})
 
 
 def packing(entries: Sequence[dict], *, axis: str, tolerance: float = TOLERANCE, min_speedup: float = MIN_SPEEDUP,
-            max_vram_gb: float | None = None, metric: str = "final_eval_loss") -> Verdict:
+            max_vram_gb: float | None = None, metric: str = "final_eval_loss", label: str = "eval loss") -> Verdict:
     """packing 5: choose packing=True when it "materially improves tokens/sec" and "keeps eval quality within
     tolerance" (and, given a limit, fits in memory); else packing=False."""
     s = _sort("packing", entries, metric, needs=("tokens_per_s", "peak_vram_gb"))
@@ -295,13 +295,13 @@ def packing(entries: Sequence[dict], *, axis: str, tolerance: float = TOLERANCE,
     eval_ok = on[metric] <= off[metric] * (1 + tolerance)
     vram_ok = max_vram_gb is None or on["peak_vram_gb"] <= max_vram_gb
     evidence = (f"{on['tokens_per_s']:,.0f} against {off['tokens_per_s']:,.0f} tokens/s ({speedup:+.0%}), peak VRAM "
-                f"{on['peak_vram_gb']:.1f} against {off['peak_vram_gb']:.1f} GB, eval loss {_loss(on[metric])} "
+                f"{on['peak_vram_gb']:.1f} against {off['peak_vram_gb']:.1f} GB, {label} {_loss(on[metric])} "
                 f"against {_loss(off[metric])}")
     if speedup >= min_speedup and eval_ok and vram_ok:
         return s.verdict("packing", on, f"packing = True: {evidence}: at least {min_speedup:.0%} faster with eval "
                                         f"loss within the {tolerance:.0%} tolerance")
     why = ("not materially faster" if speedup < min_speedup else
-           f"eval loss more than {tolerance:.0%} worse" if not eval_ok else f"over the {max_vram_gb:g} GB limit")
+           f"{label} more than {tolerance:.0%} worse" if not eval_ok else f"over the {max_vram_gb:g} GB limit")
     return s.verdict("packing", off, f"packing = False: packed is {why}: {evidence}")
 
 
@@ -340,7 +340,7 @@ def lr_range(entries: Sequence[dict], *, axis: str, bound_fraction: float, blowu
 
 
 def confirm(entries: Sequence[dict], *, axis: str, first: Mapping[str, float], origin: Mapping[str, str],
-            metric: str = "final_eval_loss") -> Verdict:
+            metric: str = "final_eval_loss", label: str = "eval loss") -> Verdict:
     """The confirmation phase (ours, after the seed's "same seed" comparisons): the top candidates rerun at a second
     seed; the winner has the lowest mean eval loss over both seeds. `first` holds each candidate's first-seed loss
     by its original member's name, `origin` maps a rerun's name to that name."""
@@ -361,7 +361,7 @@ def confirm(entries: Sequence[dict], *, axis: str, first: Mapping[str, float], o
     others = "; ".join(f"{origin[e['name']]} {shown(e)}" for e in ranked[1:])
     held = origin[winner["name"]] == first_best
     ties = tuple(e["name"] for e in ranked[1:] if abs(mean(e) - mean(winner)) <= TIE)
-    text = (f"{origin[winner['name']]}: the lowest mean eval loss over both seeds, {shown(winner)}"
+    text = (f"{origin[winner['name']]}: the lowest mean {label} over both seeds, {shown(winner)}"
             + (f", against {others}" if others else "")
             + ("; the first seed's winner held" if held else f"; the first seed had picked {first_best}")
             + _tie_note(ties, "by the order listed"))

@@ -10,7 +10,7 @@ from django.http import Http404
 
 from guidance.models import Finding
 from training import access
-from training.models import MetricPoint, Run, Sweep, SweepMember, SweepPhase
+from training.models import Evaluation, MetricPoint, Run, Sweep, SweepMember, SweepPhase
 from training.sweeps import rules
 
 GB = 1e9
@@ -56,10 +56,16 @@ def member_results(members: list[SweepMember]) -> dict[str, dict[str, Any]]:
     findings: dict[int, list[str]] = {i: [] for i in all_ids}
     for run_id, code, step in Finding.objects.filter(run_id__in=all_ids).values_list("run_id", "code", "step"):
         findings[run_id].append(f"{code}@{step}")
+    judged = _suite_errors(members, runs)
     out = {}
     for m in members:
         run = runs.get(m.run_id)
         result: dict[str, Any] = {"status": member_status(m, run), "run_id": m.run_id}
+        if m.run_id in judged:
+            status, error = judged[m.run_id]
+            if result["status"] == "succeeded":
+                result["status"] = status
+            result["suite_error"] = error
         if run is not None:
             curve = _joined_curve(run, lineage[run.id], points)
             result.update(_figures(curve))
@@ -67,6 +73,33 @@ def member_results(members: list[SweepMember]) -> dict[str, dict[str, Any]]:
             result["trainable_params"] = (run.started or {}).get("trainable_params")
             result["init_s"] = (run.started or {}).get("load_s")
         out[m.name] = result
+    return out
+
+
+def _suite_errors(members: list[SweepMember], runs: dict[int, Run]) -> dict[int, tuple[str, float | None]]:
+    """For a sweep judged on an eval suite: each succeeded member run's (status, 1 - figure) from its final
+    evaluation on the suite; "evaluating" while that is queued or running (the verdict waits), "failed" if it
+    failed or lacks the figure."""
+    sweep = members[0].sweep if members else None
+    if sweep is None or not sweep.eval_suite_id:
+        return {}
+    latest: dict[int, Evaluation] = {}
+    for evaluation in Evaluation.objects.filter(run_id__in=list(runs), suite_id=sweep.eval_suite_id, adapters="on",
+                                                checkpoint_step=None).order_by("id"):
+        latest[evaluation.run_id] = evaluation
+    out: dict[int, tuple[str, float | None]] = {}
+    for run_id, run in runs.items():
+        if run.status != Run.Status.SUCCEEDED:
+            continue
+        evaluation = latest.get(run_id)
+        if evaluation is None or not evaluation.is_terminal:
+            out[run_id] = ("evaluating", None)
+            continue
+        figure = (evaluation.figures or {}).get(sweep.eval_figure)
+        if evaluation.status != Evaluation.Status.SUCCEEDED or not isinstance(figure, (int, float)):
+            out[run_id] = ("failed", None)
+        else:
+            out[run_id] = ("succeeded", 1.0 - float(figure))
     return out
 
 
@@ -171,6 +204,9 @@ def stalled_sweep_ids(*, now, grace_s: float = 30.0) -> list[int]:
                                or ended is None for status, ended in statuses):
             continue
         waits_for_resume = SweepMember.objects.filter(phase=row, outcome="", run__status=Run.Status.STOPPED).exists()
+        if Evaluation.objects.filter(run__sweep_members__phase=row, status__in=[Evaluation.Status.QUEUED,
+                                                                               Evaluation.Status.RUNNING]).exists():
+            continue  # a sweep judged on a suite waits for its members' evaluations, whose end advances it
         if not waits_for_resume and max(ended for _, ended in statuses).timestamp() < now.timestamp() - grace_s:
             out.append(sweep.id)
     return out

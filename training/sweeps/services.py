@@ -14,8 +14,9 @@ from django.utils import timezone
 from dashboard.models import Membership, Team
 from training.access import require_role
 from training.engine.config import ConfigError
+from training.evaluation import metrics
 from training.live import send as live
-from training.models import Dataset, Preset, Run, Sweep, SweepMember, SweepPhase
+from training.models import Dataset, EvalSuite, Preset, Run, Sweep, SweepMember, SweepPhase
 from training.run_config import RESERVED_FIELDS
 from training.runs import services as runs
 from training.sweeps import plan, pruning, rules, search
@@ -130,10 +131,15 @@ def sweep_create(*, team: Team, user, template: str, dataset: Dataset, base_run:
                  preset: Preset | None = None, overrides: dict[str, Any] | None = None,
                  params: dict[str, Any] | None = None, name: str = "", queue: str | None = None,
                  auto_advance: bool = True, early_stop: bool = True, prune: bool = False,
-                 confirm_top: int = 0) -> Sweep:
+                 confirm_top: int = 0, eval_suite: EvalSuite | None = None, eval_figure: str = "") -> Sweep:
     """Validate the sweep and its first phase, then save both and queue the phase's runs on commit. Nothing is saved
-    on an error."""
+    on an error. With `eval_suite`, every member is evaluated on it at its end and the rules judge `eval_figure`
+    (metrics.FIGURES; the suite metric's first by default) instead of eval loss."""
     require_role(user=user, team=team, role=Role.MEMBER, action="Starting a sweep")
+    if eval_suite is not None and template == Sweep.SEARCH:
+        raise ValidationError({"eval_suite": "the open search's study minimises eval loss; judge a procedure on a "
+                                             "suite instead, or leave the suite empty"})
+    eval_figure = _check_suite(team, eval_suite, eval_figure)
     queue = queue or settings.TUNEBOARD_DEFAULT_QUEUE
     if not runs.QUEUE_NAME.match(queue):
         raise ValidationError({"queue": "letters, digits and _ . @ - only, at most 100"})
@@ -146,12 +152,29 @@ def sweep_create(*, team: Team, user, template: str, dataset: Dataset, base_run:
         sweep = Sweep.objects.create(
             team=team, name=name, template=template, dataset=dataset, preset=preset, base_run=base_run,
             base_config=phase.base, params=phase.params, queue=queue, auto_advance=auto_advance,
-            early_stop=early_stop, prune=prune or template == Sweep.SEARCH, confirm_top=confirm_top, created_by=user)
+            early_stop=early_stop, prune=prune or template == Sweep.SEARCH, confirm_top=confirm_top, created_by=user,
+            eval_suite=eval_suite, eval_figure=eval_figure)
         row = _phase_create(sweep, phase, index=0, user=user)
         if template == Sweep.SEARCH:  # its members come from the study: the first `parallel` now
             search.start(sweep=sweep, row=row, user=user)
     transaction.on_commit(lambda: _send_state(sweep.id))
     return sweep
+
+
+def _check_suite(team: Team, suite: EvalSuite | None, figure: str) -> str:
+    if suite is None:
+        if figure:
+            raise ValidationError({"eval_figure": "a figure is read from an eval suite; choose the suite too"})
+        return ""
+    if suite.team_id != team.id:
+        raise ValidationError({"eval_suite": "no such eval suite in this team"})
+    allowed = metrics.FIGURES[suite.metric]
+    if suite.metric == metrics.HARNESS:
+        return figure or allowed[0]  # the task's own metric names: known once it ran
+    if figure and figure not in allowed:
+        raise ValidationError({"eval_figure": f"{suite.name} ({suite.metric}) has no figure {figure!r}; allowed: "
+                                              f"{', '.join(allowed)}"})
+    return figure or allowed[0]
 
 
 def _phase_create(sweep: Sweep, phase: plan.Phase, *, index: int, user) -> SweepPhase:
@@ -165,15 +188,31 @@ def _phase_create(sweep: Sweep, phase: plan.Phase, *, index: int, user) -> Sweep
     for i, member in enumerate(phase.members):
         run = trained.get(_key(member.config))
         if run is None:
-            run = runs.run_create(
-                team=sweep.team, user=user, dataset=sweep.dataset, overrides=_overrides(member.config),
-                name=f"{sweep.name} · {phase.key} · {member.name}", queue=sweep.queue, sweep=sweep,
-                base_run=builds_on.base_run if builds_on else None,
-                base_kind=builds_on.base_kind if builds_on and builds_on.base_run_id else Run.BaseKind.ADAPTER)
+            run = member_run_create(sweep, user=user, name=f"{sweep.name} · {phase.key} · {member.name}",
+                                    config=member.config)
         SweepMember.objects.create(phase=row, sweep=sweep, index=i, name=member.name, value=member.value,
                                    values=member.values, config=member.config, steps=member.steps,
                                    tokens=member.tokens, run=run)
     return row
+
+
+def member_run_create(sweep: Sweep, *, user, name: str, config: dict[str, Any], member: bool = True) -> Run:
+    """A run of `config` on the sweep's dataset and queue, building on what the sweep's base run builds on, and, with
+    an eval suite, evaluated on it at its end; a member of the sweep unless `member` is False (the applied winner)."""
+    builds_on = sweep.base_run
+    return runs.run_create(
+        team=sweep.team, user=user, dataset=sweep.dataset, overrides=_overrides(config), name=name, queue=sweep.queue,
+        sweep=sweep if member else None, base_run=builds_on.base_run if builds_on else None,
+        base_kind=builds_on.base_kind if builds_on and builds_on.base_run_id else Run.BaseKind.ADAPTER,
+        eval_suites=[sweep.eval_suite] if sweep.eval_suite_id else ())
+
+
+def judged_by(sweep: Sweep, rule: str) -> dict[str, Any]:
+    """The rule's overrides when the sweep is judged on a suite's figure: the rules minimise, so they read the
+    error 1 - figure (selectors.member_results), named as such in the verdict. The range test reads its curve."""
+    if not sweep.eval_suite_id or rule == "lr_range":
+        return {}
+    return {"metric": "suite_error", "label": f"error (1 - {sweep.eval_figure} on {sweep.eval_suite.name})"}
 
 
 def _key(config: dict[str, Any]) -> str:
@@ -234,7 +273,8 @@ def sweep_advance(*, sweep_id: int) -> str:
             transaction.on_commit(lambda: _send_state(sweep_id))
             return "search: next trials asked"
         if row.verdict is None:
-            verdict = (search.decide if searching else rules.decide)(phase, results)
+            verdict = search.decide(phase, results) if searching else rules.decide(phase, results,
+                                                                                   **judged_by(sweep, row.rule))
             if not verdict.decided:
                 did = _undecided(sweep, row, verdict, results)
                 transaction.on_commit(lambda: _send_state(sweep_id))
@@ -273,7 +313,8 @@ def _chain(sweep: Sweep, row: SweepPhase, phase: plan.Phase, verdict: rules.Verd
         else:
             nxt = None if sweep.template == Sweep.SEARCH else plan.advance(_template(sweep.template), phase, verdict)
             if nxt is None and sweep.confirm_top:
-                nxt = plan.confirmation(phase, verdict, results, top=sweep.confirm_top)
+                nxt = plan.confirmation(phase, verdict, results, top=sweep.confirm_top,
+                                        metric=judged_by(sweep, row.rule).get("metric", "final_eval_loss"))
     except (ConfigError, ValidationError) as exc:
         _finish(sweep, status=Sweep.Status.FAILED, verdict=_final_text(sweep, row, verdict),
                 error=f"the phase after {row.title} could not be made: {_errors(exc)}")
@@ -374,10 +415,7 @@ def sweep_resume(*, sweep: Sweep, user, queue: str | None = None) -> Sweep:
             if old.last_checkpoint_path and old.last_checkpoint_step is not None:
                 member.run = runs.run_resume(run=old, user=user, queue=locked.queue)
             else:
-                member.run = runs.run_create(
-                    team=locked.team, user=user, dataset=locked.dataset, overrides=_overrides(member.config),
-                    name=old.name, queue=locked.queue, sweep=locked, base_run=old.base_run,
-                    base_kind=old.base_kind or Run.BaseKind.ADAPTER)
+                member.run = member_run_create(locked, user=user, name=old.name, config=member.config)
             member.save(update_fields=["run"])
         locked.status, locked.finished_at, locked.error = Sweep.Status.RUNNING, None, ""
         if row.verdict and not row.verdict.get("winner"):  # an undecidable verdict: judged again once they end
@@ -396,12 +434,8 @@ def sweep_apply_run(*, sweep: Sweep, user, max_steps: int | None = None, name: s
     overrides = _overrides(member.config)
     if max_steps is not None:
         overrides["max_steps"] = max_steps
-    builds_on = sweep.base_run
-    return runs.run_create(team=sweep.team, user=user, dataset=sweep.dataset, overrides=overrides,
-                           name=name or f"{sweep.name}: {member.name}", queue=sweep.queue,
-                           base_run=builds_on.base_run if builds_on else None,
-                           base_kind=builds_on.base_kind if builds_on and builds_on.base_run_id
-                           else Run.BaseKind.ADAPTER)
+    return member_run_create(sweep, user=user, name=name or f"{sweep.name}: {member.name}", config=overrides,
+                             member=False)
 
 
 def sweep_apply_preset(*, sweep: Sweep, user, name: str) -> Preset:

@@ -206,3 +206,33 @@ def test_a_sweep_whose_advance_was_lost_is_found_by_the_periodic_check(team_memb
     assert stalled_sweep_ids(now=later) == [sweep.id]
     services.sweep_advance(sweep_id=sweep.id)  # what the re-queued advance does
     assert stalled_sweep_ids(now=later) == []  # the next phase's members are queued, not ended
+
+
+def test_a_sweep_judged_on_an_eval_suite_waits_for_the_evaluations_and_reads_the_figure(team_member):
+    import io
+    import json
+
+    from training.evaluation import services as evals
+    from training.models import Evaluation
+
+    team, user, dataset = team_member
+    rows = [{"prompt": f"q{i}", "reference": "red" if i % 2 else "blue"} for i in range(4)]
+    suite = evals.suite_create_from_upload(team=team, user=user, name="colours", metric="classification",
+                                           labels=["red", "blue"], filename="s.jsonl",
+                                           file=io.BytesIO("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    with pytest.raises(ValidationError) as exc:
+        create(team_member, "r", params={"values": [2, 4]}, eval_suite=suite, eval_figure="bleu")
+    assert "has no figure 'bleu'; allowed: accuracy, macro_f1" in exc.value.message_dict["eval_figure"][0]
+    sweep = create(team_member, "r", params={"values": [2, 4]}, eval_suite=suite, eval_figure="macro_f1")
+    members = phase_members(sweep, 0)
+    assert all(list(Run.objects.get(id=m.run_id).eval_suites.all()) == [suite] for m in members)
+    for member, loss in zip(members, [1.0, 1.5]):  # by eval loss r=2 would win
+        finish(member, loss)
+    assert services.sweep_advance(sweep_id=sweep.id) == "waiting"  # the runs ended; their evaluations have not
+    for member, f1 in zip(members, [0.50, 0.75]):
+        Evaluation.objects.create(team=team, suite=suite, run_id=member.run_id, model="tiny-model", queue=idle_queue(),
+                                  status=Evaluation.Status.SUCCEEDED, figures={"accuracy": 0.5, "macro_f1": f1})
+    assert services.sweep_advance(sweep_id=sweep.id) == "finished"
+    sweep.refresh_from_db()
+    assert sweep.winner.name == "r=4"
+    assert "r = 4: the best error (1 - macro_f1 on colours), 0.250" in sweep.verdict

@@ -296,3 +296,11 @@ def test_no_confirmation_for_a_probe_or_top_zero():
 def test_a_verdict_survives_its_round_trip_through_json():
     v = decide("r", {"r=8": ok(1.02), "r=16": {"status": "diverged"}, "r=32": ok(1.03)})
     assert rules.Verdict.from_dict(v.as_dict()) == v
+
+
+def test_a_rule_can_judge_a_suites_metric_and_says_which():
+    results = {"r=8": ok(None, suite_error=0.30), "r=16": ok(None, suite_error=0.20), "r=32": ok(None, suite_error=0.25)}
+    v = rules.decide(expand(TEMPLATES["r"], BASE), results, metric="suite_error",
+                     label="error (1 - accuracy on colours)")
+    assert v.winner == "r=16"
+    assert v.text.startswith("r = 16: the best error (1 - accuracy on colours), 0.200")
