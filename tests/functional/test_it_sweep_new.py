@@ -229,3 +229,25 @@ def test_a_bad_search_names_the_field_and_creates_nothing(world, member_client, 
     response = member_client.post("/sweeps/new/", data)
     assert response.status_code == 400 and field in errors_of(response)
     assert not Sweep.objects.exists()
+
+
+def test_a_sweep_can_be_judged_on_an_eval_suite_and_a_bad_figure_is_named(world, member_client):
+    import io
+    import json
+
+    from training.evaluation import services as evals
+
+    rows = [{"prompt": f"q{i}", "reference": "red" if i % 2 else "blue"} for i in range(4)]
+    suite = evals.suite_create_from_upload(team=world.team, user=world.member, name="colours", filename="s.jsonl",
+                                           metric="classification", labels=["red", "blue"],
+                                           file=io.BytesIO("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    page = member_client.get("/sweeps/new/").content.decode()
+    assert f'<option value="{suite.id}">colours (classification, 4 rows)</option>' in page
+    bad = member_client.post("/sweeps/new/", form_data(world, eval_suite=str(suite.id), eval_figure="bleu"))
+    assert bad.status_code == 400 and "has no figure 'bleu'" in " ".join(errors_of(bad)["eval_figure"])
+    assert not Sweep.objects.exists()
+    response = member_client.post("/sweeps/new/", form_data(world, name="on f1", eval_suite=str(suite.id),
+                                                             eval_figure="macro_f1"))
+    sweep = Sweep.objects.get(name="on f1")
+    assert response.status_code == 302 and sweep.eval_suite == suite and sweep.eval_figure == "macro_f1"
+    assert all(list(m.run.eval_suites.all()) == [suite] for m in SweepMember.objects.filter(sweep=sweep))

@@ -13,7 +13,7 @@ from django.db.models import Q
 
 from training import access, selectors
 from training.engine.config import TrainConfig
-from training.models import Dataset, Preset, Run, Sweep
+from training.models import Dataset, EvalSuite, Preset, Run, Sweep
 from training.run_config import value_text
 from training.runs.forms import NOT_OFFERED, config_fields, parse_value
 from training.sweeps import plan
@@ -131,10 +131,19 @@ class SweepForm(forms.Form):
                                      help_text="Rerun this many top candidates of the last phase at a second seed "
                                                "(0: none, at most 5)")
 
+    eval_suite = forms.ModelChoiceField(queryset=EvalSuite.objects.none(), required=False, label="Judge on",
+                                        empty_label="Eval loss (the procedure's own rule)",
+                                        error_messages={"invalid_choice": "no such eval suite in this team"},
+                                        help_text="Or an eval suite: every member is evaluated on it at its end")
+    eval_figure = forms.CharField(required=False, label="Its figure", help_text=(
+        "Blank: the suite's headline (accuracy for classification); or macro_f1, minority_f1, minority_recall, ..."))
+
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
         self.user = user
         self.teams = access.team_list_where(user, "member")
+        self.fields["eval_suite"].queryset = EvalSuite.objects.filter(team__in=self.teams).order_by("name")
+        self.fields["eval_suite"].label_from_instance = lambda s: f"{s.name} ({s.metric}, {s.rows} rows)"
         self.fields["template"].choices = [(key, f"{key}: {t.title}") for key, t in plan.TEMPLATES.items()] + [
             (Sweep.SEARCH, f"{Sweep.SEARCH}: {SEARCH_TITLE}")]
         chosen = plan.TEMPLATES.get(self.data.get("template") or self.initial.get("template") or "r")
@@ -281,7 +290,8 @@ class SweepForm(forms.Form):
         c = self.cleaned_data
         return {"name": c.get("name") or "", "queue": (c.get("queue") or "").strip() or None,
                 "auto_advance": bool(c.get("auto_advance")), "early_stop": bool(c.get("early_stop")),
-                "prune": bool(c.get("prune")), "confirm_top": c.get("confirm_top") or 0}
+                "prune": bool(c.get("prune")), "confirm_top": c.get("confirm_top") or 0,
+                "eval_suite": c.get("eval_suite"), "eval_figure": (c.get("eval_figure") or "").strip()}
 
     def add_service_errors(self, error: ValidationError) -> None:
         """The services' {key: [message]} on the field they name: a form field, the values (the swept field), the
