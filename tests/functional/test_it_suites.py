@@ -123,6 +123,57 @@ def test_each_bad_input_is_refused_on_its_field_and_nothing_is_saved(world, memb
     assert 'class="field has-error" data-field="%s"' % field in html or field == "metric"
 
 
+TASK = b"""task: team_colours
+output_type: multiple_choice
+doc_to_text: "{{question}} Answer:"
+doc_to_choice: "{{choices}}"
+doc_to_target: label
+metric_list:
+  - metric: acc
+"""
+DOCS = b"".join(json.dumps({"question": f"Colour of thing {i}?", "choices": ["red", "blue"], "label": i % 2}).encode()
+                + b"\n" for i in range(3))
+
+
+def upload_task(client, team, name="harness", task=TASK, docs=DOCS, metric="lm_eval"):
+    return client.post("/evaluation/suites/", {
+        "team": str(team.id), "name": name, "file": SimpleUploadedFile("docs.jsonl", docs), "metric": metric,
+        "labels": "", "max_new_tokens": "64", "task_config": SimpleUploadedFile("task.yaml", task)})
+
+
+def test_an_lm_eval_task_is_its_yaml_and_its_documents(world, member_client):
+    response = upload_task(member_client, world.team)
+    suite = EvalSuite.objects.get(name="harness")
+    assert response.status_code == 302 and (suite.metric, suite.rows) == ("lm_eval", 3)
+    assert suite.task_config == TASK.decode()
+    Evaluation.objects.create(team=world.team, suite=suite, model="tiny-model", queue="q", status="succeeded",
+                              figures={"acc": 0.5, "acc_stderr": 0.2, "examples": 3})
+    html = member_client.get(f"/evaluation/suites/{suite.id}/").content.decode()
+    assert "Task YAML" in html and "doc_to_text" in html and escape('"question": "Colour of thing 2?"') in html
+    assert "acc <strong>0.5</strong>" in html and "acc_stderr" not in html
+
+
+@pytest.mark.parametrize("task, message", [
+    (None, "an lm_eval suite needs its task's YAML file"),
+    (b"\xff\xfe", "UTF-8"),
+    (b"task: x\noutput_type: multiple_choice\ndoc_to_text: !function utils.f\ndoc_to_target: b", "!function"),
+])
+def test_a_bad_task_yaml_is_refused_on_its_field(world, member_client, task, message):
+    if task is None:
+        response = member_client.post("/evaluation/suites/", {
+            "team": str(world.team.id), "name": "harness", "file": SimpleUploadedFile("docs.jsonl", DOCS),
+            "metric": "lm_eval", "max_new_tokens": "64"})
+    else:
+        response = upload_task(member_client, world.team, task=task)
+    assert response.status_code == 400 and message in errors_of(response)["task_config"]
+    assert not EvalSuite.objects.exists()
+
+
+def test_a_task_yaml_left_in_its_hidden_field_does_not_count_for_another_metric(world, member_client):
+    response = upload_task(member_client, world.team, name="qa", docs=QA, metric="exact_match")
+    assert response.status_code == 302 and EvalSuite.objects.get(name="qa").task_config == ""
+
+
 def test_row_errors_are_listed_under_the_file(world, member_client):
     content = b'{"prompt": "a", "reference": "b"}\n{"prompt": "c"}\n{"prompt": "d", "reference": 5}\n'
     response = upload(member_client, world.team, "broken", content)

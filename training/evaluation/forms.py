@@ -26,6 +26,9 @@ class SuiteUploadForm(ServiceErrors, forms.Form):
                                initial="exact_match", widget=forms.RadioSelect)
     labels = forms.CharField(max_length=2000, required=False, help_text="Comma-separated, e.g. positive, negative: "
                                                                         "every reference must be one of them")
+    task_config = forms.FileField(required=False, label="Task YAML", help_text=(
+        "lm_eval only: the lm-evaluation-harness task (output_type, doc_to_text, doc_to_target, metric_list, ...); "
+        "the file above is its documents"))
     max_new_tokens = forms.IntegerField(initial=64, help_text="Tokens generated per prompt (1-4096)")
 
     def __init__(self, *args, user, **kwargs):
@@ -38,6 +41,18 @@ class SuiteUploadForm(ServiceErrors, forms.Form):
         if self.data.get(self.add_prefix("metric")) != "classification":
             return []
         return [label.strip() for label in self.cleaned_data.get("labels", "").split(",") if label.strip()]
+
+    def clean_task_config(self) -> str:
+        """The task YAML's text; only an lm_eval suite has one (hidden for the other metrics, like the labels)."""
+        upload = self.cleaned_data.get("task_config")
+        if self.data.get(self.add_prefix("metric")) != metrics.HARNESS:
+            return ""
+        if upload is None:
+            raise forms.ValidationError("an lm_eval suite needs its task's YAML file")
+        try:
+            return upload.read().decode("utf-8")
+        except UnicodeDecodeError:
+            raise forms.ValidationError("the task YAML must be UTF-8 text") from None
 
     def add_service_errors(self, error) -> None:
         for key, messages in error.message_dict.items():

@@ -2,6 +2,8 @@
 evaluation section (its evaluations, the examples they got wrong, Evaluate, and the JSON it polls)."""
 from __future__ import annotations
 
+import itertools
+import json
 from typing import Any
 
 from django.contrib import messages
@@ -15,6 +17,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from training import access
+from training.datasets import files
 from training.evaluation import metrics, selectors, services
 from training.evaluation.forms import RunEvaluateForm, SuiteUploadForm
 from training.models import EvalSuite, Run
@@ -36,7 +39,7 @@ def suite_list(request: HttpRequest) -> HttpResponse:
                 suite = services.suite_create_from_upload(
                     team=data["team"], user=request.user, name=data["name"], file=data["file"],
                     metric=data["metric"], labels=data["labels"], max_new_tokens=data["max_new_tokens"],
-                    filename=data["file"].name)
+                    filename=data["file"].name, task_config=data["task_config"])
             except ValidationError as exc:
                 form.add_service_errors(exc)
             else:
@@ -49,10 +52,19 @@ def suite_list(request: HttpRequest) -> HttpResponse:
 
 def _suite_preview(suite: EvalSuite) -> list[dict[str, Any]]:
     try:
+        if suite.format == EvalSuite.Format.HARNESS:  # the task's documents as they are: the YAML makes the prompts
+            return _task_documents(suite)
         examples = services.suite_examples(suite)[:SUITE_PREVIEW_ROWS]
-    except OSError:
+    except (OSError, files.DatasetError):
         return []  # the file is gone from the shared var dir: the page says so
     return [{"index": e["index"], "prompt": services.prompt_of(e), "reference": e["reference"]} for e in examples]
+
+
+def _task_documents(suite: EvalSuite) -> list[dict[str, Any]]:
+    with open(suite.path, "rb") as fh:
+        records = itertools.islice(files.read_records(fh, files.file_kind(suite.path)), SUITE_PREVIEW_ROWS)
+        return [{"index": index, "prompt": json.dumps(record, ensure_ascii=False), "reference": ""}
+                for index, (_, record) in enumerate(records)]
 
 
 @login_required
@@ -61,13 +73,26 @@ def suite_detail(request: HttpRequest, suite_id: int) -> HttpResponse:
     return render(request, "training/suite_detail.html", {
         "suite": suite, "metric_description": metrics.METRICS.get(suite.metric, ""),
         "examples": _suite_preview(suite), "preview_rows": SUITE_PREVIEW_ROWS,
-        "evaluations": selectors.suite_evaluations(suite)})
+        "evaluations": _harness_headlines(selectors.suite_evaluations(suite))})
+
+
+def _harness_headlines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An lm_eval suite's figures are the harness's own metrics (acc, acc_norm, ...): each is a headline figure."""
+    for row in rows:
+        for one in (row, row.get("base")):
+            if one and one["metric"] == metrics.HARNESS and not one["headline"]:
+                one["headline"] = [{"name": name, "label": name, "value": value}
+                                   for name, value in sorted(one["figures"].items())
+                                   if name != "examples" and not name.endswith("_stderr")
+                                   and isinstance(value, (int, float)) and not isinstance(value, bool)]
+    return rows
 
 
 def run_section(request: HttpRequest, run: Run) -> dict[str, Any]:
     """The context of the run page's evaluation section (templates/training/_run_evaluation.html)."""
     can_evaluate = access.role_for(request.user, run.team) in ("member", "admin")
     state = selectors.run_evaluation_state(run)
+    _harness_headlines(state["evaluations"])
     form = RunEvaluateForm(run=run, checkpoint_steps=selectors.run_checkpoint_steps(run)) if can_evaluate else None
     return {"run": run, "state": state, "form": form, "can_evaluate": can_evaluate,
             "state_url": reverse("run_evaluations", args=[run.id])}
