@@ -12,7 +12,7 @@ import numpy as np
 import psycopg
 from django.db import connection
 from django.db.models import Count
-from django.http import Http404
+from django.http import Http404, QueryDict
 from psycopg.adapt import Loader
 from psycopg.pq import Format
 
@@ -132,6 +132,17 @@ def runs_for_user(user, run_ids: Iterable[int]) -> list[Run]:
     if missing:
         raise Http404(f"No such run: {', '.join(map(str, missing))}")
     return [found[i] for i in run_ids]
+
+
+def request_run_ids(params: QueryDict, user) -> tuple[int, ...]:
+    """The compared runs' ids from runs=1,2,3 (a shared link), runs=1&runs=2 (the run list's checkboxes), or every
+    run of sweep=<id>; CompareError names the bad parameter."""
+    sweep = params.get("sweep", "").strip()
+    if sweep and not params.getlist("runs"):
+        if not sweep.isdigit():
+            raise CompareError("sweep", f"{sweep!r} is not a sweep id", "a sweep id, e.g. sweep=4")
+        return parse_run_ids(",".join(map(str, sweep_run_ids(user, int(sweep)))))
+    return parse_run_ids(",".join(params.getlist("runs")))
 
 
 def sweep_run_ids(user, sweep_id: int) -> tuple[int, ...]:

@@ -24,22 +24,10 @@ def _bad_request(request: HttpRequest, error: series.CompareError, *, as_json: b
     return render(request, "training/compare_error.html", {"error": error}, status=400)
 
 
-def _run_ids(request: HttpRequest) -> tuple[int, ...]:
-    """From runs=1,2,3, or every run of sweep=<id>."""
-    sweep = request.GET.get("sweep", "").strip()
-    if sweep and not request.GET.getlist("runs"):
-        if not sweep.isdigit():
-            raise series.CompareError("sweep", f"{sweep!r} is not a sweep id", "a sweep id, e.g. sweep=4")
-        ids = series.sweep_run_ids(request.user, int(sweep))
-        return series.parse_run_ids(",".join(map(str, ids)))
-    # runs=1,2,3 (a shared link) or runs=1&runs=2 (the run list's checkboxes)
-    return series.parse_run_ids(",".join(request.GET.getlist("runs")))
-
-
 @login_required
 def compare_page(request: HttpRequest) -> HttpResponse:
     try:
-        query = series.parse_query(request.GET, run_ids=_run_ids(request))
+        query = series.parse_query(request.GET, run_ids=series.request_run_ids(request.GET, request.user))
     except series.CompareError as error:
         return _bad_request(request, error, as_json=False)
     runs = series.runs_for_user(request.user, query.run_ids)
@@ -80,7 +68,7 @@ def _config_for(index: int, page: series.ComparePage) -> dict[str, Any]:
 def compare_data(request: HttpRequest) -> JsonResponse:
     """The charts' series for metric(s), x axis, smoothing and x range; asked again on every zoom."""
     try:
-        query = series.parse_query(request.GET, run_ids=_run_ids(request))
+        query = series.parse_query(request.GET, run_ids=series.request_run_ids(request.GET, request.user))
     except series.CompareError as error:
         return _bad_request(request, error, as_json=True)
     runs = series.runs_for_user(request.user, query.run_ids)
@@ -128,7 +116,7 @@ def _json_chunks(runs: list[Run], page: series.ComparePage) -> Iterable[str]:
 def compare_export(request: HttpRequest, fmt: str) -> HttpResponse:
     """The compared runs' full-resolution points, as CSV or JSON, for the user's team only."""
     try:
-        run_ids = _run_ids(request)
+        run_ids = series.request_run_ids(request.GET, request.user)
     except series.CompareError as error:
         return _bad_request(request, error, as_json=fmt == "json")
     runs = series.runs_for_user(request.user, run_ids)
