@@ -3,6 +3,7 @@ from django.urls import path
 
 from training.compare import views as compare_views
 from training.datasets import views as dataset_views
+from training.evaluation import compare as evaluation_compare
 from training.evaluation import views as evaluation_views
 from training.runs import views
 from training.sweeps import views as sweep_views
@@ -37,6 +38,7 @@ urlpatterns = [
     path("workers/", worker_views.worker_list, name="worker_list"),
     path("compare/", compare_views.compare_page, name="compare"),
     path("compare/data/", compare_views.compare_data, name="compare_data"),
+    path("compare/outputs/", evaluation_compare.compare_outputs, name="compare_outputs"),
     path("compare/export.csv", compare_views.compare_export, {"fmt": "csv"}, name="compare_export_csv"),
     path("compare/export.json", compare_views.compare_export, {"fmt": "json"}, name="compare_export_json"),
 ]

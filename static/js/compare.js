@@ -21,6 +21,11 @@ const state = {
   ranges: {}, // metric -> [x0, x1] while zoomed
 };
 const runs = data.runs.map((run, index) => ({ ...run, color: COLORS[index % COLORS.length] }));
+// Each eval suite's figure per run (training/evaluation/compare.py) is an outcome the scatter offers too.
+for (const suite of JSON.parse(document.getElementById("compare-evaluation").textContent).suites) {
+  data.outcome_rows.push([suite.key, `${suite.name}: ${suite.label}`]);
+  for (const run of runs) run.outcomes[suite.key] = suite.values[String(run.id)];
+}
 const byId = new Map(runs.map((run) => [run.id, run]));
 // metric -> run id -> {lastStep, ema: {last, count}}: where each drawn line ends, so live points continue it.
 const tails = new Map(METRICS.map((m) => [m, new Map()]));

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
 from django.db.models import QuerySet
 from django.http import Http404
 
@@ -148,3 +149,113 @@ def run_evaluation_state(run: Run, *, with_examples: bool = True) -> dict[str, A
                                   for e in evaluations)
     return {"evaluations": evaluations, "pending_suites": [{"id": s.id, "name": s.name} for s in pending],
             "active": active}
+
+
+# The Compare page's evaluation: a figure per run and suite, and the same prompts' outputs side by side ----------
+
+# The prompts one request of the side-by-side table returns at most: a 1,000-prompt suite is read a page at a time.
+COMPARE_OUTPUTS_PAGE, COMPARE_OUTPUTS_MAX = 50, 200
+
+
+def headline_figure(evaluation: Evaluation) -> dict[str, Any] | None:
+    """The one figure a compare row shows: the metric's value, accuracy for classification, or an lm-eval task's
+    first metric (its metric_list's first, else the first of its figures by name)."""
+    figures = evaluation.figures or {}
+    if evaluation.suite.metric == "lm_eval":
+        names = [name for name in _task_metric_names(evaluation.suite) if isinstance(figures.get(name), (int, float))]
+        names = names or sorted(name for name, value in figures.items() if name != "examples"
+                                and not name.endswith("_stderr") and isinstance(value, (int, float)))
+        return {"name": names[0], "label": names[0], "value": figures[names[0]]} if names else None
+    shown = headline(evaluation)
+    return shown[0] if shown else None
+
+
+def _task_metric_names(suite: EvalSuite) -> list[str]:
+    try:
+        task = yaml.safe_load(suite.task_config or "") or {}
+    except yaml.YAMLError:
+        return []
+    listed = task.get("metric_list") if isinstance(task, dict) else None
+    return [m["metric"] for m in listed or [] if isinstance(m, dict) and isinstance(m.get("metric"), str)]
+
+
+def compare_final_evaluations(runs: list[Run]) -> dict[int, dict[int, Evaluation]]:
+    """suite id → run id → the run's latest succeeded evaluation of its final adapter with adapters on."""
+    latest: dict[int, dict[int, Evaluation]] = {}
+    evaluations = (Evaluation.objects.select_related("suite")
+                   .filter(run__in=runs, checkpoint_step__isnull=True, adapters="on",
+                           status=Evaluation.Status.SUCCEEDED).order_by("-created_at", "-id"))
+    for evaluation in evaluations:
+        latest.setdefault(evaluation.suite_id, {}).setdefault(evaluation.run_id, evaluation)
+    return latest
+
+
+def compare_suite_figures(runs: list[Run]) -> list[dict[str, Any]]:
+    """One entry per suite any compared run was evaluated on, the suites every run has first, then by name: its
+    figure's label and each run's value (None where the run has none)."""
+    out = []
+    for by_run in compare_final_evaluations(runs).values():
+        suite = next(iter(by_run.values())).suite
+        figures = {run.id: headline_figure(by_run[run.id]) if run.id in by_run else None for run in runs}
+        named = next((f for f in figures.values() if f), None)
+        label = named["label"] if named else METRIC_LABELS.get(suite.metric, suite.metric)
+        out.append({"id": suite.id, "name": suite.name, "metric": suite.metric, "label": label,
+                    "key": f"suite_{suite.id}", "runs_evaluated": len(by_run), "shared": len(by_run) == len(runs),
+                    "values": [(run.id, figures[run.id]["value"] if figures[run.id] else None) for run in runs]})
+    return sorted(out, key=lambda s: (not s["shared"], s["name"].casefold(), s["id"]))
+
+
+def compare_base_evaluation(anchor: Evaluation) -> Evaluation | None:
+    """The succeeded base-model evaluation beside a run's: run empty, the same team, model, suite and decoding."""
+    return (Evaluation.objects.filter(team_id=anchor.team_id, run__isnull=True, suite_id=anchor.suite_id,
+                                      model=anchor.model, decoding=anchor.decoding,
+                                      status=Evaluation.Status.SUCCEEDED)
+            .order_by("-created_at", "-id").first())
+
+
+def _shown_example(example: EvalExample | None) -> dict[str, Any] | None:
+    if example is None:
+        return None
+    return {"output": example.output, "score": example.score, "label": example.label}
+
+
+def compare_outputs(runs: list[Run], suite: EvalSuite, *, offset: int = 0, limit: int = COMPARE_OUTPUTS_PAGE
+                    ) -> dict[str, Any]:
+    """The suite's prompts, a page of them in suite order, with each compared run's output (its final adapter's
+    latest succeeded evaluation) and the base model's for the first evaluated run's model and decoding. An output
+    `differs` when it is not the base model's, or with no base model, not the first evaluated run's."""
+    by_run = compare_final_evaluations(runs).get(suite.id, {})
+    evaluated = [run for run in runs if run.id in by_run]
+    anchor = by_run[evaluated[0].id] if evaluated else None
+    base = compare_base_evaluation(anchor) if anchor else None
+    ids = [e.id for e in by_run.values()] + ([base.id] if base else [])
+    indices = EvalExample.objects.filter(evaluation_id__in=ids).values_list("index", flat=True).distinct()
+    total = indices.count()
+    page = list(indices.order_by("index")[offset:offset + limit])
+    examples: dict[tuple[int, int], EvalExample] = {
+        (e.evaluation_id, e.index): e for e in EvalExample.objects.filter(evaluation_id__in=ids, index__in=page)}
+    rows = []
+    for index in page:
+        beside = examples.get((base.id, index)) if base else None
+        against = beside if base else examples.get((anchor.id, index))
+        first = next(examples[(i, index)] for i in ids if (i, index) in examples)
+        outputs = []
+        for run in runs:
+            example = examples.get((by_run[run.id].id, index)) if run.id in by_run else None
+            shown = _shown_example(example)
+            if shown is not None:
+                shown["differs"] = against is not None and example.output != against.output
+            outputs.append(shown)
+        rows.append({"index": index, "prompt": first.prompt, "reference": first.reference,
+                     "base": _shown_example(beside), "outputs": outputs})
+    return {
+        "suite": {"id": suite.id, "name": suite.name, "metric": suite.metric,
+                  "label": METRIC_LABELS.get(suite.metric, suite.metric)},
+        "base": {"evaluation": base.id, "model": base.model, "figure": headline_figure(base)} if base else None,
+        "compared_to": "base" if base else (evaluated[0].id if evaluated else None),
+        "runs": [{"id": run.id, "name": run.name,
+                  "evaluation": by_run[run.id].id if run.id in by_run else None,
+                  "figure": headline_figure(by_run[run.id]) if run.id in by_run else None} for run in runs],
+        "rows": rows, "total": total, "offset": offset, "limit": limit,
+        "next_offset": offset + limit if offset + limit < total else None,
+    }
