@@ -29,6 +29,8 @@ def isolated_session(tmp_path_factory):
     settings.RUNS_DIR = var / "runs"
     settings.DATASETS_DIR = var / "datasets"
     settings.MODELS_DIR = var / "models"
+    settings.SUITES_DIR = var / "suites"
+    settings.EVALS_DIR = var / "evals"
     settings.TUNEBOARD_DATASET_ROOTS = [str(var / "registered")]
     settings.TUNEBOARD_MODEL_ROOTS = [str(var / "models")]
     settings.TUNEBOARD_DEFAULT_QUEUE = f"test-{token}"
