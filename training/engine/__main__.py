@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     loftq_p = sub.add_parser("loftq-check", help="4-bit logits against full precision, standard init vs LoftQ")
     loftq_p.add_argument("spec", help="path of a JSON spec (training/engine/loftq_check.py)")
 
+    serve_p = sub.add_parser("serve", help="serve a run's adapter to the playground: prompts on stdin, tokens out")
+    serve_p.add_argument("spec", help="path of a JSON spec (training/engine/serve.py)")
+
     check_p = sub.add_parser("check", help="validate a config; print its errors or derived values as JSON")
     check_p.add_argument("config")
     check_p.add_argument("--examples", type=int, help="dataset size, for steps per epoch and total steps")
@@ -53,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         return _loftq_check(args)
     if args.command == "harness":
         return _harness(args)
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "tiny-model":
         from .tiny import build_tiny_model
 
@@ -138,6 +143,24 @@ def _harness(args) -> int:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     with contextlib.redirect_stdout(sys.stderr):
         return harness.run(_read(args.spec), EventSink(events_out))
+
+
+
+def _serve(args) -> int:
+    from . import serve
+    from .events import EventSink
+
+    events_out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sink = EventSink(events_out)
+    try:
+        spec = serve.parse_spec(_read(args.spec))
+    except (serve.SpecError, ValueError, OSError) as exc:
+        sink.emit("failed", step=0, error_class=type(exc).__name__, message=str(exc),
+                  errors=getattr(exc, "errors", {"spec": str(exc)}), traceback="", oom=False)
+        return 2
+    with contextlib.redirect_stdout(sys.stderr):
+        return serve.run(spec, sink)
 
 
 if __name__ == "__main__":

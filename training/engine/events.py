@@ -32,7 +32,9 @@ from typing import IO, Any, Callable
 SCHEMA_VERSION = 1
 TERMINAL = frozenset({"finished", "stopped", "failed"})
 # output: one generated answer of an evaluation (training/engine/evaluate.py): index, output, tokens
-TYPES = frozenset({"started", "metrics", "eval", "sample", "warning", "log", "checkpoint", "output"}) | TERMINAL
+# loading, ready, token, reply, refused: a playground's serving process (training/engine/serve.py)
+TYPES = frozenset({"started", "metrics", "eval", "sample", "warning", "log", "checkpoint", "output", "loading", "ready",
+                   "token", "reply", "refused"}) | TERMINAL
 
 
 def json_safe(value: Any) -> Any:
