@@ -540,3 +540,48 @@ class LoftqCheck(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+
+class PlaygroundSession(models.Model):
+    """A run's adapter (final or a checkpoint) loaded by a worker of the run's queue beside its base model (the same
+    weights with the adapters off) or beside another run of the team on the same base model, answering the
+    playground's prompts until it has been idle TUNEBOARD_PLAYGROUND_IDLE_S (training/playground/)."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        LOADING = "loading", "Loading"
+        READY = "ready", "Ready"
+        ENDED = "ended", "Released"
+        FAILED = "failed", "Failed"
+
+    LIVE = frozenset({Status.QUEUED, Status.LOADING, Status.READY})
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="playground_sessions")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="playground_sessions")
+    checkpoint_step = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: the run's final adapter")
+    adapter_path = models.CharField(max_length=1000)
+    beside_run = models.ForeignKey(Run, on_delete=models.CASCADE, null=True, blank=True, related_name="+",
+                                   help_text="Empty: beside the base model")
+    beside_checkpoint_step = models.PositiveIntegerField(null=True, blank=True)
+    beside_adapter_path = models.CharField(max_length=1000, blank=True)
+    model = models.CharField(max_length=1000, help_text="The base model both sides share")
+    queue = models.CharField(max_length=100)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    progress = models.JSONField(default=dict, blank=True, help_text="Loading: stage, done, total; ready: device, load_s")
+    worker_name = models.CharField(max_length=200, blank=True)
+    end_reason = models.CharField(max_length=200, blank=True)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"playground {self.id} of run #{self.run_id}"
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in self.LIVE

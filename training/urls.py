@@ -5,6 +5,7 @@ from training.compare import views as compare_views
 from training.datasets import views as dataset_views
 from training.evaluation import compare as evaluation_compare
 from training.evaluation import views as evaluation_views
+from training.playground import views as playground_views
 from training.runs import views
 from training.sweeps import views as sweep_views
 from training.workers import views as worker_views
@@ -19,6 +20,9 @@ urlpatterns = [
     path("runs/<int:run_id>/resume/", views.run_resume, name="run_resume"),
     path("runs/<int:run_id>/evaluate/", evaluation_views.run_evaluate, name="run_evaluate"),
     path("runs/<int:run_id>/evaluations.json", evaluation_views.run_evaluations, name="run_evaluations"),
+    path("runs/<int:run_id>/playground/", playground_views.run_playground, name="run_playground"),
+    path("runs/<int:run_id>/playground/<int:session_id>/release/", playground_views.playground_release,
+         name="playground_release"),
     path("runs/<int:run_id>/adapter/", views.run_adapter_list, name="run_adapter_list"),
     path("runs/<int:run_id>/adapter/<str:name>", views.run_adapter_file, name="run_adapter_file"),
     path("sweeps/", sweep_views.sweep_list, name="sweep_list"),

@@ -43,6 +43,18 @@ def sweep_group(sweep_id: int) -> str:
     return f"sweep.{sweep_id}"
 
 
+def playground_group(session_id: int) -> str:
+    """Everyone with the playground session's page open: its loading, status and the tokens of its replies."""
+    return f"playground.{session_id}"
+
+
+def send_playground_message(session_id: int, message: dict[str, Any]) -> bool:
+    """A playground message ({type: status | token | reply | refused, ...}) to the session's pages; False if Redis
+    could not take it."""
+    return _group_send(playground_group(session_id), {"type": "playground.message", "message": json_safe(message)},
+                       f"playground {session_id}: {message.get('type')}")
+
+
 def send_sweep_state(sweep_id: int, state: dict[str, Any]) -> bool:
     """The sweep's whole state (training.sweeps.selectors.sweep_state) to its page; False if Redis could not take it."""
     return _group_send(sweep_group(sweep_id), {"type": "sweep.state", "state": json_safe(state)},

@@ -28,7 +28,7 @@ def _die_with_parent() -> None:
 class TrainingProcess:
     """One training job's process: its stdout (events) as lines, its stderr as new lines, stop and kill."""
 
-    def __init__(self, args: list[str], *, cwd: Path, stop_file: Path):
+    def __init__(self, args: list[str], *, cwd: Path, stop_file: Path, stdin: bool = False):
         env = dict(os.environ)
         # The engine is imported from the checkout, whatever the run directory (its cwd) is.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.BASE_DIR), env.get("PYTHONPATH")]))
@@ -38,7 +38,7 @@ class TrainingProcess:
             env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
         self.stop_file = stop_file
         self._popen = subprocess.Popen(
-            args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            args, cwd=cwd, env=env, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, encoding="utf-8", errors="replace", bufsize=1,
             start_new_session=True,  # its own process group: a kill reaches every process the job started
             preexec_fn=_die_with_parent,
@@ -92,6 +92,15 @@ class TrainingProcess:
                 yield batch
             if line is None:
                 return
+
+    def write_line(self, line: str) -> bool:
+        """One line to the child's stdin (opened with stdin=True); False once the child has closed it."""
+        try:
+            self._popen.stdin.write(line.rstrip("\n") + "\n")
+            self._popen.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+        return True
 
     def take_stderr(self) -> list[str]:
         """The stderr lines written since the last call."""

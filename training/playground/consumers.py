@@ -1,0 +1,99 @@
+"""The playground's websocket: the session's status and load progress on connect and as they change, the prompts
+the page sends (checked, then queued in Redis for the worker serving it) and the tokens of both sides as they are
+generated. Never writes the database; the shared connect, access re-check and close codes come from JsonRequests."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+import redis.asyncio as aioredis
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.http import Http404
+
+from training import access
+from training.engine.serve import SpecError, parse_request
+from training.live.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, JsonRequests
+from training.live.send import playground_group
+from training.models import PlaygroundSession
+from training.playground import selectors
+from training.playground.services import requests_key, session_state
+
+# At most this many prompts wait for a session's worker: a page that sends faster is told to wait.
+MAX_WAITING = 8
+
+
+class PlaygroundConsumer(JsonRequests):
+    ALLOWED = [{"type": "generate", "id": "a string naming the prompt (echoed in its tokens)", "prompt": "text",
+                "temperature": "0 (greedy) to 2", "top_p": "above 0 to 1", "max_new_tokens": "1 to 4096",
+                "seed": "optional integer >= 0"}]
+
+    async def connect(self) -> None:
+        self.user = self.user_or_none()
+        if self.user is None:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        await self.follow_user()
+        try:
+            self.session = await database_sync_to_async(selectors.get_session_for_user)(
+                self.user, int(self.scope["url_route"]["kwargs"]["session_id"]))
+        except (Http404, ValueError):
+            await self.refuse(CLOSE_NOT_FOUND)
+            return
+        # The group first, then the state: a change made while the state is read arrives after it.
+        await self.join(playground_group(self.session.id))
+        await self.send_json(await database_sync_to_async(self.state)())
+
+    def state(self) -> dict[str, Any]:
+        self.session.refresh_from_db()
+        return session_state(self.session)
+
+    def may_still_watch(self) -> bool:
+        try:
+            selectors.get_session_for_user(self.user, self.session.id)
+        except Http404:
+            return False
+        return True
+
+    def may_generate(self) -> str:
+        """Why this user may not send a prompt now, or ""."""
+        if access.role_for(self.user, self.session.team) not in ("member", "admin"):
+            return f"the playground needs the member role in team {self.session.team.name}"
+        status = PlaygroundSession.objects.filter(id=self.session.id).values_list("status", flat=True).first()
+        if status not in PlaygroundSession.LIVE:
+            return "this session's model was released; load it again"
+        return ""
+
+    async def receive_json(self, content: Any, **kwargs) -> None:
+        if not isinstance(content, dict) or content.get("type") != "generate":
+            kind = content.get("type") if isinstance(content, dict) else type(content).__name__
+            await self.error(f"unknown message {kind!r}")
+            return
+        request_id = content.get("id") if isinstance(content.get("id"), str) else ""
+        try:
+            request = parse_request(content)
+        except SpecError as exc:
+            await self.send_json({"type": "refused", "request": request_id, "errors": exc.errors})
+            return
+        refusal = await database_sync_to_async(self.may_generate)()
+        if refusal:
+            await self.send_json({"type": "refused", "request": request_id, "errors": {"session": refusal}})
+            return
+        client = aioredis.Redis.from_url(settings.REDIS_URL)
+        try:
+            key = requests_key(self.session.id)
+            if await client.llen(key) >= MAX_WAITING:
+                await self.send_json({"type": "refused", "request": request_id, "errors": {
+                    "session": f"{MAX_WAITING} prompts are already waiting for this model; wait for their replies"}})
+                return
+            await client.rpush(key, json.dumps(asdict(request)))
+            await client.expire(key, int(settings.TUNEBOARD_PLAYGROUND_IDLE_S) + 60)
+        finally:
+            await client.aclose()
+        await self.send_json({"type": "queued", "request": request.id})
+
+    async def playground_message(self, message: dict) -> None:
+        """From the worker (training.live.send.send_playground_message): forwarded as it is."""
+        await self.send_json(message["message"])
+

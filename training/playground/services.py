@@ -1,0 +1,254 @@
+"""Every write to the playground: a session started (a run's adapter beside its base model or another run of the team,
+checked before anything is queued, a live one of the same sides reused) and queued to the run's queue, served by a
+worker through a child process (training/engine/serve.py) that reads the prompts the page sends through Redis and
+whose tokens go to the page as they come, released when idle or when a run is queued for that worker."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import current_app
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from dashboard.models import Membership
+from training.access import require_role
+from training.live import send
+from training.models import PlaygroundSession, Run
+from training.runs.process import TrainingProcess
+
+log = logging.getLogger(__name__)
+Status = PlaygroundSession.Status
+POLL_S = 0.5
+
+
+def requests_key(session_id: int) -> str:
+    """The Redis list of the session's prompts, under the channel layer's prefix (a test session's keys are its own)."""
+    return f"{settings.CHANNEL_LAYERS['default']['CONFIG'].get('prefix', 'tuneboard')}:playground:{session_id}:requests"
+
+
+def checkpoint_steps(run: Run) -> list[int]:
+    """The steps of the run's saved checkpoints (artifact_dir/checkpoints/checkpoint-N with an adapter)."""
+    folder = Path(run.artifact_dir) / "checkpoints" if run.artifact_dir else None
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(int(p.name.split("-", 1)[1]) for p in folder.glob("checkpoint-*")
+                  if p.name.split("-", 1)[1].isdigit() and (p / "adapter_config.json").is_file())
+
+
+def adapter_of(run: Run, checkpoint_step: int | None, *, field: str) -> str:
+    """The run's final adapter, or its checkpoint's; the error names `field` and what there is."""
+    if checkpoint_step is None:
+        if run.status != Run.Status.SUCCEEDED or not run.adapter_path:
+            raise ValidationError({field: f"run #{run.id} is {run.status} and saved no final adapter; choose one of "
+                                          "its checkpoints, or wait for it to succeed"})
+        return run.adapter_path
+    path = Path(run.artifact_dir) / "checkpoints" / f"checkpoint-{checkpoint_step}"
+    if not run.artifact_dir or not (path / "adapter_config.json").is_file():
+        saved = ", ".join(map(str, checkpoint_steps(run))) or "none"
+        raise ValidationError({field: f"run #{run.id} has no checkpoint at step {checkpoint_step}; saved: {saved}"})
+    return str(path)
+
+
+def playground_start(*, run: Run, user, checkpoint_step: int | None = None, beside_run: Run | None = None,
+                     beside_checkpoint_step: int | None = None) -> PlaygroundSession:
+    """A session serving the run's adapter beside its base model (beside_run None) or beside another run of the same
+    team and base model; a live session of the same sides is reused rather than loading the model twice."""
+    require_role(user=user, team=run.team, role=Membership.Role.MEMBER, action="Using the playground")
+    adapter = adapter_of(run, checkpoint_step, field="checkpoint")
+    model = str(run.config.get("model") or "")
+    beside_adapter = ""
+    if beside_run is not None:
+        if beside_run.team_id != run.team_id:
+            raise ValidationError({"beside_run": "no such run in this team"})
+        if str(beside_run.config.get("model") or "") != model:
+            raise ValidationError({"beside_run": f"run #{beside_run.id} trains {beside_run.config.get('model')}, "
+                                                 f"this run {model}: the two sides share one loaded base model"})
+        beside_adapter = adapter_of(beside_run, beside_checkpoint_step, field="beside_checkpoint")
+        if beside_adapter == adapter:
+            raise ValidationError({"beside_run": "that is the same adapter as the left side; choose another run or "
+                                                 "checkpoint, or the base model"})
+    elif beside_checkpoint_step is not None:
+        raise ValidationError({"beside_checkpoint": "the base model has no checkpoints"})
+    sides = {"team": run.team, "run": run, "adapter_path": adapter, "beside_run": beside_run,
+             "beside_adapter_path": beside_adapter, "model": model}
+    with transaction.atomic():
+        existing = PlaygroundSession.objects.filter(status__in=PlaygroundSession.LIVE, **sides).first()
+        if existing is not None:
+            return existing
+        session = PlaygroundSession.objects.create(
+            checkpoint_step=checkpoint_step, beside_checkpoint_step=beside_checkpoint_step, queue=run.queue,
+            created_by=user, **sides)
+        transaction.on_commit(lambda: _enqueue(session))
+    return session
+
+
+def _enqueue(session: PlaygroundSession) -> None:
+    try:
+        current_app.send_task("training.playground_serve", args=[session.id], queue=session.queue)
+    except Exception as exc:  # noqa: BLE001 - an unreachable broker fails the session, not the page
+        log.exception("playground %s could not be queued", session.id)
+        _end(session.id, Status.FAILED, error=f"the task queue (Redis) did not take it: {exc}")
+
+
+def session_state(session: PlaygroundSession) -> dict[str, Any]:
+    """What the page shows of the session: status, load progress, the worker serving it, why it ended."""
+    return {"type": "status", "session": session.id, "status": session.status,
+            "status_display": session.get_status_display(), "progress": session.progress,
+            "worker": session.worker_name, "end_reason": session.end_reason, "error": session.error,
+            "is_live": session.is_live}
+
+
+def _end(session_id: int, status: str, **fields: Any) -> None:
+    updated = PlaygroundSession.objects.filter(id=session_id, status__in=PlaygroundSession.LIVE).update(
+        status=status, ended_at=timezone.now(), **fields)
+    if updated:
+        _send_state(session_id)
+    try:
+        redis.Redis.from_url(settings.REDIS_URL).delete(requests_key(session_id))
+    except redis.RedisError:
+        pass  # prompts left there are refused by the consumer: the session has ended
+
+
+def _send_state(session_id: int) -> None:
+    session = PlaygroundSession.objects.filter(id=session_id).first()
+    if session is not None:
+        send.send_playground_message(session_id, session_state(session))
+
+
+def playground_serve(*, session_id: int, worker_name: str) -> None:
+    """Claim the session once, load its model in a child process, relay prompts to it and its tokens to the page until
+    it is released. The one wrapper that owns failure: every outcome is ended or failed, with the reason."""
+    claimed = PlaygroundSession.objects.filter(id=session_id, status=Status.QUEUED).update(
+        status=Status.LOADING, worker_name=worker_name[:200])
+    if not claimed:
+        return
+    _send_state(session_id)
+    session = PlaygroundSession.objects.get(id=session_id)
+    process: TrainingProcess | None = None
+    try:
+        folder = settings.VAR_DIR / "playground" / str(session.id)
+        folder.mkdir(parents=True, exist_ok=True)
+        spec = folder / "spec.json"
+        spec.write_text(json.dumps({"model": session.model, "left": session.adapter_path,
+                                    "right": session.beside_adapter_path or None,
+                                    "idle_s": settings.TUNEBOARD_PLAYGROUND_IDLE_S}))
+        process = TrainingProcess([sys.executable, "-m", "training.engine", "serve", str(spec)], cwd=folder,
+                                  stop_file=folder / "STOP", stdin=True)
+        _follow(session, process)
+    except BaseException as exc:
+        if process is not None:
+            process.kill()
+        log.exception("playground %s failed in the worker", session_id)
+        _end(session_id, Status.FAILED, error=str(exc) or repr(exc))
+        if not isinstance(exc, Exception):
+            raise
+
+
+class _Relay(threading.Thread):
+    """Moves the page's prompts from the session's Redis list to the serving process's stdin."""
+
+    def __init__(self, session_id: int, process: TrainingProcess):
+        super().__init__(name=f"playground-relay-{session_id}", daemon=True)
+        self.key, self.process = requests_key(session_id), process
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        while not self.stopped.is_set():
+            try:
+                item = client.blpop([self.key], timeout=1)
+            except redis.RedisError as exc:
+                log.warning("playground relay: %s: %s", type(exc).__name__, exc)
+                time.sleep(1)
+                continue
+            if item is not None and not self.process.write_line(item[1].decode("utf-8", "replace")):
+                return
+
+    def stop(self, reason: str) -> None:
+        self.stopped.set()
+        self.process.write_line(json.dumps({"type": "stop", "reason": reason}))
+
+
+def _follow(session: PlaygroundSession, process: TrainingProcess) -> None:
+    relay = _Relay(session.id, process)
+    relay.start()
+    terminal: dict | None = None
+    stderr: list[str] = []
+    last_check = 0.0
+    try:
+        for lines in process.batches(timeout=POLL_S):
+            for line in lines:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(event, dict):
+                    terminal = _forward(session, event) or terminal
+            stderr = (stderr + process.take_stderr())[-50:]
+            now = time.monotonic()
+            if now - last_check >= 1.0 and not relay.stopped.is_set():
+                last_check = now
+                reason = _reason_to_release(session)
+                if reason:
+                    relay.stop(reason)
+    finally:
+        relay.stopped.set()
+    returncode = process.wait()
+    if terminal is not None and terminal["type"] == "finished":
+        _end(session.id, Status.ENDED, end_reason=_describe(terminal.get("reason")))
+    elif terminal is not None:
+        _end(session.id, Status.FAILED, error=str(terminal.get("message") or terminal.get("error_class")))
+    else:
+        _end(session.id, Status.FAILED, error=f"the serving process exited with code {returncode} without saying why"
+                                              f"\n" + "\n".join(stderr[-20:]))
+
+
+def _reason_to_release(session: PlaygroundSession) -> str:
+    """A run queued for this worker's queue takes the worker back; a deleted session or run ends it too."""
+    if not PlaygroundSession.objects.filter(id=session.id, status__in=PlaygroundSession.LIVE).exists():
+        return "ended"
+    queued = Run.objects.filter(queue=session.queue, status=Run.Status.QUEUED).order_by("id").first()
+    return f"run #{queued.id}" if queued is not None else ""
+
+
+def _describe(reason: Any) -> str:
+    reason = str(reason or "")
+    if reason == "idle":
+        return f"idle for {settings.TUNEBOARD_PLAYGROUND_IDLE_S:g} s"
+    if reason.startswith("run #"):
+        return f"the worker was needed for {reason}"
+    return reason
+
+
+def _forward(session: PlaygroundSession, event: dict) -> dict | None:
+    """One event of the serving process to the page (and the row, for loading and ready); the terminal one returned."""
+    kind = event.get("type")
+    if kind == "loading":
+        PlaygroundSession.objects.filter(id=session.id).update(
+            progress={k: event.get(k) for k in ("stage", "done", "total")})
+        _send_state(session.id)
+    elif kind == "ready":
+        PlaygroundSession.objects.filter(id=session.id, status=Status.LOADING).update(
+            status=Status.READY, ready_at=timezone.now(),
+            progress={k: event.get(k) for k in ("device", "load_s", "context", "done", "total")})
+        _send_state(session.id)
+    elif kind in ("token", "reply", "refused"):
+        send.send_playground_message(session.id, {k: v for k, v in event.items() if k not in ("v", "time")})
+    elif kind in ("finished", "failed"):
+        return event
+    return None
+
+
+def playground_release(*, session: PlaygroundSession, user) -> None:
+    """Release the loaded model now (the worker's serving process ends after the reply it is writing)."""
+    require_role(user=user, team=session.team, role=Membership.Role.MEMBER, action="Releasing a playground model")
+    _end(session.id, Status.ENDED, end_reason=f"released by {user.get_username()}")

@@ -1,0 +1,79 @@
+"""The playground page: load a run's adapter (final or a checkpoint) beside its base model or another run of the
+team, then chat with both sides over the session's websocket; and Release."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from training import access
+from training.models import Run
+from training.playground import selectors, services
+from training.playground.forms import PlaygroundForm
+
+
+def _side_label(run: Run, step: int | None) -> str:
+    return f"#{run.id} {run.name} · {'final' if step is None else f'checkpoint {step}'}"
+
+
+def _chat_data(session) -> dict[str, Any]:
+    right = (_side_label(session.beside_run, session.beside_checkpoint_step) if session.beside_run_id
+             else f"base model {session.model.rstrip('/').rsplit('/', 1)[-1]}")
+    return {"session": session.id, "socket": f"/ws/playground/{session.id}/",
+            "sides": {"left": _side_label(session.run, session.checkpoint_step), "right": right},
+            "state": services.session_state(session)}
+
+
+@login_required
+def run_playground(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = access.get_run_for_user(request.user, run_id)
+    can_use = access.role_for(request.user, run.team) in ("member", "admin")
+    steps = services.checkpoint_steps(run)
+    form = PlaygroundForm(request.POST or None, run=run, checkpoint_steps=steps,
+                          beside_runs=list(selectors.beside_runs(run)), user=request.user)
+    status = 200
+    if request.method == "POST":
+        if not can_use:
+            raise PermissionDenied("The playground needs the member role in this run's team")
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                session = services.playground_start(
+                    run=run, user=request.user, checkpoint_step=data["checkpoint"], beside_run=data["beside_run"],
+                    beside_checkpoint_step=data["beside_checkpoint"])
+            except ValidationError as exc:
+                form.add_service_errors(exc)
+            else:
+                return redirect(f"{reverse('run_playground', args=[run.id])}?session={session.id}")
+        status = 400
+    session = None
+    if "session" in request.GET:
+        try:
+            session = selectors.get_session_for_user(request.user, int(request.GET["session"]))
+        except (Http404, ValueError):
+            raise Http404("No such playground session") from None
+        if session.run_id != run.id:
+            raise Http404("No such playground session")
+    elif request.method == "GET":
+        session = selectors.latest_live_session(run)
+    return render(request, "training/run_playground.html", {
+        "run": run, "form": form, "can_use": can_use, "session": session,
+        "chat": _chat_data(session) if session else None}, status=status)
+
+
+@require_POST
+@login_required
+def playground_release(request: HttpRequest, run_id: int, session_id: int) -> HttpResponse:
+    run = access.get_run_for_user(request.user, run_id)
+    session = selectors.get_session_for_user(request.user, session_id)
+    if session.run_id != run.id:
+        raise Http404("No such playground session")
+    services.playground_release(session=session, user=request.user)
+    messages.success(request, "The model is released; its worker takes other work once the reply it is writing ends.")
+    return redirect(f"{reverse('run_playground', args=[run.id])}?session={session.id}")
