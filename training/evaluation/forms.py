@@ -98,3 +98,30 @@ class RunEvaluateForm(forms.Form):
                                         f"final adapter; evaluate a saved checkpoint (saved: {saved}), or wait for "
                                         "it to succeed")
         raise forms.ValidationError(f"run #{self.run.id} saved no checkpoint at step {value}; saved: {saved}")
+
+
+class LoftqCheckForm(forms.Form):
+    """The config the LoftQ check measures: a dataset (its first rows calibrate), the model and the LoRA shape, and
+    the LoftQ settings to compare with standard init."""
+
+    dataset = forms.ModelChoiceField(queryset=None, empty_label=None, help_text="Its first 16 rows are the calibration set",
+                                     error_messages={"invalid_choice": "no such dataset in this team"})
+    model = forms.CharField(max_length=1000, help_text="A folder in the model roots, or a hub id")
+    r = forms.IntegerField(min_value=1, initial=16)
+    lora_alpha = forms.IntegerField(min_value=1, initial=16)
+    target_modules = forms.CharField(initial="all-linear", help_text="A group (attention, mlp, all-linear) or names, "
+                                                                     "comma-separated")
+    loftq_bits = forms.IntegerField(min_value=2, max_value=8, initial=4, label="LoftQ bits")
+    loftq_iter = forms.IntegerField(min_value=1, max_value=16, initial=1, label="LoftQ iterations")
+    queue = forms.CharField(max_length=100, required=False, help_text="A queue whose workers have a GPU")
+
+    def __init__(self, *args, datasets, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["dataset"].queryset = datasets.order_by("team__name", "-created_at")
+
+    def config(self) -> dict:
+        c = self.cleaned_data
+        targets = [t.strip() for t in c["target_modules"].split(",") if t.strip()]
+        return {"model": c["model"], "r": c["r"], "lora_alpha": c["lora_alpha"],
+                "target_modules": targets[0] if len(targets) == 1 else targets,
+                "loftq_config": {"loftq_bits": c["loftq_bits"], "loftq_iter": c["loftq_iter"]}}

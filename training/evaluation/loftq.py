@@ -88,3 +88,18 @@ def loftq_check_execute(*, check_id: int, worker_name: str) -> None:
     except Exception as exc:  # noqa: BLE001
         log.exception("LoftQ check %s failed", check_id)
         LoftqCheck.objects.filter(id=check_id).update(status=Status.FAILED, error=str(exc), finished_at=timezone.now())
+
+
+def check_dict(check: LoftqCheck) -> dict[str, Any]:
+    """A check as its page shows it: each init's figures and how far LoftQ moved the logits MSE from standard init."""
+    standard = next((r for r in check.results if r.get("init") == "standard"), None)
+    rows = []
+    for result in check.results:
+        change = None
+        if standard and result is not standard and standard.get("logits_mse"):
+            change = result["logits_mse"] / standard["logits_mse"] - 1
+        rows.append({**result, "change": f"{change:+.1%}" if change is not None else None})
+    return {"id": check.id, "team": check.team.name, "dataset": check.dataset.name, "model": check.model,
+            "spec": check.spec, "queue": check.queue, "status": check.status,
+            "status_display": check.get_status_display(), "results": rows, "error": check.error,
+            "created_at": check.created_at, "worker": check.worker_name}

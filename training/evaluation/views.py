@@ -1,5 +1,6 @@
-"""The evaluation pages: the team's eval suites with an upload, a suite's examples and evaluations, and the run page's
-evaluation section (its evaluations, the examples they got wrong, Evaluate, and the JSON it polls)."""
+"""The evaluation pages: the team's eval suites with an upload, a suite's examples and evaluations, the run page's
+evaluation section (its evaluations, the examples they got wrong, Evaluate, the base drift check, and the JSON it
+polls), and the LoftQ check page."""
 from __future__ import annotations
 
 import itertools
@@ -18,9 +19,9 @@ from django.views.decorators.http import require_POST
 
 from training import access
 from training.datasets import files
-from training.evaluation import metrics, selectors, services
-from training.evaluation.forms import RunEvaluateForm, SuiteUploadForm
-from training.models import EvalSuite, Run
+from training.evaluation import drift, loftq, metrics, selectors, services
+from training.evaluation.forms import LoftqCheckForm, RunEvaluateForm, SuiteUploadForm
+from training.models import EvalSuite, LoftqCheck, Run
 
 SUITE_PREVIEW_ROWS = 20
 
@@ -94,8 +95,64 @@ def run_section(request: HttpRequest, run: Run) -> dict[str, Any]:
     state = selectors.run_evaluation_state(run)
     _harness_headlines(state["evaluations"])
     form = RunEvaluateForm(run=run, checkpoint_steps=selectors.run_checkpoint_steps(run)) if can_evaluate else None
+    suites = EvalSuite.objects.filter(team=run.team).exclude(metric=metrics.HARNESS).order_by("name")
+    checks = [{"suite": suite, **(drift.drift_for(run, suite) or {"pending": True})}
+              for suite in suites.filter(evaluations__run=run, evaluations__adapters="off").distinct()]
     return {"run": run, "state": state, "form": form, "can_evaluate": can_evaluate,
-            "state_url": reverse("run_evaluations", args=[run.id])}
+            "state_url": reverse("run_evaluations", args=[run.id]), "drift_checks": checks,
+            "drift_suites": suites if can_evaluate and run.status == Run.Status.SUCCEEDED else []}
+
+
+@require_POST
+@login_required
+def run_drift_check(request: HttpRequest, run_id: int) -> HttpResponse:
+    """The bias check's base drift: the base model, the run and the run with its adapters disabled on a suite."""
+    run = access.get_run_for_user(request.user, run_id)
+    access.require_role(user=request.user, team=run.team, role="member", action="Checking base drift")
+    back = reverse("run_detail", args=[run.id]) + "#evaluation"
+    suite = EvalSuite.objects.filter(team=run.team, id=request.POST.get("suite") or 0).first() if (
+        request.POST.get("suite") or "").isdigit() else None
+    if suite is None:
+        messages.error(request, "suite: no such eval suite in this run's team; choose one from the list")
+        return redirect(back)
+    try:
+        with transaction.atomic():
+            services.drift_check_create(run=run, suite=suite, user=request.user)
+    except ValidationError as exc:
+        for field, errors in exc.message_dict.items():
+            for error in errors:
+                messages.error(request, f"{field}: {error}")
+        return redirect(back)
+    messages.success(request, f"Base drift check on {suite.name} queued: the base model, this run, and this run with "
+                              "its adapters disabled (greedy).")
+    return redirect(back)
+
+
+@login_required
+def loftq_checks(request: HttpRequest) -> HttpResponse:
+    """loftq_config's check before training: the form, and the team's checks with their figures."""
+    teams = access.team_list_where(request.user, "member")
+    form = LoftqCheckForm(request.POST or None, datasets=access.dataset_list_for(request.user).filter(team__in=teams))
+    status = 200
+    if request.method == "POST":
+        if not teams.exists():
+            raise PermissionDenied("Running the LoftQ check needs the member role in a team")
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                loftq.loftq_check_create(team=data["dataset"].team, user=request.user, dataset=data["dataset"],
+                                         config=form.config(), queue=data["queue"] or None)
+                messages.success(request, "LoftQ check queued.")
+                return redirect("loftq_checks")
+            except ValidationError as exc:
+                for field, errors in exc.message_dict.items():
+                    for error in errors:
+                        form.add_error(field if field in form.fields else None, error)
+        status = 400
+    checks = [loftq.check_dict(c) for c in LoftqCheck.objects.filter(
+        team_id__in=access.team_ids_for(request.user)).select_related("dataset", "team")[:50]]
+    return render(request, "training/loftq_checks.html", {"form": form, "checks": checks,
+                                                          "can_check": teams.exists()}, status=status)
 
 
 @require_POST
