@@ -206,3 +206,18 @@ def test_logged_out_is_sent_to_log_in(client, world, two):
     qa = make_suite(world.team)
     response = client.get(f"/compare/outputs/?runs={ids(two)}&suite={qa.id}")
     assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+
+
+def test_a_1000_prompt_suite_is_read_in_a_few_queries_whatever_the_runs(member_client, world, two,
+                                                                       django_assert_max_num_queries):
+    prompts = [(f"question {i}", f"answer {i}") for i in range(1000)]
+    big = make_suite(world.team, "big", rows=len(prompts))
+    runs = [*two, named_run(world.team, world.member, world.dataset, "rank 4", r=4)]
+    evaluated(big, None, [r for _, r in prompts], prompts=prompts)
+    for run in runs:
+        evaluated(big, run, [r for _, r in prompts], prompts=prompts)
+    with django_assert_max_num_queries(11):
+        body = member_client.get(f"/compare/outputs/?runs={ids(runs)}&suite={big.id}&offset=950").json()
+    assert body["total"] == 1000 and len(body["rows"]) == 50 and body["rows"][-1]["index"] == 999
+    with django_assert_max_num_queries(13):  # the whole page (its series read by psycopg, not counted)
+        assert member_client.get(f"/compare/?runs={ids(runs)}").status_code == 200

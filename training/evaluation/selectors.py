@@ -207,9 +207,9 @@ def compare_suite_figures(runs: list[Run]) -> list[dict[str, Any]]:
 
 def compare_base_evaluation(anchor: Evaluation) -> Evaluation | None:
     """The succeeded base-model evaluation beside a run's: run empty, the same team, model, suite and decoding."""
-    return (Evaluation.objects.filter(team_id=anchor.team_id, run__isnull=True, suite_id=anchor.suite_id,
-                                      model=anchor.model, decoding=anchor.decoding,
-                                      status=Evaluation.Status.SUCCEEDED)
+    return (Evaluation.objects.select_related("suite")
+            .filter(team_id=anchor.team_id, run__isnull=True, suite_id=anchor.suite_id,
+                    model=anchor.model, decoding=anchor.decoding, status=Evaluation.Status.SUCCEEDED)
             .order_by("-created_at", "-id").first())
 
 
