@@ -303,6 +303,8 @@ class Run(models.Model):
 
     eval_suites = models.ManyToManyField("EvalSuite", blank=True, related_name="+",
                                          help_text="Suites evaluated once the run succeeds")
+    eval_checkpoints = models.BooleanField(default=False, help_text=(
+        "Also evaluate every checkpoint it saves on those suites (queued as each is saved)"))
 
     artifact_dir = models.CharField(max_length=1000, blank=True)
     adapter_path = models.CharField(max_length=1000, blank=True)

@@ -38,6 +38,11 @@ def eval_run(self, evaluation_id: int) -> None:
                                      worker_name=self.request.hostname or f"local@{socket.gethostname()}")
 
 
+@shared_task(name="training.evals_for_checkpoint")
+def evals_for_checkpoint(run_id: int, step: int) -> list[int]:
+    return eval_services.evaluations_for_checkpoint(run_id=run_id, step=step)
+
+
 @shared_task(name="training.evals_after_run")
 def evals_after_run(run_id: int) -> list[int]:
     return eval_services.evaluations_after_run(run_id=run_id)

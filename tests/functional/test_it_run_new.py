@@ -269,3 +269,15 @@ def test_preflight_is_refused_as_the_run_form_is(world, viewer_client, client, m
     assert client.get("/runs/new/")["Location"] == f"{login}?next=/runs/new/"
     assert member_client.get(PREFLIGHT).status_code == 405
     assert client.get(PREFLIGHT).status_code == 405
+
+
+def test_each_checkpoint_can_be_evaluated_too_and_needs_a_suite(world, member_client, settings, tmp_path):
+    settings.SUITES_DIR = tmp_path / "suites"
+    suite = make_suite(world.team, world.member, "alpha qa")
+    assert 'name="eval_checkpoints"' in member_client.get("/runs/new/").content.decode()
+    member_client.post("/runs/new/", form_data(world, name="each", eval_suites=[str(suite.id)], eval_checkpoints="on"))
+    assert Run.objects.get(name="each").eval_checkpoints
+    before = Run.objects.count()
+    response = member_client.post("/runs/new/", form_data(world, name="none", eval_checkpoints="on"))
+    assert response.status_code == 400 and "choose the suites" in " ".join(field_errors(response)["eval_checkpoints"])
+    assert Run.objects.count() == before

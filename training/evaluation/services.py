@@ -279,6 +279,20 @@ def evaluations_after_run(*, run_id: int) -> list[int]:
     return created
 
 
+def evaluations_for_checkpoint(*, run_id: int, step: int) -> list[int]:
+    """A checkpoint the run just saved, evaluated on its suites (Run.eval_checkpoints), once per suite and step."""
+    run = Run.objects.select_related("team", "created_by").get(id=run_id)
+    created = []
+    for suite in run.eval_suites.all():
+        if Evaluation.objects.filter(run=run, suite=suite, checkpoint_step=step, adapters="on").exists():
+            continue
+        try:
+            created.append(evaluation_create(suite=suite, user=run.created_by, run=run, checkpoint_step=step).id)
+        except Exception:  # noqa: BLE001 - one suite's problem must not stop the others
+            log.exception("run %s: checkpoint %s not evaluated on suite %s", run.id, step, suite.id)
+    return created
+
+
 def _enqueue(evaluation: Evaluation) -> None:
     try:
         current_app.send_task("training.eval_run", args=[evaluation.id], queue=evaluation.queue)

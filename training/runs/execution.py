@@ -27,7 +27,7 @@ from training.model_source import model_source_error
 from training.models import MetricPoint, Run, RunEvent, Sample, Worker
 from training.run_config import model_policy
 from training.runs.process import TrainingProcess
-from training.runs.services import run_transition
+from training.runs.services import cpu_task, run_transition
 from training.runs.watcher import RunWatcher
 from training.selectors import event_dict, sample_dict
 
@@ -162,8 +162,12 @@ class RunRecorder:
         run_transition(self.run, to=Status.RUNNING, allowed_from=[Status.STARTING])
 
     def _on_checkpoint(self, event: dict) -> None:
+        step = _int_or_none(event.get("step"))
         Run.objects.filter(id=self.run.id).update(last_checkpoint_path=str(event.get("path") or ""),
-                                                  last_checkpoint_step=_int_or_none(event.get("step")))
+                                                  last_checkpoint_step=step)
+        if self.run.eval_checkpoints and step is not None:
+            # Queued now, run when a worker of the run's queue is free (after this run, on a one-slot worker).
+            cpu_task("training.evals_for_checkpoint", self.run.id, step)
 
     def _on_finished(self, event: dict) -> None:
         self.terminal = event

@@ -72,7 +72,7 @@ NONE_WORDS = {"none", "null"}
 INT_TEXT = re.compile(r"^[+-]?\d+$")
 # Config keys on errors that are not config fields: where on the form they belong.
 FORM_KEYS = {"dataset": "dataset", "preset": "preset", "name": "name", "start_from": "start_from",
-             "eval_suites": "eval_suites"}
+             "eval_suites": "eval_suites", "eval_checkpoints": "eval_checkpoints"}
 
 
 @dataclass(frozen=True)
@@ -203,6 +203,9 @@ class RunForm(forms.Form):
         queryset=EvalSuite.objects.none(), required=False, label="Evaluate at the end on",
         widget=forms.SelectMultiple(attrs={"size": 4}),
         help_text="Eval suites of the run's team, each evaluated on the final adapter once the run succeeds")
+    eval_checkpoints = forms.BooleanField(required=False, label="Also evaluate each checkpoint it saves", help_text=(
+        "On the same suites, queued as each checkpoint is saved (set save_steps); a worker of the run's queue runs "
+        "them when it is free, so on a one-slot worker after the run"))
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)

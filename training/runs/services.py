@@ -120,7 +120,7 @@ def _base_fields(base_run: Run, base_kind: str, overrides: dict[str, Any]) -> di
 def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = None,
                overrides: dict[str, Any] | None = None, name: str = "", queue: str | None = None,
                base_run: Run | None = None, base_kind: str = Run.BaseKind.ADAPTER, sweep: Sweep | None = None,
-               eval_suites: Iterable[EvalSuite] = ()) -> Run:
+               eval_suites: Iterable[EvalSuite] = (), eval_checkpoints: bool = False) -> Run:
     """Validate and save a run, then queue it once the transaction commits. Nothing is saved on an error.
     `base_run` (a succeeded run of the same team) is what it builds on: its adapter or its merged model."""
     require_role(user=user, team=team, role=Role.MEMBER, action="Starting a run")
@@ -142,12 +142,14 @@ def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = No
             team=team, dataset=dataset, preset=preset, preset_version=preset.version if preset else None,
             created_by=user, name=name, config=config, dataset_sha256=dataset.sha256, queue=queue,
             total_steps=config["max_steps"], base_run=base_run, base_kind=base_kind if base_run else "",
-            preflight=notes, sweep=sweep,
+            preflight=notes, sweep=sweep, eval_checkpoints=eval_checkpoints,
         )
         _run_set_dir(run)
         suites = list(eval_suites)
         if any(suite.team_id != team.id for suite in suites):
             raise ValidationError({"eval_suites": "no such eval suite in this team"})
+        if eval_checkpoints and not suites:
+            raise ValidationError({"eval_checkpoints": "choose the suites to evaluate the checkpoints on"})
         run.eval_suites.set(suites)
         transaction.on_commit(lambda: _enqueue(run))
     return run
@@ -172,6 +174,7 @@ def run_resume(*, run: Run, user, queue: str | None = None) -> Run:
             resumed_from_checkpoint=run.last_checkpoint_path, resumed_from_step=run.last_checkpoint_step,
             last_step=run.last_checkpoint_step, total_steps=run.total_steps, sweep=run.sweep,
             base_run=run.base_run, base_kind=run.base_kind, preflight=run.preflight,
+            eval_checkpoints=run.eval_checkpoints,
         )
         _run_set_dir(continuation)
         continuation.eval_suites.set(run.eval_suites.all())
@@ -216,6 +219,11 @@ def run_transition(run: Run, *, to: str, allowed_from: Iterable[str], **fields: 
         if to == Status.SUCCEEDED and run.eval_suites.exists():
             transaction.on_commit(lambda: _cpu_task("training.evals_after_run", run.id))
     return bool(changed)
+
+
+def cpu_task(name: str, *args: Any) -> None:
+    """Queue a task by name on the cpu queue (the runs know the evaluation and sweep tasks only by name)."""
+    _cpu_task(name, *args)
 
 
 def _cpu_task(name: str, *args: Any) -> None:

@@ -77,7 +77,8 @@ def run_new(request: HttpRequest) -> HttpResponse:
                                       preset=form.cleaned_data["preset"], overrides=form.overrides,
                                       name=form.cleaned_data["name"], base_run=form.base_run,
                                       base_kind=form.base_kind or Run.BaseKind.ADAPTER,
-                                      eval_suites=form.cleaned_data["eval_suites"])
+                                      eval_suites=form.cleaned_data["eval_suites"],
+                                      eval_checkpoints=form.cleaned_data["eval_checkpoints"])
         except ValidationError as exc:
             form.add_service_errors(exc)
         else:

@@ -214,3 +214,23 @@ def test_a_bad_task_yaml_is_refused_and_saves_nothing(team_member, task, says):
                                           filename="docs.jsonl", metric="lm_eval", task_config=task)
     assert says in exc.value.message_dict["task_config"][0]
     assert not EvalSuite.objects.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_each_checkpoint_is_evaluated_when_the_run_asks(celery_worker, cpu_worker, tiny_model, team_member):
+    team, user, dataset = team_member
+    suite = make_suite(team, user)
+    with pytest.raises(ValidationError) as exc:
+        runs.run_create(team=team, user=user, dataset=dataset, overrides=tiny_overrides(tiny_model),
+                        eval_checkpoints=True)
+    assert "choose the suites" in exc.value.message_dict["eval_checkpoints"][0]
+    run = runs.run_create(team=team, user=user, dataset=dataset, eval_suites=[suite], eval_checkpoints=True,
+                          overrides=tiny_overrides(tiny_model, max_steps=10, save_steps=5))
+    assert wait_terminal(run).status == Run.Status.SUCCEEDED, run.error
+    wait_for(lambda: Evaluation.objects.filter(run=run).count() == 3, timeout=60,
+             what="evaluations of checkpoints 5 and 10 and of the final adapter")
+    for evaluation in Evaluation.objects.filter(run=run):
+        assert wait_evaluation(evaluation).status == Evaluation.Status.SUCCEEDED, evaluation.error
+    assert sorted(Evaluation.objects.filter(run=run).values_list("checkpoint_step", flat=True),
+                  key=lambda s: -1 if s is None else s) == [None, 5, 10]
