@@ -19,7 +19,7 @@ BIGGEST_ID = 2**63 - 1  # ids are bigint: a longer number is no suite, not a dat
 def compare_section(runs: list[Run]) -> dict[str, Any]:
     """What the Compare page shows of evaluation: each suite's figure per run, and where to ask for outputs."""
     suites = selectors.compare_suite_figures(runs)
-    return {"suites": suites, "outputs_url": reverse("compare_outputs"),
+    return {"suites": suites,
             "data": {"outputs_url": reverse("compare_outputs"), "runs": ",".join(str(r.id) for r in runs),
                      "page": selectors.COMPARE_OUTPUTS_PAGE,
                      "suites": [{"id": s["id"], "name": s["name"], "label": s["label"], "key": s["key"],
