@@ -8,8 +8,13 @@ prompts read as JSON lines on stdin with tokens streamed as events on stdout, un
               base model itself: the same loaded weights with the adapters off (peft's "__base__")
     idle_s    seconds without a request after which the process ends (default 300)
 Both sides answer each prompt in one batched generate (peft's mixed-adapter batches: one row per side), so they share
-the prompt, the decoding settings and the forward passes. A request is {"id": str, "prompt": str, "temperature",
-"top_p", "max_new_tokens", "seed"} (checked by `parse_request`), or {"type": "stop", "reason": str}.
+the new user message, the decoding settings and the forward passes. A request is {"id": str, "prompt": str,
+"history": {"left": [...], "right": [...]}, "temperature", "top_p", "max_new_tokens", "seed"} (checked by
+`parse_request`), or {"type": "stop", "reason": str}. The history is a multi-turn chat, each side its own: that side's
+earlier messages, user and assistant alternating, its own replies as the assistant's (at most MAX_HISTORY_MESSAGES a
+side; none or missing: a first turn). Each side's history plus the new prompt is rendered by `render_chat` (the chat
+template, or the plain concatenation for a model without one), so the two rows can differ in length: they are padded
+on the left into the same batch.
 
 Events: loading (stage, done, total) while loading; ready (device, load_s, context); per request either refused
 (request, errors {field: message}) or token (request, side, text) as each side's text grows, then one reply per side
@@ -23,16 +28,18 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .evaluate import context_length, prompt_text
+from .evaluate import context_length
 from .events import EventSink
 
 SIDES = ("left", "right")
 BASE_SIDE = "__base__"  # peft's adapter name for a batch row that runs with the adapters off
 MAX_PROMPT_CHARS = 100_000
+MAX_HISTORY_MESSAGES = 50  # a side's earlier messages (user and assistant, each counts): 25 exchanges
+MAX_CHAT_CHARS = 400_000  # a side's whole conversation, the new prompt included
 
 
 class SpecError(ValueError):
@@ -57,6 +64,7 @@ class Request:
     temperature: float = 0.7
     top_p: float = 0.95
     seed: int = 0
+    history: dict[str, list[dict[str, str]]] = field(default_factory=lambda: {side: [] for side in SIDES})
 
 
 def parse_spec(spec: Any) -> Spec:
@@ -90,6 +98,43 @@ def _number(content: dict, name: str, default: Any, low: float, high: float, err
     return int(value) if integer else float(value)
 
 
+def _history(content: dict, errors: dict[str, str]) -> dict[str, list[dict[str, str]]]:
+    """Each side's earlier messages, checked: user and assistant alternating from the user's, ending with a reply."""
+    empty: dict[str, list[dict[str, str]]] = {side: [] for side in SIDES}
+    history = content.get("history")
+    if history is None:
+        return empty
+    if not isinstance(history, dict) or set(history) - set(SIDES):
+        errors["history"] = "an object {left: [...], right: [...]} of each side's earlier messages"
+        return empty
+    out: dict[str, list[dict[str, str]]] = {}
+    for side in SIDES:
+        messages = history.get(side) or []
+        if not isinstance(messages, list):
+            errors["history"] = f"{side}: a list of messages"
+            return empty
+        if len(messages) > MAX_HISTORY_MESSAGES:
+            errors["history"] = (f"{side}: at most {MAX_HISTORY_MESSAGES} earlier messages, not {len(messages)}; "
+                                 "start a new chat")
+            return empty
+        for index, message in enumerate(messages):
+            role = "user" if index % 2 == 0 else "assistant"
+            if (not isinstance(message, dict) or set(message) != {"role", "content"} or message["role"] != role
+                    or not isinstance(message["content"], str)):
+                errors["history"] = (f"{side} message {index}: {{role: {role!r}, content: text}} (the user's and "
+                                     "the side's own messages alternate, from the user's)")
+                return empty
+        if len(messages) % 2:
+            errors["history"] = f"{side}: ends with the side's reply to the user's last message"
+            return empty
+        chars = sum(len(m["content"]) for m in messages) + len(content.get("prompt") or "")
+        if chars > MAX_CHAT_CHARS:
+            errors["history"] = f"{side}: at most {MAX_CHAT_CHARS:,} characters in all, not {chars:,}; start a new chat"
+            return empty
+        out[side] = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return out
+
+
 def parse_request(content: Any) -> Request:
     """A prompt and its decoding settings, each field checked; SpecError names every bad field."""
     if not isinstance(content, dict):
@@ -106,14 +151,34 @@ def parse_request(content: Any) -> Request:
         "top_p": _number(content, "top_p", 0.95, 0, 1, errors, low_open=True),
         "seed": _number(content, "seed", 0, 0, 2 ** 32 - 1, errors, integer=True),
     }
+    history = _history(content, errors)
     request_id = content.get("id", "")
     if not isinstance(request_id, str) or len(request_id) > 64:
         errors["id"] = "a string of at most 64 characters"
-    for name in sorted(set(content) - {"type", "id", "prompt", *values}):
-        errors[name] = "not a field of a prompt; allowed: prompt, max_new_tokens, temperature, top_p, seed"
+    for name in sorted(set(content) - {"type", "id", "prompt", "history", *values}):
+        errors[name] = "not a field of a prompt; allowed: prompt, history, max_new_tokens, temperature, top_p, seed"
     if errors:
         raise SpecError(errors)
-    return Request(id=request_id, prompt=prompt, **values)
+    return Request(id=request_id, prompt=prompt, history=history, **values)
+
+
+def render_chat(tokenizer, history: list[dict[str, str]], prompt: str) -> str:
+    """The text one side continues: its history and the new user message through the model's chat template with the
+    assistant's turn opened (the way chat runs trained); a model without a chat template gets the plain
+    concatenation of the messages, which for a first turn is the prompt as it is (prompt/completion runs train on
+    the raw concatenation of prompt and completion, so a conversation continues the same way)."""
+    messages = [*history, {"role": "user", "content": prompt}]
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "".join(message["content"] for message in messages)
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Rows of different lengths as one batch: padded on the left (generation continues every row at the right),
+    with the attention mask that hides the padding."""
+    width = max(len(row) for row in rows)
+    return ([[pad_id] * (width - len(row)) + row for row in rows],
+            [[0] * (width - len(row)) + [1] * len(row) for row in rows])
 
 
 class SideStreamer:
@@ -193,20 +258,23 @@ class Server:
         self.sink.emit("ready", device=str(model.device), load_s=round(time.perf_counter() - started, 3),
                        context=self.context, done=total, total=total)
 
-    def prompt_ids(self, request: Request) -> list[int]:
-        """The prompt as one user turn through the model's chat template (the way chat runs trained), or as it is."""
-        row = {"messages": [{"role": "user", "content": request.prompt}]} if self.tokenizer.chat_template else {
-            "prompt": request.prompt}
-        return self.tokenizer(prompt_text(self.tokenizer, row), add_special_tokens=False)["input_ids"]
+    def prompt_ids(self, request: Request) -> dict[str, list[int]]:
+        """Each side's conversation (its history and the new prompt) rendered by render_chat, as token ids."""
+        return {side: self.tokenizer(render_chat(self.tokenizer, request.history.get(side, []), request.prompt),
+                                     add_special_tokens=False)["input_ids"] for side in SIDES}
 
     def answer(self, request: Request) -> None:
         import torch
 
         ids = self.prompt_ids(request)
-        if self.context and len(ids) + request.max_new_tokens > self.context:
+        longest = max(SIDES, key=lambda side: len(ids[side]))
+        if self.context and len(ids[longest]) + request.max_new_tokens > self.context:
+            chat = any(request.history.get(side) for side in SIDES)
+            what = f"the {longest} side's conversation with this prompt is" if chat else "the prompt is"
             self.sink.emit("refused", request=request.id, errors={
-                "prompt": f"the prompt is {len(ids)} tokens; with max_new_tokens {request.max_new_tokens} that "
-                          f"exceeds the model's context of {self.context} tokens"})
+                "prompt": f"{what} {len(ids[longest])} tokens; with max_new_tokens {request.max_new_tokens} that "
+                          f"exceeds the model's context of {self.context} tokens" + ("; start a new chat" if chat
+                                                                                     else "")})
             return
         adapter_names = ["left", "right" if self.spec.right else BASE_SIDE]
         eos = self.model.generation_config.eos_token_id
@@ -217,20 +285,22 @@ class Server:
             self.sink.emit("token", request=request.id, side=side, text=text)
 
         streamer = SideStreamer(self.tokenizer, list(SIDES), eos_ids, on_text)
-        inputs = torch.tensor([ids, ids], device=self.model.device)
+        rows, mask = left_pad([ids[side] for side in SIDES], self.tokenizer.pad_token_id)
+        inputs = torch.tensor(rows, device=self.model.device)
+        attention_mask = torch.tensor(mask, device=self.model.device)
         sampling = ({"do_sample": True, "temperature": request.temperature, "top_p": request.top_p}
                     if request.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None})
         torch.manual_seed(request.seed)
         started = time.perf_counter()
         with torch.no_grad():
-            self.model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), streamer=streamer,
+            self.model.generate(input_ids=inputs, attention_mask=attention_mask, streamer=streamer,
                                 max_new_tokens=request.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
                                 adapter_names=adapter_names, **sampling)
         seconds = time.perf_counter() - started
         for row, side in enumerate(SIDES):
             first = streamer.first_at[row]
             self.sink.emit("reply", request=request.id, side=side, text=streamer.sent[row],
-                           tokens=len(streamer.ids[row]), prompt_tokens=len(ids), seconds=round(seconds, 4),
+                           tokens=len(streamer.ids[row]), prompt_tokens=len(ids[side]), seconds=round(seconds, 4),
                            ttft_s=round(first - started, 4) if first is not None else None)
 
     def serve(self, lines: queue.Queue) -> str:

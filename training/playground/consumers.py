@@ -1,6 +1,7 @@
 """The playground's websocket: the session's status and load progress on connect and as they change, the prompts
 the page sends (checked, then queued in Redis for the worker serving it) and the tokens of both sides as they are
-generated. Never writes the database; the shared connect, access re-check and close codes come from JsonRequests."""
+generated. The page keeps the chat: each prompt comes with each side's history (checked here and again by the serving
+process). Never writes the database; the shared connect, access re-check and close codes come from JsonRequests."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ from django.conf import settings
 from django.http import Http404
 
 from training import access
-from training.engine.serve import SpecError, parse_request
+from training.engine.serve import MAX_HISTORY_MESSAGES, SpecError, parse_request
 from training.live.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, JsonRequests
 from training.live.send import playground_group
 from training.models import PlaygroundSession
@@ -25,7 +26,11 @@ MAX_WAITING = 8
 
 
 class PlaygroundConsumer(JsonRequests):
-    ALLOWED = [{"type": "generate", "id": "a string naming the prompt (echoed in its tokens)", "prompt": "text",
+    ALLOWED = [{"type": "generate", "id": "a string naming the prompt (echoed in its tokens)",
+                "prompt": "text: the new user message",
+                "history": "optional {left: [...], right: [...]}: each side's earlier messages, {role: user or "
+                           "assistant, content}, alternating from the user's, that side's own replies; at most "
+                           f"{MAX_HISTORY_MESSAGES} a side",
                 "temperature": "0 (greedy) to 2", "top_p": "above 0 to 1", "max_new_tokens": "1 to 4096",
                 "seed": "optional integer >= 0"}]
 

@@ -1,6 +1,7 @@
 """The playground on the real database, Redis, a worker and the tiny model: a session loads a run's adapter beside
 the base model on the run's queue, the websocket streams both sides' tokens in several messages and then a reply
-each, bad prompts and decoding are refused by field, the model is released once idle; bad input to the page
+each, a second turn with each side's own history streams on both sides too, bad prompts, decoding and histories are
+refused by field, the model is released once idle; bad input to the page
 changes nothing."""
 import asyncio
 import io
@@ -15,11 +16,11 @@ from tests.factories import make_dataset, make_member, make_team, tiny_overrides
 from tests.integration.conftest import run_async, session_cookie, wait_for, wait_terminal
 from tests.workers import start_worker, stop_worker
 from training.engine.events import EventSink
-from training.engine.serve import Request, Server, Spec
+from training.engine.serve import MAX_HISTORY_MESSAGES, Request, Server, Spec, render_chat
 from training.models import PlaygroundSession, Run
 from training.playground import services
 from training.runs import services as runs
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 IDLE_S = 6
@@ -82,6 +83,15 @@ def test_a_session_streams_the_adapter_and_the_base_side_then_is_released_when_i
         await comm.send_json_to({"type": "generate", "id": "one", "prompt": "What colour is the sky?",
                                  "temperature": 0, "top_p": 1, "max_new_tokens": 16})
         got = await until(comm, lambda m, ms: len(replies(ms, "one")) == 2)
+        first = replies(got, "one")
+        history = {side: [{"role": "user", "content": "What colour is the sky?"},
+                          {"role": "assistant", "content": first[side]["text"]}] for side in ("left", "right")}
+        await comm.send_json_to({"type": "generate", "id": "two", "prompt": "And the grass?", "history": history,
+                                 "temperature": 0, "top_p": 1, "max_new_tokens": 16})
+        second = await until(comm, lambda m, ms: len(replies(ms, "two")) == 2)
+        endless = {"left": history["left"] * (MAX_HISTORY_MESSAGES // 2 + 1), "right": history["right"]}
+        await comm.send_json_to({"type": "generate", "id": "endless", "prompt": "more", "history": endless})
+        too_many = await until(comm, lambda m, _: m["type"] == "refused")
         bad = {"type": "generate", "id": "bad", "prompt": "hi", "temperature": 3, "top_p": 0, "max_new_tokens": 9999}
         await comm.send_json_to(bad)
         refused = await until(comm, lambda m, _: m["type"] == "refused")
@@ -91,17 +101,27 @@ def test_a_session_streams_the_adapter_and_the_base_side_then_is_released_when_i
         await comm.send_json_to({"type": "generate", "id": "late", "prompt": "still there?"})
         late = await until(comm, lambda m, _: m["type"] == "refused")
         await comm.disconnect()
-        return got, refused[-1], too_long[-1], released[-1], late[-1]
+        return got, second, too_many[-1], refused[-1], too_long[-1], released[-1], late[-1]
 
-    got, refused, too_long, released, late = run_async(chat)
-    assert got[0] == {"type": "queued", "request": "one"}
-    for side in ("left", "right"):
-        tokens = [m["text"] for m in got if m["type"] == "token" and m["side"] == side]
-        reply = replies(got, "one")[side]
-        assert len(tokens) >= 2, (side, got)  # streamed, not sent whole
-        assert "".join(tokens) == reply["text"] and reply["tokens"] >= len(tokens)
-        assert reply["ttft_s"] is not None and got.index(reply) > max(
-            i for i, m in enumerate(got) if m["type"] == "token" and m["side"] == side)
+    got, second, too_many, refused, too_long, released, late = run_async(chat)
+    assert got[0] == {"type": "queued", "request": "one"} and second[0] == {"type": "queued", "request": "two"}
+    for messages, request in ((got, "one"), (second, "two")):
+        for side in ("left", "right"):
+            tokens = [m["text"] for m in messages if m["type"] == "token" and m["side"] == side]
+            reply = replies(messages, request)[side]
+            assert len(tokens) >= 2, (side, messages)  # streamed, not sent whole
+            assert "".join(tokens) == reply["text"] and reply["tokens"] >= len(tokens)
+            assert reply["ttft_s"] is not None and messages.index(reply) > max(
+                i for i, m in enumerate(messages) if m["type"] == "token" and m["side"] == side)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    for side in ("left", "right"):  # turn 2's prompt: turn 1's question, that side's own reply, the new question
+        one, two = replies(got, "one")[side], replies(second, "two")[side]
+        history = [{"role": "user", "content": "What colour is the sky?"},
+                   {"role": "assistant", "content": one["text"]}]
+        rendered = tokenizer(render_chat(tokenizer, history, "And the grass?"), add_special_tokens=False)
+        assert two["prompt_tokens"] == len(rendered["input_ids"]) > one["prompt_tokens"]
+    assert too_many["request"] == "endless" and set(too_many["errors"]) == {"history"}
+    assert f"at most {MAX_HISTORY_MESSAGES} earlier messages" in too_many["errors"]["history"]
     assert set(refused["errors"]) == {"temperature", "top_p", "max_new_tokens"}
     assert "from 0 to 2" in refused["errors"]["temperature"]
     assert "exceeds the model's context of" in too_long["errors"]["prompt"] and too_long["request"] == "long"
@@ -138,7 +158,7 @@ def test_the_base_side_is_the_base_model_and_a_queued_run_takes_the_worker_back(
     base = Server(Spec(model=tiny_model, left=run.adapter_path, right=None), EventSink(io.StringIO()))
     base.load()
     alone = AutoModelForCausalLM.from_pretrained(tiny_model)
-    ids = base.prompt_ids(Request(id="q", prompt="Name a colour.", max_new_tokens=12, temperature=0))
+    ids = base.prompt_ids(Request(id="q", prompt="Name a colour.", max_new_tokens=12, temperature=0))["right"]
     with torch.no_grad():
         generated = alone.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
                                    pad_token_id=base.tokenizer.pad_token_id)[0, len(ids):]
