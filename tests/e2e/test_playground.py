@@ -1,7 +1,9 @@
 """In a real browser: from a trained tiny run's page open the Playground, load its final adapter beside the base
-model on the run's queue, watch the load end with the worker named, send one prompt and see both sides' answers grow
-token by token side by side; a decoding setting out of range is named under its field; Release frees the worker.
-Takes docs/playground.png."""
+model on the run's queue, watch the load end with the worker named, chat two turns and see both sides' answers grow
+token by token side by side, the second message sent with each side's own history (its own first reply); a decoding
+setting out of range is named under its field; New chat clears both conversations, so the next message goes without
+history; Release frees the worker. Takes docs/playground.png."""
+import json
 import re
 
 import pytest
@@ -26,8 +28,12 @@ COUNT_CHANGES = """() => {
 }"""
 
 
-def answer(page, side: str) -> str:
-    return page.inner_text(f'.side[data-side="{side}"] .turn .answer')
+def answers(page, side: str) -> list[str]:
+    return page.locator(f'.side[data-side="{side}"] .turn .answer').evaluate_all("ps => ps.map(p => p.textContent)")
+
+
+def asked(page, side: str) -> list[str]:
+    return page.locator(f'.side[data-side="{side}"] .turn .asked').all_inner_texts()
 
 
 def test_the_playground_streams_the_adapter_and_the_base_model_side_by_side(
@@ -40,6 +46,9 @@ def test_the_playground_streams_the_adapter_and_the_base_model_side_by_side(
     run = wait_terminal(run, timeout=240)
     assert run.status == Run.Status.SUCCEEDED, run.error
 
+    sent = []  # the generate messages the page sends on the playground's socket
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(json.loads(payload)))
+            if "/ws/playground/" in ws.url else None)
     log_in(page, web_server, "player", "player-password")
     page.goto(f"{web_server.url}/runs/{run.id}/")
     page.click("#playground-link")
@@ -74,10 +83,40 @@ def test_the_playground_streams_the_adapter_and_the_base_model_side_by_side(
     assert page.locator('[data-error="temperature"]').is_hidden()
     changes = page.evaluate("() => window.answerChanges")
     assert changes["left"] >= 3 and changes["right"] >= 3, changes  # the turn, then its tokens one by one
+    first = {side: answers(page, side)[0] for side in ("left", "right")}
     for side in ("left", "right"):
-        assert answer(page, side).strip(), side
+        assert first[side].strip(), side
         assert "tokens in" in page.inner_text(f'.side[data-side="{side}"] .turn .stats')
+    assert page.input_value("#prompt") == "" and page.inner_text("#chat-turns") == "1 turn in this chat"
+
+    # The second turn: each side is sent its own conversation, and both answer it token by token again.
+    page.evaluate(COUNT_CHANGES)
+    page.fill("#prompt", "And the grass?")
+    page.click("#send")
+    wait_for(lambda: page.locator('.turn[data-done="1"]').count() == 4, timeout=60, what="both sides' second replies")
+    changes = page.evaluate("() => window.answerChanges")
+    assert changes["left"] >= 3 and changes["right"] >= 3, changes
+    generates = [m for m in sent if m.get("type") == "generate"]
+    assert [m["prompt"] for m in generates] == ["What colour is the sky?"] * 2 + ["And the grass?"]
+    assert generates[1]["history"] == {"left": [], "right": []}
+    for side in ("left", "right"):
+        assert generates[2]["history"][side] == [{"role": "user", "content": "What colour is the sky?"},
+                                                 {"role": "assistant", "content": first[side]}], side
+        assert asked(page, side) == ["What colour is the sky?", "And the grass?"]
+        assert answers(page, side)[1].strip(), side
+        assert "tokens in" in page.locator(f'.side[data-side="{side}"] .turn .stats').nth(1).inner_text()
+    assert page.inner_text("#chat-turns") == "2 turns in this chat"
     page.locator(".page").screenshot(path=str(screenshot_path("playground.png")))
+
+    # New chat: both conversations cleared, and the next message goes without history.
+    page.click("#new-chat")
+    assert page.locator(".turn").count() == 0 and page.inner_text("#chat-turns") == "new chat"
+    page.fill("#prompt", "What colour is snow?")
+    page.click("#send")
+    wait_for(lambda: page.locator('.turn[data-done="1"]').count() == 2, timeout=60, what="the new chat's replies")
+    last = [m for m in sent if m.get("type") == "generate"][-1]
+    assert last["prompt"] == "What colour is snow?" and last["history"] == {"left": [], "right": []}
+    assert asked(page, "left") == asked(page, "right") == ["What colour is snow?"]
     assert page.js_errors == []
 
     # Release: the worker is free again (the session worker serves the other tests of this session).
