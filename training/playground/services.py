@@ -22,7 +22,7 @@ from django.utils import timezone
 from dashboard.models import Membership
 from training.access import require_role
 from training.live import send
-from training.models import PlaygroundSession, Run
+from training.models import PlaygroundSession, Run, Worker
 from training.runs.process import TrainingProcess
 
 log = logging.getLogger(__name__)
@@ -252,3 +252,21 @@ def playground_release(*, session: PlaygroundSession, user) -> None:
     """Release the loaded model now (the worker's serving process ends after the reply it is writing)."""
     require_role(user=user, team=session.team, role=Membership.Role.MEMBER, action="Releasing a playground model")
     _end(session.id, Status.ENDED, end_reason=f"released by {user.get_username()}")
+
+
+def playground_sessions_mark_lost(*, worker_name: str | None = None) -> list[int]:
+    """Sessions loading or served by a worker that went silent (or, given its name, that just restarted) are
+    ended: the serving process died with that worker, and the page must not say 'ready' for a model nobody holds.
+    The periodic check (training/workers/heartbeat.py) calls it."""
+    live = PlaygroundSession.objects.filter(status__in=[PlaygroundSession.Status.LOADING,
+                                                        PlaygroundSession.Status.READY]).exclude(worker_name="")
+    if worker_name is not None:
+        doomed = list(live.filter(worker_name=worker_name).values_list("id", flat=True))
+        reason = f"its worker {worker_name} restarted"
+    else:
+        silent = {w.name for w in Worker.objects.filter(name__in=live.values("worker_name")) if w.is_silent}
+        doomed = [s.id for s in live.only("id", "worker_name") if s.worker_name in silent]
+        reason = "its worker went silent"
+    for session_id in doomed:
+        _end(session_id, PlaygroundSession.Status.ENDED, end_reason=reason)
+    return doomed

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
+from training.playground import services as playground
 from training.runs import services
 from training.sweeps.selectors import stalled_sweep_ids
 from training.workers import services as worker_services
@@ -87,6 +88,9 @@ class Heartbeat(threading.Thread):
             lost = services.runs_mark_lost()
             if lost:
                 log.warning("runs %s marked lost by %s: their worker is silent or no longer runs them", lost, self.who)
+            ended = playground.playground_sessions_mark_lost()
+            if ended:
+                log.warning("playground sessions %s ended by %s: their worker is silent", ended, self.who)
             for sweep_id in stalled_sweep_ids(now=timezone.now()):
                 log.warning("sweep %s: its members ended but it did not advance; queued its advance again", sweep_id)
                 services.sweep_advance_enqueue(sweep_id)
@@ -110,6 +114,7 @@ def start(*, name: str, queues: list[str], solo: bool) -> Heartbeat:
     """At worker start: runs this worker held in a previous life are lost; then beat until the process ends."""
     global _heartbeat
     lost = services.worker_runs_mark_lost(name=name)
+    playground.playground_sessions_mark_lost(worker_name=name)
     if lost:
         log.warning("runs %s were running on %s before it restarted: marked lost", lost, name)
     if not solo:
