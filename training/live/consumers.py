@@ -120,8 +120,36 @@ class JsonRequests(AsyncJsonWebsocketConsumer):
             await self.leave()
             await self.close(code=self.ACCESS_LOST_CODE)
 
+    # A socket about one object (a run, a sweep, a playground session): getter(user, id) -> the object, or Http404
+    # for another team's or a missing one. Set by open_object; the default may_still_watch asks it again.
+    watched: tuple[Any, int] | None = None
+
+    async def open_object(self, getter, url_kwarg: str) -> Any | None:
+        """connect's first steps for such a socket: the user (4401 without one), their group, then the object named by
+        the URL (4404 for another team's or a missing one). None when the socket was closed instead."""
+        self.user = self.user_or_none()
+        if self.user is None:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return None
+        await self.follow_user()
+        try:
+            obj = await database_sync_to_async(getter)(self.user, int(self.scope["url_route"]["kwargs"][url_kwarg]))
+        except (Http404, ValueError):
+            await self.refuse(CLOSE_NOT_FOUND)
+            return None
+        self.watched = (getter, obj.id)
+        return obj
+
     def may_still_watch(self) -> bool:
-        raise NotImplementedError
+        """Gone from the object's team looks like the object gone: the page says "not found" and stops."""
+        if self.watched is None:
+            raise NotImplementedError
+        getter, object_id = self.watched
+        try:
+            getter(self.user, object_id)
+        except Http404:
+            return False
+        return True
 
     async def send(self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False) -> None:
         if self.access_lost:
@@ -154,16 +182,8 @@ class RunConsumer(JsonRequests):
                 "after_seq": "optional integer >= 0: the last event seq the page already has"}]
 
     async def connect(self) -> None:
-        self.user = self.user_or_none()
-        if self.user is None:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
-            return
-        await self.follow_user()
-        try:
-            self.run = await database_sync_to_async(access.get_run_for_user)(
-                self.user, int(self.scope["url_route"]["kwargs"]["run_id"]))
-        except (Http404, ValueError):
-            await self.refuse(CLOSE_NOT_FOUND)
+        self.run = await self.open_object(access.get_run_for_user, "run_id")
+        if self.run is None:
             return
         # Live messages are held back until the page asked for its replay; after it, only what is newer.
         self.replayed = False
@@ -171,14 +191,6 @@ class RunConsumer(JsonRequests):
         self.sent_seq = 0
         self.sent_samples: set[int] = set()
         await self.join(run_group(self.run.id))
-
-    def may_still_watch(self) -> bool:
-        """Gone from the run's team looks like the run gone: the page says "run not found" and stops."""
-        try:
-            access.get_run_for_user(self.user, self.run.id)
-        except Http404:
-            return False
-        return True
 
     async def receive_json(self, content: Any, **kwargs) -> None:
         if not isinstance(content, dict) or content.get("type") != "replay":

@@ -11,11 +11,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.http import Http404
 
 from training import access
 from training.engine.serve import MAX_HISTORY_MESSAGES, SpecError, parse_request
-from training.live.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, JsonRequests
+from training.live.consumers import JsonRequests
 from training.live.send import playground_group
 from training.models import PlaygroundSession
 from training.playground import selectors
@@ -35,16 +34,8 @@ class PlaygroundConsumer(JsonRequests):
                 "seed": "optional integer >= 0"}]
 
     async def connect(self) -> None:
-        self.user = self.user_or_none()
-        if self.user is None:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
-            return
-        await self.follow_user()
-        try:
-            self.session = await database_sync_to_async(selectors.get_session_for_user)(
-                self.user, int(self.scope["url_route"]["kwargs"]["session_id"]))
-        except (Http404, ValueError):
-            await self.refuse(CLOSE_NOT_FOUND)
+        self.session = await self.open_object(selectors.get_session_for_user, "session_id")
+        if self.session is None:
             return
         # The group first, then the state: a change made while the state is read arrives after it.
         await self.join(playground_group(self.session.id))
@@ -54,12 +45,6 @@ class PlaygroundConsumer(JsonRequests):
         self.session.refresh_from_db()
         return session_state(self.session)
 
-    def may_still_watch(self) -> bool:
-        try:
-            selectors.get_session_for_user(self.user, self.session.id)
-        except Http404:
-            return False
-        return True
 
     def may_generate(self) -> str:
         """Why this user may not send a prompt now, or ""."""

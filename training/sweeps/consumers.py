@@ -9,10 +9,9 @@ import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
-from django.http import Http404
 
 from training.engine.events import json_safe
-from training.live.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, JsonRequests, _group_change_slot
+from training.live.consumers import JsonRequests, _group_change_slot
 from training.live.send import run_group, sweep_group
 from training.sweeps import selectors
 
@@ -31,29 +30,14 @@ class SweepConsumer(JsonRequests):
     ALLOWED: list[dict[str, str]] = []  # the page only listens
 
     async def connect(self) -> None:
-        self.user = self.user_or_none()
-        if self.user is None:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
-            return
-        await self.follow_user()
         self.runs: dict[int, tuple[str, asyncio.Task]] = {}
-        try:
-            self.sweep = await database_sync_to_async(selectors.get_sweep_for_user)(
-                self.user, int(self.scope["url_route"]["kwargs"]["sweep_id"]))
-        except (Http404, ValueError):
-            await self.refuse(CLOSE_NOT_FOUND)
+        self.sweep = await self.open_object(selectors.get_sweep_for_user, "sweep_id")
+        if self.sweep is None:
             return
         # The group first, then the state: a change made while the state is read arrives after it.
         await self.join(sweep_group(self.sweep.id))
         state = await database_sync_to_async(selectors.sweep_state)(self.sweep)
         await self.forward_state(json_safe(state))
-
-    def may_still_watch(self) -> bool:
-        try:
-            selectors.get_sweep_for_user(self.user, self.sweep.id)
-        except Http404:
-            return False
-        return True
 
     async def receive_json(self, content: Any, **kwargs) -> None:
         await self.error("this socket only sends; it takes no messages")
