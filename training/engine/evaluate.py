@@ -47,13 +47,15 @@ class Spec:
     seed: int = 0
 
 
-def _number(spec: dict, name: str, default: Any, low: float, high: float, *, integer: bool = False,
-            low_open: bool = False, errors: dict[str, str]) -> Any:
-    value = spec.get(name, default)
+def check_number(content: dict, name: str, default: Any, low: float, high: float, errors: dict[str, str], *,
+                 integer: bool = False, low_open: bool = False) -> Any:
+    """content[name] (default when absent) if it is a number in range, else `default` with errors[name] saying what
+    is allowed. Shared by the evaluation spec and the playground's requests (serve.py)."""
+    value = content.get(name, default)
     bad = isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer())
     if bad or value < low or value > high or (low_open and value == low):
-        errors[name] = (f"must be {'an integer' if integer else 'a number'} "
-                        f"{'above' if low_open else 'from'} {low:g} {'up ' if not low_open else ''}to {high:g}")
+        kind = "an integer" if integer else "a number"
+        errors[name] = f"{kind} {'above' if low_open else 'from'} {low:g} to {high:g}, not {value!r}"
         return default
     return int(value) if integer else float(value)
 
@@ -74,11 +76,11 @@ def parse_spec(spec: dict[str, Any]) -> Spec:
     elif adapters == "off" and adapter is None:
         errors["adapters"] = "off disables a loaded adapter; name the adapter"
     values = {
-        "max_new_tokens": _number(spec, "max_new_tokens", 64, 1, 4096, integer=True, errors=errors),
-        "temperature": _number(spec, "temperature", 0.0, 0, 2, errors=errors),
-        "top_p": _number(spec, "top_p", 1.0, 0, 1, low_open=True, errors=errors),
-        "batch_size": _number(spec, "batch_size", 8, 1, 256, integer=True, errors=errors),
-        "seed": _number(spec, "seed", 0, 0, 2 ** 32 - 1, integer=True, errors=errors),
+        "max_new_tokens": check_number(spec, "max_new_tokens", 64, 1, 4096, integer=True, errors=errors),
+        "temperature": check_number(spec, "temperature", 0.0, 0, 2, errors=errors),
+        "top_p": check_number(spec, "top_p", 1.0, 0, 1, low_open=True, errors=errors),
+        "batch_size": check_number(spec, "batch_size", 8, 1, 256, integer=True, errors=errors),
+        "seed": check_number(spec, "seed", 0, 0, 2 ** 32 - 1, integer=True, errors=errors),
     }
     unknown = set(spec) - {"model", "adapter", "adapters", "examples_file", *values}
     for name in sorted(unknown):

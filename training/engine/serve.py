@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .evaluate import context_length
+from .evaluate import SpecError, check_number, context_length
 from .events import EventSink
 
 SIDES = ("left", "right")
@@ -40,12 +40,6 @@ BASE_SIDE = "__base__"  # peft's adapter name for a batch row that runs with the
 MAX_PROMPT_CHARS = 100_000
 MAX_HISTORY_MESSAGES = 50  # a side's earlier messages (user and assistant, each counts): 25 exchanges
 MAX_CHAT_CHARS = 400_000  # a side's whole conversation, the new prompt included
-
-
-class SpecError(ValueError):
-    def __init__(self, errors: dict[str, str]):
-        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
-        self.errors = errors
 
 
 @dataclass(frozen=True)
@@ -85,17 +79,6 @@ def parse_spec(spec: Any) -> Spec:
     if errors:
         raise SpecError(errors)
     return Spec(model=spec["model"], left=spec["left"], right=right, idle_s=float(idle_s))
-
-
-def _number(content: dict, name: str, default: Any, low: float, high: float, errors: dict[str, str], *,
-            integer: bool = False, low_open: bool = False) -> Any:
-    value = content.get(name, default)
-    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer())
-    if bad or value < low or value > high or (low_open and value == low):
-        kind = "an integer" if integer else "a number"
-        errors[name] = f"{kind} {'above' if low_open else 'from'} {low:g} to {high:g}, not {value!r}"
-        return default
-    return int(value) if integer else float(value)
 
 
 def _history(content: dict, errors: dict[str, str]) -> dict[str, list[dict[str, str]]]:
@@ -146,10 +129,10 @@ def parse_request(content: Any) -> Request:
     elif len(prompt) > MAX_PROMPT_CHARS:
         errors["prompt"] = f"at most {MAX_PROMPT_CHARS:,} characters, not {len(prompt):,}"
     values = {
-        "max_new_tokens": _number(content, "max_new_tokens", 64, 1, 4096, errors, integer=True),
-        "temperature": _number(content, "temperature", 0.7, 0, 2, errors),
-        "top_p": _number(content, "top_p", 0.95, 0, 1, errors, low_open=True),
-        "seed": _number(content, "seed", 0, 0, 2 ** 32 - 1, errors, integer=True),
+        "max_new_tokens": check_number(content, "max_new_tokens", 64, 1, 4096, errors, integer=True),
+        "temperature": check_number(content, "temperature", 0.7, 0, 2, errors),
+        "top_p": check_number(content, "top_p", 0.95, 0, 1, errors, low_open=True),
+        "seed": check_number(content, "seed", 0, 0, 2 ** 32 - 1, errors, integer=True),
     }
     history = _history(content, errors)
     request_id = content.get("id", "")

@@ -2,9 +2,7 @@
 worker of the queue has a CUDA GPU (4-bit weights need one), run by a GPU worker in a child process."""
 from __future__ import annotations
 
-import json
 import logging
-import sys
 from typing import Any
 
 from celery import current_app
@@ -17,8 +15,8 @@ from dashboard.models import Membership, Team
 from training.access import require_role
 from training.engine.config import ConfigError, parse_config
 from training.engine.loftq_check import NEEDS_GPU
+from training.evaluation.services import run_engine
 from training.models import Dataset, LoftqCheck, Worker
-from training.runs.process import TrainingProcess
 
 log = logging.getLogger(__name__)
 Status = LoftqCheck.Status
@@ -62,27 +60,8 @@ def loftq_check_execute(*, check_id: int, worker_name: str) -> None:
         return
     check = LoftqCheck.objects.select_related("dataset").get(id=check_id)
     try:
-        folder = settings.EVALS_DIR / f"loftq-{check.id}"
-        folder.mkdir(parents=True, exist_ok=True)
-        spec_path = folder / "spec.json"
-        spec_path.write_text(json.dumps({"model": check.model, "calibration_file": check.dataset.path, **check.spec}))
-        process = TrainingProcess([sys.executable, "-m", "training.engine", "loftq-check", str(spec_path)],
-                                  cwd=folder, stop_file=folder / "STOP")
-        terminal = None
-        for lines in process.batches(timeout=0.5):
-            for line in lines:
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if event.get("type") in ("finished", "failed"):
-                    terminal = event
-            process.take_stderr()
-        code = process.wait()
-        if terminal is None:
-            raise RuntimeError(f"the LoftQ check's process exited with code {code} without reporting a result")
-        if terminal["type"] == "failed":
-            raise RuntimeError(terminal.get("message") or "the LoftQ check failed")
+        _, terminal = run_engine(settings.EVALS_DIR / f"loftq-{check.id}", "loftq-check",
+                                 {"model": check.model, "calibration_file": check.dataset.path, **check.spec})
         LoftqCheck.objects.filter(id=check.id).update(status=Status.SUCCEEDED, results=terminal["results"],
                                                       finished_at=timezone.now())
     except Exception as exc:  # noqa: BLE001

@@ -384,9 +384,13 @@ def _generate(evaluation: Evaluation, examples: list[dict[str, Any]]) -> tuple[d
 
 
 def _engine(evaluation: Evaluation, command: str, spec: dict[str, Any]) -> tuple[list[dict], dict[str, Any]]:
-    """Run `python -m training.engine <command>` in a child process; its events, and its finished event (or
-    EvaluationFailed with the failure's own message)."""
-    folder = settings.EVALS_DIR / str(evaluation.id)
+    return run_engine(settings.EVALS_DIR / str(evaluation.id), command, spec)
+
+
+def run_engine(folder: Path, command: str, spec: dict[str, Any]) -> tuple[list[dict], dict[str, Any]]:
+    """Run `python -m training.engine <command>` on `spec` in a child process (its own process group, dying with the
+    worker), from `folder`; its events, and its finished event (or EvaluationFailed with the failure's own message).
+    Evaluations, the harness and the LoftQ check all run this way."""
     folder.mkdir(parents=True, exist_ok=True)
     spec_path = folder / "spec.json"
     spec_path.write_text(json.dumps(spec))
@@ -405,9 +409,9 @@ def _engine(evaluation: Evaluation, command: str, spec: dict[str, Any]) -> tuple
     returncode = process.wait()
     terminal = next((e for e in reversed(events) if e.get("type") in ("finished", "failed")), None)
     if terminal is None:
-        raise EvaluationFailed(f"the evaluation process exited with code {returncode} without reporting a result")
+        raise EvaluationFailed(f"the {command} process exited with code {returncode} without reporting a result")
     if terminal["type"] == "failed":
-        raise EvaluationFailed(terminal.get("message") or terminal.get("error_class") or "generation failed")
+        raise EvaluationFailed(terminal.get("message") or terminal.get("error_class") or f"{command} failed")
     return events, terminal
 
 
