@@ -68,7 +68,8 @@ def _run_form_data(form: RunForm) -> dict[str, Any]:
 def run_new(request: HttpRequest) -> HttpResponse:
     if not access.team_list_where(request.user, "member").exists():
         in_a_team = access.team_list_for(request.user).exists()
-        return render(request, "training/run_new_refused.html", {"in_a_team": in_a_team}, status=403)
+        return render(request, "training/new_refused.html", {"in_a_team": in_a_team, "what": "runs", "one": "run",
+                                                              "back": reverse("run_list")}, status=403)
     form = RunForm(request.POST or None, user=request.user)
     if request.method == "POST" and form.is_valid():
         dataset = form.cleaned_data["dataset"]

@@ -53,7 +53,9 @@ def _form_data(form: SweepForm) -> dict[str, Any]:
 def sweep_new(request: HttpRequest) -> HttpResponse:
     if not access.team_list_where(request.user, "member").exists():
         in_a_team = access.team_list_for(request.user).exists()
-        return render(request, "training/sweep_new_refused.html", {"in_a_team": in_a_team}, status=403)
+        return render(request, "training/new_refused.html", {"in_a_team": in_a_team, "what": "sweeps",
+                                                              "one": "sweep", "back": reverse("sweep_list")},
+                      status=403)
     if request.method == "POST":
         form = SweepForm(request.POST, user=request.user)
     else:
