@@ -80,5 +80,13 @@ def line(baseline: dict[str, Any]) -> str:
             f"{baseline['cpu_loop_ms']:.0f} ms (median of 5)")
 
 
+def line_here() -> str:
+    """The baseline line, or its CPU loop alone where no PostgreSQL/Redis runs (the lent GPU box)."""
+    try:
+        return line(measure())
+    except Exception as exc:  # noqa: BLE001
+        return f"baseline: cpu loop {cpu_loop_ms():.0f} ms (no PostgreSQL/Redis here: {type(exc).__name__})"
+
+
 if __name__ == "__main__":
     print(line(measure()))

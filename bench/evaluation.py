@@ -25,15 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def baseline_line() -> str:
-    from bench import baseline
-
-    try:
-        return baseline.line(baseline.measure())
-    except Exception as exc:  # noqa: BLE001 - no database here (the GPU box): the CPU loop alone
-        return f"baseline: cpu loop {baseline.cpu_loop_ms():.0f} ms (no PostgreSQL/Redis here: {type(exc).__name__})"
-
-
 def engine(command: str, spec: dict, work: Path) -> tuple[float, list[dict]]:
     path = work / f"{command}-{time.monotonic_ns()}.json"
     path.write_text(json.dumps(spec))
@@ -59,9 +50,10 @@ def main() -> None:
     parser.add_argument("--loftq", action="store_true", help="also run the LoftQ check (needs a CUDA GPU)")
     args = parser.parse_args()
 
+    from bench import baseline
     from training.engine.tiny import build_tiny_model, synthetic_pairs
 
-    print(baseline_line(), flush=True)
+    print(baseline.line_here(), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         work = Path(tmp)
         built = time.perf_counter()
@@ -89,7 +81,7 @@ def main() -> None:
             for result in events[-1]["results"]:
                 print(f"  {result['init']:<12} logits MSE {result['logits_mse']:.6f}  cosine {result['cosine']:.6f}  "
                       f"init {result['seconds']:.1f} s", flush=True)
-    print(baseline_line(), flush=True)
+    print(baseline.line_here(), flush=True)
 
 
 if __name__ == "__main__":

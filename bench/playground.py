@@ -42,7 +42,10 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args()
 
+    from bench import baseline
     from training.engine.tiny import build_tiny_model, synthetic_pairs
+
+    print(baseline.line_here(), flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="bench-playground-"))
     model = build_tiny_model(work / f"model-{args.size}", size=args.size)
@@ -104,6 +107,7 @@ def main() -> None:
     print(f"  engine's generate -> first token:    median {statistics.median(engine) * 1000:.1f} ms")
     if per_token:
         print(f"  then {statistics.median(per_token) * 1000:.1f} ms per token (both sides)")
+    print(baseline.line_here())
 
 
 if __name__ == "__main__":
