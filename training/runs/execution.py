@@ -35,8 +35,10 @@ log = logging.getLogger(__name__)
 Status = Run.Status
 
 
-# Called with each event after it is stored and the findings it raised; may stop the run through the services.
-Observer = Callable[[dict, list[Finding]], None]
+# Called with each event after it is stored and the findings it raised; may stop the run through the services, and
+# returns True when it did: the worker then asks the child at once instead of at its next status poll (a fast model
+# trains several steps in one poll interval).
+Observer = Callable[[dict, list[Finding]], bool | None]
 
 
 class RunSetupError(Exception):
@@ -73,6 +75,7 @@ class RunRecorder:
         # sees a higher one than it has knows a message was lost and reads the gap from the database.
         self._sent_up_to: dict[str, int | None] = {"metrics": None, "eval": None}
         self.findings = RunWatcher(run)
+        self.stop_asked = False  # an observer moved the run to stopping since the follow loop last looked
 
     def record(self, event: dict) -> None:
         self.record_many([event])
@@ -106,7 +109,8 @@ class RunRecorder:
                 log.exception("run %s: symptom detectors failed on a %s event", self.run.id, event.get("type"))
             for observer in self.observers:
                 try:
-                    observer(event, found)
+                    if observer(event, found):
+                        self.stop_asked = True
                 except Exception:  # noqa: BLE001 - nor an observer's
                     log.exception("run %s: observer %r failed on a %s event", self.run.id, observer, event.get("type"))
 
@@ -381,9 +385,9 @@ def _run_follow(run: Run, process: TrainingProcess, recorder: RunRecorder) -> No
         recorder.add_log_lines(process.take_stderr())
         recorder.flush_log()
         now = time.monotonic()
-        if now - last_poll < poll_s:
+        if now - last_poll < poll_s and not recorder.stop_asked:
             continue
-        last_poll = now
+        last_poll, recorder.stop_asked = now, False
         status = Run.objects.filter(id=run.id).values_list("status", flat=True).first()
         if status is None or status in Run.TERMINAL:
             # Deleted, or given up on as lost: nobody will read what it does next, and it holds a GPU.

@@ -36,25 +36,28 @@ class MemberWatch:
     def __repr__(self) -> str:
         return f"MemberWatch(sweep {self.sweep.id}, {self.member.name})"
 
-    def __call__(self, event: dict[str, Any], findings: list[Finding]) -> None:
+    def __call__(self, event: dict[str, Any], findings: list[Finding]) -> bool:
+        """True when this event ended the member and its run was asked to stop."""
         if self.ended:
-            return
+            return False
         if self.sweep.early_stop:
             diverged = [f for f in findings if f.code in DIVERGENCE]
             if diverged:
                 f = diverged[0]
-                self._end(SweepMember.Outcome.DIVERGED, f"{f.title} ({f.code} at step {f.step}): {f.message}")
-                return
+                return self._end(SweepMember.Outcome.DIVERGED, f"{f.title} ({f.code} at step {f.step}): {f.message}")
         if self.pruner is not None and event.get("type") == "eval":
             note = self.pruner.report(event)
             if note:
-                self._end(SweepMember.Outcome.PRUNED, note)
+                return self._end(SweepMember.Outcome.PRUNED, note)
+        return False
 
-    def _end(self, outcome: str, note: str) -> None:
+    def _end(self, outcome: str, note: str) -> bool:
         """Mark the member (once) and ask its run to stop at its next step; the run's end advances the sweep."""
         self.ended = True
         marked = SweepMember.objects.filter(id=self.member.id, outcome="").update(outcome=outcome,
                                                                                  outcome_note=note[:2000])
-        if marked:
-            log.info("sweep %s: %s %s: %s", self.sweep.id, self.member.name, outcome, note)
-            run_transition(self.run, to=Run.Status.STOPPING, allowed_from=[Run.Status.STARTING, Run.Status.RUNNING])
+        if not marked:
+            return False
+        log.info("sweep %s: %s %s: %s", self.sweep.id, self.member.name, outcome, note)
+        return bool(run_transition(self.run, to=Run.Status.STOPPING,
+                                   allowed_from=[Run.Status.STARTING, Run.Status.RUNNING]))

@@ -105,6 +105,24 @@ def test_the_recorder_merges_metrics_and_eval_per_step_and_keeps_non_finite_valu
     assert run.progress == 0.2
 
 
+def test_an_observer_that_stopped_the_run_has_the_follow_loop_ask_at_once(member):
+    """An observer returning True (it moved the run to stopping) sets stop_asked, so the worker's loop reads the status
+    and touches the stop file on this batch rather than at its next poll; one returning None or raising leaves it."""
+    team, user, dataset = member
+    run = services.run_claim(run_id=make_run(team, user, dataset).id, worker_name="recorder@test")
+    seen = []
+
+    def broken(event, findings):
+        raise RuntimeError("an observer's bug")
+
+    recorder = execution.RunRecorder(run, observers=[broken, lambda event, findings: seen.append(event["step"])])
+    recorder.record({"type": "eval", "time": 1.0, "step": 1, "epoch": 0.1, "eval_loss": 2.7})
+    assert seen == [1] and recorder.stop_asked is False
+    recorder = execution.RunRecorder(run, observers=[lambda event, findings: event["step"] == 2])
+    recorder.record({"type": "eval", "time": 2.0, "step": 2, "epoch": 0.2, "eval_loss": 2.6})
+    assert recorder.stop_asked is True
+
+
 def test_runs_of_a_silent_worker_or_one_that_moved_on_become_lost(member):
     team, user, dataset = member
     silent_run = services.run_claim(run_id=make_run(team, user, dataset).id, worker_name="silent@test")
