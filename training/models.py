@@ -300,6 +300,9 @@ class Run(models.Model):
                                help_text="Facts from the started event: trainable_params, lora_scale, device, ...")
     preflight = models.JSONField(default=list, blank=True,
                                  help_text="The pre-flight review's notes on the config, made when the run was created")
+    plan = models.JSONField(default=dict, blank=True, help_text=(
+        "The fit planner's prediction when the run was created (training.planner): peak VRAM, tokens/s and time, "
+        "each with its band, and whether it was calibrated; {} where no prediction could be made"))
 
     eval_suites = models.ManyToManyField("EvalSuite", blank=True, related_name="+",
                                          help_text="Suites evaluated once the run succeeds")
