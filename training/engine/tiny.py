@@ -23,10 +23,16 @@ COLOURS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple
 THINGS = ["apple", "leaf", "sky", "sun", "coal", "snow", "carrot", "plum", "grass", "cherry", "cloud", "lemon"]
 
 # Sizes: "tiny" trains in seconds on a CPU; "1b" matches Llama-3.2-1B's shapes and "1.1b" TinyLlama-1.1B's (22 layers,
-# MLP 5632, 4 KV heads, vocabulary 32,000, untied) for GPU throughput benches: two common "1B Llamas".
+# MLP 5632, 4 KV heads, vocabulary 32,000, untied) for GPU throughput benches: two common "1B Llamas". "0.1b" (134M
+# parameters, GPT-2-small widths) and "0.5b" (468M, 24 layers) are smaller Llamas with TinyLlama's vocabulary and no
+# grouped KV heads, for the fit planner's calibration grid (bench/fit_grid.py): shapes that differ in more than size.
 SIZES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=1024),
+    "0.1b": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                 num_key_value_heads=12, max_position_embeddings=4096, vocab_size=32000, tie_word_embeddings=False),
+    "0.5b": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                 num_key_value_heads=16, max_position_embeddings=4096, vocab_size=32000, tie_word_embeddings=False),
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                num_key_value_heads=8, max_position_embeddings=8192, vocab_size=128256, tie_word_embeddings=True),
     "1.1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
