@@ -395,6 +395,9 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
         sink.emit("failed", step=state_box["step"], error_class="ConfigError", message=str(exc), errors=exc.errors,
                   traceback="", oom=False)
         return 1
+            # What the fit planner calibrates on (training.planner): the shapes, the GPU's size, the rows' mean.
+            model_config=_shape_fields(model), gpu_memory_total=_gpu_memory_total(),
+            mean_tokens=round(sum(min(n, config.max_length) for n in lengths) / len(lengths), 1) if lengths else None,
     except BaseException as exc:  # noqa: BLE001 - every outcome becomes an event, even KeyboardInterrupt
         sink.emit("failed", step=state_box["step"], error_class=type(exc).__name__, message=str(exc),
                   traceback=traceback.format_exc(), oom=_is_oom(exc))
@@ -442,3 +445,20 @@ def _device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "tie_word_embeddings")
+
+
+def _shape_fields(model) -> dict:
+    """The model config's shape fields (of its language model, for a multimodal one)."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    return {k: getattr(config, k) for k in SHAPE_FIELDS if isinstance(getattr(config, k, None), (int, bool))}
+
+
+def _gpu_memory_total() -> int | None:
+    import torch
+
+    return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+
+

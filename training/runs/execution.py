@@ -158,7 +158,8 @@ class RunRecorder:
 
     def _on_started(self, event: dict) -> None:
         facts = ("trainable_params", "total_params", "trainable_bias_params", "lora_scale", "device", "backend",
-                 "dtype", "train_examples", "eval_examples", "data_format", "resumed_from_step", "pid", "load_s")
+                 "dtype", "train_examples", "eval_examples", "data_format", "resumed_from_step", "pid", "load_s",
+                 "model_config", "gpu_memory_total", "mean_tokens")  # the last three: the fit planner's
         derived = event.get("derived") or {}
         Run.objects.filter(id=self.run.id).update(
             started={k: event.get(k) for k in facts}, derived=derived, versions=event.get("versions") or {},

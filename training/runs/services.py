@@ -23,6 +23,7 @@ from training.engine.config import ConfigError, parse_config
 from training.live import send as live
 from training.models import Dataset, EvalSuite, Preset, Run, Sweep, Worker
 from training.run_config import ADAPTER_SHAPE_FIELDS, PRESET_PLACEHOLDERS, RESERVED_FIELDS, model_errors
+from training.planner import services as planner
 from training.runs import preflight
 from training.selectors import run_status_dict
 
@@ -89,6 +90,18 @@ def run_config_review(*, dataset: Dataset | None, preset: Preset | None, overrid
     return {"notes": preflight.review(config, dataset=dataset), "errors": {}}
 
 
+def run_plan(*, team: Team, config: dict[str, Any], dataset: Dataset | None, queue: str) -> dict[str, Any]:
+    """The fit planner's prediction for a full config on `queue` (training.planner.services.plan_config), with
+    the dataset's size and median row length where its statistics were computed with this model's tokenizer."""
+    facts = preflight.dataset_facts(dataset, str(config.get("model") or ""))
+    try:
+        return planner.plan_config(team_id=team.id, config=config, queue=queue, num_examples=facts.get("rows"),
+                                   mean_tokens=facts.get("p50_tokens"))
+    except Exception:  # noqa: BLE001 - a prediction advises; its bug must not refuse a run
+        log.exception("fit planner failed")
+        return {"error": "the fit planner failed on this config (the server's log has why)"}
+
+
 def _base_fields(base_run: Run, base_kind: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """The config fields a run that builds on `base_run` takes from it, and {"errors": ...} for what conflicts."""
     errors: dict[str, str] = {}
@@ -136,13 +149,17 @@ def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = No
     config = run_config_build(train_file=dataset.path, preset=preset, overrides=overrides or {}, base_run=base_run,
                               base_kind=base_kind)
     notes = preflight.review(config, dataset=dataset)
+    plan = run_plan(team=team, config=config, dataset=dataset, queue=queue)
+    refusal = planner.plan_refusal(plan)
+    if refusal:
+        raise ValidationError({"fit": refusal})
     name = (name or "").strip()[:200] or f"{preset.name if preset else 'custom'} on {dataset.name}"
     with transaction.atomic():
         run = Run.objects.create(
             team=team, dataset=dataset, preset=preset, preset_version=preset.version if preset else None,
             created_by=user, name=name, config=config, dataset_sha256=dataset.sha256, queue=queue,
             total_steps=config["max_steps"], base_run=base_run, base_kind=base_kind if base_run else "",
-            preflight=notes, sweep=sweep, eval_checkpoints=eval_checkpoints,
+            preflight=notes, sweep=sweep, eval_checkpoints=eval_checkpoints, plan=plan,
         )
         _run_set_dir(run)
         suites = list(eval_suites)
@@ -243,8 +260,12 @@ def sweep_advance_enqueue(sweep_id: int) -> None:
         log.exception("sweep %s: advance not queued", sweep_id)
 
 
-def run_claim(*, run_id: int, worker_name: str, task_id: str = "") -> Run | None:
-    """Atomically take a queued run for this worker; None if another delivery (or a stop) got there first."""
+def run_claim(*, run_id: int, worker_name: str, task_id: str = "", admit: Callable[[Worker], Any] | None = None
+              ) -> Run | None:
+    """Atomically take a queued run for this worker; None if another delivery (or a stop) got there first, or if
+    `admit` (the worker's slots: training/runs/slots.py) says no. `admit` sees the worker's row locked, so the tasks
+    arriving at one worker's slots at once are judged one after the other; its answer has `admit` and
+    `reserved_bytes` (training.planner.slots.Admission)."""
     worker, _ = Worker.objects.get_or_create(name=worker_name, defaults={"hostname": socket.gethostname(),
                                                                         "pid": os.getpid()})
     with transaction.atomic():

@@ -1,0 +1,45 @@
+"""The measured figures in docs/benchmarks.md that the planner's defaults are fitted on, where a team has no run
+of its own on a GPU yet. Each row: the section it comes from, the config's fields that matter, the figures."""
+from __future__ import annotations
+
+from training.planner.shapes import ModelShape
+
+GiB = 1024 ** 3
+# `bench/gpu_throughput.py --size 1.1b`: a random Llama with TinyLlama-1.1B's shapes.
+TINYLLAMA_1_1B = ModelShape(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32,
+                            num_kv_heads=4, head_dim=64, tie_word_embeddings=False)
+# The bench's COMMON settings: r 16 on all 7 projections, adamw_8bit, bf16, checkpointing, accumulation 1.
+COMMON = {"r": 16, "lora_alpha": 16, "target_modules": "all-linear", "optim": "adamw_8bit", "dtype": "bfloat16",
+          "gradient_checkpointing": True, "gradient_accumulation_steps": 1}
+H100 = "NVIDIA H100 80GB HBM3"
+H200 = "NVIDIA H200"
+LONG_ROWS_MEAN = 995.0  # the bench's `long` data at seq 1024: 65% of rows cut at 1,024, the rest 860–1,023 tokens
+
+
+def _row(section, gpu, backend, peak_gib, tokens_per_s, mean_tokens=None, **config):
+    return {"section": section, "gpu": gpu, "backend": backend, "shape": TINYLLAMA_1_1B,
+            "config": {**COMMON, **config}, "peak_bytes": peak_gib * GiB if peak_gib else None,
+            "tokens_per_s": tokens_per_s, "mean_tokens": mean_tokens}
+
+
+PACKED_2048 = dict(packing=True, max_length=2048, per_device_train_batch_size=8, load_in_4bit=False)
+QLORA_1024 = dict(packing=False, max_length=1024, load_in_4bit=True)
+ROWS = [
+    _row("2026-11-25 (third session): Unsloth's one-call varlen attention", H100, "unsloth", 3.41, 47_950,
+         **PACKED_2048),
+    _row("2026-11-25 (third session): Unsloth's one-call varlen attention, tiled_mlp_target_gb 0.5", H100, "unsloth",
+         3.29, None, tiled_mlp=True, tiled_mlp_target_gb=0.5, **PACKED_2048),
+    _row("GPU throughput summary: plain stack, 16-bit packed seq 2048", H100, "hf", 6.68, 7_300, **PACKED_2048),
+    _row("2026-11-25 (second session): QLoRA on TinyLlama shapes, micro-batch 8", H100, "unsloth", 1.51, None,
+         mean_tokens=LONG_ROWS_MEAN, per_device_train_batch_size=8, **QLORA_1024),
+    _row("GPU throughput summary: QLoRA micro-batch 16, mixed-length rows, varlen", H100, "unsloth", 2.13, 46_700,
+         mean_tokens=LONG_ROWS_MEAN, per_device_train_batch_size=16, **QLORA_1024),
+    _row("2026-11-25 (second session): QLoRA, engine hf backend, micro-batch 8", H100, "hf", 2.44, 16_652,
+         mean_tokens=LONG_ROWS_MEAN, per_device_train_batch_size=8, **QLORA_1024),
+    _row("2026-11-25 (second session): QLoRA, engine hf backend, micro-batch 16", H100, "hf", 4.01, 26_842,
+         mean_tokens=LONG_ROWS_MEAN, per_device_train_batch_size=16, **QLORA_1024),
+    _row("Issue 21's headline ratios, lent H200 2026-12-01 (bench/gpu_throughput.py --size 1.1b)", H200, "unsloth",
+         None, 52_600, **PACKED_2048),
+    _row("Issue 21's headline ratios, lent H200 2026-12-01 (bench/gpu_throughput.py --size 1.1b)", H200, "hf",
+         None, 8_250, **PACKED_2048),
+]
