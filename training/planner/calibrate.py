@@ -9,6 +9,7 @@ fitted again with that floor as a measurement.
 """
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from dataclasses import dataclass, replace
@@ -24,9 +25,9 @@ from training.planner.shapes import ModelShape
 
 # How hard the prior pulls: a memory constant twice its prior costs as much as a 3% miss on one run (the memory
 # terms are many and the reference rows few: the physical guesses keep the unmeasured ones sane); a speed constant
-# twice its prior as much as a 1% miss (host overheads vary by machine far more than any guess).
+# twice its prior as much as a 10% miss (bench/fit_planner.py: weaker pulls overfit the noisy speed rows).
 MEMORY_PRIOR_WEIGHT = 1e-3
-SPEED_PRIOR_WEIGHT = 1e-4
+SPEED_PRIOR_WEIGHT = 1e-2
 MIN_BAND = 0.05
 MIN_RUNS_FOR_BAND = 3
 UNCALIBRATED_MEMORY_BAND = 0.20
@@ -147,10 +148,12 @@ def calibrate(samples: Sequence[Sample], prior: Constants, source: str) -> Const
 
 # ---- the defaults: fitted on docs/benchmarks.md ----------------------------------------------------------------
 
-def reference_samples() -> list[Sample]:
-    return [Sample(shape=row["shape"], setup=Setup.of(row["config"], backend=row["backend"]), gpu=row["gpu"],
+@functools.lru_cache(maxsize=1)
+def reference_samples() -> tuple[Sample, ...]:
+    return tuple(Sample(shape=row["shape"], setup=Setup.of(row["config"], backend=row["backend"]), gpu=row["gpu"],
                    peak_bytes=row["peak_bytes"], tokens_per_s=row["tokens_per_s"], mean_tokens=row["mean_tokens"],
-                   label=row["section"]) for row in reference.ROWS]
+                   oom=row.get("oom", False), gpu_total_bytes=row.get("gpu_total_bytes"), label=row["section"])
+            for row in reference.ROWS)
 
 
 def scaled_to_gpu(constants: Constants, from_gpu: str, to_gpu: str) -> Constants:
@@ -162,27 +165,38 @@ def scaled_to_gpu(constants: Constants, from_gpu: str, to_gpu: str) -> Constants
     return replace(constants, speed=speed, speed_error=max(constants.speed_error, UNCALIBRATED_SPEED_BAND))
 
 
-_DEFAULTS: dict[tuple[str, bool], Constants] = {}
+_DEFAULTS: dict[tuple[str, bool, str], Constants] = {}
+
+
+def defaults_from(rows: Sequence[Sample], backend: str, load_in_4bit: bool, gpu: str) -> Constants:
+    """Constants fitted on measured figures for a GPU with no run of the team's: memory on the backend's rows of
+    both precisions and every GPU (activations and logits are 16-bit either way and 4-bit changes only the
+    weights, which are counted, not fitted); the FLOP rate on this GPU's rows of this precision where there are
+    some, else on the reference GPU's, scaled to this GPU's peak."""
+    prior = prior_constants(backend, load_in_4bit)
+    mine = [s for s in rows if s.setup.backend == backend]
+    fitted = calibrate([replace(s, tokens_per_s=None) for s in mine], prior, source="")
+    speed_gpu = gpu if any(s.gpu == gpu and s.tokens_per_s for s in mine) else REFERENCE_GPU
+    speed_rows = [s for s in mine if s.gpu == speed_gpu and s.setup.load_in_4bit == load_in_4bit]
+    speed, _ = fit_speed(speed_rows, prior.speed)
+    constants = replace(fitted, speed=tuple(float(x) for x in speed))
+    if speed_gpu != gpu:
+        constants = scaled_to_gpu(constants, speed_gpu, gpu)
+    return constants
 
 
 def default_constants(backend: str, load_in_4bit: bool, gpu: str) -> Constants:
-    """Uncalibrated for this GPU: the constants fitted on docs/benchmarks.md's rows of this backend and precision
-    (memory on every GPU's rows; the FLOP rate on the reference GPU's, scaled to this one's peak)."""
-    key = (backend, bool(load_in_4bit))
+    """Uncalibrated for this team on this GPU: fitted on the figures in docs/benchmarks.md (reference.ROWS)."""
+    key = (backend, bool(load_in_4bit), gpu)
     if key not in _DEFAULTS:
-        # Memory on the backend's rows of both precisions: activations and logits are 16-bit either way, and 4-bit
-        # changes only the weights, which are counted, not fitted. Speed on this precision's rows alone.
-        rows = [s for s in reference_samples() if s.setup.backend == backend]
-        speed_rows = [s for s in rows if s.gpu == REFERENCE_GPU and s.setup.load_in_4bit == key[1]]
-        fitted = calibrate([replace(s, tokens_per_s=None) for s in rows], prior_constants(*key), source="")
-        speed, _ = fit_speed(speed_rows, prior_constants(*key).speed)
-        _DEFAULTS[key] = replace(fitted, speed=tuple(float(x) for x in speed))
-    base = _DEFAULTS[key]
-    constants = scaled_to_gpu(base, REFERENCE_GPU, gpu) if gpu_peak_flops(gpu) else base
-    return replace(constants, calibrated=False, memory_error=UNCALIBRATED_MEMORY_BAND,
-                   speed_error=UNCALIBRATED_SPEED_BAND if gpu_peak_flops(gpu) else 0.6,
-                   source=f"uncalibrated: no measured run on {gpu or 'this GPU'} with the {backend} backend "
-                          f"({'4-bit' if load_in_4bit else '16-bit'}); defaults fitted on docs/benchmarks.md")
+        measured_here = any(s.gpu == gpu and s.tokens_per_s for s in reference_samples())
+        _DEFAULTS[key] = replace(
+            defaults_from(reference_samples(), backend, bool(load_in_4bit), gpu), calibrated=False,
+            memory_error=UNCALIBRATED_MEMORY_BAND,
+            speed_error=UNCALIBRATED_SPEED_BAND if measured_here or gpu_peak_flops(gpu) else 0.6,
+            source=f"uncalibrated: no measured run on {gpu or 'this GPU'} with the {backend} backend "
+                   f"({'4-bit' if load_in_4bit else '16-bit'}); defaults fitted on docs/benchmarks.md")
+    return _DEFAULTS[key]
 
 
 def calibrations(samples: Iterable[Sample]) -> dict[tuple[str, str, bool], Constants]:

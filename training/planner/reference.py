@@ -2,7 +2,10 @@
 of its own on a GPU yet. Each row: the section it comes from, the config's fields that matter, the figures."""
 from __future__ import annotations
 
-from training.planner.shapes import ModelShape
+import json
+from pathlib import Path
+
+from training.planner.shapes import ModelShape, shape_from_config
 
 GiB = 1024 ** 3
 # `bench/gpu_throughput.py --size 1.1b`: a random Llama with TinyLlama-1.1B's shapes.
@@ -43,3 +46,25 @@ ROWS = [
     _row("Issue 21's headline ratios, lent H200 2026-12-01 (bench/gpu_throughput.py --size 1.1b)", H200, "hf",
          None, 8_250, **PACKED_2048),
 ]
+
+
+# bench/fit_grid.py's lines from the lent H200 (docs/benchmarks.md, "Fit planner"): random Llamas of 0.1B-1.1B.
+GRID_FILES = sorted((Path(__file__).parent / "data").glob("fit_grid_*.jsonl"))
+
+
+def grid_rows(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("error") and not r.get("oom"):
+            continue
+        rows.append({"section": f"{path.name}: {r['name']}", "gpu": r["gpu"], "backend": r["backend_used"],
+                     "shape": shape_from_config(r["model_config"]), "config": r["config"],
+                     "peak_bytes": None if r.get("oom") else r.get("peak_vram_bytes"),
+                     "tokens_per_s": None if r.get("oom") else r.get("tokens_per_s"),
+                     "mean_tokens": None if r["config"].get("packing") else (r.get("started") or {}).get("mean_tokens"),
+                     "oom": bool(r.get("oom")), "gpu_total_bytes": r.get("gpu_total_memory_bytes")})
+    return rows
+
+
+ROWS += [row for path in GRID_FILES for row in grid_rows(path)]

@@ -29,13 +29,19 @@ def synthetic(noise=0.0):
     return samples
 
 
-def test_fitting_recovers_known_constants_from_synthetic_runs():
+@pytest.mark.parametrize("pull", ["as set", "off"])
+def test_fitting_recovers_known_constants_from_synthetic_runs(pull, monkeypatch):
+    if pull == "off":
+        monkeypatch.setattr(calibrate, "MEMORY_PRIOR_WEIGHT", 1e-9)
+        monkeypatch.setattr(calibrate, "SPEED_PRIOR_WEIGHT", 1e-9)
     fitted = calibrate.calibrate(synthetic(), calibrate.prior_constants("unsloth", False, GPU), source="synthetic")
     for term, got, want in zip(MEMORY_TERMS, fitted.memory, TRUE.memory):
         # The checkpointed hidden states are at most 3% of any of these peaks: the prior's pull moves them more.
-        assert got == pytest.approx(want, rel=0.2 if term == "checkpoints" else 0.02, abs=1e-3), term
+        loose = 0.2 if term == "checkpoints" and pull == "as set" else 0.02
+        assert got == pytest.approx(want, rel=loose, abs=1e-3), term
     for got, want in zip(fitted.speed, TRUE.speed):
-        assert got == pytest.approx(want, rel=0.02)
+        # The speed prior pulls harder (it keeps noisy rows from being overfitted): within 10% as set.
+        assert got == pytest.approx(want, rel=0.1 if pull == "as set" else 0.02)
     assert fitted.calibrated and fitted.samples == 54 and fitted.startup_s == 41
     assert fitted.memory_error == calibrate.MIN_BAND and fitted.speed_error == calibrate.MIN_BAND
 
