@@ -21,9 +21,12 @@ def check_services(**kwargs) -> None:
 def start_heartbeat(sender, **kwargs) -> None:
     from training.workers import heartbeat
 
-    pool = sender.controller.pool_cls
+    pool = sender.controller.pool_cls.__module__
+    solo = pool == "celery.concurrency.solo"
+    # A worker's slots are the tasks it runs at once: what its pool really does, whatever a setting says.
     heartbeat.start(name=sender.hostname, queues=sorted(sender.app.amqp.queues.consume_from or {}),
-                 solo=pool.__module__ == "celery.concurrency.solo")
+                    in_process=solo or pool == "celery.concurrency.thread",
+                    slots=1 if solo else int(sender.controller.concurrency))
 
 
 @signals.worker_shutdown.connect

@@ -251,11 +251,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dashboard.dev", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="address the web server listens on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="web server port (default 8000)")
+    parser.add_argument("--gpu-slots", type=int, default=int(os.environ.get("TUNEBOARD_WORKER_SLOTS") or 1),
+                        help="runs the training worker trains at once, each in its own process (default "
+                             "TUNEBOARD_WORKER_SLOTS, else 1)")
     parser.add_argument("--no-demo-run", action="store_true",
                         help="set up and serve, but start no demo run and do not start or resume the demo sweep")
     args = parser.parse_args(argv)
     if not 1 <= args.port <= 65535:
         parser.error(f"--port must be 1-65535, not {args.port}")
+    if not 1 <= args.gpu_slots <= 64:
+        parser.error(f"--gpu-slots must be 1-64, not {args.gpu_slots}")
 
     from django.conf import settings
 
@@ -299,8 +304,9 @@ def run(args: argparse.Namespace, children: Children, worker_name: str, demo_swe
     # Two solo workers: one trains (the gpu queue, one run at a time), one takes the cpu queue (dataset statistics,
     # sweep advances), so neither waits for a training to end: a sweep's next phase is queued as soon as its last
     # member ends, and an upload's statistics appear while the demo run trains.
-    say(f"starting a worker for queue {queue!r} (log: {children.log_dir / 'worker.log'})")
-    worker = children.start("worker", celery_worker(queue, worker_name))
+    slots = f", {args.gpu_slots} slots" if args.gpu_slots > 1 else ""
+    say(f"starting a worker for queue {queue!r}{slots} (log: {children.log_dir / 'worker.log'})")
+    worker = children.start("worker", celery_worker(queue, worker_name, slots=args.gpu_slots))
     cpu_queue = settings.TUNEBOARD_CPU_QUEUE
     cpu_worker_name = f"dev-{cpu_queue}@{socket.gethostname()}"
     say(f"starting a worker for queue {cpu_queue!r}: dataset statistics and sweep advances "
@@ -334,9 +340,12 @@ def run(args: argparse.Namespace, children: Children, worker_name: str, demo_swe
         time.sleep(1)
 
 
-def celery_worker(queue: str, name: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "-Q", queue, "-n", name, "--pool", "solo",
-            "-c", "1", "--without-gossip", "--without-mingle", "-l", "info"]
+def celery_worker(queue: str, name: str, slots: int = 1) -> list[str]:
+    """One slot: the solo pool (the task runs in the worker's own process); several: one thread per slot, each
+    run still in its own training process."""
+    pool = ["--pool", "solo", "-c", "1"] if slots == 1 else ["--pool", "threads", "-c", str(slots)]
+    return [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "-Q", queue, "-n", name, *pool,
+            "--without-gossip", "--without-mingle", "-l", "info"]
 
 
 def start_demo_sweep(team, user, dataset, preset):

@@ -196,6 +196,19 @@ try:
 except ValueError as exc:
     raise ImproperlyConfigured(f"TUNEBOARD_DETECTOR_THRESHOLDS: {exc}") from None
 
+# GPU slots (training/planner/slots.py): a worker trains up to WORKER_SLOTS runs at once, each in its own process
+# (Celery's threads pool; one slot keeps the solo pool). A run starts in a free slot when its predicted peak (the
+# upper end of the planner's band) plus SLOT_MARGIN of it plus SLOT_CONTEXT_MB per process fits what the runs
+# already admitted leave of the GPU; a waiting run asks again every SLOT_RETRY_S (the reason shows on its page).
+TUNEBOARD_WORKER_SLOTS = env_int("TUNEBOARD_WORKER_SLOTS", 1, minimum=1)
+TUNEBOARD_SLOT_MARGIN = env_float("TUNEBOARD_SLOT_MARGIN", 0.10, minimum=0.0)
+TUNEBOARD_SLOT_CONTEXT_MB = env_int("TUNEBOARD_SLOT_CONTEXT_MB", 512, minimum=0)
+TUNEBOARD_SLOT_RETRY_S = env_float("TUNEBOARD_SLOT_RETRY_S", 5.0, minimum=0.5)
+# On a CPU worker: each training, evaluation and playground process's address space is limited to this many MiB
+# (RLIMIT_AS; 0: no limit), so a run that needs more fails out of memory alone instead of the host's OOM killer
+# picking a process. Leave it 0 on a GPU worker: CUDA reserves far more address space than it uses.
+TUNEBOARD_SLOT_ADDRESS_SPACE_MB = env_int("TUNEBOARD_SLOT_ADDRESS_SPACE_MB", 0, minimum=0)
+
 CELERY_BROKER_URL = REDIS_URL
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_SERIALIZER = "json"
@@ -206,6 +219,11 @@ CELERY_TASK_DEFAULT_QUEUE = TUNEBOARD_DEFAULT_QUEUE
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_TRACK_STARTED = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A worker started without --pool/--concurrency takes its slots from TUNEBOARD_WORKER_SLOTS. With acks_late and a
+# prefetch multiplier of 1, a worker of N threads reserves no more messages than it has free threads, so a run's
+# task waits in the broker (for any worker) rather than behind another worker's training.
+CELERY_WORKER_POOL = "solo" if TUNEBOARD_WORKER_SLOTS == 1 else "threads"
+CELERY_WORKER_CONCURRENCY = TUNEBOARD_WORKER_SLOTS
 # A run can train for days: the broker must not hand an unacknowledged (acks_late) task to another worker.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT_S", 7 * 24 * 3600)}
 

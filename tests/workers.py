@@ -28,10 +28,11 @@ class WorkerProcess:
         return self.log.read_text(errors="replace")[-5000:]
 
 
-def start_worker(*, queue: str, name: str, log: Path, timeout: float = 120, env: dict[str, str] | None = None
-                 ) -> WorkerProcess:
-    """A real `celery worker` process (solo pool, like the gpu worker) on this session's test database, returned
-    once its first heartbeat is in the database; `env` overrides its environment (another Redis, say)."""
+def start_worker(*, queue: str, name: str, log: Path, timeout: float = 120, env: dict[str, str] | None = None,
+                 slots: int = 1) -> WorkerProcess:
+    """A real `celery worker` process (solo pool, like the gpu worker; with `slots` > 1 a thread per slot, as
+    TUNEBOARD_WORKER_SLOTS makes it) on this session's test database, returned once its first heartbeat is in the
+    database; `env` overrides its environment (another Redis, say)."""
     db = connection.settings_dict
     env = {
         **os.environ,
@@ -48,11 +49,13 @@ def start_worker(*, queue: str, name: str, log: Path, timeout: float = 120, env:
         # Two sessions' trainings share the CPU cores under xdist: one thread each, not two fighting over two.
         "OMP_NUM_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
+        # The pool and concurrency come from this (dashboard/settings.py), as for a worker started by hand.
+        "TUNEBOARD_WORKER_SLOTS": str(slots),
         **(env or {}),
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "-Q", queue, "-n", name, "--pool", "solo",
-         "-c", "1", "--without-gossip", "--without-mingle", "-l", "info"],
+        [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "-Q", queue, "-n", name,
+         "--without-gossip", "--without-mingle", "-l", "info"],
         cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
     )
     handle = WorkerProcess(name=name, queue=queue, process=process, log=log)

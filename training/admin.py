@@ -56,9 +56,18 @@ class RunAdmin(admin.ModelAdmin):
 
 @admin.register(Worker)
 class WorkerAdmin(admin.ModelAdmin):
-    list_display = ["name", "hostname", "queues", "current_run", "last_heartbeat_at"]
+    list_display = ["name", "hostname", "queues", "slots", "runs_now", "last_heartbeat_at"]
     search_fields = ["name", "hostname"]
-    readonly_fields = ["name", "hostname", "queues", "pid", "gpus", "current_run", "started_at", "last_heartbeat_at"]
+    readonly_fields = ["name", "hostname", "queues", "pid", "gpus", "slots", "runs_now", "started_at",
+                       "last_heartbeat_at"]
+    exclude = ["current_runs"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("current_runs")
+
+    @admin.display(description="current runs")
+    def runs_now(self, worker: Worker) -> str:
+        return ", ".join(f"#{run.id}" for run in worker.current_runs.all()) or "—"
 
 
 @admin.register(Sweep)

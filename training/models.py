@@ -221,7 +221,10 @@ class Worker(models.Model):
     queues = models.JSONField(default=list)
     pid = models.IntegerField(null=True)
     gpus = models.JSONField(default=list, help_text="[{name, memory_total, memory_used, utilization}]")
-    current_run = models.ForeignKey("Run", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    slots = models.PositiveSmallIntegerField(default=1, help_text="Runs it trains at once (its Celery concurrency)")
+    # Written by run_claim and cleared when run_execute ends (one writer each way): a run its worker holds but that is
+    # not in here was left unrecorded, and the lost-run check ends it.
+    current_runs = models.ManyToManyField("Run", blank=True, related_name="+", help_text="The runs it trains now")
     started_at = models.DateTimeField(default=timezone.now)
     last_heartbeat_at = models.DateTimeField(default=timezone.now)
 
@@ -285,6 +288,12 @@ class Run(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     worker = models.ForeignKey(Worker, on_delete=models.SET_NULL, null=True, blank=True, related_name="runs")
     celery_task_id = models.CharField(max_length=255, blank=True)
+    held_reason = models.TextField(blank=True, help_text=(
+        "Why a queued run has not started on the worker that last received it (its slots are busy, or its GPU has "
+        "too little memory free); cleared when a worker claims it"))
+    slot_reserved_bytes = models.BigIntegerField(null=True, blank=True, help_text=(
+        "The GPU memory its slot reserved when a worker admitted it (training.planner.slots); empty: the whole GPU "
+        "(no predicted peak) or a CPU worker"))
 
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -72,7 +72,7 @@ def run_queue_position(run: Run) -> int | None:
 
 
 def worker_list() -> QuerySet[Worker]:
-    return Worker.objects.select_related("current_run").order_by("name")
+    return Worker.objects.prefetch_related("current_runs").order_by("name")
 
 
 def run_lineage(run: Run) -> list[tuple[int, int | None]]:
@@ -169,6 +169,7 @@ def run_status_dict(run: Run) -> dict[str, Any]:
         "total_steps": run.total_steps,
         "progress": run.progress,
         "queue_position": run_queue_position(run),
+        "held_reason": run.held_reason if run.status == Run.Status.QUEUED else "",
         "started": run.started,
         "derived": run.derived,
         "last_checkpoint_step": run.last_checkpoint_step,

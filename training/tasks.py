@@ -8,18 +8,22 @@ from training.datasets import services as dataset_services
 from training.evaluation import loftq
 from training.evaluation import services as eval_services
 from training.playground import services as playground_services
-from training.runs import execution, services
+from training.runs import execution, slots
 from training.sweeps import services as sweep_services
 from training.sweeps import watch as sweep_watch
 
 
-@shared_task(bind=True, name="training.run_train")
+@shared_task(bind=True, name="training.run_train", max_retries=None)
 def run_train(self, run_id: int) -> None:
-    run = services.run_claim(run_id=run_id, worker_name=self.request.hostname or f"local@{socket.gethostname()}",
-                             task_id=self.request.id or "")
-    if run is None:
+    claim = slots.run_claim_slot(run_id=run_id, worker_name=self.request.hostname or f"local@{socket.gethostname()}",
+                                 task_id=self.request.id or "")
+    if claim.retry_s is not None:
+        # No slot or not enough GPU memory here now: back to the broker, for this worker later or another one.
+        raise self.retry(countdown=claim.retry_s)
+    if claim.run is None:
         return  # delivered twice, or stopped while queued
-    execution.run_execute(run=run, observers=sweep_watch.observers_for(run))
+    execution.run_execute(run=claim.run, observers=sweep_watch.observers_for(claim.run))
+    slots.run_out_of_memory_shared(run=claim.run)
 
 
 @shared_task(name="training.dataset_profile")

@@ -164,6 +164,9 @@ function applyStatus(status) {
   badge.className = `status status-${status.status}`;
   setText("run-queue", status.queue_position ? `#${status.queue_position} in queue` : "");
   setText("run-worker", status.worker ? `on ${status.worker}` : "");
+  const held = document.getElementById("run-held");
+  held.hidden = !status.held_reason;
+  held.textContent = status.held_reason || "";
   if (!status.is_terminal && lastLossStep > status.last_step) {
     status.last_step = lastLossStep;
     if (status.total_steps) status.progress = Math.min(lastLossStep / status.total_steps, 1);

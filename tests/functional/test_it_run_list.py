@@ -99,7 +99,7 @@ def test_a_get_does_not_write_not_even_the_lost_run_check(world, member_client):
     run = named_run(world.team, world.member, world.dataset, "orphaned run")
     Run.objects.filter(id=run.id).update(status=Run.Status.RUNNING, worker=dead,
                                          started_at=timezone.now() - timedelta(seconds=300))
-    Worker.objects.filter(id=dead.id).update(current_run=run)
+    dead.current_runs.add(run)
     for url in ("/runs/", f"/runs/{run.id}/", "/workers/"):
         assert member_client.get(url).status_code == 200
         run.refresh_from_db()

@@ -24,10 +24,10 @@ from training.datasets.files import sha256_of
 from training.engine.events import json_safe, parse_float
 from training.live import send as live
 from training.model_source import model_source_error
-from training.models import MetricPoint, Run, RunEvent, Sample, Worker
+from training.models import MetricPoint, Run, RunEvent, Sample
 from training.run_config import model_policy
 from training.runs.process import TrainingProcess
-from training.runs.services import cpu_task, run_transition
+from training.runs.services import cpu_task, run_release, run_transition
 from training.runs.watcher import RunWatcher
 from training.selectors import event_dict, sample_dict
 
@@ -334,7 +334,7 @@ def run_execute(*, run: Run, observers: Sequence[Observer] = ()) -> None:
         if not isinstance(exc, Exception):
             raise
     finally:
-        Worker.objects.filter(current_run_id=run.id).update(current_run=None)
+        run_release(run_id=run.id)
         _series_packs_build(run)
 
 

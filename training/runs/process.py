@@ -5,12 +5,13 @@ import ctypes
 import ctypes.util
 import os
 import queue
+import resource
 import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from django.conf import settings
 
@@ -20,9 +21,24 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platfo
 
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec: if the worker is SIGKILLed, the kernel kills the training too,
-    # so a lost run never keeps a GPU busy. (libc is loaded before the fork; this call allocates nothing.)
+    # so a lost run never keeps a GPU busy. (libc is loaded before the fork; this call allocates nothing.) The
+    # signal follows the thread that started the child: a slot's thread lives as long as the worker's pool.
     if _libc is not None:
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _child_setup(address_space_bytes: int) -> Callable[[], None]:
+    """What runs in the child before exec: die with the worker and, on a CPU worker with a per-slot budget
+    (TUNEBOARD_SLOT_ADDRESS_SPACE_MB), a limit on its address space, so a job that needs more fails out of memory
+    by itself (torch's allocator raises) while the runs in the worker's other slots go on."""
+    if not address_space_bytes:
+        return _die_with_parent
+
+    def setup() -> None:
+        _die_with_parent()
+        resource.setrlimit(resource.RLIMIT_AS, (address_space_bytes, address_space_bytes))
+
+    return setup
 
 
 class TrainingProcess:
@@ -41,7 +57,7 @@ class TrainingProcess:
             args, cwd=cwd, env=env, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, encoding="utf-8", errors="replace", bufsize=1,
             start_new_session=True,  # its own process group: a kill reaches every process the job started
-            preexec_fn=_die_with_parent,
+            preexec_fn=_child_setup(settings.TUNEBOARD_SLOT_ADDRESS_SPACE_MB * 1024 * 1024),
         )
         self._stdout: queue.Queue[str | None] = queue.Queue()
         self._stderr: list[str] = []

@@ -8,13 +8,13 @@ import os
 import re
 import socket
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from celery import current_app
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from dashboard.models import Membership, Team
@@ -269,15 +269,25 @@ def run_claim(*, run_id: int, worker_name: str, task_id: str = "", admit: Callab
     worker, _ = Worker.objects.get_or_create(name=worker_name, defaults={"hostname": socket.gethostname(),
                                                                         "pid": os.getpid()})
     with transaction.atomic():
+        worker = Worker.objects.select_for_update().get(id=worker.id)
+        decision = admit(worker) if admit is not None else None
+        if decision is not None and not decision.admit:
+            return None
         claimed = Run.objects.filter(id=run_id, status=Status.QUEUED).update(
-            status=Status.STARTING, worker=worker, started_at=timezone.now(), celery_task_id=task_id)
+            status=Status.STARTING, worker=worker, started_at=timezone.now(), celery_task_id=task_id, held_reason="",
+            slot_reserved_bytes=decision.reserved_bytes if decision is not None else None)
         if not claimed:
             return None
-        Worker.objects.filter(id=worker.id).update(current_run_id=run_id)
+        worker.current_runs.add(run_id)
     run = Run.objects.select_related("worker").get(id=run_id)
     live.send_run_message(run.id, "status", run_status_dict(run))
     live.send_run_row(run)
     return run
+
+
+def run_release(*, run_id: int) -> None:
+    """The worker no longer trains the run (run_execute ended): its slot is free."""
+    Worker.current_runs.through.objects.filter(run_id=run_id).delete()
 
 
 def run_stop(*, run: Run, user) -> None:
@@ -292,13 +302,14 @@ def runs_mark_lost(*, now: datetime | None = None) -> list[int]:
     """Runs whose worker went silent, or no longer runs them, become lost; returns their ids."""
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.TUNEBOARD_WORKER_SILENT_S)
+    held = Worker.current_runs.through.objects.filter(worker_id=OuterRef("worker_id"), run_id=OuterRef("pk"))
     orphaned = (
         Run.objects.filter(status__in=list(Run.ON_WORKER))
         .filter(
             Q(worker__isnull=True, started_at__lt=cutoff)
             | Q(worker__last_heartbeat_at__lt=cutoff)
             # the worker is alive but says it runs something else (it crashed out of this run unrecorded)
-            | (Q(started_at__lt=cutoff) & (Q(worker__current_run__isnull=True) | ~Q(worker__current_run=F("id"))))
+            | (Q(started_at__lt=cutoff) & ~Exists(held))
         )
         .select_related("worker")
     )

@@ -59,11 +59,12 @@ class Heartbeat(threading.Thread):
     (no worker name) the lost-run check alone: with every worker dead nobody else would make it, and no page does
     (a GET does not write)."""
 
-    def __init__(self, *, name: str | None, queues: list[str] | None = None):
+    def __init__(self, *, name: str | None, queues: list[str] | None = None, slots: int = 1):
         super().__init__(name="tuneboard-heartbeat" if name else "tuneboard-lost-run-check", daemon=True)
         self.worker_name = name
         self.who = name or "the web process"
         self.queues = queues or []
+        self.slots = slots
         self.started_at: datetime = timezone.now()
         self._stopping = threading.Event()
         self._failing = False
@@ -84,7 +85,7 @@ class Heartbeat(threading.Thread):
             if self.worker_name:
                 worker_services.worker_heartbeat(name=self.worker_name, hostname=socket.gethostname(),
                                                  queues=self.queues, pid=os.getpid(), gpus=gpu_info(),
-                                                 started_at=self.started_at)
+                                                 started_at=self.started_at, slots=self.slots)
             lost = services.runs_mark_lost()
             if lost:
                 log.warning("runs %s marked lost by %s: their worker is silent or no longer runs them", lost, self.who)
@@ -110,17 +111,19 @@ class Heartbeat(threading.Thread):
 _heartbeat: Heartbeat | None = None
 
 
-def start(*, name: str, queues: list[str], solo: bool) -> Heartbeat:
-    """At worker start: runs this worker held in a previous life are lost; then beat until the process ends."""
+def start(*, name: str, queues: list[str], in_process: bool, slots: int = 1) -> Heartbeat:
+    """At worker start: runs this worker held in a previous life are lost; then beat until the process ends.
+    `in_process`: its tasks run in this process (the solo pool, or threads: one per slot)."""
     global _heartbeat
     lost = services.worker_runs_mark_lost(name=name)
     playground.playground_sessions_mark_lost(worker_name=name)
     if lost:
         log.warning("runs %s were running on %s before it restarted: marked lost", lost, name)
-    if not solo:
-        log.warning("%s does not use --pool solo: a training task that dies with its pool process is noticed "
-                    "only if the whole worker goes silent; run training workers with --pool solo", name)
-    _heartbeat = Heartbeat(name=name, queues=queues)
+    if not in_process:
+        log.warning("%s runs its tasks in pool processes: a training task that dies with its pool process is noticed "
+                    "only if the whole worker goes silent; run training workers with --pool solo (one slot) or "
+                    "--pool threads (TUNEBOARD_WORKER_SLOTS)", name)
+    _heartbeat = Heartbeat(name=name, queues=queues, slots=slots)
     _heartbeat.start()
     return _heartbeat
 

@@ -132,7 +132,7 @@ def test_runs_of_a_silent_worker_or_one_that_moved_on_become_lost(member):
     long_ago = now - timedelta(seconds=120)
     Run.objects.update(started_at=long_ago)
     Worker.objects.filter(name="silent@test").update(last_heartbeat_at=now - timedelta(seconds=51))
-    Worker.objects.filter(name="dropper@test").update(current_run=None)  # alive, but not running it
+    services.run_release(run_id=dropped_run.id)  # alive, but not running it
     assert sorted(services.runs_mark_lost(now=now)) == [silent_run.id, dropped_run.id]
     assert services.runs_mark_lost(now=now) == []
     statuses = dict(Run.objects.values_list("id", "status"))

@@ -74,6 +74,15 @@ def test_cuda_out_of_memory_is_recognised():
     assert not _is_oom(ValueError("bad shape"))
 
 
+def test_a_cpu_allocation_refused_is_out_of_memory_too():
+    """What torch's CPU allocator raises under a worker's per-slot address-space limit (seen on this machine)."""
+    assert _is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                                "memory: you tried to allocate 1056250000 bytes. Error code 12 (Cannot allocate "
+                                "memory)"))
+    assert _is_oom(MemoryError())
+    assert not _is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
 def _attention_warnings(config, backend, cuda, missing, monkeypatch):
     from training.engine import backends, runner
 
