@@ -383,6 +383,9 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
             lora_scale=backends.lora_scale_in_effect(model), train_examples=len(train),
             eval_examples=len(evaluation) if evaluation is not None else 0, data_format=fmt,
             resumed_from_step=resumed_step, pid=os.getpid(), load_s=round(load_s, 3), **counts,
+            # What the fit planner calibrates on (training.planner): the shapes, the GPU's size, the rows' mean.
+            model_config=_shape_fields(model), gpu_memory_total=_gpu_memory_total(),
+            mean_tokens=round(sum(min(n, config.max_length) for n in lengths) / len(lengths), 1) if lengths else None,
         )
         _setting_warnings(sink, config, model, counts, lengths, backend, loftq_applied)
         started = time.perf_counter()
@@ -401,9 +404,6 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
         sink.emit("failed", step=state_box["step"], error_class="ConfigError", message=str(exc), errors=exc.errors,
                   traceback="", oom=False)
         return 1
-            # What the fit planner calibrates on (training.planner): the shapes, the GPU's size, the rows' mean.
-            model_config=_shape_fields(model), gpu_memory_total=_gpu_memory_total(),
-            mean_tokens=round(sum(min(n, config.max_length) for n in lengths) / len(lengths), 1) if lengths else None,
     except BaseException as exc:  # noqa: BLE001 - every outcome becomes an event, even KeyboardInterrupt
         oom = _is_oom(exc)
         # One name for running out of memory, on a GPU or a CPU (torch's CPU allocator raises a RuntimeError), so
