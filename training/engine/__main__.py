@@ -19,6 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--stop-file", help="the job stops (checkpoint, then `stopped`) once this file exists")
     run_p.add_argument("--resume-from", help="a checkpoint-N directory to continue from")
 
+    warm_p = sub.add_parser("warm", help="a warm trainer: libraries imported once, then one run per stdin line "
+                                          "(training/engine/warm.py); events to stdout")
+    warm_p.add_argument("--backend", choices=["auto", "unsloth", "hf"], default="auto",
+                        help="the backend whose libraries to import (runs of another backend are refused)")
+
     eval_p = sub.add_parser("evaluate", help="generate an eval suite's outputs; events go to stdout")
     eval_p.add_argument("spec", help="path of a JSON spec (training/engine/evaluate.py), or - for stdin")
 
@@ -48,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if args.command == "warm":
+        return _warm(args)
     if args.command == "check":
         return _check(args)
     if args.command == "evaluate":
@@ -106,6 +113,14 @@ def _run(args) -> int:
     stop.install_signal_handlers()
     with contextlib.redirect_stdout(sys.stderr):
         return run(config, sink, stop=stop, resume_from=args.resume_from)
+
+
+def _warm(args) -> int:
+    from .warm_serve import serve
+
+    events_out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    return serve(args.backend, sys.stdin, events_out)
 
 
 def _evaluate(args) -> int:

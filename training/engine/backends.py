@@ -28,6 +28,10 @@ ALLOC_CONF = "PYTORCH_ALLOC_CONF"
 
 
 def prepare_process(config: TrainConfig) -> None:
+    prepare_process_for(config.backend)
+
+
+def prepare_process_for(backend: str) -> None:
     """What the unsloth backend needs set before torch is imported. Unsloth, when imported, asks PyTorch's allocator
     for expandable segments (less fragmentation: 1.62 instead of 2.10 GiB reserved for the same 1.5 GiB allocated,
     docs/benchmarks.md), but the allocator reads its configuration once, and the runner imports torch (backend and
@@ -35,8 +39,7 @@ def prepare_process(config: TrainConfig) -> None:
     environment already says how to allocate. On a CPU-only machine (auto then resolves to hf) it changes nothing.
     Unsloth leaves it off on Windows/WSL and on Tegra (ARM) boards, where expandable segments fail; this sets it on
     x86-64 Linux only and leaves the rest to Unsloth."""
-    may_be_unsloth = config.backend == "unsloth" or (
-        config.backend == "auto" and importlib.util.find_spec("unsloth") is not None)
+    may_be_unsloth = backend == "unsloth" or (backend == "auto" and importlib.util.find_spec("unsloth") is not None)
     if not may_be_unsloth or ALLOC_CONF in os.environ or "PYTORCH_CUDA_ALLOC_CONF" in os.environ:
         return
     linux_x86 = sys.platform == "linux" and platform.machine().lower() in ("x86_64", "amd64")
@@ -105,7 +108,7 @@ def load_unsloth(config: TrainConfig, dtype):
     previous = os.environ.get("UNSLOTH_TILED_MLP")
     os.environ["UNSLOTH_TILED_MLP"] = tiled_mlp_option(config)
     try:
-        model, tokenizer = FastLanguageModel.from_pretrained(
+        return FastLanguageModel.from_pretrained(
             model_name=config.model, max_seq_length=config.max_length, dtype=dtype, load_in_4bit=config.load_in_4bit,
         )
     finally:
@@ -113,8 +116,13 @@ def load_unsloth(config: TrainConfig, dtype):
             os.environ.pop("UNSLOTH_TILED_MLP", None)
         else:
             os.environ["UNSLOTH_TILED_MLP"] = previous
+
+
+def adapters_unsloth(model, config: TrainConfig):
+    from unsloth import FastLanguageModel
+
     loftq = _loftq_kwargs(config)
-    model = FastLanguageModel.get_peft_model(
+    return FastLanguageModel.get_peft_model(
         model,
         r=config.r,
         lora_alpha=config.lora_alpha,
@@ -127,7 +135,6 @@ def load_unsloth(config: TrainConfig, dtype):
         max_seq_length=config.max_length,
         **({"init_lora_weights": loftq["init_lora_weights"], "loftq_config": loftq["loftq_config"]} if loftq else {}),
     )
-    return model, tokenizer
 
 
 def lora_config(config: TrainConfig):
@@ -147,7 +154,6 @@ def lora_config(config: TrainConfig):
 
 def load_hf(config: TrainConfig, dtype):
     import torch
-    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     kwargs = {"dtype": dtype}
@@ -165,9 +171,15 @@ def load_hf(config: TrainConfig, dtype):
     # to float32, 0.5 GiB more for a 1B model with a 128k vocabulary, and a different computation from the unsloth backend,
     # which keeps them in the compute dtype. TRL's own QLoRA path leaves them as loaded too; it makes the inputs
     # require grad for gradient checkpointing itself (SFTTrainer: enable_input_require_grads).
-    torch.manual_seed(config.random_state)
-    model = get_peft_model(model, lora_config(config))
     return model, tokenizer
+
+
+def adapters_hf(model, config: TrainConfig):
+    import torch
+    from peft import get_peft_model
+
+    torch.manual_seed(config.random_state)
+    return get_peft_model(model, lora_config(config))
 
 
 def keep_adapters_float32(model) -> int:
@@ -193,10 +205,22 @@ def keep_adapters_float32(model) -> int:
 
 
 def load(config: TrainConfig, backend: str, dtype):
-    model, tokenizer = load_unsloth(config, dtype) if backend == "unsloth" else load_hf(config, dtype)
+    model, tokenizer = load_base(config, backend, dtype)
+    return add_adapters(model, config, backend), tokenizer
+
+
+def load_base(config: TrainConfig, backend: str, dtype):
+    """The base model and its tokenizer as loaded, before any adapter (what a warm process keeps between runs)."""
+    return load_unsloth(config, dtype) if backend == "unsloth" else load_hf(config, dtype)
+
+
+def add_adapters(model, config: TrainConfig, backend: str):
+    """Fresh LoRA adapters on a loaded base model (LoftQ's initialisation happens here), seeded by random_state,
+    then the saved adapter's weights when the run starts from one."""
+    model = adapters_unsloth(model, config) if backend == "unsloth" else adapters_hf(model, config)
     if config.init_adapter:
         start_from_adapter(model, config.init_adapter)
-    return model, tokenizer
+    return model
 
 
 def start_from_adapter(model, path: str) -> int:

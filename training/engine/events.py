@@ -4,7 +4,10 @@ Schema (v = 1). Every event has: v, type, time (unix seconds, float).
 - started:    config (the resolved config), derived (effective_batch, steps_per_epoch, total_steps, warmup_steps,
               lora_scale, tokens_per_step, devices), versions {library: version}, backend, device (name),
               dtype (in effect), trainable_params, total_params, trainable_bias_params, lora_scale (read from a
-              LoRA layer), train_examples, eval_examples, resumed_from_step
+              LoRA layer), train_examples, eval_examples, resumed_from_step; warm_process (the libraries were
+              imported before the run came: a warm process, training/engine/warm.py), base_kept (its base model
+              was kept loaded from the previous run), start_s (seconds from the process's start, or in a warm
+              process from the request, to this event)
 - metrics:    step, epoch, tokens_seen, loss, grad_norm, learning_rate, tokens_per_s, peak_vram_bytes,
               padding_share (of the training batches' token slots since this process started, the share that
               held padding: 0 when packed; null before the first batch)
@@ -13,12 +16,16 @@ Schema (v = 1). Every event has: v, type, time (unix seconds, float).
 - warning:    code (bias_no_effect, loftq_not_applied, packing_no_gain, truncation, packed_attention_cost,
               tiled_mlp_not_applied, unsloth_attention_per_segment, sample_failed), field (the config field it is
               about), message
-- log:        message
+- log:        message; at the end of the first step also first_step_s (seconds from the process's start, or the
+              warm request, to it), warm_process, base_kept
 - checkpoint: step, path
 - finished:   step, adapter_path, merged_path (or null), train_loss, runtime_s
 - stopped:    step, checkpoint (path or null), reason
 - failed:     step, error_class, message, traceback, oom (bool)
 Exactly one of finished / stopped / failed ends a stream.
+- warm-ready: a warm process has imported its libraries, or has put its base back after a finished run, and reads
+              the next request: pid, backend (imported for), requested_backend, runs (served so far), base (the
+              kept model, or null), import_s (first) or release_s, note (why a base was dropped), memory_allocated
 """
 from __future__ import annotations
 
@@ -33,8 +40,9 @@ SCHEMA_VERSION = 1
 TERMINAL = frozenset({"finished", "stopped", "failed"})
 # output: one generated answer of an evaluation (training/engine/evaluate.py): index, output, tokens
 # loading, ready, token, reply, refused: a playground's serving process (training/engine/serve.py)
+# warm-ready: a warm trainer process between runs (training/engine/warm.py)
 TYPES = frozenset({"started", "metrics", "eval", "sample", "warning", "log", "checkpoint", "output", "loading", "ready",
-                   "token", "reply", "refused"}) | TERMINAL
+                   "token", "reply", "refused", "warm-ready"}) | TERMINAL
 
 
 def json_safe(value: Any) -> Any:

@@ -14,6 +14,7 @@ from .config import EXPONENTIAL_RANGE_START, ConfigError, TrainConfig, check_env
 from .data import load_data, rendered_lengths
 from .derived import derive, packed_attention_ratio
 from .events import EventSink
+from .warm import WarmRun
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "unsloth", "unsloth_zoo")
 
@@ -171,6 +172,9 @@ def _event_callback(sink: EventSink, stop: StopRequest, model, tokenizer, config
 
         def on_step_end(self, args, state, control, **kwargs):
             state_box["step"] = state.global_step
+            first_step = state_box.pop("first_step", None)
+            if first_step is not None:
+                first_step()
             if stop.requested():
                 control.should_save = True
                 control.should_training_stop = True
@@ -333,30 +337,30 @@ def _save_outputs(config: TrainConfig, trainer, tokenizer, dtype) -> tuple[str, 
     return str(adapter_dir), merged
 
 
-# What torch's CPU allocator says when an allocation is refused (a worker's per-slot address-space limit, or a host
-# out of memory): "DefaultCPUAllocator: can't allocate memory" / "not enough memory".
-CPU_OOM_TEXT = ("can't allocate memory", "not enough memory", "cannot allocate memory")
-
-
 def _is_oom(exc: BaseException) -> bool:
-    if exc.__class__.__name__ in ("OutOfMemoryError", "MemoryError"):
+    if exc.__class__.__name__ == "OutOfMemoryError":
         return True
-    text = str(exc).lower()
-    return "out of memory" in text or any(part in text for part in CPU_OOM_TEXT)
+    return "out of memory" in str(exc).lower()
 
 
-def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None, resume_from: str | None = None) -> int:
-    """Run the job; every outcome ends in exactly one terminal event. Returns 0 finished/stopped, 1 failed."""
+def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None, resume_from: str | None = None,
+        warm: WarmRun | None = None) -> int:
+    """Run the job; every outcome ends in exactly one terminal event. Returns 0 finished/stopped, 1 failed.
+    `warm`: the run is a warm process's request (training/engine/warm.py), whose base model it may keep."""
     stop = stop or StopRequest()
     state_box: dict = {"step": 0, "checkpoint": None, "stopping": False}
+    origin = warm.received if warm else process_started_at()
     try:
         backends.prepare_process(config)  # before anything imports torch
         check_environment(config)
         train, evaluation, fmt = load_data(config)
         backend = backends.resolve_backend(config)
+        if warm:
+            warm.check_backend(config, backend)
         dtype = backends.resolve_dtype(config)
         loading = time.perf_counter()
-        model, tokenizer = backends.load(config, backend, dtype)  # LoftQ's initialisation happens in here
+        # LoftQ's initialisation happens in here
+        model, tokenizer = warm.holder.load(config, backend, dtype) if warm else backends.load(config, backend, dtype)
         load_s = time.perf_counter() - loading
         trainer_class = _trainer_class(backend)  # after backends.load: unsloth must patch TRL first
         counts = backends.parameter_counts(model)
@@ -377,8 +381,10 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
         resumed_step = None
         if resume_from:
             resumed_step = _checkpoint_step(resume_from)
+        start_up = _start_up(warm, origin)
+        state_box["first_step"] = lambda: sink.emit("log", **_first_step(start_up, origin, warm is not None))
         sink.emit(
-            "started", config=config.model_dump(mode="json"), derived=derived, versions=library_versions(),
+            "started", **start_up, config=config.model_dump(mode="json"), derived=derived, versions=library_versions(),
             backend=backend, device=_device_name(), dtype=str(dtype).removeprefix("torch."),
             lora_scale=backends.lora_scale_in_effect(model), train_examples=len(train),
             eval_examples=len(evaluation) if evaluation is not None else 0, data_format=fmt,
@@ -405,12 +411,42 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
                   traceback="", oom=False)
         return 1
     except BaseException as exc:  # noqa: BLE001 - every outcome becomes an event, even KeyboardInterrupt
-        oom = _is_oom(exc)
-        # One name for running out of memory, on a GPU or a CPU (torch's CPU allocator raises a RuntimeError), so
-        # the planner's calibration and the findings read it alike; the traceback keeps the original class.
-        sink.emit("failed", step=state_box["step"], error_class="OutOfMemoryError" if oom else type(exc).__name__,
-                  message=str(exc), traceback=traceback.format_exc(), oom=oom)
+        sink.emit("failed", step=state_box["step"], error_class=type(exc).__name__, message=str(exc),
+                  traceback=traceback.format_exc(), oom=_is_oom(exc))
         return 1
+
+
+def process_started_at() -> float:
+    """Unix time this process started (Linux's /proc, to 10 ms), so that a cold run's start-up counts the
+    interpreter and every import; elsewhere the time this module was imported."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED_AT
+
+
+_IMPORTED_AT = time.time()
+
+
+def _start_up(warm: WarmRun | None, origin: float) -> dict:
+    """How the run started, for its started event: in a warm process (libraries imported before the request) or
+    not, on a base model kept from the previous run or loaded for it, and the seconds from the request (warm) or
+    the process's start (cold) to this event."""
+    return {"warm_process": warm is not None and warm.warm_process,
+            "base_kept": bool(warm and warm.holder.kept), "start_s": round(time.time() - origin, 3)}
+
+
+def _first_step(start_up: dict, origin: float, in_warm_process: bool) -> dict:
+    """The log event at the first step's end: how long the run took to get there, and why."""
+    seconds = time.time() - origin
+    how = (("warm process (libraries imported before the request), " if start_up["warm_process"] else
+            "cold process, ") + ("base model kept from the previous run" if start_up["base_kept"] else
+                                 "base model loaded for this run"))
+    since = "the request" if in_warm_process else "the process started"
+    return {"message": f"first step {seconds:.1f} s after {since}: {how}", "first_step_s": round(seconds, 3),
+            "warm_process": start_up["warm_process"], "base_kept": start_up["base_kept"]}
 
 
 def _trainer_class(backend: str):
