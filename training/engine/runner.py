@@ -337,10 +337,16 @@ def _save_outputs(config: TrainConfig, trainer, tokenizer, dtype) -> tuple[str, 
     return str(adapter_dir), merged
 
 
+# What torch's CPU allocator says when an allocation is refused (a worker's per-slot address-space limit, or a host
+# out of memory): "DefaultCPUAllocator: can't allocate memory" / "not enough memory".
+CPU_OOM_TEXT = ("can't allocate memory", "not enough memory", "cannot allocate memory")
+
+
 def _is_oom(exc: BaseException) -> bool:
-    if exc.__class__.__name__ == "OutOfMemoryError":
+    if exc.__class__.__name__ in ("OutOfMemoryError", "MemoryError"):
         return True
-    return "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return "out of memory" in text or any(part in text for part in CPU_OOM_TEXT)
 
 
 def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None, resume_from: str | None = None,
@@ -411,8 +417,11 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
                   traceback="", oom=False)
         return 1
     except BaseException as exc:  # noqa: BLE001 - every outcome becomes an event, even KeyboardInterrupt
-        sink.emit("failed", step=state_box["step"], error_class=type(exc).__name__, message=str(exc),
-                  traceback=traceback.format_exc(), oom=_is_oom(exc))
+        oom = _is_oom(exc)
+        # One name for running out of memory, on a GPU or a CPU (torch's CPU allocator raises a RuntimeError), so
+        # the planner's calibration and the findings read it alike; the traceback keeps the original class.
+        sink.emit("failed", step=state_box["step"], error_class="OutOfMemoryError" if oom else type(exc).__name__,
+                  message=str(exc), traceback=traceback.format_exc(), oom=oom)
         return 1
 
 
