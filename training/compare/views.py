@@ -1,20 +1,15 @@
 """The Compare page, its data requests (series per metric, recomputed on zoom) and its CSV and JSON exports."""
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
-from typing import Any, Iterable
+from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 
-from training.compare import series
+from training.compare import export, series
 from training.engine.events import json_safe
-from training.models import Run
 from training.selectors import findings_for_runs
 
 
@@ -75,43 +70,6 @@ def compare_data(request: HttpRequest) -> JsonResponse:
     return JsonResponse(series.series_payload(runs, query))
 
 
-def _csv_value(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return str(value)
-
-
-def _csv_lines(runs: list[Run]) -> Iterable[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["run_id", "run_name", *series.EXPORT_FIELDS])
-    for run, chunk in series.export_rows(runs):
-        for point in chunk:
-            writer.writerow([run.id, run.name, *(_csv_value(point[f]) for f in series.EXPORT_FIELDS)])
-        yield buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-    yield buffer.getvalue()
-
-
-def _json_chunks(runs: list[Run], page: series.ComparePage) -> Iterable[str]:
-    """{"runs": [{id, name, config, differing, outcomes, points: {field: [...]}}]}, one run at a time."""
-    yield '{"fields": ' + json.dumps(list(series.EXPORT_FIELDS)) + ', "differing": ' + json.dumps(page.differing)
-    yield ', "runs": ['
-    for index, run in enumerate(runs):
-        points: dict[str, list] = {f: [] for f in series.EXPORT_FIELDS}
-        for _, chunk in series.export_rows([run]):
-            for point in chunk:
-                for f in series.EXPORT_FIELDS:
-                    points[f].append(point[f])
-        body = {"id": run.id, "name": run.name, "config": run.config, "outcomes": page.outcomes[run.id],
-                "points": points}
-        yield ("," if index else "") + json.dumps(json_safe(body))
-    yield "]}"
-
-
 @login_required
 def compare_export(request: HttpRequest, fmt: str) -> HttpResponse:
     """The compared runs' full-resolution points, as CSV or JSON, for the user's team only."""
@@ -122,9 +80,9 @@ def compare_export(request: HttpRequest, fmt: str) -> HttpResponse:
     runs = series.runs_for_user(request.user, run_ids)
     name = "compare-" + "-".join(str(r.id) for r in runs)
     if fmt == "csv":
-        response = StreamingHttpResponse(_csv_lines(runs), content_type="text/csv; charset=utf-8")
+        response = StreamingHttpResponse(export.csv_lines(runs), content_type="text/csv; charset=utf-8")
     else:
         page = series.compare_page(runs)
-        response = StreamingHttpResponse(_json_chunks(runs, page), content_type="application/json")
+        response = StreamingHttpResponse(export.json_chunks(runs, page), content_type="application/json")
     response["Content-Disposition"] = f'attachment; filename="{name}.{fmt}"'
     return response
