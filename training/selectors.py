@@ -122,18 +122,23 @@ def point_dict(point: MetricPoint | dict[str, Any]) -> dict[str, Any]:
     return {field: getattr(point, field) for field in POINT_FIELDS}
 
 
-def run_points(run: Run, *, after_step: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
-    """The run's curve after after_step in step order, joined to the runs it resumed from."""
-    points = MetricPoint.objects.filter(_curve_filter(run), step__gt=after_step).order_by("step").values(*POINT_FIELDS)
+def run_points(run: Run, *, after_step: int = 0, limit: int | None = None,
+               before_step: int | None = None) -> list[dict[str, Any]]:
+    """The run's curve after after_step (and before before_step) in step order, joined to the runs it resumed from."""
+    points = MetricPoint.objects.filter(_curve_filter(run), step__gt=after_step)
+    if before_step is not None:
+        points = points.filter(step__lt=before_step)
+    points = points.order_by("step").values(*POINT_FIELDS)
     if limit is not None:
         points = points[:limit]
     return list(points)
 
 
-def run_point_chunks(run: Run, *, after_step: int = 0) -> Iterable[list[dict[str, Any]]]:
+def run_point_chunks(run: Run, *, after_step: int = 0, before_step: int | None = None
+                     ) -> Iterable[list[dict[str, Any]]]:
     """run_points in REPLAY_CHUNK pieces (keyset pagination on step, the unique index's order)."""
     while True:
-        chunk = run_points(run, after_step=after_step, limit=REPLAY_CHUNK)
+        chunk = run_points(run, after_step=after_step, limit=REPLAY_CHUNK, before_step=before_step)
         if not chunk:
             return
         yield chunk
