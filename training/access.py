@@ -24,6 +24,13 @@ def team_list_for(user: User) -> QuerySet[Team]:
     return Team.objects.filter(id__in=team_ids_for(user))
 
 
+def memberships_for(user: User) -> QuerySet[Membership]:
+    """The user's teams with their role in each, by team name; none once the user is deactivated."""
+    if not user.is_authenticated:
+        return Membership.objects.none()
+    return Membership.objects.filter(user=user, user__is_active=True).select_related("team").order_by("team__name")
+
+
 def membership_for(user: User, team: Team) -> Membership | None:
     if not user.is_authenticated:
         return None
