@@ -108,6 +108,11 @@ def _check_team(team: Team, *, dataset: Dataset, base_run: Run | None, preset: P
         raise ValidationError({"dataset": "no such dataset in this team"})
     if base_run is not None and base_run.team_id != team.id:
         raise ValidationError({"base_run": "no such run in this team"})
+    if base_run is not None and base_run.status != Run.Status.SUCCEEDED:
+        raise ValidationError({"base_run": f"run #{base_run.id} is {base_run.get_status_display().lower()}; a sweep "
+                                           "starts from a succeeded run"})
+    if base_run is not None and preset is not None:
+        raise ValidationError({"preset": "a sweep from a run starts from that run's config; leave the preset blank"})
     if preset is not None and preset.team_id not in (None, team.id):
         raise ValidationError({"preset": "no such preset in this team"})
 
