@@ -1,9 +1,11 @@
 """Admin: presets are curated here (validated by the engine); runs, datasets and workers are inspected here."""
+from django import forms
 from django.contrib import admin, messages
 
-from training.models import Dataset, Preset, Run, Sweep, Worker
+from training.models import Dataset, MlflowSettings, Preset, Run, Sweep, Worker
 from training.runs import services
 from training.runs.preflight import preset_review
+from training.trackers.mlflow_rest import uri_error
 
 
 @admin.register(Preset)
@@ -81,3 +83,38 @@ class SweepAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+
+class MlflowSettingsAdminForm(forms.ModelForm):
+    """The password and token are never shown back; left blank, the stored ones are kept."""
+
+    class Meta:
+        model = MlflowSettings
+        fields = ["team", "tracking_uri", "experiment_name", "username", "password", "token"]
+        widgets = {"password": forms.PasswordInput(render_value=False),
+                   "token": forms.PasswordInput(render_value=False)}
+
+    def clean_tracking_uri(self) -> str:
+        uri = self.cleaned_data["tracking_uri"].strip()
+        if uri_error(uri):
+            raise forms.ValidationError(uri_error(uri))
+        return uri.rstrip("/")
+
+    def clean_password(self) -> str:
+        return self.cleaned_data["password"] or self.instance.password
+
+    def clean_token(self) -> str:
+        return self.cleaned_data["token"] or self.instance.token
+
+
+@admin.register(MlflowSettings)
+class MlflowSettingsAdmin(admin.ModelAdmin):
+    """A team's MLflow server; its admins set it on the Trackers page (/trackers/), staff may here too."""
+
+    form = MlflowSettingsAdminForm
+    list_display = ["team", "tracking_uri", "experiment_name", "username", "updated_at"]
+    search_fields = ["team__name", "tracking_uri", "experiment_name"]
+
+    def save_model(self, request, obj, form, change):
+        obj.updated_by = request.user
+        super().save_model(request, obj, form, change)

@@ -317,6 +317,12 @@ class Run(models.Model):
                                          help_text="Suites evaluated once the run succeeds")
     eval_checkpoints = models.BooleanField(default=False, help_text=(
         "Also evaluate every checkpoint it saves on those suites (queued as each is saved)"))
+    trackers = models.JSONField(default=list, blank=True, help_text=(
+        "The trackers its worker mirrors it to: 'tensorboard' (event files in its folder), 'mlflow' (the team's "
+        "server); chosen when it is created (training/trackers/)"))
+    tracker_links = models.JSONField(default=dict, blank=True, help_text=(
+        "Where the trackers have it, as each reports: {'mlflow': {'run_id', 'experiment_id', 'url'}, "
+        "'tensorboard': {'log_dir'}}"))
 
     artifact_dir = models.CharField(max_length=1000, blank=True)
     adapter_path = models.CharField(max_length=1000, blank=True)
@@ -599,3 +605,26 @@ class PlaygroundSession(models.Model):
     @property
     def is_live(self) -> bool:
         return self.status in self.LIVE
+
+
+class MlflowSettings(models.Model):
+    """A team's MLflow tracking server, which the team's runs mirror to when they ask (training/trackers/). Set by a
+    team admin; the password and the token are never shown back."""
+
+    team = models.OneToOneField(Team, on_delete=models.CASCADE, related_name="mlflow_settings")
+    tracking_uri = models.CharField(max_length=500, help_text="The server's address, e.g. http://mlflow.internal:5000")
+    experiment_name = models.CharField(max_length=200, help_text="The experiment the team's runs are logged in "
+                                                                 "(created on the first run)")
+    username = models.CharField(max_length=200, blank=True, help_text="For HTTP Basic auth, with the password")
+    password = models.CharField(max_length=500, blank=True)
+    token = models.CharField(max_length=2000, blank=True, help_text="For Bearer auth; used instead of a username")
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "MLflow settings"
+        verbose_name_plural = "MLflow settings"
+
+    def __str__(self) -> str:
+        return f"MLflow of {self.team}: {self.tracking_uri}"

@@ -11,6 +11,7 @@ from training.playground import services as playground_services
 from training.runs import execution, slots
 from training.sweeps import services as sweep_services
 from training.sweeps import watch as sweep_watch
+from training.trackers import services as trackers
 
 
 @shared_task(bind=True, name="training.run_train", max_retries=None)
@@ -22,7 +23,8 @@ def run_train(self, run_id: int) -> None:
         raise self.retry(countdown=claim.retry_s)
     if claim.run is None:
         return  # delivered twice, or stopped while queued
-    execution.run_execute(run=claim.run, observers=sweep_watch.observers_for(claim.run))
+    with trackers.mirrored(claim.run) as mirror:  # its thread writes beside the training; closed once it ends
+        execution.run_execute(run=claim.run, observers=[*sweep_watch.observers_for(claim.run), *mirror])
     slots.run_out_of_memory_shared(run=claim.run)
 
 

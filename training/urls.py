@@ -8,6 +8,7 @@ from training.evaluation import views as evaluation_views
 from training.playground import views as playground_views
 from training.runs import views
 from training.sweeps import views as sweep_views
+from training.trackers import views as tracker_views
 from training.workers import views as worker_views
 
 urlpatterns = [
@@ -26,6 +27,9 @@ urlpatterns = [
          name="playground_release"),
     path("runs/<int:run_id>/adapter/", views.run_adapter_list, name="run_adapter_list"),
     path("runs/<int:run_id>/adapter/<str:name>", views.run_adapter_file, name="run_adapter_file"),
+    path("runs/<int:run_id>/tensorboard.zip", tracker_views.run_tensorboard_zip, name="run_tensorboard_zip"),
+    path("trackers/", tracker_views.tracker_settings, name="tracker_settings"),
+    path("trackers/<slug:slug>/", tracker_views.team_trackers, name="team_trackers"),
     path("sweeps/", sweep_views.sweep_list, name="sweep_list"),
     path("sweeps/new/", sweep_views.sweep_new, name="sweep_new"),
     path("sweeps/new/preview/", sweep_views.sweep_preview, name="sweep_preview"),

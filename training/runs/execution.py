@@ -76,6 +76,12 @@ class RunRecorder:
         self._sent_up_to: dict[str, int | None] = {"metrics": None, "eval": None}
         self.findings = RunWatcher(run)
         self.stop_asked = False  # an observer moved the run to stopping since the follow loop last looked
+        for observer in self.observers:
+            # One that records events of its own (a tracker's warning) does it through this recorder, which owns
+            # the run's event sequence.
+            attach = getattr(observer, "attach", None)
+            if attach is not None:
+                attach(self)
 
     def record(self, event: dict) -> None:
         self.record_many([event])

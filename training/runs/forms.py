@@ -17,6 +17,7 @@ from training import access, selectors
 from training.engine.config import TrainConfig
 from training.models import Dataset, EvalSuite, Preset, Run
 from training.run_config import RESERVED_FIELDS, value_text
+from training.trackers.points import TRACKERS
 
 # Every TrainConfig field the form offers, by group; a field the engine gains must be placed here (a test checks).
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -72,7 +73,8 @@ NONE_WORDS = {"none", "null"}
 INT_TEXT = re.compile(r"^[+-]?\d+$")
 # Config keys on errors that are not config fields: where on the form they belong.
 FORM_KEYS = {"dataset": "dataset", "preset": "preset", "name": "name", "start_from": "start_from",
-             "eval_suites": "eval_suites", "eval_checkpoints": "eval_checkpoints"}
+             "eval_suites": "eval_suites", "eval_checkpoints": "eval_checkpoints",
+             "trackers": "trackers"}
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,11 @@ class RunForm(forms.Form):
     eval_checkpoints = forms.BooleanField(required=False, label="Also evaluate each checkpoint it saves", help_text=(
         "On the same suites, queued as each checkpoint is saved (set save_steps); a worker of the run's queue runs "
         "them when it is free, so on a one-slot worker after the run"))
+    trackers = forms.MultipleChoiceField(
+        choices=list(TRACKERS.items()), required=False, label="Mirror to", widget=forms.CheckboxSelectMultiple,
+        help_text="TensorBoard: event files in the run's folder, downloadable from its page. MLflow: the team's server, "
+                  "set by a team admin on the Trackers page. A tracker that fails is a warning on the run, never a "
+                  "failed run")
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)

@@ -26,6 +26,7 @@ from training.run_config import ADAPTER_SHAPE_FIELDS, PRESET_PLACEHOLDERS, RESER
 from training.planner import services as planner
 from training.runs import preflight
 from training.selectors import run_status_dict
+from training.trackers.services import trackers_check
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +134,11 @@ def _base_fields(base_run: Run, base_kind: str, overrides: dict[str, Any]) -> di
 def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = None,
                overrides: dict[str, Any] | None = None, name: str = "", queue: str | None = None,
                base_run: Run | None = None, base_kind: str = Run.BaseKind.ADAPTER, sweep: Sweep | None = None,
-               eval_suites: Iterable[EvalSuite] = (), eval_checkpoints: bool = False) -> Run:
+               eval_suites: Iterable[EvalSuite] = (), eval_checkpoints: bool = False,
+               trackers: Iterable[str] = ()) -> Run:
     """Validate and save a run, then queue it once the transaction commits. Nothing is saved on an error.
-    `base_run` (a succeeded run of the same team) is what it builds on: its adapter or its merged model."""
+    `base_run` (a succeeded run of the same team) is what it builds on: its adapter or its merged model; `trackers`
+    what its worker mirrors it to (training.trackers)."""
     require_role(user=user, team=team, role=Role.MEMBER, action="Starting a run")
     if dataset.team_id != team.id:
         raise ValidationError({"dataset": "no such dataset in this team"})
@@ -154,12 +157,13 @@ def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = No
     if refusal:
         raise ValidationError({"fit": refusal})
     name = (name or "").strip()[:200] or f"{preset.name if preset else 'custom'} on {dataset.name}"
+    trackers = trackers_check(team=team, trackers=list(trackers))
     with transaction.atomic():
         run = Run.objects.create(
             team=team, dataset=dataset, preset=preset, preset_version=preset.version if preset else None,
             created_by=user, name=name, config=config, dataset_sha256=dataset.sha256, queue=queue,
             total_steps=config["max_steps"], base_run=base_run, base_kind=base_kind if base_run else "",
-            preflight=notes, sweep=sweep, eval_checkpoints=eval_checkpoints, plan=plan,
+            preflight=notes, sweep=sweep, eval_checkpoints=eval_checkpoints, plan=plan, trackers=trackers,
         )
         _run_set_dir(run)
         suites = list(eval_suites)
@@ -191,7 +195,7 @@ def run_resume(*, run: Run, user, queue: str | None = None) -> Run:
             resumed_from_checkpoint=run.last_checkpoint_path, resumed_from_step=run.last_checkpoint_step,
             last_step=run.last_checkpoint_step, total_steps=run.total_steps, sweep=run.sweep,
             base_run=run.base_run, base_kind=run.base_kind, preflight=run.preflight,
-            eval_checkpoints=run.eval_checkpoints,
+            eval_checkpoints=run.eval_checkpoints, trackers=run.trackers,
         )
         _run_set_dir(continuation)
         continuation.eval_suites.set(run.eval_suites.all())

@@ -19,6 +19,7 @@ from training.run_config import value_text
 from training.runs import services
 from training.runs.differences import run_differences
 from training.runs.forms import RunForm
+from training.trackers.services import tracker_links
 
 RUNS_PER_PAGE = 50
 # The `started` facts the run page shows: (where the value is, key, label).
@@ -79,7 +80,8 @@ def run_new(request: HttpRequest) -> HttpResponse:
                                       name=form.cleaned_data["name"], base_run=form.base_run,
                                       base_kind=form.base_kind or Run.BaseKind.ADAPTER,
                                       eval_suites=form.cleaned_data["eval_suites"],
-                                      eval_checkpoints=form.cleaned_data["eval_checkpoints"])
+                                      eval_checkpoints=form.cleaned_data["eval_checkpoints"],
+                                      trackers=form.cleaned_data["trackers"])
         except ValidationError as exc:
             form.add_service_errors(exc)
         else:
@@ -144,6 +146,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "preflight": run.preflight or [],
         "differences": run_differences(run),
         "adapter_files": selectors.run_adapter_files(run),
+        "trackers": tracker_links(run),
         "continuations": run.continuations.filter(team=run.team).order_by("id"),
         "config": [(name, value_text(run.config.get(name))) for name in TrainConfig.model_fields
                    if name in run.config],

@@ -1,0 +1,1 @@
+"""Tuneboard's manage.py commands."""
