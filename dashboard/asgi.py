@@ -1,4 +1,5 @@
-"""The ASGI application: Django for HTTP, Channels for websockets (authenticated, same-origin only)."""
+"""The ASGI application: Django for HTTP, Channels for websockets: authenticated by an API token
+(dashboard/tokens/websocket.py), or by the session and same-origin only."""
 import os
 
 from django.core.asgi import get_asgi_application
@@ -11,12 +12,16 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from dashboard.env import env_bool  # noqa: E402
+from dashboard.tokens.websocket import TokenOrSession  # noqa: E402
 from training.routing import websocket_urlpatterns  # noqa: E402
 from training.workers.heartbeat import start_web_lost_run_check  # noqa: E402
 
 application = ProtocolTypeRouter({
     "http": django_asgi_app,
-    "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+    "websocket": TokenOrSession(
+        token_app=URLRouter(websocket_urlpatterns),
+        session_app=AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+    ),
 })
 
 # The web process checks for lost runs itself (the test suite turns it off: its own test runs would be marked).

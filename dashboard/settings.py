@@ -44,6 +44,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "axes",  # login lockout (below)
+    "rest_framework",  # the REST API under /api/v1/ (training/api/)
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # the API docs page's Swagger UI, served by the app itself (no CDN)
     "dashboard",
     "training",
     "guidance",
@@ -110,6 +114,47 @@ AXES_LOCKOUT_TEMPLATE = "registration/lockout.html"
 # it saw to X-Forwarded-For, the address is that header's entry this many from the right. 0: the peer's address.
 TUNEBOARD_PROXY_COUNT = env_int("TUNEBOARD_PROXY_COUNT", 0, minimum=0)
 AXES_CLIENT_IP_CALLABLE = "dashboard.client_ip.client_ip"
+
+# The REST API (training/api/): personal tokens (Authorization: Bearer tb_...) or the session (the pages' own calls,
+# with CSRF); one error shape for every endpoint (training/api/errors.py); JSON bodies up to DATA_UPLOAD_MAX_MEMORY_SIZE
+# and dataset uploads up to TUNEBOARD_DATASET_MAX_BYTES, larger ones refused with 413 before they are read.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["training.api.authentication.BearerTokenAuthentication",
+                                       "rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["training.api.render.SafeJSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["training.api.errors.LimitedJSONParser", "training.api.errors.LimitedMultiPartParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "training.api.errors.exception_handler",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "URL_FORMAT_OVERRIDE": None,  # ?format=csv is the metrics endpoint's own parameter, not a renderer's
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Tuneboard API",
+    "DESCRIPTION": (
+        "Tuneboard's REST API: the same rules as the pages (team scoping, roles, the run form's checks). Authenticate "
+        "with `Authorization: Bearer <token>` (make one under Settings → API tokens). Errors: 400 "
+        '`{"errors": {field: [message, ...]}}` (non-field errors under `__all__`); 401, 403, 404, 413 and 429 '
+        '`{"detail": "..."}`; another team\'s object is a 404, a viewer\'s write a 403.'),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # No call to swagger.io's online validator: the page must work with no network.
+    "SWAGGER_UI_SETTINGS": {"validatorUrl": None, "deepLinking": True, "persistAuthorization": False},
+    "ENUM_NAME_OVERRIDES": {"RunStatusEnum": "training.models.Run.Status",
+                            "SweepStatusEnum": "training.models.Sweep.Status",
+                            "DatasetFormatEnum": "training.models.Dataset.Format",
+                            "UploadFormatEnum": "training.api.serializers.UPLOAD_FORMATS"},
+}
+# Failed API token checks (a bad, revoked or expired token) from one address: after LIMIT within WINDOW_S seconds
+# of the first, that address's token requests get 429 until the window ends (dashboard/tokens/limits.py).
+TUNEBOARD_TOKEN_FAILURE_LIMIT = env_int("TUNEBOARD_TOKEN_FAILURE_LIMIT", 20, minimum=1)
+TUNEBOARD_TOKEN_FAILURE_WINDOW_S = env_float("TUNEBOARD_TOKEN_FAILURE_WINDOW_S", 300.0, minimum=1.0)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")

@@ -1,15 +1,16 @@
 """Access changes pushed to the user's open websockets: when a membership is deleted or moved (another user, team or
-role), or a user is deactivated or deleted, the user's group (training.live.send.user_group) gets an
-"access.changed" message once the transaction commits, and each of their sockets re-checks at once. Changes that
-send no signal (a queryset's update(), bulk writes, raw SQL) or a message Redis lost are caught by the sockets'
-periodic re-check, TUNEBOARD_WS_ACCESS_RECHECK_S. Connected by training.apps.TrainingConfig.ready()."""
+role), a user is deactivated or deleted, or an API token revoked or deleted, the user's group
+(training.live.send.user_group) gets an "access.changed" message once the transaction commits, and each of their
+sockets re-checks at once (a token's sockets check the token too). Changes that send no signal (a queryset's
+update(), bulk writes, raw SQL) or a message Redis lost are caught by the sockets' periodic re-check,
+TUNEBOARD_WS_ACCESS_RECHECK_S. Connected by training.apps.TrainingConfig.ready()."""
 from __future__ import annotations
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save, pre_save
 
-from dashboard.models import Membership
+from dashboard.models import ApiToken, Membership
 from training.live.send import send_access_changed
 
 # What a saved membership was before the save, where it existed: (user_id, team_id, role).
@@ -22,6 +23,8 @@ def connect() -> None:
     post_delete.connect(membership_deleted, sender=Membership, dispatch_uid="live-access-membership-deleted")
     post_save.connect(user_saved, sender=settings.AUTH_USER_MODEL, dispatch_uid="live-access-user-saved")
     post_delete.connect(user_deleted, sender=settings.AUTH_USER_MODEL, dispatch_uid="live-access-user-deleted")
+    post_save.connect(token_saved, sender=ApiToken, dispatch_uid="live-access-token-saved")
+    post_delete.connect(token_deleted, sender=ApiToken, dispatch_uid="live-access-token-deleted")
 
 
 def notify_on_commit(user_ids, using: str | None) -> None:
@@ -62,3 +65,15 @@ def user_saved(sender, instance, created: bool, raw: bool = False, using: str | 
 
 def user_deleted(sender, instance, using: str | None = None, **kwargs) -> None:
     notify_on_commit([instance.pk], using)  # read now: Django clears the pk once the delete is done
+
+
+def token_saved(sender, instance: ApiToken, created: bool, raw: bool = False, using: str | None = None,
+                **kwargs) -> None:
+    """A revoked token's sockets close (their re-check asks the token too: training.live.consumers)."""
+    if raw or created or instance.revoked_at is None:
+        return
+    notify_on_commit([instance.user_id], using)
+
+
+def token_deleted(sender, instance: ApiToken, using: str | None = None, **kwargs) -> None:
+    notify_on_commit([instance.user_id], using)

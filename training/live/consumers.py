@@ -17,6 +17,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.http import Http404
 
+from dashboard.tokens.services import token_still_usable
 from training import access, selectors
 from training.engine.events import json_safe
 from training.live.send import run_group, team_runs_group, user_group
@@ -111,7 +112,7 @@ class JsonRequests(AsyncJsonWebsocketConsumer):
         if self.access_lost:
             return
         try:
-            allowed = await database_sync_to_async(self.may_still_watch)()
+            allowed = await database_sync_to_async(self.may_still_connect)()
         except Exception as exc:  # noqa: BLE001 - a database outage is no loss of access: check again next time
             log.warning("websocket access re-check failed: %s: %s", type(exc).__name__, exc)
             return
@@ -139,6 +140,14 @@ class JsonRequests(AsyncJsonWebsocketConsumer):
             return None
         self.watched = (getter, obj.id)
         return obj
+
+    def may_still_connect(self) -> bool:
+        """A socket opened with an API token (dashboard/tokens/websocket.py) needs the token still good (not revoked,
+        not expired) as well as its user's access."""
+        token_id = self.scope.get("api_token_id")
+        if token_id is not None and not token_still_usable(token_id):
+            return False
+        return self.may_still_watch()
 
     def may_still_watch(self) -> bool:
         """Gone from the object's team looks like the object gone: the page says "not found" and stops."""
