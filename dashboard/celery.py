@@ -34,3 +34,18 @@ def stop_heartbeat(**kwargs) -> None:
     from training.workers import heartbeat
 
     heartbeat.stop()
+
+
+@signals.worker_shutdown.connect
+def end_warm_processes(**kwargs) -> None:
+    from training.runs import warm
+
+    warm.pool.close()
+
+
+@signals.task_prerun.connect
+def free_warm_models(sender=None, args=None, **kwargs) -> None:
+    """Idle warm processes give up the GPU memory they hold before a task that needs it (training/runs/warm.py)."""
+    from training.runs import warm
+
+    warm.before_task(getattr(sender, "name", ""), list(args or []))

@@ -231,6 +231,17 @@ TUNEBOARD_PLAYGROUND_IDLE_S = env_float("TUNEBOARD_PLAYGROUND_IDLE_S", 300.0, mi
 # HEARTBEAT_S after the silence limit, so a run is lost within SILENT_S + 2 * HEARTBEAT_S = 60 s of the kill.
 TUNEBOARD_HEARTBEAT_S = env_float("TUNEBOARD_HEARTBEAT_S", 5.0, minimum=0.5)
 TUNEBOARD_WORKER_SILENT_S = env_float("TUNEBOARD_WORKER_SILENT_S", 50.0, minimum=1.0)
+# Warm workers (training/runs/warm.py): a worker keeps its trainer process between runs (libraries imported, the last
+# base model loaded) for the next run of the same team. "auto": on where the worker has a GPU, whose start-up it
+# saves (42 s of a 55 s run on the H200, docs/benchmarks.md); off on a CPU-only worker (so in the tests, unless a
+# test turns it on), where the fresh spare it starts beside each run imports on the same few cores that run trains
+# on. 1/0 force it.
+TUNEBOARD_WARM_WORKERS = "auto" if env_str("TUNEBOARD_WARM_WORKERS", "auto").strip().lower() == "auto" else \
+    env_bool("TUNEBOARD_WARM_WORKERS", False)
+# An idle warm process is ended after this long; at most MAX_IDLE of those that have served a run are kept (a worker
+# with GPU slots can use one per slot), besides one fresh spare per backend.
+TUNEBOARD_WARM_IDLE_S = env_float("TUNEBOARD_WARM_IDLE_S", 600.0, minimum=1.0)
+TUNEBOARD_WARM_MAX_IDLE = env_int("TUNEBOARD_WARM_MAX_IDLE", 1, minimum=0)
 # Lines of a training process's stderr kept on the run (the log tail the run page shows).
 TUNEBOARD_LOG_TAIL_LINES = env_int("TUNEBOARD_LOG_TAIL_LINES", 200, minimum=1)
 # Overrides of the symptom detectors' thresholds (guidance.detectors.Thresholds), as a JSON object; checked here so

@@ -26,6 +26,7 @@ from training.live import send as live
 from training.model_source import model_source_error
 from training.models import MetricPoint, Run, RunEvent, Sample
 from training.run_config import model_policy
+from training.runs import warm
 from training.runs.process import TrainingProcess
 from training.runs.services import cpu_task, run_release, run_transition
 from training.runs.watcher import RunWatcher
@@ -171,6 +172,12 @@ class RunRecorder:
             started={k: event.get(k) for k in facts}, derived=derived, versions=event.get("versions") or {},
             total_steps=derived.get("total_steps") or self.run.total_steps)
         run_transition(self.run, to=Status.RUNNING, allowed_from=[Status.STARTING])
+
+    def _on_log(self, event: dict) -> None:
+        if "first_step_s" in event:  # the engine's note at the first step's end: how the run started, and how fast
+            started = Run.objects.filter(id=self.run.id).values_list("started", flat=True).first() or {}
+            Run.objects.filter(id=self.run.id).update(started={**started, **{
+                k: event.get(k) for k in ("first_step_s", "warm_process", "base_kept")}})
 
     def _on_checkpoint(self, event: dict) -> None:
         step = _int_or_none(event.get("step"))
@@ -329,7 +336,7 @@ def run_execute(*, run: Run, observers: Sequence[Observer] = ()) -> None:
         args = [sys.executable, "-m", "training.engine", "run", str(config_path), "--stop-file", str(stop_file)]
         if run.resumed_from_checkpoint:
             args += ["--resume-from", run.resumed_from_checkpoint]
-        process = TrainingProcess(args, cwd=run_dir, stop_file=stop_file)
+        process = warm.start(run=run, args=args, cwd=run_dir, stop_file=stop_file, config_path=config_path)
         _run_follow(run, process, recorder)
     except BaseException as exc:
         if process is not None:

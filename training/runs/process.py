@@ -44,7 +44,7 @@ def _child_setup(address_space_bytes: int) -> Callable[[], None]:
 class TrainingProcess:
     """One training job's process: its stdout (events) as lines, its stderr as new lines, stop and kill."""
 
-    def __init__(self, args: list[str], *, cwd: Path, stop_file: Path, stdin: bool = False):
+    def __init__(self, args: list[str], *, cwd: Path, stop_file: Path | None, stdin: bool = False):
         env = dict(os.environ)
         # The engine is imported from the checkout, whatever the run directory (its cwd) is.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.BASE_DIR), env.get("PYTHONPATH")]))
@@ -126,7 +126,12 @@ class TrainingProcess:
 
     def request_stop(self) -> None:
         """Graceful: the engine checkpoints and reports `stopped` at the end of its current step."""
-        self.stop_file.touch()
+        if self.stop_file is not None:
+            self.stop_file.touch()
+
+    def poll(self) -> int | None:
+        """The exit code once the process has ended, else None."""
+        return self._popen.poll()
 
     def kill(self) -> None:
         try:

@@ -78,7 +78,9 @@ def test_run_trains_to_succeeded_and_a_websocket_gets_its_points_live(celery_wor
     assert run.total_steps == 20 and run.progress == 1.0
     assert run.versions["torch"] and run.derived["effective_batch"] == 8
     assert os.path.isdir(run.adapter_path) and run.last_checkpoint_step == 20
-    assert [e.type for e in RunEvent.objects.filter(run=run)] == ["started", "checkpoint", "checkpoint", "finished"]
+    # The log event: the engine's note at the first step (how long the start took, warm or cold).
+    assert [e.type for e in RunEvent.objects.filter(run=run)] == [
+        "started", "log", "checkpoint", "checkpoint", "finished"]
 
 
 def test_reconnect_replays_what_was_missed_with_no_gap_or_duplicate(celery_worker, tiny_model, team_member):
