@@ -84,7 +84,8 @@ def test_a_token_uploads_trains_follows_downloads_and_sweeps(server, celery_work
     assert [int(r["step"]) for r in rows] == list(range(1, 21)) and all(float(r["loss"]) > 0 for r in rows)
 
     sweep = api.post("/sweeps/", json={"template": "r", "dataset": dataset["id"], "queue": idle_queue(),
-                                       "overrides": tiny_overrides(tiny_model, max_steps=10, eval_split=0.1, eval_steps=5),
+                                       "overrides": tiny_overrides(tiny_model, max_steps=10, eval_split=0.1,
+                                                                   eval_steps=5),
                                        "params": {"values": [2, 4]}})
     assert sweep.status_code == 201, sweep.text
     members = sweep.json()["state"]["phases"][0]["members"]
