@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from django import forms
 
-from dashboard.tokens.services import MAX_EXPIRY_DAYS
-
 
 class TokenForm(forms.Form):
     EXPIRY = [("", "Never (until revoked)"), ("7", "In 7 days"), ("30", "In 30 days"), ("90", "In 90 days"),
@@ -12,4 +10,4 @@ class TokenForm(forms.Form):
 
     name = forms.CharField(max_length=100, help_text="Where it is used, e.g. 'CI on the eval box', 'my notebook'")
     expires_in_days = forms.TypedChoiceField(choices=EXPIRY, coerce=int, empty_value=None, required=False,
-                                             label="Expires", help_text=f"At most {MAX_EXPIRY_DAYS} days")
+                                             label="Expires", help_text="After that it is refused (401, expired)")
