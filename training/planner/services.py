@@ -48,7 +48,9 @@ def run_sample(run: Run, points: list[tuple[int, float | None, float | None]]) -
         gpu=device, peak_bytes=max(peaks) if peaks and not oom else None,
         tokens_per_s=statistics.median(rates) if rates and not oom else None,
         mean_tokens=(started.get("mean_tokens") if not run.config.get("packing") else None),
-        startup_s=started.get("startup_s"), oom=oom, gpu_total_bytes=started.get("gpu_memory_total"),
+        # A cold start (the worker's warm processes skip most of it): the process's start to the first step.
+        startup_s=None if started.get("warm_process") else started.get("first_step_s"), oom=oom,
+        gpu_total_bytes=started.get("gpu_memory_total"),
         label=f"run #{run.id}")
 
 
