@@ -99,15 +99,23 @@ def gain(config: Mapping[str, Any]) -> float | None:
     return derived.lora_scale(alpha, int(r), bool(config.get("use_rslora")))
 
 
-def effective_batch(config: Mapping[str, Any], devices: int = 1) -> int | None:
+def devices_of(config: Mapping[str, Any]) -> int:
+    """The run's data-parallel ranks (TrainConfig.devices), 1 when the config does not say."""
+    devices = _num(config, "devices")
+    return int(devices) if devices and devices >= 1 else 1
+
+
+def effective_batch(config: Mapping[str, Any], devices: int | None = None) -> int | None:
+    devices = devices or devices_of(config)
     micro, accum = _num(config, "per_device_train_batch_size"), _num(config, "gradient_accumulation_steps")
     if not micro or not accum:
         return None
     return derived.effective_batch(int(micro), int(accum), devices)
 
 
-def total_steps(config: Mapping[str, Any], rows: int | None = None, devices: int = 1) -> int | None:
+def total_steps(config: Mapping[str, Any], rows: int | None = None, devices: int | None = None) -> int | None:
     """Optimizer steps of the run: max_steps, else from the dataset's rows (derive); None when neither is known."""
+    devices = devices or devices_of(config)
     if not config.get("max_steps") and rows is None:
         return None
     try:
@@ -145,10 +153,12 @@ def rank_range(rows: int | None) -> tuple[int, int]:
 
 
 def measure(config: Mapping[str, Any], parameter: str, *, rows: int | None = None,
-            total: int | None = None, devices: int = 1) -> Measure | None:
+            total: int | None = None, devices: int | None = None) -> Measure | None:
     """`parameter`'s value against the seed's range, or None when the config does not say enough (or the seed
     gives that parameter no range). lora_alpha is judged as the gain it gives with r (and use_rslora);
-    gradient_accumulation_steps as the effective batch; warmup_steps as its share of the run."""
+    gradient_accumulation_steps as the effective batch; warmup_steps as its share of the run. `devices`: the
+    config's own unless given."""
+    devices = devices or devices_of(config)
     if parameter == "learning_rate":
         lr = _num(config, "learning_rate")
         return None if lr is None else Measure(lr, *LEARNING_RATE_BAND, used={"learning_rate": lr})
@@ -189,7 +199,7 @@ def measure(config: Mapping[str, Any], parameter: str, *, rows: int | None = Non
 
 
 def distance(config: Mapping[str, Any], parameter: str, direction: str, *, rows: int | None = None,
-             total: int | None = None, devices: int = 1) -> float:
+             total: int | None = None, devices: int | None = None) -> float:
     """How far `parameter` sits outside the seed's range on one side, in doublings (log2 of the factor past the
     edge): direction "up" measures above the range's top, "down" below its bottom. 0.0 inside the range (its edges
     included) and when the config does not say enough to tell."""
@@ -206,7 +216,7 @@ def distance(config: Mapping[str, Any], parameter: str, direction: str, *, rows:
 
 
 def at_edge_or_past(config: Mapping[str, Any], parameter: str, direction: str, *, rows: int | None = None,
-                    total: int | None = None, devices: int = 1) -> bool:
+                    total: int | None = None, devices: int | None = None) -> bool:
     """Whether `parameter` already sits at the seed's range's edge on that side (or past it): moving it further that
     way would leave the range (or go further out). False when the config does not say enough to tell."""
     m = measure(config, parameter, rows=rows, total=total, devices=devices)
@@ -643,12 +653,13 @@ SEVERITY_ORDER = {"warning": 0, "info": 1}
 
 
 def review(config: Mapping[str, Any], *, model_facts: Mapping[str, Any] | None = None,
-           dataset_facts: Mapping[str, Any] | None = None, devices: int = 1) -> list[Note]:
+           dataset_facts: Mapping[str, Any] | None = None, devices: int | None = None) -> list[Note]:
     """The notes for a config (as `parse_config(...).model_dump(mode="json")` gives it), warnings first.
 
     model_facts: {"has_bias_params": bool, "num_params": int}; dataset_facts: {"rows": int, "p50_tokens",
     "p95_tokens", "max_tokens": int}; both optional, and a rule that needs a fact it lacks says nothing."""
     model_facts, dataset_facts = model_facts or {}, dataset_facts or {}
+    devices = devices or devices_of(config)
     rows = dataset_facts.get("rows")
     rows = int(rows) if isinstance(rows, (int, float)) and not isinstance(rows, bool) and rows >= 0 else None
     has_bias = model_facts.get("has_bias_params")

@@ -94,6 +94,7 @@ def _check(args) -> int:
 
 
 def _run(args) -> int:
+    from . import distributed
     from .config import ConfigError, parse_config
     from .events import EventSink
     from .runner import StopRequest, run
@@ -101,18 +102,41 @@ def _run(args) -> int:
     # Events own stdout; libraries print progress and banners there too, so point fd 1 at stderr for them.
     events_out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    sink = EventSink(events_out)
+    here = distributed.world()
+    sink = EventSink(events_out) if here.is_main else distributed.TerminalOnlySink(events_out)
     try:
-        config = parse_config(_read(args.config))
+        data = _read(args.config)
+        config = parse_config(data)
     except (ConfigError, ValueError, OSError) as exc:
         errors = getattr(exc, "errors", {"config": str(exc)})
         sink.emit("failed", step=0, error_class=type(exc).__name__, message=str(exc), errors=errors, traceback="",
                   oom=False)
         return 2
+    if config.devices > 1 and here.size == 1:
+        return _launch(config, data, args, sink, events_out)
     stop = StopRequest(args.stop_file)
     stop.install_signal_handlers()
     with contextlib.redirect_stdout(sys.stderr):
         return run(config, sink, stop=stop, resume_from=args.resume_from)
+
+
+def _launch(config, data: dict, args, sink, events_out) -> int:
+    """A run of several ranks: the machine is checked once, here, then the ranks are launched and followed."""
+    from . import distributed
+    from .backends import prepare_process
+    from .config import ConfigError, check_environment
+
+    prepare_process(config)  # before torch is imported: the ranks inherit the allocator's setting
+    try:
+        check_environment(config)
+    except ConfigError as exc:
+        sink.emit("failed", step=0, error_class="ConfigError", message=str(exc), errors=exc.errors, traceback="",
+                  oom=False)
+        return 1
+    path = distributed.config_for_ranks(args.config, data, config.output_dir)
+    command = distributed.rank_command(path, stop_file=args.stop_file, resume_from=args.resume_from)
+    with contextlib.redirect_stdout(sys.stderr):
+        return distributed.launch(config.devices, command, events_out)
 
 
 def _warm(args) -> int:

@@ -131,6 +131,10 @@ class TrainConfig(BaseModel):
 
     # Where and how
     backend: Literal["auto", "unsloth", "hf"] = "auto"
+    # Data-parallel ranks: one process per GPU, each with the whole model and per_device_train_batch_size rows of
+    # every micro-batch (on a CPU worker, CPU processes over gloo). Effective batch = micro-batch x accumulation x
+    # devices.
+    devices: Annotated[int, Field(ge=1, le=8)] = 1
     output_dir: str = "run"
     merge_16bit: bool = False
     sample_prompts: list[str] = Field(default_factory=list)
@@ -237,13 +241,18 @@ def parse_config(data: dict[str, Any]) -> TrainConfig:
         raise ConfigError(errors) from None
 
 
-def check_environment(config: TrainConfig, *, cuda: bool | None = None, bf16: bool | None = None) -> None:
+def check_environment(config: TrainConfig, *, cuda: bool | None = None, bf16: bool | None = None,
+                      gpus: int | None = None) -> None:
     """Checks that need the machine, not just the config: run before any model loads."""
     if cuda is None or bf16 is None:
         import torch
 
         cuda = torch.cuda.is_available() if cuda is None else cuda
         bf16 = (cuda and torch.cuda.is_bf16_supported()) if bf16 is None else bf16
+    if gpus is None and cuda and config.devices > 1:
+        import torch
+
+        gpus = torch.cuda.device_count()
     errors: dict[str, str] = {}
     has = importlib.util.find_spec
     if config.loftq_config is not None:
@@ -266,6 +275,9 @@ def check_environment(config: TrainConfig, *, cuda: bool | None = None, bf16: bo
         errors["dtype"] = "float16 training needs a GPU; allowed on CPU: auto, float32"
     if config.backend == "unsloth" and has("unsloth") is None:
         errors["backend"] = "unsloth is not installed on this worker; allowed: hf, auto"
+    if config.devices > 1 and cuda and config.devices > gpus:
+        errors["devices"] = f"asks for {config.devices} GPUs, one per rank; this worker has {gpus}; allowed here: " \
+                            f"1 to {gpus}"
     if errors:
         raise ConfigError(errors)
 

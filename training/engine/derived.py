@@ -93,8 +93,10 @@ class Derived:
         return asdict(self)
 
 
-def derive(config, num_examples: int | None = None, devices: int = 1) -> Derived:
-    """All derived values of a TrainConfig; those that need the dataset size are None without it."""
+def derive(config, num_examples: int | None = None, devices: int | None = None) -> Derived:
+    """All derived values of a TrainConfig; those that need the dataset size are None without it. `devices`: the
+    data-parallel ranks, by default the config's own."""
+    devices = devices or getattr(config, "devices", None) or 1
     eb = effective_batch(config.per_device_train_batch_size, config.gradient_accumulation_steps, devices)
     spe = total = warm = None
     if num_examples is not None:

@@ -7,10 +7,13 @@ Schema (v = 1). Every event has: v, type, time (unix seconds, float).
               LoRA layer), train_examples, eval_examples, resumed_from_step; warm_process (the libraries were
               imported before the run came: a warm process, training/engine/warm.py), base_kept (its base model
               was kept loaded from the previous run), start_s (seconds from the process's start, or in a warm
-              process from the request, to this event)
+              process from the request, to this event); a run of several ranks (config devices > 1,
+              training/engine/distributed.py) also ranks [{rank, pid}] and launcher_pid (pid is rank 0's)
 - metrics:    step, epoch, tokens_seen, loss, grad_norm, learning_rate, tokens_per_s, peak_vram_bytes,
               padding_share (of the training batches' token slots since this process started, the share that
-              held padding: 0 when packed; null before the first batch)
+              held padding: 0 when packed; null before the first batch). With several ranks: tokens_seen and
+              tokens_per_s are the whole job's, loss the mean over every rank's tokens, peak_vram_bytes the largest
+              of the GPUs' and peak_vram_bytes_per_gpu each rank's (null on a CPU), padding_share rank 0's batches'.
 - eval:       step, epoch, eval_loss
 - sample:     step, prompt, completion
 - warning:    code (bias_no_effect, loftq_not_applied, packing_no_gain, truncation, packed_attention_cost,
@@ -22,6 +25,9 @@ Schema (v = 1). Every event has: v, type, time (unix seconds, float).
 - finished:   step, adapter_path, merged_path (or null), train_loss, runtime_s
 - stopped:    step, checkpoint (path or null), reason
 - failed:     step, error_class, message, traceback, oom (bool)
+              With several ranks, finished and stopped also carry peak_vram_bytes_per_gpu, and failed the rank
+              whose failure it is (its own error; message "rank R of N: ...") and other_ranks [{rank, error_class,
+              message}] (what the others reported after it); error_class ProcessDied: a rank died unreported.
 Exactly one of finished / stopped / failed ends a stream.
 - warm-ready: a warm process has imported its libraries, or has put its base back after a finished run, and reads
               the next request: pid, backend (imported for), requested_backend, runs (served so far), base (the

@@ -9,7 +9,7 @@ import traceback
 from importlib import metadata
 from pathlib import Path
 
-from . import backends
+from . import backends, distributed
 from .config import EXPONENTIAL_RANGE_START, ConfigError, TrainConfig, check_environment
 from .data import load_data, rendered_lengths
 from .derived import derive, packed_attention_ratio
@@ -102,6 +102,7 @@ def sft_config(config: TrainConfig, fmt: str, dtype, has_eval: bool):
             kwargs["completion_only_loss"] = config.completion_only_loss
     if config.lr_scheduler_type == "reduce_lr_on_plateau":
         kwargs["metric_for_best_model"] = "eval_loss"
+    kwargs.update(distributed.trainer_kwargs(config.devices, on_gpu))
     return SFTConfig(**kwargs)
 
 
@@ -157,7 +158,7 @@ def _count_batch_slots(trainer, slots: dict) -> None:
 
 
 def _event_callback(sink: EventSink, stop: StopRequest, model, tokenizer, config: TrainConfig, state_box: dict,
-                    slots: dict):
+                    slots: dict, here: distributed.World = distributed.World()):
     import torch
     from transformers import TrainerCallback
 
@@ -175,7 +176,9 @@ def _event_callback(sink: EventSink, stop: StopRequest, model, tokenizer, config
             first_step = state_box.pop("first_step", None)
             if first_step is not None:
                 first_step()
-            if stop.requested():
+            # Every rank must stop at the same step (a rank that steps on waits for the others forever).
+            if distributed.agree(stop.requested(), here):
+                stop.reason = stop.reason or "a stop seen by another rank"
                 control.should_save = True
                 control.should_training_stop = True
                 state_box["stopping"] = True
@@ -186,20 +189,24 @@ def _event_callback(sink: EventSink, stop: StopRequest, model, tokenizer, config
                 now = time.perf_counter()
                 tokens = state.num_input_tokens_seen
                 elapsed = now - self.last_time
-                rate = (tokens - self.last_tokens) / elapsed if elapsed > 0 else None
+                rate = (tokens - self.last_tokens) / elapsed if elapsed > 0 else None  # the whole job's tokens
                 self.last_time, self.last_tokens = now, tokens
+                per_gpu = distributed.peaks(here)  # every rank logs at the same steps: gathered from all
+                state_box["peaks"] = per_gpu
+                per_gpu_field = {"peak_vram_bytes_per_gpu": per_gpu} if here.size > 1 else {}
                 sink.emit(
                     "metrics", step=state.global_step, epoch=logs.get("epoch", state.epoch), tokens_seen=tokens,
                     loss=float(logs["loss"]), grad_norm=_float(logs.get("grad_norm")),
                     learning_rate=_float(logs.get("learning_rate")), tokens_per_s=rate,
                     padding_share=_padding_share(slots["real"], slots["seen"]),
-                    peak_vram_bytes=torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+                    peak_vram_bytes=max(per_gpu) if per_gpu else None, **per_gpu_field,
                 )
             if "eval_loss" in logs:
                 sink.emit("eval", step=state.global_step, epoch=state.epoch, eval_loss=float(logs["eval_loss"]))
 
         def on_evaluate(self, args, state, control, **kwargs):
-            _emit_samples(sink, model, tokenizer, config, state.global_step)
+            if here.is_main:
+                _emit_samples(sink, model, tokenizer, config, state.global_step)
 
         def on_save(self, args, state, control, **kwargs):
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -354,11 +361,16 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
     """Run the job; every outcome ends in exactly one terminal event. Returns 0 finished/stopped, 1 failed.
     `warm`: the run is a warm process's request (training/engine/warm.py), whose base model it may keep."""
     stop = stop or StopRequest()
-    state_box: dict = {"step": 0, "checkpoint": None, "stopping": False}
+    state_box: dict = {"step": 0, "checkpoint": None, "stopping": False, "peaks": None}
+    here = distributed.world()
     origin = warm.received if warm else process_started_at()
     try:
         backends.prepare_process(config)  # before anything imports torch
         check_environment(config)
+        wrong_world = distributed.world_error(config.devices, here)
+        if wrong_world:
+            raise ConfigError({"devices": wrong_world})
+        distributed.bind_device(here)  # before anything loads: this rank's own GPU
         train, evaluation, fmt = load_data(config)
         backend = backends.resolve_backend(config)
         if warm:
@@ -380,7 +392,7 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
             _exponential_range(trainer, config)
         slots = {"seen": 0, "real": 0}
         _count_batch_slots(trainer, slots)
-        trainer.add_callback(_event_callback(sink, stop, model, tokenizer, config, state_box, slots))
+        trainer.add_callback(_event_callback(sink, stop, model, tokenizer, config, state_box, slots, here))
         # Count what the trainer will iterate: after packing, rows are blocks of max_length, not examples.
         derived = derive(config, num_examples=len(trainer.train_dataset)).as_dict()
         loftq_applied = config.loftq_config is not None and _has_loftq(model)
@@ -403,14 +415,20 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
         started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=resume_from)
         step = trainer.state.global_step
+        # The run's peak per GPU, where there are several: what each rank held at its last logged step.
+        per_gpu = {"peak_vram_bytes_per_gpu": state_box["peaks"]} if here.size > 1 else {}
         if state_box["stopping"]:
-            sink.emit("stopped", step=step, checkpoint=state_box["checkpoint"], reason=stop.reason)
+            sink.emit("stopped", step=step, checkpoint=state_box["checkpoint"], reason=stop.reason, **per_gpu)
+            return 0
+        if not here.is_main:  # rank 0 alone writes the outputs; the launcher needs this rank's outcome only
+            sink.emit("finished", step=step, adapter_path=None, merged_path=None,
+                      train_loss=float(result.training_loss), runtime_s=time.perf_counter() - started)
             return 0
         if evaluation is None:
             _emit_samples(sink, model, tokenizer, config, step)
         adapter, merged = _save_outputs(config, trainer, tokenizer, dtype)
         sink.emit("finished", step=step, adapter_path=adapter, merged_path=merged,
-                  train_loss=float(result.training_loss), runtime_s=time.perf_counter() - started)
+                  train_loss=float(result.training_loss), runtime_s=time.perf_counter() - started, **per_gpu)
         return 0
     except ConfigError as exc:
         sink.emit("failed", step=state_box["step"], error_class="ConfigError", message=str(exc), errors=exc.errors,
