@@ -7,12 +7,12 @@ import statistics
 import threading
 from typing import Any, Mapping
 
-from django.db.models import Max, Q
+from django.db.models import Aggregate, FloatField, Max, Q
 
 from training.engine.derived import total_steps
 from training.model_source import model_source_error
 from training.models import MetricPoint, Run, Worker
-from training.planner import calibrate, levers
+from training.planner import calibrate, display, levers
 from training.planner.estimate import (Constants, Prediction, Setup, human_bytes, human_rate, human_seconds, predict,
                                        resolved_backend)
 from training.planner.shapes import ModelShape, ShapeError, read_shape, shape_from_config
@@ -186,8 +186,7 @@ def plan_text(plan: Mapping[str, Any]) -> str:
     """'peak ≈ 3.4 GiB (3.1–3.8), fits on: box-a (80 GB), box-b (24 GB); ≈ 11k tokens/s, ≈ 42 min'."""
     if plan.get("error"):
         return f"no prediction: {plan['error']}"
-    text = (f"peak ≈ {human_bytes(plan['peak_bytes'])} ({human_bytes(plan['peak_low'])}–"
-            f"{human_bytes(plan['peak_high'])})")
+    text = f"peak ≈ {human_bytes(plan['peak_bytes'])} ({display.range_text(plan['peak_low'], plan['peak_high'])})"
     gpu_workers = [w for w in plan["workers"] if w["fits"] is not None]
     if gpu_workers:
         fit = [f"{w['worker']} ({w['memory_total'] / 1e9:.0f} GB)" for w in gpu_workers if w["fits"]]
@@ -218,3 +217,31 @@ def plan_refusal(plan: Mapping[str, Any]) -> str | None:
     if not fitting:
         lines.append("no single lever makes it fit: combine them or use a larger GPU")
     return ". ".join(lines)
+
+
+# ---- a run's prediction against what it measured ------------------------------------------------------------
+
+class Median(Aggregate):
+    """PostgreSQL's median of a column (FILTER works with it, as with any aggregate)."""
+    function = "PERCENTILE_CONT"
+    template = "%(function)s(0.5) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+
+def run_measured(run: Run) -> dict[str, Any]:
+    """What the run measured, in one aggregate over its points: the highest peak VRAM the metrics reported, the
+    median tokens/s after the first SKIP_STEPS steps (they compile and warm up); the time from its start to its
+    end; the device it trained on and whether it ran all its steps."""
+    figures = MetricPoint.objects.filter(run=run).aggregate(
+        peak=Max("peak_vram_bytes"), rate=Median("tokens_per_s", filter=Q(step__gt=SKIP_STEPS)))
+    seconds = ((run.finished_at - run.started_at).total_seconds() if run.started_at and run.finished_at else None)
+    return {"peak_bytes": figures["peak"], "tokens_per_s": figures["rate"], "seconds": seconds,
+            "device": str((run.started or {}).get("device") or ""), "finished": run.status == Run.Status.SUCCEEDED}
+
+
+def run_plan_check(run: Run) -> dict[str, Any] | None:
+    """The run page's "Predicted against measured" (display.predicted_vs_measured); None for a run without a
+    plan (created before the planner, or none could be made), with no query."""
+    if not run.plan or run.plan.get("error"):
+        return None
+    return display.predicted_vs_measured(run.plan, run_measured(run))
