@@ -1,4 +1,5 @@
-// The New run page: shows each field's effective value (override, preset or default) and the derived values as the user types.
+// The New run page: shows each field's effective value (override, preset or default), the derived values, the
+// pre-flight notes and the fit planner's prediction as the user types.
 import { effectiveBatch, loraScale, stepsPerEpoch, totalSteps, trainRows, warmupStepsResolved } from "./derived.js";
 
 const data = JSON.parse(document.getElementById("run-form-data").textContent);
@@ -205,6 +206,76 @@ function applyFix(fixText) {
   update();
 }
 
+// The fit planner's prediction for the same config: the line, the parts on hover and in the details, and, when it
+// fits no live GPU worker of the queue (launching is then refused), each lever with its predicted peak and an
+// Apply for those that fit; the fastest config that fits, with one Apply.
+const planStatus = document.getElementById("plan-status");
+const planBody = document.getElementById("plan-body");
+
+function setText(id, text) {
+  document.getElementById(id).textContent = text;
+}
+
+function pairs(id, items) {
+  document.getElementById(id).replaceChildren(...items.flatMap((item) => [el("dt", {}, item.label),
+    el("dd", {}, item.text)]));
+}
+
+function applyButton(apply, label) {
+  const button = el("button", { type: "button", className: "fix" }, label);
+  button.addEventListener("click", () => applyFix(apply));
+  return button;
+}
+
+function renderPlan(plan, errors) {
+  const uncalibrated = document.getElementById("plan-uncalibrated");
+  if (!plan || plan.error) {
+    planBody.hidden = true;
+    uncalibrated.hidden = true;
+    planStatus.textContent = plan ? plan.text
+      : Object.keys(errors || {}).length ? "The prediction waits for a valid config (see the fields marked)."
+        : "Choose a dataset and a model to see the prediction.";
+    return;
+  }
+  planStatus.textContent = plan.calibrated ? `Calibrated on this team's runs measured on ${plan.gpu}.` :
+    `No run of this team measured on ${plan.gpu} yet: the defaults fitted on docs/benchmarks.md's figures.`;
+  uncalibrated.hidden = plan.calibrated;
+  uncalibrated.title = plan.source;
+  const text = document.getElementById("plan-text");
+  text.textContent = plan.text;
+  text.title = plan.parts.map((p) => `${p.label}: ${p.text}`).join("\n");
+  const refusal = document.getElementById("plan-refusal");
+  refusal.hidden = !plan.refusal;
+  // A launch refused for its fit (at the top of the page): gone once the fields changed make it fit.
+  const top = document.getElementById("form-errors");
+  if (top) {
+    top.querySelectorAll("[data-fit-refusal]").forEach((p) => { p.hidden = plan.fits_any !== false; });
+    top.hidden = !top.querySelector("p:not([hidden])");
+  }
+  setText("plan-refusal-text", plan.refusal || "");
+  document.getElementById("plan-levers").replaceChildren(...plan.levers.map((lever) => {
+    const item = el("li", { className: lever.fits ? "fits" : "too-large" }, lever.text,
+      el("span", { className: "muted small" }, lever.fits ? " · fits" : " · still too large"));
+    if (lever.fits) item.append(" ", applyButton(lever.apply, "Apply"));
+    return item;
+  }));
+  const fastest = document.getElementById("plan-fastest");
+  fastest.hidden = !plan.fastest;
+  setText("plan-fastest-text", plan.fastest ? plan.fastest.text : "");
+  if (plan.fastest) {
+    document.getElementById("plan-fastest-apply").replaceWith(
+      Object.assign(applyButton(plan.fastest.apply, "Apply"), { id: "plan-fastest-apply" }));
+  }
+  pairs("plan-parts", plan.parts);
+  pairs("plan-time-parts", plan.time_parts);
+  setText("plan-rate", plan.rate);
+  setText("plan-time", plan.time);
+  setText("plan-mfu", plan.mfu);
+  document.getElementById("plan-workers").replaceChildren(...plan.workers.map((w) => el("li", {}, w)));
+  setText("plan-source", plan.source);
+  planBody.hidden = false;
+}
+
 async function reviewNow() {
   const asked = ++preflightAsked;
   try {
@@ -212,9 +283,14 @@ async function reviewNow() {
       headers: { Accept: "application/json" } });
     if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
     const answer = await response.json();
-    if (asked === preflightAsked) renderNotes(answer.notes);  // an older answer must not replace a newer one
+    if (asked !== preflightAsked) return;  // an older answer must not replace a newer one
+    renderNotes(answer.notes);
+    renderPlan(answer.plan, answer.errors);
   } catch (error) {
-    if (asked === preflightAsked) preflightStatus.textContent = `The review could not run (${error.message}).`;
+    if (asked === preflightAsked) {
+      preflightStatus.textContent = `The review could not run (${error.message}).`;
+      planStatus.textContent = `The prediction could not run (${error.message}).`;
+    }
   }
 }
 

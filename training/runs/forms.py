@@ -244,6 +244,8 @@ class RunForm(forms.Form):
         for field in self.config_fields:
             self.fields[field.name] = self._form_field(field)
         self.overrides: dict[str, Any] = {}
+        self.fit_refusals: list[str] = []  # the non-field errors that are the fit planner's (the page hides them
+        # once the fields are changed to fit)
 
     @staticmethod
     def _form_field(field: ConfigField) -> forms.Field:
@@ -301,6 +303,11 @@ class RunForm(forms.Form):
         """The services' {field: [message]} on the form field they name (nested keys on their top field)."""
         for key, messages in error.message_dict.items():
             top, _, rest = key.partition(".")
+            if top == "fit":  # the fit planner's refusal is the config's as a whole: at the top of the form
+                for message in messages:
+                    self.fit_refusals.append(f"Not started: {message}")
+                    self.add_error(None, self.fit_refusals[-1])
+                continue
             target = FORM_KEYS.get(top) or (top if top in self.fields and top not in FORM_KEYS else None)
             for message in messages:
                 self.add_error(target, f"{rest}: {message}" if rest and target else

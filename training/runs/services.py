@@ -23,6 +23,7 @@ from training.engine.config import ConfigError, parse_config
 from training.live import send as live
 from training.models import Dataset, EvalSuite, Preset, Run, Sweep, Worker
 from training.run_config import ADAPTER_SHAPE_FIELDS, PRESET_PLACEHOLDERS, RESERVED_FIELDS, model_errors
+from training.planner import display
 from training.planner import services as planner
 from training.runs import preflight
 from training.selectors import run_status_dict
@@ -77,18 +78,25 @@ def run_config_build(*, train_file: str, preset: Preset | None, overrides: dict[
 
 
 def run_config_review(*, dataset: Dataset | None, preset: Preset | None, overrides: dict[str, Any],
-                      base_run: Run | None = None, base_kind: str = "") -> dict[str, Any]:
-    """What the run form shows as the user types: the pre-flight notes of the config the fields make so far, or the
-    engine's field errors when it is not a config yet ({"notes": [...], "errors": {field: [message]}}). A model not
-    typed yet stands in as a placeholder, so the other fields are reviewed already."""
-    if base_run is None and "model" not in overrides and not (preset and preset.config.get("model")):
+                      base_run: Run | None = None, base_kind: str = "", queue: str | None = None) -> dict[str, Any]:
+    """What the run form shows as the user types: the pre-flight notes of the config the fields make so far and the
+    fit planner's prediction on `queue` (display.form_plan: None until a model and a dataset are chosen), or the
+    engine's field errors when it is not a config yet ({"notes": [...], "errors": {field: [message]}, "plan": ...}).
+    A model not typed yet stands in as a placeholder, so the other fields are reviewed already."""
+    placeholder = base_run is None and "model" not in overrides and not (preset and preset.config.get("model"))
+    if placeholder:
         overrides = {**overrides, "model": PRESET_PLACEHOLDERS["model"]}
     try:
         config = run_config_build(train_file=dataset.path if dataset else PRESET_PLACEHOLDERS["train_file"],
                                   preset=preset, overrides=overrides, base_run=base_run, base_kind=base_kind)
     except ValidationError as exc:
-        return {"notes": [], "errors": exc.message_dict}
-    return {"notes": preflight.review(config, dataset=dataset), "errors": {}}
+        return {"notes": [], "errors": exc.message_dict, "plan": None}
+    plan = None
+    if dataset is not None and not placeholder:
+        found = run_plan(team=dataset.team, config=config, dataset=dataset,
+                         queue=queue or settings.TUNEBOARD_DEFAULT_QUEUE)
+        plan = display.form_plan(found, config)
+    return {"notes": preflight.review(config, dataset=dataset), "errors": {}, "plan": plan}
 
 
 def run_plan(*, team: Team, config: dict[str, Any], dataset: Dataset | None, queue: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from training import access, selectors
 from training.datasets.stats import run_form_advice
 from training.engine.config import TrainConfig
 from training.models import Run
+from training.planner import services as planner
 from training.run_config import value_text
 from training.runs import services
 from training.runs.differences import run_differences
@@ -95,10 +96,12 @@ def run_new(request: HttpRequest) -> HttpResponse:
 @require_POST
 @login_required
 def run_preflight(request: HttpRequest) -> JsonResponse:
-    """The run form's pre-flight notes for what is typed so far (the form posts its fields as the user types):
-    {"notes": [...], "errors": {field: [message]}}. A field that does not parse yet is left out, never a 500."""
+    """The run form's pre-flight notes and fit planner's prediction for what is typed so far (the form posts its
+    fields as the user types): {"notes": [...], "errors": {field: [message]}, "plan": {...} or null}. A field that
+    does not parse yet is left out, never a 500."""
     if not access.team_list_where(request.user, "member").exists():  # refused as the run form is
-        return JsonResponse({"notes": [], "errors": {"__all__": ["Only a team's members start runs."]}}, status=403)
+        return JsonResponse({"notes": [], "errors": {"__all__": ["Only a team's members start runs."]}, "plan": None},
+                            status=403)
     form = RunForm(request.POST, user=request.user)
     form.is_valid()  # parses what it can; each config field that parses is in form.overrides
     cleaned = getattr(form, "cleaned_data", {})
@@ -106,7 +109,7 @@ def run_preflight(request: HttpRequest) -> JsonResponse:
                                         overrides=form.overrides, base_run=form.base_run,
                                         base_kind=form.base_kind or Run.BaseKind.ADAPTER)
     errors = {**form.errors.get_json_data(), **{k: [{"message": m} for m in v] for k, v in result["errors"].items()}}
-    return JsonResponse({"notes": result["notes"],
+    return JsonResponse({"notes": result["notes"], "plan": result["plan"],
                          "errors": {k: [e["message"] for e in v] for k, v in errors.items()}})
 
 
@@ -144,6 +147,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "samples": list(reversed(selectors.run_samples(run))),
         "findings": selectors.run_findings(run),
         "preflight": run.preflight or [],
+        "plan_check": planner.run_plan_check(run),
         "differences": run_differences(run),
         "adapter_files": selectors.run_adapter_files(run),
         "trackers": tracker_links(run),
