@@ -1,6 +1,7 @@
 // The sweep form: shows only the chosen procedure's parameters, and asks the server what the form would create as
 // the user types (250 ms after the last keystroke; an older answer never replaces a newer one): the members, what is
-// held fixed, the budget, the totals and the expected GPU time, or the errors next to the fields they name.
+// held fixed, the budget, the totals, the expected GPU time and the fit planner's prediction for the member with the
+// largest peak, or the errors next to the fields they name.
 const data = JSON.parse(document.getElementById("sweep-form-data").textContent);
 const form = document.getElementById("sweep-form");
 const template = document.getElementById("id_template");
@@ -82,6 +83,18 @@ function render(answer) {
     ? `the verdict, then what the procedure chains to from the winner: ${answer.later_phases.join("; ")}`
     : "the verdict";
   document.getElementById("preview-gpu").textContent = answer.gpu_time_text;
+  // The fit planner's prediction for the member with the largest peak (a member that fits no GPU is an error).
+  const plan = answer.plan;
+  document.getElementById("preview-plan").hidden = !plan;
+  if (plan) {
+    document.getElementById("preview-plan-member").textContent = plan.member;
+    const text = document.getElementById("preview-plan-text");
+    text.textContent = plan.text;
+    text.title = (plan.parts || []).map((p) => `${p.label}: ${p.text}`).join("\n");
+    const badge = document.getElementById("preview-plan-uncalibrated");
+    badge.hidden = Boolean(plan.error) || plan.calibrated;
+    badge.title = plan.source || "";
+  }
   if (values.dataset.auto === "1") values.value = answer.values_text;
   body.hidden = false;
 }

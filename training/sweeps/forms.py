@@ -302,6 +302,10 @@ class SweepForm(forms.Form):
         searched = {v: k for k, v in SEARCH_FIELDS.items()} if chosen == Sweep.SEARCH else {}
         for key, messages in error.message_dict.items():
             top = key.partition(".")[0]
+            if top == "fit":  # the fit planner's refusal of a member: the sweep's as a whole, at the top
+                for message in messages:
+                    self.add_error(None, f"Not started: {message}")
+                continue
             if top in searched:
                 target = searched[top]
                 messages = [f"{key.partition('.')[2]}: {m}" if "." in key else m for m in messages]

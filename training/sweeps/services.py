@@ -17,6 +17,7 @@ from training.engine.config import ConfigError
 from training.evaluation import metrics
 from training.live import send as live
 from training.models import Dataset, EvalSuite, Preset, Run, Sweep, SweepMember, SweepPhase
+from training.planner import services as planner
 from training.run_config import RESERVED_FIELDS
 from training.runs import services as runs
 from training.sweeps import plan, pruning, rules, search
@@ -103,6 +104,25 @@ def sweep_preview(*, team: Team, template: str, dataset: Dataset, base_run: Run 
     return phase
 
 
+def sweep_fit(*, team: Team, phase: plan.Phase, dataset: Dataset, base_run: Run | None = None,
+              queue: str | None = None) -> dict[str, Any]:
+    """The fit planner's plan of the phase's member with the largest predicted peak (a search's base: its members
+    come later): {"member": its name, "config": its config, "plan": plan_config's dict}; ValidationError({"fit":
+    ...}) naming the first member that fits no live GPU worker of the queue, as run_create would refuse its run."""
+    queue = queue or settings.TUNEBOARD_DEFAULT_QUEUE
+    members = [(m.name, _member_config(m, dataset=dataset, builds_on=base_run)) for m in phase.members]
+    largest: dict[str, Any] | None = None
+    for name, config in members or [("the base", phase.base)]:
+        found = runs.run_plan(team=team, config=config, dataset=dataset, queue=queue)
+        refusal = planner.plan_refusal(found)
+        if refusal:
+            raise ValidationError({"fit": f"member {name}: {refusal}"})
+        peak = found.get("peak_bytes", -1.0)
+        if largest is None or peak > largest["plan"].get("peak_bytes", -1.0):
+            largest = {"member": name, "config": config, "plan": found}
+    return largest
+
+
 def _check_team(team: Team, *, dataset: Dataset, base_run: Run | None, preset: Preset | None) -> None:
     if dataset.team_id != team.id:
         raise ValidationError({"dataset": "no such dataset in this team"})
@@ -152,6 +172,7 @@ def sweep_create(*, team: Team, user, template: str, dataset: Dataset, base_run:
         raise ValidationError({"confirm_top": "how many top candidates to rerun at a second seed: 0 (none) to 5"})
     phase = sweep_preview(team=team, template=template, dataset=dataset, base_run=base_run, preset=preset,
                           overrides=overrides, params=params)
+    sweep_fit(team=team, phase=phase, dataset=dataset, base_run=base_run, queue=queue)
     name = (name or "").strip()[:200] or f"{template} sweep on {dataset.name}"
     with transaction.atomic():
         sweep = Sweep.objects.create(
@@ -205,11 +226,16 @@ def member_run_create(sweep: Sweep, *, user, name: str, config: dict[str, Any], 
     """A run of `config` on the sweep's dataset and queue, building on what the sweep's base run builds on, and, with
     an eval suite, evaluated on it at its end; a member of the sweep unless `member` is False (the applied winner)."""
     builds_on = sweep.base_run
-    return runs.run_create(
-        team=sweep.team, user=user, dataset=sweep.dataset, overrides=_overrides(config), name=name, queue=sweep.queue,
-        sweep=sweep if member else None, base_run=builds_on.base_run if builds_on else None,
-        base_kind=builds_on.base_kind if builds_on and builds_on.base_run_id else Run.BaseKind.ADAPTER,
-        eval_suites=[sweep.eval_suite] if sweep.eval_suite_id else ())
+    try:
+        return runs.run_create(
+            team=sweep.team, user=user, dataset=sweep.dataset, overrides=_overrides(config), name=name,
+            queue=sweep.queue, sweep=sweep if member else None, base_run=builds_on.base_run if builds_on else None,
+            base_kind=builds_on.base_kind if builds_on and builds_on.base_run_id else Run.BaseKind.ADAPTER,
+            eval_suites=[sweep.eval_suite] if sweep.eval_suite_id else ())
+    except ValidationError as exc:  # the fit planner's refusal names the run: which member fits no GPU
+        if "fit" not in exc.message_dict:
+            raise
+        raise ValidationError({"fit": [f"{name}: {m}" for m in exc.message_dict["fit"]]}) from None
 
 
 def judged_by(sweep: Sweep, rule: str) -> dict[str, Any]:

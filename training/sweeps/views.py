@@ -18,6 +18,7 @@ from training import access, selectors
 from training.engine import derived
 from training.engine.events import json_safe
 from training.models import Run, Sweep
+from training.planner import display
 from training.run_config import value_text
 from training.sweeps import plan, services
 from training.sweeps.forms import TEMPLATE_PARAMS, SweepForm, phase_choices, values_text
@@ -87,10 +88,14 @@ def sweep_preview(request: HttpRequest) -> JsonResponse:
     kwargs = form.service_kwargs()
     try:
         phase = services.sweep_preview(**kwargs)
+        fit = services.sweep_fit(team=kwargs["team"], phase=phase, dataset=kwargs["dataset"],
+                                 base_run=kwargs["base_run"], queue=form.create_kwargs()["queue"])
     except ValidationError as exc:
         form.add_service_errors(exc)
         return JsonResponse({"errors": form.error_dict()})
-    return JsonResponse(json_safe(_preview(phase, team=kwargs["team"], mean_tokens=_mean_tokens(kwargs["dataset"]))))
+    preview = _preview(phase, team=kwargs["team"], mean_tokens=_mean_tokens(kwargs["dataset"]))
+    preview["plan"] = {"member": fit["member"], **display.form_plan(fit["plan"], fit["config"])}
+    return JsonResponse(json_safe(preview))
 
 
 def _mean_tokens(dataset) -> float | None:
