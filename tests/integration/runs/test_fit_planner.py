@@ -65,7 +65,7 @@ def test_the_run_forms_preflight_answer_has_the_prediction(tiny_model, team_memb
     assert [p["label"] for p in plan["parts"]] == ["weights", "adapters, their gradients and the optimizer's state",
                                                   "activations", "logits", "allocator and workspaces"]
     assert "for 20 steps" in plan["time"] and [p["label"] for p in plan["time_parts"]][:2] == ["start-up", "training"]
-    assert plan["workers"] == [w for w in plan["workers"] if w.startswith("box-t4@test (NVIDIA T4, 2.0 GiB): fits")]
+    assert any(w.startswith("box-t4@test (NVIDIA T4, 2.0 GiB): fits, needs ") for w in plan["workers"])
     # The FLOPs the config really does: 4N without checkpointing, 6N with it (the forward recomputed).
     assert ": 4N (no checkpointing" in plan["mfu"] and plan["mfu"].startswith("MFU ≈ ")
     checkpointed = preflight(client, dataset, tiny_model, **{**SMALL, "gradient_checkpointing": "true"})["plan"]
