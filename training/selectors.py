@@ -53,7 +53,8 @@ def run_row_dict(run: Run) -> dict[str, Any]:
     return {"id": run.id, "status": run.status, "status_display": run.get_status_display(),
             "is_terminal": run.is_terminal, "last_step": run.last_step, "total_steps": run.total_steps,
             "progress": run.progress, "queue": run.queue, "queue_position": run.queue_position,
-            "finding_count": run.finding_count}
+            "finding_count": run.finding_count,
+            "held_reason": run.held_reason if run.status == Run.Status.QUEUED else ""}
 
 
 def run_rows(run_ids: Iterable[int], *, team_ids: Iterable[int] | None = None) -> list[dict[str, Any]]:

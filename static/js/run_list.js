@@ -20,6 +20,10 @@ function renderStatus(cell, row) {
     children.push(el("span", { className: "muted queue-position", title: `queue ${row.queue}` },
       `#${row.queue_position} in queue`));
   }
+  if (row.held_reason) {  // why a queued run has not started (no worker can take it now, or ever)
+    children.push(document.createTextNode(" "));
+    children.push(el("span", { className: "muted small held-reason" }, row.held_reason));
+  }
   cell.replaceChildren(...children);
 }
 

@@ -93,10 +93,14 @@ function updateDerived() {
   const r = effective("r");
   const alpha = effective("lora_alpha");
   const rslora = effective("use_rslora");
+  const devicesField = effective("devices");  // data-parallel ranks: each takes a micro-batch of every step
+  const devices = positiveInt(devicesField) ? devicesField.value : 1;
 
   const batchOk = positiveInt(micro) && positiveInt(accum);
-  show("effective_batch", batchOk ? String(effectiveBatch(micro.value, accum.value)) : "—",
-    batchOk ? `= ${micro.value} × ${accum.value} (micro-batch × accumulation)` : "fix the batch fields");
+  show("effective_batch", batchOk ? String(effectiveBatch(micro.value, accum.value, devices)) : "—",
+    !batchOk ? "fix the batch fields" : devices > 1
+      ? `= ${micro.value} × ${accum.value} × ${devices} (micro-batch × accumulation × GPUs)`
+      : `= ${micro.value} × ${accum.value} (micro-batch × accumulation)`);
 
   const rows = data.datasets[input("dataset").value];
   // The seed's advice for the chosen dataset: rank by size; packing and max_length once its statistics exist.
@@ -115,16 +119,16 @@ function updateDerived() {
   const maxStepsValue = !maxSteps.error && maxSteps.value ? maxSteps.value : null;
   let total = null;
   if (batchOk && maxStepsValue) {
-    total = totalSteps(0, micro.value, accum.value, 1, maxStepsValue);
+    total = totalSteps(0, micro.value, accum.value, 1, maxStepsValue, devices);
     show("total_steps", String(total), "set by max_steps");
   } else if (batchOk && train !== null && !packed && !epochs.error && epochs.value > 0) {
-    total = totalSteps(train, micro.value, accum.value, epochs.value);
+    total = totalSteps(train, micro.value, accum.value, epochs.value, null, devices);
     show("total_steps", String(total), `${round(epochs.value)} epoch(s)`);
   } else {
     show("total_steps", "—", packed ? "packing on: known once the run has packed its data" : "");
   }
   document.getElementById("derived-steps_per_epoch").textContent =
-    batchOk && train !== null && !packed ? String(stepsPerEpoch(train, micro.value, accum.value)) : "—";
+    batchOk && train !== null && !packed ? String(stepsPerEpoch(train, micro.value, accum.value, devices)) : "—";
 
   if (total !== null && !warmup.error && warmup.value !== null && warmup.value >= 0 && !(warmup.isRatio && warmup.value >= 1)) {
     show("warmup_steps", String(warmupStepsResolved(warmup, total)),

@@ -6,6 +6,10 @@ when its own reservation fits what the admitted runs (or, if more, what the GPU 
 alone on the GPU needs no sharing margin: nobody else's memory is at stake, and the planner already judged that it
 fits. A run with no prediction needs the whole GPU, so it runs alone; one that could not fit even alone is told so
 instead of waiting for memory that never comes.
+
+A run of several GPUs (its config's `devices`, issue 23) trains one process per GPU, on GPUs 0..N-1 of the worker,
+the first of them the one the other slots share: it starts only on a worker with at least N GPUs (a CPU worker runs
+its ranks as CPU processes) and none of the worker's other slots busy, and holds the worker whole while it trains.
 """
 from __future__ import annotations
 
@@ -44,10 +48,12 @@ class Margin:
 
 @dataclass(frozen=True)
 class Admitted:
-    """A run the worker trains now and what it was admitted with (None: the whole GPU, its peak was unknown)."""
+    """A run the worker trains now and what it was admitted with (None: the whole GPU, its peak was unknown, or it
+    trains on several GPUs)."""
 
     run_id: int
     reserved_bytes: int | None
+    devices: int = 1
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class Admission:
     reason: str  # in words, naming the figures; for an admitted run, what it was admitted with
     reserved_bytes: int | None = None  # what an admitted run reserves; None: the whole GPU, or a CPU worker
     never: bool = False  # it cannot fit this worker's GPU even alone: waiting here would be forever
+    gpus_short: bool = False  # never, because the worker has fewer GPUs than the run asks for
 
 
 def gib(n: float) -> str:
@@ -90,14 +97,29 @@ def runs_text(ids: Sequence[int]) -> str:
 
 
 def admit(*, worker: str, slots: int, running: Sequence[Admitted], peak: int | None, gpu: Gpu | None,
-          margin: Margin) -> Admission:
+          margin: Margin, devices: int = 1, gpu_count: int | None = None) -> Admission:
     """May a run whose predicted peak is `peak` start now on `worker`, which has `slots` slots, trains `running`
-    and has `gpu` (None: a CPU-only worker)? A CPU-only worker, or one of a single slot, admits by slot count alone."""
+    and has `gpu` (None: a CPU-only worker)? A CPU-only worker, or one of a single slot, admits by slot count alone.
+    `devices`: the GPUs the run trains on; `gpu_count`: the worker's (by default 1 with a gpu, 0 without)."""
     if slots < 1:
         raise ValueError(f"slots must be 1 or more, not {slots}")
+    gpu_count = (1 if gpu else 0) if gpu_count is None else gpu_count
     ids = [r.run_id for r in running]
+    if devices > 1 and gpu_count and devices > gpu_count:
+        return Admission(False, f"it asks for {devices} GPUs and {worker} has {gpu_count}", never=True,
+                         gpus_short=True)
     if len(running) >= slots:
         return Admission(False, f"all {slots} slot{'s' if slots > 1 else ''} of {worker} are busy ({runs_text(ids)})")
+    several = [r for r in running if r.devices > 1]
+    if several:
+        return Admission(False, f"{worker} is held whole by {runs_text([r.run_id for r in several])} (on "
+                                f"{max(r.devices for r in several)} GPUs)")
+    if devices > 1:
+        if running:
+            return Admission(False, f"it asks for {devices} GPUs of {worker}, which its other slots share: waiting "
+                                    f"for {runs_text(ids)} to end")
+        on = f"{devices} of its {gpu_count} GPUs" if gpu_count else f"{devices} CPU processes (CPU only)"
+        return Admission(True, f"{worker}, {on}, to itself")
     if gpu is None:
         return Admission(True, f"slot {len(running) + 1} of {slots} on {worker} (CPU only: no GPU memory to share)")
     if slots == 1:
@@ -154,3 +176,14 @@ def held_reason(*, peak: int, here: str, others: Sequence[Candidate], queue: str
             f"{here}{'; ' + ', '.join(sizes) if sizes else ''}); stop it and make it smaller (4-bit, a smaller "
             f"micro-batch with more accumulation, gradient checkpointing, a shorter max_length) or start a worker "
             f"with a larger GPU", False)
+
+
+def devices_held_reason(*, devices: int, here: str, others: Sequence[tuple[str, int]], queue: str) -> tuple[str, bool]:
+    """What a run asking `devices` GPUs waits for when `here` has too few: (the reason, whether another live worker
+    of its queue, given as (name, GPU count; 0: CPU only), could take it)."""
+    fitting = [name for name, count in others if count == 0 or count >= devices]
+    if fitting:
+        return f"waiting for {', '.join(fitting)}: {here}", True
+    counts = ", ".join(f"{name} ({count})" for name, count in others)
+    return (f"held: no live worker of queue {queue} has {devices} GPUs ({here}{'; ' + counts if counts else ''}); "
+            f"stop it and ask for fewer GPUs, or start a worker on a box with {devices}"), False

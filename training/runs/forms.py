@@ -21,7 +21,7 @@ from training.trackers.points import TRACKERS
 
 # Every TrainConfig field the form offers, by group; a field the engine gains must be placed here (a test checks).
 GROUPS: dict[str, tuple[str, ...]] = {
-    "model": ("model", "max_length", "dtype", "load_in_4bit", "backend"),
+    "model": ("model", "max_length", "dtype", "load_in_4bit", "backend", "devices"),
     "lora": ("r", "lora_alpha", "lora_dropout", "bias", "use_rslora", "loftq_config", "target_modules",
              "random_state", "gradient_checkpointing", "tiled_mlp", "tiled_mlp_target_gb"),
     "sft": ("data_format", "eval_split", "packing", "eval_packing", "per_device_train_batch_size",
@@ -36,6 +36,9 @@ NOTES: dict[str, str] = {
     "max_length": "tokens per example; longer ones are cut. With packing, the length of each packed row",
     "backend": "unsloth: Unsloth's kernels (GPU); hf: transformers + PEFT; auto: unsloth where the worker has "
                "CUDA and unsloth, else hf",
+    "devices": "GPUs the run trains on at once (1 to 8), one process each with the whole model (data-parallel); "
+               "a worker with that many GPUs takes it. Each step's effective batch is micro-batch x accumulation x "
+               "devices",
     "target_modules": "the linear layers that get adapters: attention (q, k, v, o), mlp (gate, up, down), "
                       "all-linear, or a list of module names",
     "random_state": "seed of the adapters' initial weights",

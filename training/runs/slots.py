@@ -46,21 +46,33 @@ def worker_gpu(worker: Worker) -> planner_slots.Gpu | None:
                              used_bytes=int(used) if used is not None else None)
 
 
+def worker_gpu_count(worker: Worker) -> int:
+    """The GPUs a worker's last heartbeat reported (0: CPU only)."""
+    return sum(1 for gpu in worker.gpus or [] if isinstance(gpu, dict))
+
+
+def _devices(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 1 else 1
+
+
 def _admitted(worker: Worker, *, excluding: int) -> list[planner_slots.Admitted]:
     rows = (Run.objects.filter(worker=worker, status__in=list(Run.ON_WORKER)).exclude(id=excluding)
-            .order_by("id").values_list("id", "slot_reserved_bytes"))
-    return [planner_slots.Admitted(run_id=run_id, reserved_bytes=reserved) for run_id, reserved in rows]
+            .order_by("id").values_list("id", "slot_reserved_bytes", "config__devices"))
+    return [planner_slots.Admitted(run_id=run_id, reserved_bytes=reserved, devices=_devices(devices))
+            for run_id, reserved, devices in rows]
 
 
 def run_claim_slot(*, run_id: int, worker_name: str, task_id: str = "") -> Claim:
     """Claim a queued run for this worker if one of its slots and its GPU can take it now; otherwise keep it queued
     with the reason on the run and say when to try again (the task goes back to the broker for any worker)."""
     decisions: list[planner_slots.Admission] = []
-    peak = planner_slots.predicted_peak(Run.objects.filter(id=run_id).values_list("plan", flat=True).first())
+    plan, devices = Run.objects.filter(id=run_id).values_list("plan", "config__devices").first() or (None, None)
+    peak, devices = planner_slots.predicted_peak(plan), _devices(devices)
 
     def admit(worker: Worker) -> planner_slots.Admission:
         decision = planner_slots.admit(worker=worker.name, slots=worker.slots, peak=peak, gpu=worker_gpu(worker),
-                                       running=_admitted(worker, excluding=run_id), margin=margin())
+                                       running=_admitted(worker, excluding=run_id), margin=margin(),
+                                       devices=devices, gpu_count=worker_gpu_count(worker))
         decisions.append(decision)
         return decision
 
@@ -69,7 +81,11 @@ def run_claim_slot(*, run_id: int, worker_name: str, task_id: str = "") -> Claim
         return Claim(run=run)  # claimed; or delivered twice, or stopped while queued
     decision = decisions[-1]
     reason, retry_s = f"waiting: {decision.reason}", settings.TUNEBOARD_SLOT_RETRY_S
-    if decision.never and peak is not None:
+    if decision.gpus_short:
+        reason, elsewhere = _devices_held_reason(run_id, worker_name, devices, decision.reason)
+        if not elsewhere:
+            retry_s *= HELD_RETRY_FACTOR
+    elif decision.never and peak is not None:
         reason, elsewhere = _held_reason(run_id, worker_name, peak, decision.reason)
         if not elsewhere:
             retry_s *= HELD_RETRY_FACTOR
@@ -92,6 +108,13 @@ def _held_reason(run_id: int, worker_name: str, peak: int, why: str) -> tuple[st
                                      margin=margin())
 
 
+def _devices_held_reason(run_id: int, worker_name: str, devices: int, why: str) -> tuple[str, bool]:
+    queue = Run.objects.filter(id=run_id).values_list("queue", flat=True).first() or ""
+    others = [(w.name, worker_gpu_count(w)) for w in Worker.objects.exclude(name=worker_name).order_by("name")
+              if not w.is_silent and queue in (w.queues or [])]
+    return planner_slots.devices_held_reason(devices=devices, here=why, others=others, queue=queue)
+
+
 def _hold(run_id: int, reason: str) -> bool:
     """Write why a queued run waits (told to its page when it changed); False if it is no longer queued."""
     queued = Run.objects.filter(id=run_id, status=Status.QUEUED)
@@ -100,6 +123,7 @@ def _hold(run_id: int, reason: str) -> bool:
     if queued.exclude(held_reason=reason).update(held_reason=reason):
         run = Run.objects.select_related("worker").get(id=run_id)
         live.send_run_message(run.id, "status", run_status_dict(run))
+        live.send_run_row(run)  # the run list shows it too
     return True
 
 

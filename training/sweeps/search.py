@@ -63,6 +63,7 @@ FIXED = {
     "save_steps": "not a training choice; set it on the base",
     "logging_steps": "not a training choice; set it on the base",
     "backend": "not a training choice; set it on the base",
+    "devices": "how many GPUs each member takes, not a training choice; set it on the base",
     "version": "not a training choice",
     "sample_prompts": "not a training choice; set it on the base",
     "sample_max_new_tokens": "not a training choice; set it on the base",

@@ -35,7 +35,8 @@ def test_rows_of_the_users_teams_arrive_as_runs_change_and_no_other_teams(tmp_pa
     assert rows["type"] == "rows" and [r["id"] for r in rows["rows"]] == [mine.id]
     assert rows["rows"][0] == {"id": mine.id, "status": "queued", "status_display": "Queued", "is_terminal": False,
                                "last_step": 0, "total_steps": mine.total_steps, "progress": 0.0,
-                               "queue": mine.queue, "queue_position": 1, "finding_count": 0}
+                               "queue": mine.queue, "queue_position": 1, "finding_count": 0,
+                               "held_reason": ""}
     assert row["type"] == "row" and row["row"]["id"] == mine.id
     assert row["row"]["status"] == Run.Status.STOPPED and row["row"]["queue_position"] is None
     assert nothing_more
