@@ -87,7 +87,7 @@ def token_authenticate(text: str, *, now: datetime | None = None) -> ApiToken:
     problem = token_text_error(text)
     if problem:
         raise TokenError(problem)
-    token = ApiToken.objects.select_related("user").filter(digest=digest_of(text)).first()
+    token = ApiToken.objects.select_related("user").filter(digest=digest_of(text)).order_by().first()
     if token is None:
         raise TokenError("unknown token: it was never made here, or it was mistyped")
     now = now or timezone.now()

@@ -1,4 +1,4 @@
-"""The API's one error shape, and its limits on request bodies.
+"""The API's one error shape.
 
 - 400: {"errors": {field: [message, ...]}}: a request field, a config field (as the run form names it: "r",
   "lr_scheduler_kwargs.num_cycles", "fit" for the fit planner's refusal), or "__all__" for what belongs to no field.
@@ -9,80 +9,16 @@ The services' own ValidationError (Django's) and PermissionDenied reach the call
 messages on the same keys."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import NON_FIELD_ERRORS, RequestDataTooBig, TooManyFieldsSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import exceptions, status
-from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from training.api.parsers import declared_length, json_limit, too_large
+
 ALL = "__all__"
-# A multipart upload carries its form fields and boundaries beside the file.
-MULTIPART_OVERHEAD = 1024 * 1024
-
-
-class BodyTooLarge(exceptions.APIException):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    default_code = "body_too_large"
-
-
-def json_limit() -> int:
-    return settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-
-
-def upload_limit() -> int:
-    return settings.TUNEBOARD_DATASET_MAX_BYTES + MULTIPART_OVERHEAD
-
-
-def _too_large(size: int | None, limit: int, what: str) -> BodyTooLarge:
-    said = f"{size:,} bytes" if size is not None else "more than that"
-    return BodyTooLarge(f"the request body is {said}; {what} takes at most {limit:,} bytes")
-
-
-def _declared_length(parser_context: dict | None) -> int | None:
-    request = (parser_context or {}).get("request")
-    text = request.META.get("CONTENT_LENGTH") if request is not None else None
-    try:
-        return int(text) if text else None
-    except ValueError:
-        return None
-
-
-class LimitedJSONParser(JSONParser):
-    """JSON bodies up to DATA_UPLOAD_MAX_MEMORY_SIZE. Django refuses a larger Content-Length itself when DRF reads the
-    body (RequestDataTooBig, turned into the same 413 below); this refuses a body sent without one (chunked) after
-    reading one byte past the limit."""
-
-    def parse(self, stream, media_type=None, parser_context=None):
-        limit = json_limit()
-        what = "a JSON body (DATA_UPLOAD_MAX_MEMORY_SIZE)"
-        declared = _declared_length(parser_context)
-        if declared is not None and declared > limit:
-            raise _too_large(declared, limit, what)
-        data = stream.read(limit + 1) if stream is not None else b""
-        if len(data) > limit:
-            raise _too_large(None, limit, what)
-        if not data:
-            return {}
-        try:
-            return json.loads(data.decode((parser_context or {}).get("encoding") or settings.DEFAULT_CHARSET))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise exceptions.ParseError(f"the body is not valid JSON: {exc}") from None
-
-
-class LimitedMultiPartParser(MultiPartParser):
-    """Multipart uploads (a dataset's file) up to TUNEBOARD_DATASET_MAX_BYTES and the form around it, refused by
-    their Content-Length before the file is received."""
-
-    def parse(self, stream, media_type=None, parser_context=None):
-        limit = upload_limit()
-        declared = _declared_length(parser_context)
-        if declared is not None and declared > limit:
-            raise _too_large(declared, limit, "an upload (TUNEBOARD_DATASET_MAX_BYTES and 1 MiB of form)")
-        return super().parse(stream, media_type, parser_context)
 
 
 def _messages(value: Any) -> list[str]:
@@ -128,8 +64,8 @@ def exception_handler(exc: Exception, context: dict) -> Any:
         exc = exceptions.ValidationError(django_errors(exc))
     elif isinstance(exc, RequestDataTooBig):  # Django's own check, as DRF reads a JSON body or a form field
         request = context.get("request")
-        exc = _too_large(_declared_length({"request": request}) if request is not None else None, json_limit(),
-                         "a JSON body or a form field (DATA_UPLOAD_MAX_MEMORY_SIZE)")
+        exc = too_large(declared_length({"request": request}) if request is not None else None, json_limit(),
+                        "a JSON body or a form field (DATA_UPLOAD_MAX_MEMORY_SIZE)")
     elif isinstance(exc, TooManyFieldsSent):
         exc = exceptions.ValidationError({ALL: [str(exc) or "too many form fields"]})
     response = drf_exception_handler(exc, context)

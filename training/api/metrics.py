@@ -3,7 +3,9 @@ step range, one point in `every`, as JSON or CSV, streamed a chunk of the replay
 
     ?after=S     only steps > S          ?before=S   only steps < S
     ?every=N     the 1st, N+1th, 2N+1th ... point of the range, every point with an eval loss, and the last one
-    ?format=     json (default): {"run", "fields", "every", "points": [{field: value}], "count"}; csv: a header row
+    ?format=     json (default): {"run", "fields", "every", "points": [[value, ...], ...], "count"}, each point a
+                 list in the order of "fields" (compact: a 100,000-step curve is 9.7 MB, not 21.5 as objects);
+                 csv: a header row, then a row a point
 """
 from __future__ import annotations
 
@@ -11,18 +13,19 @@ import csv
 import io
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from itertools import islice
+from typing import Iterable, Mapping
 
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiParameter
 
 from training import selectors
 from training.api.errors import bad_request
-from training.compare.export import csv_value
 from training.engine.events import json_safe
 from training.models import Run
 
 FIELDS = selectors.POINT_FIELDS
+EVAL = FIELDS.index("eval_loss")
 FORMATS = ("json", "csv")
 PARAMETERS = [
     OpenApiParameter("after", int, description="Only steps after this one"),
@@ -63,51 +66,58 @@ def parse(params: Mapping[str, str]) -> MetricsQuery:
     return MetricsQuery(after=after, before=before, every=every, format=fmt)
 
 
-def kept_chunks(run: Run, query: MetricsQuery) -> Iterable[list[dict[str, Any]]]:
-    """The points the query keeps, a replay chunk at a time, in step order."""
-    index = 0
-    held: dict[str, Any] | None = None  # the range's last point, if `every` skipped it
-    for chunk in selectors.run_point_chunks(run, after_step=query.after, before_step=query.before):
-        if query.every == 1:
-            yield chunk
-            continue
-        kept = []
-        for point in chunk:
-            if index % query.every == 0 or point["eval_loss"] is not None:
-                kept.append(point)
-                held = None
-            else:
-                held = point
-            index += 1
-        if kept:
-            yield kept
+BATCH = 10_000  # rows per piece of the streamed body
+
+
+def kept_rows(run: Run, query: MetricsQuery) -> Iterable[list[tuple]]:
+    """The points the query keeps, as tuples of FIELDS in step order, BATCH at a time."""
+    rows = selectors.run_point_rows(run, after_step=query.after, before_step=query.before)
+    if query.every == 1:
+        while batch := list(islice(rows, BATCH)):
+            yield batch
+        return
+    kept: list[tuple] = []
+    held: tuple | None = None  # the range's last point, if `every` skipped it
+    for index, row in enumerate(rows):
+        if index % query.every == 0 or row[EVAL] is not None:
+            kept.append(row)
+            held = None
+            if len(kept) == BATCH:
+                yield kept
+                kept = []
+        else:
+            held = row
     if held is not None:
-        yield [held]
+        kept.append(held)
+    if kept:
+        yield kept
 
 
-def _json_points(chunk: list[dict[str, Any]]) -> str:
-    text = json.dumps(chunk)
-    # Only numbers are in a point, so these tokens can only be non-finite floats: the pages' strings instead.
+def _json_rows(rows: list[tuple]) -> str:
+    text = json.dumps(rows)
+    # Only numbers are in a row, so these tokens can only be non-finite floats: the pages' strings instead.
     if "NaN" in text or "Infinity" in text:
-        text = json.dumps(json_safe(chunk))
+        text = json.dumps(json_safe(rows))
     return text[1:-1]
 
 
 def json_body(run: Run, query: MetricsQuery) -> Iterable[str]:
     yield f'{{"run": {run.id}, "fields": {json.dumps(list(FIELDS))}, "every": {query.every}, "points": ['
     count = 0
-    for chunk in kept_chunks(run, query):
-        yield ("," if count else "") + _json_points(chunk)
-        count += len(chunk)
+    for rows in kept_rows(run, query):
+        yield ("," if count else "") + _json_rows(rows)
+        count += len(rows)
     yield f'], "count": {count}}}'
 
 
 def csv_body(run: Run, query: MetricsQuery) -> Iterable[str]:
+    """A header row, then a row a point; an empty cell is a value the point lacks, and a non-finite one is written
+    nan, inf or -inf (as the Compare page's export writes them: Python's own float text)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(FIELDS)
-    for chunk in kept_chunks(run, query):
-        writer.writerows([csv_value(point[f]) for f in FIELDS] for point in chunk)
+    for rows in kept_rows(run, query):
+        writer.writerows(rows)
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()

@@ -229,7 +229,9 @@ class MetricsSerializer(serializers.Serializer):
     run = serializers.IntegerField()
     fields = serializers.ListField(child=serializers.CharField())
     count = serializers.IntegerField()
-    points = AnyList(child=Object(), help_text="One object a stored point, in step order, with the fields above")
+    every = serializers.IntegerField()
+    points = AnyList(child=AnyList(), help_text="A list a stored point, in step order: its values in the order of "
+                                                "fields (null: the point lacks it; \"nan\", \"inf\": non-finite)")
 
 
 class EvaluationsSerializer(serializers.Serializer):

@@ -185,10 +185,15 @@ class PresetViewSet(viewsets.GenericViewSet):
 
 def _run_row(user, run_id: int) -> Run:
     """The run with its list columns (queue position, findings), scoped like every run read."""
-    run = selectors.run_list_for(user).filter(id=run_id).first()
+    run = selectors.run_list_for(user).select_related("created_by").filter(id=run_id).first()
     if run is None:
         raise Http404("No such run")
     return run
+
+
+# What a row of the list does not show: the large JSON and text columns, left in the database.
+LIST_DEFERRED = ("config", "derived", "versions", "started", "preflight", "plan", "log_tail", "traceback", "error",
+                 "held_reason")
 
 
 class RunViewSet(viewsets.GenericViewSet):
@@ -209,7 +214,8 @@ class RunViewSet(viewsets.GenericViewSet):
         # The page's ids from the filtered, ordered index scan alone; only those rows get the list's per-run columns
         # (as the run list page does: selectors.run_page_for), so a deep page costs what the first does.
         ids = self.paginate_queryset(self.filter_queryset(self.get_queryset()).values_list("id", flat=True))
-        by_id = {run.id: run for run in selectors.run_list_for(request.user).filter(id__in=ids)}
+        rows = selectors.run_list_for(request.user).select_related("created_by").defer(*LIST_DEFERRED)
+        by_id = {run.id: run for run in rows.filter(id__in=ids)}
         rows = [by_id[i] for i in ids if i in by_id]
         return self.get_paginated_response(s.RunSerializer(rows, many=True).data)
 

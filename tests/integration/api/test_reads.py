@@ -70,14 +70,22 @@ def test_metrics_as_json_and_csv_with_a_range_and_downsampling(api_world):
     add_points(a.run, range(1, 101), nan_at=50)
     client = api_world.client(a.viewer)
     body = client.get(f"/api/v1/runs/{a.run.id}/metrics/").json()
-    assert body["run"] == a.run.id and body["count"] == 100 and body["fields"][0] == "step"
-    assert [p["step"] for p in body["points"]] == list(range(1, 101))
-    assert body["points"][49]["loss"] == "nan" and body["points"][9]["eval_loss"] == pytest.approx(2.0)
+    assert body["run"] == a.run.id and body["count"] == 100 and body["every"] == 1
+    assert body["fields"] == ["step", "epoch", "tokens_seen", "loss", "eval_loss", "grad_norm", "learning_rate",
+                              "tokens_per_s", "peak_vram_bytes"]
+    points = [dict(zip(body["fields"], p)) for p in body["points"]]
+    assert [p["step"] for p in points] == list(range(1, 101))
+    assert points[49]["loss"] == "nan" and points[9]["eval_loss"] == pytest.approx(2.0)
+    assert points[8]["eval_loss"] is None
+    assert points[0] == {"step": 1, "epoch": 0.01, "tokens_seen": 64, "loss": 1.99, "eval_loss": None, "grad_norm": 1.0,
+                         "learning_rate": 2e-4, "tokens_per_s": 900.0, "peak_vram_bytes": 2**20}
     ranged = client.get(f"/api/v1/runs/{a.run.id}/metrics/", after=20, before=31).json()
-    assert [p["step"] for p in ranged["points"]] == list(range(21, 31))
+    assert [p[0] for p in ranged["points"]] == list(range(21, 31)) and ranged["count"] == 10
     every = client.get(f"/api/v1/runs/{a.run.id}/metrics/", every=25).json()
     # One in 25 (steps 1, 26, 51, 76), every eval point (10, 20, ...) and the last.
-    assert [p["step"] for p in every["points"]] == sorted({1, 26, 51, 76, *range(10, 101, 10), 100})
+    assert [p[0] for p in every["points"]] == sorted({1, 26, 51, 76, *range(10, 101, 10), 100})
+    no_eval_at_end = client.get(f"/api/v1/runs/{a.run.id}/metrics/", every=25, before=99).json()
+    assert [p[0] for p in no_eval_at_end["points"]][-2:] == [90, 98]  # the range's last point is kept
     response = client.get(f"/api/v1/runs/{a.run.id}/metrics/", format="csv", after=45, before=52)
     assert response["Content-Type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(response.body.decode())))
@@ -96,7 +104,7 @@ def test_a_resumed_runs_metrics_are_its_whole_curve(api_world):
     continuation = Run.objects.get(id=resumed.json()["id"])
     assert resumed.json()["resumed_from"] == a.run.id and resumed.json()["resumed_from_step"] == 30
     add_points(continuation, range(31, 61))
-    steps = [p["step"] for p in api_world.client(a.viewer).get(
+    steps = [p[0] for p in api_world.client(a.viewer).get(
         f"/api/v1/runs/{continuation.id}/metrics/").json()["points"]]
     assert steps == list(range(1, 61))
 
