@@ -120,7 +120,8 @@ def form_plan(plan: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, A
         "workers": [worker_text(w) for w in plan["workers"]],
         "fits_any": plan["fits_any"],
         "refusal": refusal_text(plan),
-        "levers": [{"text": f"{lv['text']}, up to {human_bytes(lv['peak_high'])}", "fits": lv["fits"], "same_problem": lv["same_problem"],
+        "levers": [{"text": f"{lv['text']}, up to {human_bytes(lv['peak_high'])}", "fits": lv["fits"],
+                    "same_problem": lv["same_problem"],
                     "apply": {k: form_value(v) for k, v in lv["changes"].items()}} for lv in plan["levers"]],
         "fastest": ({"text": fastest_text(plan), "apply": {k: form_value(v) for k, v in
                                                            plan["fastest"]["changes"].items()}}

@@ -22,9 +22,9 @@ from training.access import require_role
 from training.engine.config import ConfigError, parse_config
 from training.live import send as live
 from training.models import Dataset, EvalSuite, Preset, Run, Sweep, Worker
-from training.run_config import ADAPTER_SHAPE_FIELDS, PRESET_PLACEHOLDERS, RESERVED_FIELDS, model_errors
 from training.planner import display
 from training.planner import services as planner
+from training.run_config import ADAPTER_SHAPE_FIELDS, PRESET_PLACEHOLDERS, RESERVED_FIELDS, model_errors
 from training.runs import preflight
 from training.selectors import run_status_dict
 from training.trackers.services import trackers_check

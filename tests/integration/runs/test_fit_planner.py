@@ -52,7 +52,7 @@ def preflight(client, dataset, model, **fields) -> dict:
 
 @pytest.mark.django_db
 def test_the_run_forms_preflight_answer_has_the_prediction(tiny_model, team_member):
-    team, user, dataset = team_member
+    _, user, dataset = team_member
     gpu_worker()
     client = client_for(user)
     body = preflight(client, dataset, tiny_model, **SMALL)
@@ -85,7 +85,7 @@ def test_the_run_forms_preflight_answer_has_the_prediction(tiny_model, team_memb
 @pytest.mark.django_db
 def test_a_config_that_fits_no_worker_is_refused_at_launch_with_the_levers_and_a_lever_makes_it_launch(
         tiny_model, team_member):
-    team, user, dataset = team_member
+    _, user, dataset = team_member
     gpu_worker()
     client = client_for(user)
     plan = preflight(client, dataset, tiny_model, **TOO_BIG)["plan"]
@@ -103,7 +103,8 @@ def test_a_config_that_fits_no_worker_is_refused_at_launch_with_the_levers_and_a
     errors = list(response.context["form"].non_field_errors())
     assert len(errors) == 1 and errors[0].startswith("Not started: predicted peak ")
     assert "fits no live GPU worker on this queue (the largest: box-t4@test, 2.0 GiB)" in errors[0]
-    assert "per_device_train_batch_size 16 × gradient_accumulation_steps 4 (same effective batch 64): peak ≈" in errors[0]
+    lever = "per_device_train_batch_size 16 × gradient_accumulation_steps 4 (same effective batch 64): peak ≈"
+    assert lever in errors[0]
     html = response.content.decode()
     assert 'class="form-error" role="alert"' in html and "Not started: predicted peak" in html
     assert not Run.objects.exists()
@@ -119,7 +120,7 @@ def test_a_config_that_fits_no_worker_is_refused_at_launch_with_the_levers_and_a
 
 @pytest.mark.django_db
 def test_a_worker_that_went_silent_does_not_count(tiny_model, team_member):
-    team, user, dataset = team_member
+    _, user, dataset = team_member
     worker = gpu_worker(memory=80 * GiB)
     Worker.objects.filter(id=worker.id).update(
         last_heartbeat_at=timezone.now() - timedelta(seconds=settings.TUNEBOARD_WORKER_SILENT_S + 5))
@@ -133,8 +134,8 @@ def check_rows(html_page: str) -> dict[str, list[str]]:
     section = html_page[html_page.index('id="plan-check"'):]
     section = section[:section.index("</section>")]
     rows = {}
-    for what, cells in re.findall(r'<tr data-check="([^"]+)">(.*?)</tr>', section, flags=re.S):
-        tds = [unescape(re.sub(r"<[^>]+>", "", td)).strip() for td in re.findall(r"<td>(.*?)</td>", cells, re.S)]
+    for what, cells in re.findall(r'<tr data-check="([^"]+)">(.*?)</tr>', section, flags=re.DOTALL):
+        tds = [unescape(re.sub(r"<[^>]+>", "", td)).strip() for td in re.findall(r"<td>(.*?)</td>", cells, re.DOTALL)]
         rows[what] = [" ".join(td.split()) for td in tds]
     return rows
 
@@ -148,7 +149,7 @@ def page_queries(client, run) -> tuple[str, int]:
 
 @pytest.mark.django_db
 def test_the_run_page_shows_predicted_against_measured_with_the_relative_errors(tiny_model, team_member):
-    team, user, dataset = team_member
+    user = team_member[1]
     gpu_worker(memory=16 * GiB)
     run = create_run(team_member, tiny_model, max_steps=10)
     plan = run.plan
@@ -189,7 +190,7 @@ def test_the_run_page_shows_predicted_against_measured_with_the_relative_errors(
 @pytest.mark.django_db(transaction=True)
 def test_a_trained_cpu_run_shows_what_it_measured_and_says_the_devices_differ(celery_worker, tiny_model,
                                                                                team_member):
-    team, user, dataset = team_member
+    user = team_member[1]
     gpu_worker(name="box-t4-idle@test", memory=16 * GiB)  # the plan is for its T4; the CPU worker trains it
     run = wait_terminal(create_run(team_member, tiny_model, max_steps=12))
     assert run.status == Run.Status.SUCCEEDED, run.error

@@ -38,7 +38,7 @@ def client_for(user) -> Client:
 
 
 def test_the_preview_shows_the_plan_of_the_member_with_the_largest_peak(tiny_model, team_member, small_gpu_queue):
-    team, user, dataset = team_member
+    _, user, dataset = team_member
     answer = client_for(user).post("/sweeps/new/preview/", sweep_form(dataset, tiny_model, small_gpu_queue)).json()
     assert answer["errors"] == {} and [m["name"] for m in answer["members"]] == ["r=2", "r=64"]
     plan = answer["plan"]
@@ -50,7 +50,7 @@ def test_the_preview_shows_the_plan_of_the_member_with_the_largest_peak(tiny_mod
 
 def test_a_member_that_fits_no_gpu_is_refused_by_name_in_the_preview_and_at_launch(tiny_model, team_member,
                                                                                     small_gpu_queue):
-    team, user, dataset = team_member
+    _, user, dataset = team_member
     client = client_for(user)
     # Packed rows of 1,024 tokens, 32 a micro-batch, on the plain stack: ~4 GiB of attention scores per member.
     too_big = sweep_form(dataset, tiny_model, small_gpu_queue, max_length=1024, packing="true",
@@ -82,7 +82,7 @@ def test_a_member_that_fits_no_gpu_is_refused_by_name_in_the_preview_and_at_laun
 
 def test_a_later_member_refused_by_run_create_names_the_member(tiny_model, team_member, small_gpu_queue):
     """What sweep_create checks first, a member's run refused later (a next phase, a resume) names it too."""
-    team, user, dataset = team_member
+    _, user, dataset = team_member
     client = client_for(user)
     response = client.post("/sweeps/new/", {**sweep_form(dataset, tiny_model, small_gpu_queue), "name": "ranks"})
     assert response.status_code == 302
