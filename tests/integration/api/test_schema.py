@@ -1,8 +1,15 @@
 """The OpenAPI schema: drf-spectacular generates it from the API's views and validates it (OpenAPI 3), with no
 warning or error; it names every endpoint of the contract and the token scheme."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import yaml
 from django.core.management import call_command
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_the_schema_is_generated_and_valid_with_no_warnings(tmp_path):
@@ -31,3 +38,13 @@ def test_the_schema_is_generated_and_valid_with_no_warnings(tmp_path):
 def test_the_schema_is_served(client):
     response = client.get("/api/v1/schema/")
     assert response.status_code == 200 and b"openapi: 3" in response.content
+
+
+@pytest.mark.parametrize("module", ["training.api.errors", "training.api.metrics", "training.api.authentication"])
+def test_each_api_module_imports_first_in_a_fresh_process(module):
+    """DRF imports the settings' parser, renderer and authentication classes while it defines APIView: a module of
+    theirs that imported rest_framework.views (or a module that does) before them would be a circular import."""
+    code = f"import django; django.setup(); import {module}"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "DJANGO_SETTINGS_MODULE": "dashboard.settings"})
+    assert result.returncode == 0, result.stderr[-2000:]
