@@ -8,13 +8,18 @@ an MFU estimate and the ratios.
     python bench/gpu_throughput.py --cases qlora_unsloth,qlora_hf,qlora_hf_before,qlora_unsloth,qlora_hf --steps 40 --skip 10
     python bench/gpu_throughput.py --size 1.1b --cases lora16_unsloth,lora16_hf,qlora_unsloth,qlora_hf --steps 20
     python bench/gpu_throughput.py --probe OUT_DIR --cases lora16_unsloth,lora16_hf --steps 8   (bench/gpu_memory_probe.py)
+    python bench/gpu_throughput.py --size 1.1b --cases lora16_hf,lora16_unsloth --gpus 1,2 --steps 30 --skip 10
+
+`--gpus 1,2` runs every case on 1 GPU and again as a data-parallel run of 2 (`+gpus2`: the engine's `devices`, the
+same per-GPU micro-batch, so twice the rows a step), and prints tokens/s (the whole job's), the peak of the fullest
+GPU and the scaling ratio, 2-GPU tokens/s over 1-GPU tokens/s (issue 23's target: >= 1.8).
 
 A case listed twice runs twice (interleave them: the lent machines drift); the ratios use each case's mean.
 A case may carry variants after "+" (`lora16_unsloth+tiled`, `lora16_bare+mb4`): see VARIANTS.
 
 tokens/s counts non-padding tokens between the metrics of step `--skip` and the last step (compile and warm-up
 excluded), the same way for the engine (its `metrics` events) and the bare script (a TrainerCallback).
-MFU ≈ 6 · N_params · tokens/s / peak, with N the base model's parameters: forward 2N, backward through the frozen
+MFU ≈ 6 · N_params · tokens/s / (peak · GPUs), with N the base model's parameters: forward 2N, backward through the frozen
 weights 2N, and gradient checkpointing's recomputed forward 2N; attention FLOPs are left out (an underestimate).
 """
 from __future__ import annotations
@@ -85,6 +90,8 @@ VARIANTS = {
     "ce4": {"env": {"UNSLOTH_LOGPROB_CHUNK_GB": "0.015625"}},
     # Unsloth's one-call varlen attention for packed batches, as on torch >= 2.12 (bench/unsloth_varlen.py)
     "varlen": {"env": {"BENCH_UNSLOTH_VARLEN": "1"}},
+    # A data-parallel run of N GPUs (issue 23): the engine launches N ranks, each with this case's micro-batch.
+    **{f"gpus{n}": {"config": {"devices": n}} for n in range(2, 9)},
 }
 BEFORE = """
 import sys
@@ -156,6 +163,10 @@ def case_config(name: str, model: str, data: dict, steps: int, work: Path) -> tu
     for variant in variants:
         if "bare" in VARIANTS[variant] and runner != "bare":
             raise SystemExit(f"variant +{variant} is for the bare script's cases only")
+        if variant.startswith("gpus") and (runner != "engine" or "varlen" in variants):
+            # The ranks are processes the engine launches: the bench's own process (the bare script, the
+            # before-recipe, the varlen emulation) does not reach them.
+            raise SystemExit(f"variant +{variant} is for the engine's cases, without +varlen")
         case.update(VARIANTS[variant].get("config", {}) | VARIANTS[variant].get("bare", {}))
         data_kind = VARIANTS[variant].get("data", data_kind)
     config = {**COMMON, **case, "model": model, "train_file": str(data[data_kind]), "max_steps": steps,
@@ -199,7 +210,9 @@ def run_case(name: str, model: str, data: dict, steps: int, skip: int, work: Pat
         events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
         peaks = [e for e in events if e["type"] == "bench_peaks"]
         events = [e for e in events if e["type"] != "bench_peaks"]
-        reserved = peaks[0]["reserved"] if peaks else None
+        # Several GPUs: that process only launched the ranks; each GPU's peak is in the metrics.
+        devices = json.loads(cfg_path.read_text()).get("devices", 1)
+        reserved = peaks[0]["reserved"] if peaks and devices == 1 else None
         metrics = [e for e in events if e["type"] == "metrics"]
         if not events or events[-1]["type"] != "finished":
             return {"case": name, "error": (events[-1] if events else out.stderr[-2000:])}
@@ -210,7 +223,10 @@ def run_case(name: str, model: str, data: dict, steps: int, skip: int, work: Pat
     step_s = [b - a for a, b in zip(times[skip:], times[skip + 1:])]
     step_tokens = [b - a for a, b in zip(tokens[skip:], tokens[skip + 1:])]
     per_step = sorted(t / s for t, s in zip(step_tokens, step_s))
-    return {"case": name, "tokens_per_s": rate(times, tokens, skip), "peak_vram_gib": peak / 2**30,
+    per_gpu = metrics[-1].get("peak_vram_bytes_per_gpu") if runner != "bare" else None
+    return {"case": name, "devices": json.loads(cfg_path.read_text()).get("devices", 1),
+            "tokens_per_s": rate(times, tokens, skip), "peak_vram_gib": peak / 2**30,
+            "peak_vram_gib_per_gpu": [round(p / 2**30, 2) for p in per_gpu] if per_gpu else None,
             "peak_reserved_gib": reserved / 2**30 if reserved is not None else None,
             "median_step_tokens_per_s": per_step[len(per_step) // 2],
             "step_s": [round(s, 3) for s in step_s], "wall_s": time.time() - started, "steps": len(times),
@@ -235,6 +251,25 @@ def comparisons(names: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def with_gpus(names: list[str], gpus: list[int]) -> list[str]:
+    """Each case on each GPU count, one after another (1: the case itself; N: the case +gpusN)."""
+    return [name if n == 1 else f"{name}+gpus{n}" for name in names for n in gpus]
+
+
+def scaling(by: dict[str, dict]) -> list[tuple[str, str, int, float]]:
+    """(1-GPU case, N-GPU case, N, tokens/s ratio) for each +gpusN case whose 1-GPU case ran too."""
+    found = []
+    for name in by:
+        parts = name.split("+")
+        gpus = [p for p in parts[1:] if p.startswith("gpus")]
+        if not gpus:
+            continue
+        base = "+".join(p for p in parts if p not in gpus)
+        if base in by:
+            found.append((base, name, int(gpus[0][4:]), by[name]["tokens_per_s"] / by[base]["tokens_per_s"]))
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", default=",".join(CASES))
@@ -244,6 +279,7 @@ def main() -> None:
                         help="the random Llama's shapes: Llama-3.2-1B (1b) or TinyLlama-1.1B (1.1b)")
     parser.add_argument("--work", default="/tmp/tuneboard-bench")
     parser.add_argument("--out", help="write the results as JSON here too")
+    parser.add_argument("--gpus", help="GPU counts to run each case on, e.g. 1,2: prints the scaling ratio")
     parser.add_argument("--probe", help="instead of timing, run bench/gpu_memory_probe.py on each engine case and "
                                         "write its findings into this folder")
     args = parser.parse_args()
@@ -274,10 +310,14 @@ def main() -> None:
             print(json.dumps(found, default=str), flush=True)
         return
     results = []
-    for name in args.cases.split(","):
+    names = args.cases.split(",")
+    if args.gpus:
+        names = with_gpus(names, [int(n) for n in args.gpus.split(",")])
+        summary["gpus_visible"] = torch.cuda.device_count()
+    for name in names:
         result = run_case(name, str(model_dir), data, args.steps, args.skip, work)
         if "tokens_per_s" in result:
-            result["mfu"] = 6 * n_params * result["tokens_per_s"] / H100_BF16_DENSE
+            result["mfu"] = 6 * n_params * result["tokens_per_s"] / (H100_BF16_DENSE * result["devices"])
         results.append(result)
         print(json.dumps(result), flush=True)
         if args.out:  # after every case: a call cut short keeps what it measured
@@ -298,7 +338,10 @@ def main() -> None:
                   f"{r['peak_vram_gib']:9.2f} {reserved} {r['mfu']:6.1%}  {' '.join(r['warnings']) or '-'}")
         else:
             print(f"{r['case']:24} ERROR {str(r['error'])[:300]}")
-    for u, o in comparisons(list(by)):
+    for base, name, n, ratio in scaling(by):
+        print(f"{base}: 1 GPU {by[base]['tokens_per_s']:.0f} tokens/s, {n} GPUs {by[name]['tokens_per_s']:.0f} "
+              f"tokens/s: {ratio:.2f}x ({ratio / n:.0%} of linear; target for 2: >= 1.8x)")
+    for u, o in comparisons([n for n in by if not any(p.startswith("gpus") for p in n.split("+")[1:])]):
         a, b = by[u], by[o]
         if o.split("+")[0].endswith("_bare"):
             print(f"{u} / {o}: engine/bare = {a['tokens_per_s'] / b['tokens_per_s']:.3f}")
@@ -308,6 +351,8 @@ def main() -> None:
         print(f"{u} / {o}: speed {a['tokens_per_s'] / b['tokens_per_s']:.2f}x, "
               f"VRAM {a['peak_vram_gib'] / b['peak_vram_gib']:.0%}{reserved}")
     if args.out:
+        summary["scaling"] = [{"case": base, "with": name, "gpus": n, "ratio": ratio}
+                              for base, name, n, ratio in scaling(by)]
         Path(args.out).write_text(json.dumps(dict(summary, results=results), indent=1))
 
 

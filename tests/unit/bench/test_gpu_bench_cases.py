@@ -144,3 +144,26 @@ def test_the_varlen_emulation_passes_unsloths_torch_2_12_checks_only_when_asked(
     with pytest.raises(RuntimeError, match="lean flash path only"):
         varlen.varlen_attn(None, None, None, None, None, 1, 1, enable_gqa=True)
     assert emulation.apply() is False  # now it has enable_gqa: nothing more to do
+
+
+def test_gpus_runs_each_case_on_each_gpu_count_as_the_engines_devices(tmp_path):
+    names = bench.with_gpus(["lora16_unsloth", "qlora_hf+mb4"], [1, 2])
+    assert names == ["lora16_unsloth", "lora16_unsloth+gpus2", "qlora_hf+mb4", "qlora_hf+mb4+gpus2"]
+    _, one = bench.case_config("lora16_unsloth", str(tmp_path), DATA, 20, tmp_path)
+    _, two = bench.case_config("lora16_unsloth+gpus2", str(tmp_path), DATA, 20, tmp_path)
+    one, two = json.loads(one.read_text()), json.loads(two.read_text())
+    assert "devices" not in one and parse_config(two).devices == 2
+    assert {k: v for k, v in two.items() if k not in ("devices", "output_dir")} == \
+        {k: v for k, v in one.items() if k != "output_dir"}  # the same per-GPU micro-batch
+
+
+def test_gpus_is_refused_where_the_ranks_would_not_get_the_cases_process(tmp_path):
+    for case in ("lora16_bare+gpus2", "lora16_unsloth+varlen+gpus2", "qlora_hf_before+gpus2"):
+        with pytest.raises(SystemExit, match="for the engine's cases, without"):
+            bench.case_config(case, "m", DATA, 20, tmp_path)
+
+
+def test_the_scaling_ratio_pairs_each_n_gpu_case_with_its_one_gpu_case():
+    by = {"lora16_hf": {"tokens_per_s": 1000.0}, "lora16_hf+gpus2": {"tokens_per_s": 1900.0},
+          "qlora_hf+mb4+gpus2": {"tokens_per_s": 50.0}}
+    assert bench.scaling(by) == [("lora16_hf", "lora16_hf+gpus2", 2, 1.9)]
