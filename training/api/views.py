@@ -45,6 +45,13 @@ def _renamed(error: ValidationError, names: dict[str, str]) -> ValidationError:
     return ValidationError({names.get(k, k): v for k, v in django_errors(error).items()})
 
 
+def _object(request: Request) -> Any:
+    """The request's body, which must be an object (a JSON object, or a form's fields)."""
+    if not hasattr(request.data, "items"):
+        raise bad_request({"__all__": f"the body must be a JSON object, not {type(request.data).__name__}"})
+    return request.data
+
+
 def _found(getter, user, object_id: Any, field: str, what: str):
     """An object a request body names: its id looked up with the page's team-scoped getter; any other id (another
     team's, a missing one, not an id) is a 400 on that field."""
@@ -114,8 +121,9 @@ class DatasetViewSet(viewsets.GenericViewSet):
                    responses={201: s.DatasetDetailSerializer},
                    summary="Upload a dataset file: every row checked as on the Datasets page")
     def create(self, request: Request) -> Response:
-        team = _team_for_write(request, request.data.get("team"), role=Role.MEMBER, action="Adding a dataset")
-        data = request.data.copy() if hasattr(request.data, "copy") else dict(request.data)
+        body = _object(request)
+        team = _team_for_write(request, body.get("team"), role=Role.MEMBER, action="Adding a dataset")
+        data = body.copy() if hasattr(body, "copy") else dict(body)
         data["team"] = str(team.id)
         form = DatasetUploadForm(data, request.FILES, user=request.user)
         if not form.is_valid():
@@ -129,10 +137,10 @@ class DatasetViewSet(viewsets.GenericViewSet):
                    summary="Register a file already on the shared storage (team admins)")
     @action(detail=False, methods=["post"])
     def register(self, request: Request) -> Response:
-        team = _team_for_write(request, request.data.get("team"), role=Role.ADMIN,
-                               action="Registering a dataset path")
+        body = _object(request)
+        team = _team_for_write(request, body.get("team"), role=Role.ADMIN, action="Registering a dataset path")
         form = DatasetRegisterForm(user=request.user)
-        data = {form.add_prefix(k): v for k, v in request.data.items() if k != "team"}
+        data = {form.add_prefix(k): v for k, v in body.items() if k != "team"}
         form = DatasetRegisterForm({**data, form.add_prefix("team"): str(team.id)}, user=request.user)
         if not form.is_valid():
             raise bad_request(_errors_of(form))
@@ -148,7 +156,7 @@ class DatasetViewSet(viewsets.GenericViewSet):
         access.require_role(user=request.user, team=dataset.team, role=Role.MEMBER, action="Profiling a dataset")
         # A field left out takes the page form's initial value, as the page pre-fills it.
         initial = {name: f.initial for name, f in DatasetProfileForm.base_fields.items() if f.initial is not None}
-        data = {**initial, **dict(request.data.items())}
+        data = {**initial, **dict(_object(request).items())}
         form = DatasetProfileForm(data, dataset=dataset)
         if not form.is_valid():
             raise bad_request(_errors_of(form))

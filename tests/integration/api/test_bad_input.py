@@ -209,3 +209,34 @@ def test_unknown_paths_and_methods_are_json(api_world):
     assert client.get("/api/v1/runs/abc/").status_code == 404
     wrong_method = client.client.delete(f"/api/v1/runs/{api_world.a.run.id}/", **client.headers)
     assert wrong_method.status_code == 405 and "DELETE" in wrong_method.json()["detail"]
+
+
+@pytest.mark.parametrize("body", ["[1, 2]", "null", '"a string"', "42", "true"])
+def test_a_body_that_is_not_an_object_is_a_400_on_every_write_endpoint(api_world, body):
+    a = api_world.a
+    client = api_world.client(a.admin)
+    for path in ("/api/v1/runs/", f"/api/v1/runs/{a.run.id}/resume/", "/api/v1/sweeps/",
+                 f"/api/v1/sweeps/{10**9}/resume/", "/api/v1/datasets/", "/api/v1/datasets/register/",
+                 f"/api/v1/datasets/{a.dataset.id}/profile/"):
+        response = client.client.post(path, body, content_type="application/json", **client.headers)
+        if "/sweeps/1000000000/" in path:
+            assert response.status_code == 404, path
+            continue
+        errors = errors_of(response)
+        assert "__all__" in errors or "team" in errors or "file" in errors, (path, errors)
+
+
+def test_ids_past_any_integer_column_are_missing_objects_not_errors(api_world):
+    client = api_world.client(api_world.a.member)
+    huge = 10**30
+    assert client.get(f"/api/v1/runs/{huge}/").status_code == 404
+    assert client.get(f"/api/v1/datasets/{huge}/").status_code == 404
+    assert client.post(f"/api/v1/sweeps/{huge}/stop/").status_code == 404
+    assert "dataset" in errors_of(client.post("/api/v1/runs/", {"dataset": huge}))
+    errors = errors_of(client.post("/api/v1/runs/", {"dataset": api_world.a.dataset.id, "preset": huge,
+                                                     "overrides": {"model": "tiny-model"}}))
+    assert "preset" in errors
+    assert "team" in errors_of(client.upload("/api/v1/datasets/", {"team": huge, "name": "x",
+                                                                    "file": upload("d.jsonl", b'{"text": "a"}\n')}))
+    assert client.get("/api/v1/runs/", team=huge).json()["count"] == 0
+    assert client.get("/api/v1/compare/", runs=f"{huge},{huge + 1}").status_code == 404  # like missing runs
