@@ -129,7 +129,6 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "training.api.errors.exception_handler",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "URL_FORMAT_OVERRIDE": None,  # ?format=csv is the metrics endpoint's own parameter, not a renderer's
-    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Tuneboard API",
