@@ -30,6 +30,7 @@ from training.models import Dataset, Preset, Run, Sweep
 from training.runs import services as run_services
 from training.sweeps import services as sweep_services
 from training.sweeps.selectors import get_sweep_for_user, sweep_list_for, sweep_state
+from training.trackers import services as tracker_services
 
 Role = Membership.Role
 ID = r"[0-9]+"
@@ -316,6 +317,19 @@ class RunViewSet(viewsets.GenericViewSet):
         run = access.get_run_for_user(request.user, int(pk))
         path = selectors.run_adapter_file(run, name)
         return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)
+
+    @extend_schema(responses={(200, "application/zip"): OpenApiTypes.BINARY},
+                   summary="The run's TensorBoard event files as a zip (a folder run-<id>/ inside): those its worker "
+                           "wrote, or, once it has ended, written from what was stored; 400 on 'run' before then")
+    @action(detail=True, methods=["get"])
+    def tensorboard(self, request: Request, pk: str) -> FileResponse:
+        run = access.get_run_for_user(request.user, int(pk))
+        try:
+            archive = tracker_services.tensorboard_zip(run)
+        except ValidationError as exc:
+            raise bad_request(django_errors(exc)) from None
+        return FileResponse(archive, as_attachment=True, filename=f"run-{run.id}-tensorboard.zip",
+                            content_type="application/zip")
 
     @extend_schema(parameters=[OpenApiParameter("examples", bool, description="With the examples each got wrong")],
                    responses=s.EvaluationsSerializer, summary="The run's evaluations on eval suites")

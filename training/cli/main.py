@@ -1,9 +1,11 @@
 """The `tuneboard` commands (typer): each one a few API calls (training/cli/client.py) and what it prints."""
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -212,9 +214,26 @@ def runs_metrics(run_id: RunId,
 @runs_app.command("export")
 def runs_export(run_id: RunId,
                 tensorboard: Annotated[Path, typer.Option(help="The folder for the event files")]) -> None:
-    """Write an ended run's TensorBoard event files into DIR (needs the API to serve them; see the README)."""
-    raise CliError("the API has no TensorBoard files endpoint yet (runs/{id}/tensorboard/); on the server use "
-                   f"`manage.py export_tensorboard {run_id} {tensorboard}`, or the run page's TensorBoard zip")
+    """Write the run's TensorBoard event files into DIR/run-<id>/ (an ended run's, or those its worker wrote)."""
+    response = api().request("GET", f"/runs/{run_id}/tensorboard/")
+    written = unpack_zip(response.content, tensorboard)
+    out.print(f"run {run_id}: {len(written)} TensorBoard file(s) in {tensorboard.resolve()}; view them with "
+              f"`tensorboard --logdir {tensorboard}`")
+
+
+def unpack_zip(data: bytes, folder: Path) -> list[Path]:
+    """The archive's files under `folder`; a member whose path would leave it is refused, nothing written."""
+    root = folder.resolve()
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        targets = [(root / m.filename).resolve() for m in members]
+        outside = [m.filename for m, t in zip(members, targets) if root not in t.parents]
+        if outside:
+            raise CliError(f"the server's archive has a path outside {root}: {outside[0]}")
+        for member, target in zip(members, targets):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(archive.read(member))
+    return targets
 
 
 # sweeps -----------------------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ def object_paths(world_team) -> list[str]:
     return [f"/api/v1/runs/{run.id}/", f"/api/v1/runs/{run.id}/metrics/", f"/api/v1/runs/{run.id}/metrics/?format=csv",
             f"/api/v1/runs/{run.id}/events/", f"/api/v1/runs/{run.id}/findings/", f"/api/v1/runs/{run.id}/samples/",
             f"/api/v1/runs/{run.id}/adapter/", f"/api/v1/runs/{run.id}/adapter/adapter_config.json",
-            f"/api/v1/runs/{run.id}/evaluations/", f"/api/v1/datasets/{dataset.id}/"]
+            f"/api/v1/runs/{run.id}/evaluations/", f"/api/v1/runs/{run.id}/tensorboard/",
+            f"/api/v1/datasets/{dataset.id}/"]
 
 
 def test_another_teams_objects_are_404_like_missing_ones(api_world):
@@ -73,8 +74,13 @@ def test_a_viewer_reads_everything_and_every_write_is_a_403(api_world, tmp_path)
     a = api_world.a
     viewer = api_world.client(a.viewer)
     for path in object_paths(a):
-        # The queued run saved no adapter yet: its file is missing for everyone.
-        assert viewer.get(path).status_code == (404 if path.endswith("adapter_config.json") else 200), path
+        # The queued run saved no adapter yet: its file is missing for everyone; it has no TensorBoard files yet and
+        # they can be written once it has ended: a 400 on 'run' that says so.
+        response = viewer.get(path)
+        expected = 404 if path.endswith("adapter_config.json") else 400 if path.endswith("tensorboard/") else 200
+        assert response.status_code == expected, path
+        if expected == 400:
+            assert "once it has ended" in response.json()["errors"]["run"][0]
     writes = [
         viewer.post("/api/v1/runs/", {"dataset": a.dataset.id, "overrides": {"model": "tiny-model"}}),
         viewer.post(f"/api/v1/runs/{a.run.id}/stop/"),

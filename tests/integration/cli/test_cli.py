@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dashboard.tokens.services import token_create
 from tests.e2e.conftest import ROOT, WebServer
@@ -105,6 +106,14 @@ def test_login_upload_create_watch_to_success_metrics_list_show_compare(server, 
     assert len(rows) == 12 + 4 and {r["run_id"] for r in rows} == {str(run), str(second)}
     compared = tuneboard("compare", str(run), str(second), home=home)
     assert compared.returncode == 0 and "r" in compared.stdout.split()
+
+    # The ended run's TensorBoard files (it mirrored to none: written from what was stored), read back.
+    exported = tuneboard("runs", "export", str(run), "--tensorboard", str(tmp_path / "tb"), home=home)
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    accumulator = EventAccumulator(str(tmp_path / "tb" / f"run-{run}")).Reload()
+    assert [e.step for e in accumulator.Scalars("train/loss")] == list(range(1, 13))
+    assert [e.value for e in accumulator.Scalars("train/loss")] == pytest.approx([float(r["loss"]) for r in rows
+                                                                                  if r["run_id"] == str(run)])
 
 
 def test_watching_a_run_that_fails_exits_3_with_its_error(server, token, celery_worker, tiny_model, tmp_path):
