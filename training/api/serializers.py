@@ -186,6 +186,9 @@ class RunCreateSerializer(serializers.Serializer):
     base_kind = serializers.ChoiceField(choices=Run.BaseKind.choices, required=False, default=Run.BaseKind.ADAPTER)
     eval_suites = serializers.ListField(child=serializers.IntegerField(), required=False, default=list)
     eval_checkpoints = serializers.BooleanField(required=False, default=False)
+    trackers = serializers.ListField(child=serializers.CharField(max_length=40), required=False, default=list,
+                                     help_text="What the worker mirrors the run to: tensorboard, mlflow (the team's "
+                                               "server, set on its Trackers page)")
 
 
 class RunResumeSerializer(serializers.Serializer):

@@ -246,7 +246,7 @@ class RunViewSet(viewsets.GenericViewSet):
             run = run_services.run_create(
                 team=dataset.team, user=user, dataset=dataset, preset=preset, overrides=v["overrides"],
                 name=v.get("name") or "", queue=v.get("queue") or None, base_run=base_run, base_kind=v["base_kind"],
-                eval_suites=suites, eval_checkpoints=v["eval_checkpoints"])
+                eval_suites=suites, eval_checkpoints=v["eval_checkpoints"], trackers=v["trackers"])
         except ValidationError as exc:
             raise _renamed(exc, {"start_from": "base_run"}) from None
         return Response(s.RunDetailSerializer(_run_row(user, run.id)).data, status=status.HTTP_201_CREATED)

@@ -7,6 +7,8 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
+from tests.factories import idle_queue
+
 from training.models import Dataset, Run, Sweep, Worker
 
 from .conftest import upload
@@ -42,12 +44,16 @@ def test_run_create_refuses_bad_fields_by_name(api_world, tiny_model):
         ({**ok, "base_kind": "weights"}, {"base_kind": "not a valid choice"}),
         ({**ok, "name": "x" * 201}, {"name": "200 characters"}),
         ({**ok, "preset": "default"}, {"preset": "valid integer"}),
+        ({**ok, "trackers": ["wandb"]}, {"trackers": "no tracker 'wandb'; choose from tensorboard, mlflow"}),
+        ({**ok, "trackers": ["mlflow"]}, {"trackers": "has no MLflow server yet"}),
     ]
     for body, expected in cases:
         errors = errors_of(client.post("/api/v1/runs/", body))
         for key, text in expected.items():
             assert key in errors and any(text in m for m in errors[key]), (body, errors)
     assert Run.objects.filter(team=a.team).count() == 1
+    created = client.post("/api/v1/runs/", {**ok, "queue": idle_queue(), "trackers": ["tensorboard"]})
+    assert created.status_code == 201 and Run.objects.get(id=created.json()["id"]).trackers == ["tensorboard"]
 
 
 def test_a_config_that_fits_no_gpu_worker_is_refused_on_fit_as_the_form_refuses_it(api_world, tiny_model):
