@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from datetime import timedelta
@@ -27,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench import benchdb  # noqa: E402  (bench/ is a folder of scripts; ROOT is on the path)
 DB_NAME = "tuneboard_bench_api"
 PREFIX = "tuneboard-bench-api"
 IDLE_QUEUE = f"{PREFIX}-idle"  # nobody consumes it: nothing trains
@@ -38,22 +38,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
 os.environ["TUNEBOARD_WEB_LOST_RUN_CHECK"] = "0"
 
 STATUSES = ["succeeded"] * 14 + ["failed"] * 2 + ["queued"] * 2 + ["running", "stopped"]
-
-
-def ensure_database() -> None:
-    import psycopg
-
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB_NAME]).fetchone():
-            conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True)
-
-
-def purge_idle_queue() -> None:
-    from dashboard.celery import app
-
-    with app.connection_for_write() as conn:
-        conn.default_channel.queue_purge(IDLE_QUEUE)
 
 
 def team_with_runs(slug: str, count: int):
@@ -173,7 +157,7 @@ def main() -> None:
 
     machine = baseline.measure()
     print(baseline.line(machine), flush=True)
-    ensure_database()
+    benchdb.ensure_database(DB_NAME)
     import django
 
     django.setup()
@@ -190,7 +174,7 @@ def main() -> None:
     team, user, dataset = team_with_runs("bench-api", args.runs - 1)  # and the long run: --runs in all
     team_with_runs("bench-api-other", args.runs // 5)
     run = long_run(team, user, dataset, args.steps)
-    purge_idle_queue()
+    benchdb.purge_queue(IDLE_QUEUE)
     from django.db import connection
 
     with connection.cursor() as cursor:  # the statistics autovacuum keeps on a live table, after the bulk load

@@ -33,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench import benchdb  # noqa: E402  (bench/ is a folder of scripts; ROOT is on the path)
 DB_NAME = "tuneboard_bench_sweeps"
 PREFIX = "tuneboard-bench-sweeps"
 IDLE_QUEUE = f"{PREFIX}-idle"  # the members' queue: nobody consumes it, so nothing trains
@@ -46,23 +47,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
 
 STEPS, EVAL_EVERY = 200, 20  # each member's curve on the page bench
 ADVANCE_STEPS = 60  # each member's curve on the advance bench (evals at 20, 40, 60)
-
-
-def ensure_database() -> None:
-    import psycopg
-
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB_NAME]).fetchone():
-            conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True)
-
-
-def purge_idle_queue() -> None:
-    """The members' messages wait in Redis for a worker that never comes: drop them."""
-    from dashboard.celery import app
-
-    with app.connection_for_write() as conn:
-        conn.default_channel.queue_purge(IDLE_QUEUE)
 
 
 def setup_team():
@@ -317,7 +301,7 @@ def main() -> None:
 
     machine = baseline.measure()
     print(baseline.line(machine), flush=True)
-    ensure_database()
+    benchdb.ensure_database(DB_NAME)
     import django
 
     django.setup()
@@ -326,7 +310,7 @@ def main() -> None:
     from django.conf import settings
 
     logging.getLogger("axes").setLevel(logging.WARNING)  # a line per login otherwise
-    purge_idle_queue()
+    benchdb.purge_queue(IDLE_QUEUE)
     team, user, dataset = setup_team()
 
     sweep, created_s = page_sweep(team, user, dataset, args.members)
@@ -334,7 +318,7 @@ def main() -> None:
           flush=True)
     page = time_page(sweep, user, args.requests)
     retire(sweep)
-    purge_idle_queue()
+    benchdb.purge_queue(IDLE_QUEUE)
 
     log = Path(settings.VAR_DIR) / "log" / "bench-sweeps-worker.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -344,7 +328,7 @@ def main() -> None:
         time.sleep(0.5)  # the last task's log line
     finally:
         stop_worker(worker)
-        purge_idle_queue()
+        benchdb.purge_queue(IDLE_QUEUE)
     task_ms = advance_task_ms(log)
 
     print(f"\n{baseline.line(machine)}")
