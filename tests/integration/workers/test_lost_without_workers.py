@@ -80,6 +80,11 @@ def test_with_every_worker_killed_the_web_process_marks_the_run_lost_within_60_s
                                  lambda r: r[0] != "running", timeout=75, what="the run to be lost", logs=logs)
             assert time.monotonic() - killed_at <= 61
             assert status == "lost" and f"{queue}@test has been silent" in error, (status, error)
+            # The check logs what it marked once its transitions (and their live messages) are done: moments after
+            # the status this test reads.
+            deadline = time.monotonic() + 10
+            while "marked lost by the web process" not in logs[1].read_text() and time.monotonic() < deadline:
+                time.sleep(0.2)
         assert web.poll() is None and "marked lost by the web process" in logs[1].read_text()
     finally:
         for process in processes:
