@@ -13,6 +13,7 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
 
+from tests.e2e.conftest import WebServer
 from tests.factories import make_dataset, make_member, make_team, tiny_overrides
 from training.models import Run
 from training.runs import services
@@ -104,3 +105,12 @@ def run_async(coroutine_function, *args):
         return async_to_sync(coroutine_function)(*args)
     finally:
         channel_layers.backends.clear()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A daphne web server of its own (real HTTP and websockets) on this session's database, for API and CLI tests."""
+    web = WebServer(tmp_path / "web.log")
+    web.start()
+    yield web
+    web.stop()

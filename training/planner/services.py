@@ -140,7 +140,7 @@ def plan_config(*, team_id: int, config: Mapping[str, Any], queue: str, num_exam
     chosen = max(fits_on or gpu_workers or targets, key=lambda w: (w["memory_total"] or 0))
     prediction = by_gpu[chosen["gpu"]]
     plan: dict[str, Any] = {
-        **_prediction_dict(prediction), "gpu": chosen["gpu"], "model_shape": shape.as_dict(),
+        **prediction.as_dict(), "gpu": chosen["gpu"], "model_shape": shape.as_dict(),
         "total_steps": total_steps, "workers": [
             {**w, "fits": levers.fits(by_gpu[w["gpu"]], w["memory_total"]) if w in gpu_workers else None,
              "needs": levers.needed_bytes(by_gpu[w["gpu"]]) if w in gpu_workers else None} for w in workers],
@@ -152,14 +152,11 @@ def plan_config(*, team_id: int, config: Mapping[str, Any], queue: str, num_exam
         best = levers.fastest_fit(shape, setup, constants_of(chosen["gpu"]), chosen["memory_total"],
                                   gpu_name=chosen["gpu"], total_steps=total_steps)
         if best and best[0] and best[1].tokens_per_s > prediction.tokens_per_s * 1.05:
-            plan["fastest"] = {"changes": best[0], **_prediction_dict(best[1]),
+            plan["fastest"] = {"changes": best[0], **best[1].as_dict(),
                                "speedup": best[1].tokens_per_s / prediction.tokens_per_s}
     plan["text"] = plan_text(plan)
     return plan
 
-
-def _prediction_dict(p: Prediction) -> dict[str, Any]:
-    return {k: v for k, v in p.as_dict().items()}
 
 
 def _total_steps(config: Mapping[str, Any], num_examples: int | None) -> int | None:

@@ -15,19 +15,10 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from dashboard.tokens.services import token_create, token_revoke
-from tests.e2e.conftest import WebServer
 from tests.factories import idle_queue, make_member, make_team, make_user, tiny_overrides
 from training.engine.tiny import write_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
-
-
-@pytest.fixture
-def server(tmp_path):
-    web = WebServer(tmp_path / "web.log")
-    web.start()
-    yield web
-    web.stop()
 
 
 def follow(ws_url: str, token: str, timeout: float = 180) -> list[dict]:

@@ -16,19 +16,11 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dashboard.tokens.services import token_create
-from tests.e2e.conftest import ROOT, WebServer
+from tests.e2e.conftest import ROOT
 from tests.factories import idle_queue, make_member, make_team, make_user, tiny_overrides
 from training.engine.tiny import write_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(400)]
-
-
-@pytest.fixture
-def server(tmp_path):
-    web = WebServer(tmp_path / "web.log")
-    web.start()
-    yield web
-    web.stop()
 
 
 @pytest.fixture
