@@ -24,9 +24,19 @@ def start_heartbeat(sender, **kwargs) -> None:
     pool = sender.controller.pool_cls.__module__
     solo = pool == "celery.concurrency.solo"
     # A worker's slots are the tasks it runs at once: what its pool really does, whatever a setting says.
+    slots = 1 if solo else int(sender.controller.concurrency)
     heartbeat.start(name=sender.hostname, queues=sorted(sender.app.amqp.queues.consume_from or {}),
-                    in_process=solo or pool == "celery.concurrency.thread",
-                    slots=1 if solo else int(sender.controller.concurrency))
+                    in_process=solo or pool == "celery.concurrency.thread", slots=slots)
+
+
+@signals.worker_ready.connect
+def start_warm_spares(sender, **kwargs) -> None:
+    """Warm workers (training/runs/warm.py): a fresh trainer process for each slot, importing before runs arrive."""
+    from training.runs import warm
+
+    if warm.enabled():
+        solo = sender.controller.pool_cls.__module__ == "celery.concurrency.solo"
+        warm.pool.prestart(1 if solo else int(sender.controller.concurrency))
 
 
 @signals.worker_shutdown.connect

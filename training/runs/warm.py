@@ -8,12 +8,17 @@ A warm process is `python -m training.engine warm` (training/engine/warm.py): it
   of another team gets a fresh one (libraries only, no run served yet: a spare started beside each run) or a new
   one;
 - a run that stops or fails ends its process (the engine exits), and one that is killed is not reused;
-- an idle one is killed after TUNEBOARD_WARM_IDLE_S, when the worker takes another kind of task (an evaluation
-  or the playground needs the GPU's memory), and at the worker's shutdown.
-Runs executing at once in one worker process (GPU slots) each take their own process; the pool is locked.
+- an idle one that has served a team is killed after TUNEBOARD_WARM_IDLE_S, when the worker takes another kind of
+  task (an evaluation or the playground needs the GPU's memory), and at the worker's shutdown.
+Runs executing at once in one worker process (GPU slots) each take their own process; the pool is locked. Fresh
+processes (spares) are started when the worker is ready, one for each of its slots, so that the first runs after a
+worker's start (a sweep's members, all queued at once) skip the imports too; while runs train, the pool keeps one
+spare for each free slot, and at least one, so that no more processes import beside training runs than the free
+slots can use. A spare holds no team's data or model and is not ended for being idle.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import shutil
@@ -60,8 +65,16 @@ def enabled() -> bool:
     return _has_gpu() if setting == "auto" else bool(setting)
 
 
+def resolved_backend(backend: str) -> str:
+    """"auto" as the engine resolves it (training/engine/backends.py), without importing torch: Unsloth where a GPU is
+    there and it is installed. A run asking for auto and one asking for what auto means here share processes."""
+    if backend != "auto":
+        return backend
+    return "unsloth" if _has_gpu() and importlib.util.find_spec("unsloth") is not None else "hf"
+
+
 def run_backend(config: dict) -> str:
-    return str(config.get("backend") or "auto")
+    return resolved_backend(str(config.get("backend") or "auto"))
 
 
 def run_base(config: dict) -> str | None:
@@ -78,7 +91,7 @@ def run_base(config: dict) -> str | None:
 @dataclass(eq=False)
 class WarmProcess:
     process: TrainingProcess
-    backend: str  # the backend the runs ask for ("auto", "unsloth", "hf"), the one it imported for
+    backend: str  # the backend it imported for ("unsloth" or "hf": a run's "auto" resolved as the engine would)
     team_id: int | None = None  # the team it serves; None: it has served nobody yet
     base: str | None = None  # the base it keeps loaded (run_base), None: none
     idle_since: float = field(default_factory=time.monotonic)
@@ -112,6 +125,14 @@ class WarmPool:
         self._idle: list[WarmProcess] = []
         self._reaper: threading.Thread | None = None
         self._closed = threading.Event()
+        self._slots = 1  # the worker's slots: how many spares it keeps while no run trains
+        self._busy = 0  # runs handed to a process of this pool and not yet ended
+
+    def prestart(self, slots: int, backend: str = "auto") -> None:
+        """The worker is ready with `slots` slots: a spare for each, importing before any run arrives."""
+        with self._lock:
+            self._slots = max(1, int(slots))
+        self._keep_spare(resolved_backend(backend))
 
     def start_run(self, *, run: Run, cwd: Path, config_path: Path, stop_file: Path) -> WarmRun:
         """Hand the run to a warm process (an idle one of its team, a fresh one, or a new one)."""
@@ -134,6 +155,8 @@ class WarmPool:
             self._send(chosen, request)  # a process that died at once reports as a dead child
         fresh = chosen.team_id is None
         chosen.team_id = run.team_id
+        with self._lock:
+            self._busy += 1
         log.info("run %s: in warm process %s (%s, %s runs served before)", run.id, chosen.pid,
                  "fresh" if fresh else f"team {run.team_id}'s", chosen.runs)
         self._keep_spare(backend)
@@ -148,13 +171,25 @@ class WarmPool:
         settings.VAR_DIR.mkdir(parents=True, exist_ok=True)
         return WarmProcess(TrainingProcess(args, cwd=settings.VAR_DIR, stop_file=None, stdin=True), backend)
 
+    def spares_wanted(self) -> int:
+        """Fresh processes of a backend to keep: one for each free slot, and at least one."""
+        return max(1, self._slots - self._busy)
+
     def _keep_spare(self, backend: str) -> None:
-        """A fresh process of this backend, importing while the run trains, for the next run of any team."""
+        """Fresh processes of this backend, importing while runs train, for the next runs of any team."""
         with self._lock:
-            if self._closed.is_set() or any(w.team_id is None and w.backend == backend for w in self._idle):
+            if self._closed.is_set():
                 return
-            self._idle.append(self._spawn(backend))
+            have = sum(1 for w in self._idle if w.team_id is None and w.backend == backend)
+            for _ in range(self.spares_wanted() - have):
+                self._idle.append(self._spawn(backend))
         self._start_reaper()
+
+    def run_ended(self, backend: str) -> None:
+        """A run handed out by start_run ended (its process given back or gone): its slot is free again."""
+        with self._lock:
+            self._busy = max(0, self._busy - 1)
+        self._keep_spare(backend)
 
     def put_back(self, warm: WarmProcess, base: str | None) -> None:
         """A finished run's process, ready for its team's next run."""
@@ -198,7 +233,8 @@ class WarmPool:
     def reap_expired(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         with self._lock:
-            expired = [w for w in self._idle if now - w.idle_since > settings.TUNEBOARD_WARM_IDLE_S or not w.alive()]
+            expired = [w for w in self._idle if not w.alive() or (
+                w.team_id is not None and now - w.idle_since > settings.TUNEBOARD_WARM_IDLE_S)]
             self._idle = [w for w in self._idle if w not in expired]
         for warm in expired:
             self._end(warm, f"idle for over {settings.TUNEBOARD_WARM_IDLE_S:.0f} s" if warm.alive() else "it exited")
@@ -232,7 +268,13 @@ class WarmRun:
         self.pool, self.warm, self.stop_file, self.base = pool, warm, stop_file, base
         self.terminal: str | None = None
         self.ready: dict | None = None
-        self.returned = self.waited = False
+        self.returned = self.waited = self.ended = False
+
+    def _ended(self) -> None:
+        """Once: the pool's slot count of this run is given back."""
+        if not self.ended:
+            self.ended = True
+            self.pool.run_ended(self.warm.backend)
 
     @property
     def pid(self) -> int:
@@ -277,6 +319,12 @@ class WarmRun:
 
     def wait(self, timeout: float = 30.0) -> int:
         self.waited = True
+        try:
+            return self._wait(timeout)
+        finally:
+            self._ended()
+
+    def _wait(self, timeout: float) -> int:
         if self.terminal == "finished" and self.ready is None:
             deadline = time.monotonic() + READY_TIMEOUT_S
             for lines in self.warm.process.batches(timeout=1.0):
@@ -298,6 +346,7 @@ class WarmRun:
         # A run that ended without wait() (the worker failed while recording it): its process is nobody's.
         if not self.waited and not self.returned:
             self.warm.process.kill()
+            self._ended()
 
 
 def _event(line: str) -> dict | None:

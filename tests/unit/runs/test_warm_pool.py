@@ -83,3 +83,42 @@ def test_releasing_models_keeps_a_team_when_asked_and_never_the_fresh_spare():
     assert pool.idle() == [mine, fresh] and theirs.process.killed
     pool.release_models("an evaluation")
     assert pool.idle() == [fresh] and mine.process.killed and not fresh.process.killed
+
+
+def spawning_pool(monkeypatch):
+    """A pool whose new processes are fakes (pid 100, 101, ...)."""
+    pool, pids = WarmPool(), iter(range(100, 200))
+    monkeypatch.setattr(pool, "_spawn", lambda backend: WarmProcess(process=FakeProcess(next(pids)), backend=backend))
+    monkeypatch.setattr(pool, "_start_reaper", lambda: None)
+    return pool
+
+
+def fresh_pids(pool):
+    return sorted(w.pid for w in pool.idle() if w.team_id is None)
+
+
+def test_a_ready_worker_has_a_spare_for_each_slot_and_keeps_one_for_each_free_slot(monkeypatch):
+    pool = spawning_pool(monkeypatch)
+    pool.prestart(4)
+    assert fresh_pids(pool) == [100, 101, 102, 103]
+    # Four runs take the four spares at once (a sweep's members): one spare imports beside them, not four.
+    pool._idle, pool._busy = [], 4
+    pool._keep_spare("auto")
+    assert fresh_pids(pool) == [104]
+    pool.run_ended("auto")  # three train, one slot is free: still the one spare
+    assert fresh_pids(pool) == [104]
+    for _ in range(3):
+        pool.run_ended("auto")
+    assert fresh_pids(pool) == [104, 105, 106, 107]
+    pool.run_ended("auto")  # an end reported twice never counts a slot below zero
+    assert pool._busy == 0 and len(fresh_pids(pool)) == 4
+
+
+def test_a_spare_is_not_ended_for_being_idle_but_a_dead_one_is(settings, monkeypatch):
+    settings.TUNEBOARD_WARM_IDLE_S = 60.0
+    pool = spawning_pool(monkeypatch)
+    pool.prestart(2)
+    spare, dead = pool.idle()
+    dead.process.kill()
+    pool.reap_expired(now=spare.idle_since + 3600)
+    assert pool.idle() == [spare] and not spare.process.killed
