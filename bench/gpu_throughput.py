@@ -230,7 +230,8 @@ def run_case(name: str, model: str, data: dict, steps: int, skip: int, work: Pat
             "peak_reserved_gib": reserved / 2**30 if reserved is not None else None,
             "median_step_tokens_per_s": per_step[len(per_step) // 2],
             "step_s": [round(s, 3) for s in step_s], "wall_s": time.time() - started, "steps": len(times),
-            "warnings": warnings, "padding_share": padding}
+            "warnings": warnings, "padding_share": padding,
+            "losses": [m.get("loss") for m in metrics] if runner != "bare" else None}
 
 
 def comparisons(names: list[str]) -> list[tuple[str, str]]:

@@ -75,7 +75,7 @@ class Stream:
 
 def follow(stream: Stream, handed: float) -> dict:
     """Read one run's events to its terminal one: start to first step, the engine's figures, the losses."""
-    first_step_s, note, started, losses = None, {}, {}, []
+    first_step_s, note, started, losses, points = None, {}, {}, [], []
     while True:
         event, at = stream.next()
         kind = event["type"]
@@ -87,10 +87,11 @@ def follow(stream: Stream, handed: float) -> dict:
             if first_step_s is None:
                 first_step_s = at - handed
             losses.append(event["loss"])
+            points.append((event["time"], event["tokens_seen"]))  # the engine's clock
         elif kind in ("finished", "stopped", "failed"):
             if kind != "finished":
                 raise SystemExit(f"the run ended {kind}: {event.get('message')}")
-            return {"first_step_s": first_step_s, "total_s": at - handed, "losses": losses,
+            return {"first_step_s": first_step_s, "total_s": at - handed, "losses": losses, "points": points,
                     "engine_first_step_s": note.get("first_step_s"), "backend": started.get("backend"),
                     "device": started.get("device")}
 

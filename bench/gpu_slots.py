@@ -1,0 +1,151 @@
+"""GPU slots with warm spares (issue 21): a sweep's members trained at once on one GPU, each in its own process, against
+one member trained alone in a cold process, in one call.
+
+    python3 bench/gpu_slots.py --size 1.1b --members 8 --steps 60       # the lent GPU: target <= 2.9x one cold member
+    python3 bench/gpu_slots.py --size 0.1b --members 8 --steps 60       # target: total tokens/s >= 2x one run alone
+    .venv/bin/python bench/gpu_slots.py --size tiny --members 2 --steps 10   # this CPU: the bench itself works
+
+What it does, in order:
+1. One member alone, cold: `python -m training.engine run` in a new process (what every run did before warm workers),
+   from the process's spawn to its `finished` event.
+2. The worker's start: one `python -m training.engine warm` process for each slot (`--members` slots), as a worker
+   with TUNEBOARD_WORKER_SLOTS=N and warm workers on starts them when it is ready (training/runs/warm.py's
+   prestart); the bench waits until each has imported its libraries (the worker's idle time, printed, not counted).
+3. The sweep: every member is handed to its own process at the same moment (the members of a sweep phase are
+   queued together and a worker with N slots admits N of them when their predicted peaks fit); the clock runs from
+   that moment to the last member's `finished`.
+
+The members are one learning-rate sweep: the same base, data and config but the learning rate (geometric between
+5e-5 and 1e-3), as a seed procedure's phase queues them. Printed: the sweep's wall time against the cold member's
+(the ratio, target <= 2.9 for 8 members of the 1.1B model), each member's start to first step, and the total
+training throughput: all members' tokens between their metrics of step `--skip` and their last step over the time
+from the earliest of those first points to the latest last one, against one run's (the cold member's) tokens/s
+counted the same way (target >= 2x for the 0.1B model).
+
+Model and data as bench/warm_start.py builds them (--size 0.1b, 0.5b, 1b, 1.1b: a random Llama of that size, 16-bit
+LoRA r 16 on all linear layers, packed to 2048, micro-batch 8, adamw_8bit; tiny: the tiny Llama on the CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.warm_start import Stream, base_config, cold_run, engine_env, follow  # noqa: E402
+
+
+def learning_rates(n: int) -> list[float]:
+    if n == 1:
+        return [2e-4]
+    return [5e-5 * (1e-3 / 5e-5) ** (i / (n - 1)) for i in range(n)]
+
+
+def window_rate(points: list[tuple[float, int]], skip: int) -> tuple[float, float, int]:
+    """(start time, end time, tokens) of a run's metrics from point `skip` to its last."""
+    skip = min(skip, len(points) - 2)
+    return points[skip][0], points[-1][0], points[-1][1] - points[skip][1]
+
+
+def spawn_warm(backend: str) -> tuple[subprocess.Popen, Stream]:
+    proc = subprocess.Popen([sys.executable, "-m", "training.engine", "warm", "--backend", backend], cwd=ROOT,
+                            env=engine_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, bufsize=1)
+    return proc, Stream(proc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="tiny", help="training.engine.tiny size: tiny, 0.1b, 0.5b, 1b, 1.1b")
+    parser.add_argument("--backend", default="auto", choices=["auto", "unsloth", "hf"])
+    parser.add_argument("--members", type=int, default=8, help="members trained at once (the worker's slots)")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--skip", type=int, default=5, help="metrics points left out of the throughput (warm-up)")
+    parser.add_argument("--out", help="write the results as JSON here too")
+    args = parser.parse_args()
+
+    from bench import baseline
+
+    print(baseline.line_here(), flush=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-slots-"))
+    config = base_config(args, work)
+
+    def member_file(name: str, lr: float) -> Path:
+        path = work / f"{name}.json"
+        path.write_text(json.dumps({**config, "learning_rate": lr, "output_dir": str(work / name)}))
+        return path
+
+    lrs = learning_rates(args.members)
+    alone = cold_run(member_file("alone", lrs[0]))
+    print(f"one member alone, cold: {alone['total_s']:.1f} s (start to first step {alone['first_step_s']:.1f} s), "
+          f"backend {alone['backend']}, device {alone['device']}", flush=True)
+
+    booted = time.perf_counter()
+    spares = [spawn_warm(args.backend) for _ in range(args.members)]
+    for _, stream in spares:
+        ready, _ = stream.next()
+        if ready["type"] != "warm-ready":
+            raise SystemExit(f"expected warm-ready from a spare, got {ready['type']}")
+    print(f"{args.members} spares ready {time.perf_counter() - booted:.1f} s after the worker's start "
+          f"(idle time before the sweep: not counted)", flush=True)
+
+    results: list[dict | None] = [None] * args.members
+    failures: list[str] = []
+
+    def serve(i: int, handed: float) -> None:
+        proc, stream = spares[i]
+        try:
+            results[i] = follow(stream, handed)
+        except SystemExit as exc:
+            failures.append(f"member {i}: {exc}")
+
+    paths = [member_file(f"member-{i}", lr) for i, lr in enumerate(lrs)]
+    handed = time.perf_counter()
+    threads = []
+    for i, ((proc, stream), path) in enumerate(zip(spares, paths)):
+        proc.stdin.write(json.dumps({"config": str(path), "sent": time.time()}) + "\n")
+        proc.stdin.flush()
+        threads.append(threading.Thread(target=serve, args=(i, handed)))
+        threads[-1].start()
+    for thread in threads:
+        thread.join()
+    for proc, _ in spares:
+        proc.stdin.close()
+    for proc, _ in spares:
+        proc.wait(timeout=120)
+    if failures:
+        raise SystemExit("; ".join(failures))
+    sweep_s = max(r["total_s"] for r in results)
+
+    a0, a1, a_tokens = window_rate(alone["points"], args.skip)
+    alone_rate = a_tokens / (a1 - a0)
+    windows = [window_rate(r["points"], args.skip) for r in results]
+    total_rate = sum(w[2] for w in windows) / (max(w[1] for w in windows) - min(w[0] for w in windows))
+    print(f"\nmodel {args.size}, {args.members} members x {args.steps} steps, backend {alone['backend']}, "
+          f"{alone['device']}")
+    for i, (lr, r) in enumerate(zip(lrs, results)):
+        print(f"  member {i} lr {lr:.2g}: start to first step {r['first_step_s']:6.2f} s, finished at "
+              f"{r['total_s']:6.1f} s, final loss {r['losses'][-1]:.4f}")
+    print(f"sweep of {args.members} in slots (spares ready): {sweep_s:.1f} s = {sweep_s / alone['total_s']:.2f}x one "
+          f"cold member alone ({alone['total_s']:.1f} s); one after another, cold: about "
+          f"{args.members * alone['total_s']:.0f} s")
+    print(f"training throughput: {args.members} at once {total_rate:,.0f} tokens/s in total against one alone "
+          f"{alone_rate:,.0f} tokens/s: {total_rate / alone_rate:.2f}x")
+    if args.out:
+        Path(args.out).write_text(json.dumps({
+            "size": args.size, "members": args.members, "steps": args.steps, "device": alone["device"],
+            "backend": alone["backend"], "alone_s": alone["total_s"], "alone_first_step_s": alone["first_step_s"],
+            "alone_tokens_per_s": alone_rate, "sweep_s": sweep_s, "ratio": sweep_s / alone["total_s"],
+            "total_tokens_per_s": total_rate, "throughput_ratio": total_rate / alone_rate,
+            "members_first_step_s": [r["first_step_s"] for r in results],
+            "members_total_s": [r["total_s"] for r in results], "learning_rates": lrs}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
