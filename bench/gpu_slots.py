@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.warm_start import Stream, base_config, cold_run, engine_env, follow  # noqa: E402
+from bench.warm_start import base_config, cold_run, follow, spawn_warm  # noqa: E402
 
 
 def learning_rates(n: int) -> list[float]:
@@ -51,13 +50,6 @@ def window_rate(points: list[tuple[float, int]], skip: int) -> tuple[float, floa
     """(start time, end time, tokens) of a run's metrics from point `skip` to its last."""
     skip = min(skip, len(points) - 2)
     return points[skip][0], points[-1][0], points[-1][1] - points[skip][1]
-
-
-def spawn_warm(backend: str) -> tuple[subprocess.Popen, Stream]:
-    proc = subprocess.Popen([sys.executable, "-m", "training.engine", "warm", "--backend", backend], cwd=ROOT,
-                            env=engine_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, bufsize=1)
-    return proc, Stream(proc)
 
 
 def main() -> None:

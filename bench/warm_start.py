@@ -105,6 +105,14 @@ def cold_run(config_path: Path) -> dict:
     return result
 
 
+def spawn_warm(backend: str) -> tuple[subprocess.Popen, Stream]:
+    """A `python -m training.engine warm` process and its event stream (requests go to its stdin)."""
+    proc = subprocess.Popen([sys.executable, "-m", "training.engine", "warm", "--backend", backend], cwd=ROOT,
+                            env=engine_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, bufsize=1)
+    return proc, Stream(proc)
+
+
 def warm_run(proc: subprocess.Popen, stream: Stream, config_path: Path) -> dict:
     handed = time.perf_counter()
     proc.stdin.write(json.dumps({"config": str(config_path), "sent": time.time()}) + "\n")
@@ -137,10 +145,7 @@ def main() -> None:
         return path
 
     imports = time.perf_counter()
-    warm = subprocess.Popen([sys.executable, "-m", "training.engine", "warm", "--backend", args.backend], cwd=ROOT,
-                            env=engine_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, bufsize=1)
-    stream = Stream(warm)
+    warm, stream = spawn_warm(args.backend)
     ready, _ = stream.next()
     print(f"warm process ready {time.perf_counter() - imports:.1f} s after its start (imports {ready['import_s']} s,"
           f" backend {ready['backend']})", flush=True)
