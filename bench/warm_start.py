@@ -92,7 +92,8 @@ def follow(stream: Stream, handed: float) -> dict:
             if kind != "finished":
                 raise SystemExit(f"the run ended {kind}: {event.get('message')}")
             return {"first_step_s": first_step_s, "total_s": at - handed, "losses": losses, "points": points,
-                    "engine_first_step_s": note.get("first_step_s"), "backend": started.get("backend"),
+                    "engine_first_step_s": note.get("first_step_s"), "phases": note.get("phases") or {},
+                    "start_s": started.get("start_s"), "backend": started.get("backend"),
                     "device": started.get("device")}
 
 
@@ -165,6 +166,8 @@ def main() -> None:
         print(f"  {label:18} start to first step {r['first_step_s']:6.2f} s (engine {r['engine_first_step_s']:.2f} s), "
               f"run {r['total_s']:6.2f} s{extra}; losses vs first cold: max |diff| {diff:.3g}"
               f"{'  NOTE ' + r['ready_note'] if r.get('ready_note') else ''}", flush=True)
+        print(f"  {'':18} in the engine: {r['start_s']} s to its started event (cold: the process's start "
+              f"included); then " + ", ".join(f"{k} {v:.2f}" for k, v in r["phases"].items()), flush=True)
     cold = [r["first_step_s"] for label, r in results if label == "cold"]
     kept = [r["first_step_s"] for label, r in results if label == "warm, base kept"]
     cold_spread = max(max(abs(a - b) for a, b in zip(r["losses"], reference))

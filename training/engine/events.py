@@ -20,7 +20,8 @@ Schema (v = 1). Every event has: v, type, time (unix seconds, float).
               tiled_mlp_not_applied, unsloth_attention_per_segment, sample_failed), field (the config field it is
               about), message
 - log:        message; at the end of the first step also first_step_s (seconds from the process's start, or the
-              warm request, to it), warm_process, base_kept
+              warm request, to it), warm_process, base_kept, phases (seconds of each start-up stage in this
+              process: data, model, lengths, trainer, train_setup, first_step; runner.Phases)
 - checkpoint: step, path
 - finished:   step, adapter_path, merged_path (or null), train_loss, runtime_s
 - stopped:    step, checkpoint (path or null), reason

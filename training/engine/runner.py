@@ -168,6 +168,9 @@ def _event_callback(sink: EventSink, stop: StopRequest, model, tokenizer, config
             self.last_tokens = 0
 
         def on_train_begin(self, args, state, control, **kwargs):
+            train_begin = state_box.pop("train_begin", None)
+            if train_begin is not None:
+                train_begin()
             self.last_time = time.perf_counter()
             self.last_tokens = state.num_input_tokens_seen
 
@@ -371,7 +374,9 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
         if wrong_world:
             raise ConfigError({"devices": wrong_world})
         distributed.bind_device(here)  # before anything loads: this rank's own GPU
+        phases = Phases()
         train, evaluation, fmt = load_data(config)
+        phases.mark("data")
         backend = backends.resolve_backend(config)
         if warm:
             warm.check_backend(config, backend)
@@ -380,12 +385,15 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
         # LoftQ's initialisation happens in here
         model, tokenizer = warm.holder.load(config, backend, dtype) if warm else backends.load(config, backend, dtype)
         load_s = time.perf_counter() - loading
+        phases.mark("model")
         trainer_class = _trainer_class(backend)  # after backends.load: unsloth must patch TRL first
         counts = backends.parameter_counts(model)
         lengths = rendered_lengths(train, tokenizer, fmt)
+        phases.mark("lengths")
         args = sft_config(config, fmt, dtype, evaluation is not None)
         trainer = trainer_class(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                              processing_class=tokenizer)
+        phases.mark("trainer")  # TRL tokenizes and packs the rows here
         if backend == "hf":
             backends.keep_adapters_float32(trainer.model)  # as the unsloth backend trains them
         if config.lr_scheduler_type == "exponential_range":
@@ -400,7 +408,9 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
         if resume_from:
             resumed_step = _checkpoint_step(resume_from)
         start_up = _start_up(warm, origin)
-        state_box["first_step"] = lambda: sink.emit("log", **_first_step(start_up, origin, warm is not None))
+        state_box["train_begin"] = lambda: phases.mark("train_setup")  # optimizer, accelerate, data loader
+        state_box["first_step"] = lambda: sink.emit("log", **_first_step(start_up, origin, warm is not None),
+                                                    phases=phases.mark("first_step"))
         sink.emit(
             "started", **start_up, config=config.model_dump(mode="json"), derived=derived, versions=library_versions(),
             backend=backend, device=_device_name(), dtype=str(dtype).removeprefix("torch."),
@@ -441,6 +451,22 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
         sink.emit("failed", step=state_box["step"], error_class="OutOfMemoryError" if oom else type(exc).__name__,
                   message=str(exc), traceback=traceback.format_exc(), oom=oom)
         return 1
+
+
+class Phases:
+    """Where a run's start-up goes: seconds of each stage from the run's hand-over in this process to its first
+    step's end (data: the rows read; model: base loaded or kept, adapters added; lengths: the rows' token counts;
+    trainer: TRL's tokenizing and packing; train_setup: optimizer, accelerate, data loader; first_step)."""
+
+    def __init__(self):
+        self.last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def mark(self, name: str) -> dict[str, float]:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self.last, 3)
+        self.last = now
+        return dict(self.seconds)
 
 
 def process_started_at() -> float:

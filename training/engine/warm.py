@@ -265,8 +265,12 @@ class WarmBase:
         _free_memory()
 
     def drop(self) -> None:
+        from . import backends
+
         self.key = self.model = self.state = self.tokenizer = None
+        backends.unfreeze_heap()  # the dropped model's cycles (frozen when it loaded) are collected too
         _free_memory()
+        backends.freeze_heap()
 
     def describe(self) -> str | None:
         return None if self.key is None else json.loads(self.key)["model"]

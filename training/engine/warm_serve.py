@@ -61,6 +61,10 @@ def serve(backend: str, requests: IO[str], events_out: IO[str]) -> int:
         resolved = import_stack(backend)
     import torch
 
+    from .backends import freeze_heap
+
+    freeze_heap()  # the libraries' objects stay for the process's life: no garbage collection walks them again
+
     torch_seed = torch.initial_seed()  # before anything seeds it: what a fresh process starts from
     holder = WarmBase()
     current: dict[str, StopRequest | None] = {"stop": None}

@@ -177,7 +177,7 @@ class RunRecorder:
         if "first_step_s" in event:  # the engine's note at the first step's end: how the run started, and how fast
             started = Run.objects.filter(id=self.run.id).values_list("started", flat=True).first() or {}
             Run.objects.filter(id=self.run.id).update(started={**started, **{
-                k: event.get(k) for k in ("first_step_s", "warm_process", "base_kept")}})
+                k: event.get(k) for k in ("first_step_s", "warm_process", "base_kept", "phases")}})
 
     def _on_checkpoint(self, event: dict) -> None:
         step = _int_or_none(event.get("step"))

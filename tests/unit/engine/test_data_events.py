@@ -121,3 +121,40 @@ def test_the_varlen_check_reads_torchs_signature(monkeypatch):
     monkeypatch.setattr(varlen, "varlen_attn", torch_2_11_varlen_attn)
     assert backends.unsloth_varlen_missing() == torch.__version__
 
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from training.engine.tiny import build_tiny_model
+
+    return AutoTokenizer.from_pretrained(build_tiny_model(tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.mark.parametrize("fmt", ["messages", "prompt_completion", "text"])
+def test_rendered_lengths_in_one_batch_are_each_rows_own(tiny_tokenizer, fmt):
+    """The batched count equals the row-by-row one (chat template applied to messages), rows of unequal lengths."""
+    import datasets
+
+    from training.engine.data import rendered_lengths
+
+    pairs = [("what colour is the " + "big " * i + "apple?", "red " * (i + 1)) for i in range(7)]
+    rows = {"messages": [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": c}]}
+                         for p, c in pairs],
+            "prompt_completion": [{"prompt": p, "completion": c} for p, c in pairs],
+            "text": [{"text": p + " " + c} for p, c in pairs]}[fmt]
+    dataset = datasets.Dataset.from_list(rows)
+
+    def one(row):
+        if fmt == "messages":
+            ids = tiny_tokenizer.apply_chat_template(row["messages"], tokenize=True)
+            return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        text = row["prompt"] + row["completion"] if fmt == "prompt_completion" else row["text"]
+        return len(tiny_tokenizer(text)["input_ids"])
+
+    expected = [one(row) for row in rows]
+    assert len(set(expected)) > 3
+    assert rendered_lengths(dataset, tiny_tokenizer, fmt) == expected
+    assert rendered_lengths(dataset, tiny_tokenizer, fmt, limit=3) == expected[:3]
+    assert rendered_lengths(dataset.select([]), tiny_tokenizer, fmt) == []
