@@ -3,6 +3,7 @@ GPU workers; a config that fits none shows the refusal with each lever and its p
 refused at the top of the form, a lever's Apply sets the form's fields and makes it fit, and the fastest fit's
 Apply sets micro-batch, accumulation and checkpointing at once; the run it launches keeps the plan."""
 import json
+import re
 
 import pytest
 from django.conf import settings
@@ -68,7 +69,8 @@ def test_the_form_shows_the_plan_refuses_what_fits_no_gpu_and_applies_a_lever_an
     refusal = page.locator("#plan-refusal")
     refusal.wait_for(state="visible")
     text = page.inner_text("#plan-text")
-    assert text.startswith("peak ≈ 20.") and "fits no live GPU worker on this queue" in text
+    # ~20 GiB (what the defaults fitted on docs/benchmarks.md make of it: 19-21), well over the L4's 22.5 GiB usable.
+    assert re.match(r"peak ≈ (19|20|21)\.", text) and "fits no live GPU worker on this queue" in text
     assert "(uncalibrated)" in text and page.is_visible("#plan-uncalibrated")
     assert "box-l4@lab's 22.5 GiB" in page.inner_text("#plan-refusal-text")
     levers = page.locator("#plan-levers li")
@@ -87,7 +89,7 @@ def test_the_form_shows_the_plan_refuses_what_fits_no_gpu_and_applies_a_lever_an
     page.click("button[type=submit].primary")
     page.wait_for_selector("#form-errors [data-fit-refusal]")
     top = page.inner_text("#form-errors")
-    assert top.startswith("Not started: predicted peak 20.") and "gradient_checkpointing on: peak ≈ 3." in top
+    assert re.match(r"Not started: predicted peak (19|20|21)\.", top) and "gradient_checkpointing on: peak ≈ 3." in top
     assert not Run.objects.exists()
     refusal.wait_for(state="visible")  # the page came back with the typed fields, and the planner with them
 
@@ -106,14 +108,14 @@ def test_the_form_shows_the_plan_refuses_what_fits_no_gpu_and_applies_a_lever_an
     fastest.wait_for(state="visible")
     assert fastest.inner_text().startswith(
         "Fastest on NVIDIA L4: micro-batch 4 × accumulation 4, checkpointing off: ≈ ")
-    assert "tokens/s (1." in fastest.inner_text() and "×), peak ≈ 11." in fastest.inner_text()
+    assert "tokens/s (1." in fastest.inner_text() and re.search(r"×\), peak ≈ 1[01]\.", fastest.inner_text())
     beat()
     page.click("#plan-fastest-apply")
     assert page.input_value("#id_per_device_train_batch_size") == "4"
     assert page.input_value("#id_gradient_accumulation_steps") == "4"
     assert page.input_value("#id_gradient_checkpointing") == "false"
     fastest.wait_for(state="hidden")  # it is the fastest now
-    assert page.inner_text("#plan-text").startswith("peak ≈ 11.")
+    assert re.match(r"peak ≈ 1[01]\.", page.inner_text("#plan-text"))
 
     beat()
     page.click("button[type=submit].primary")

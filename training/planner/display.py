@@ -12,7 +12,8 @@ PART_LABELS = {"weights": "weights", "adapters": "adapters, their gradients and 
                "activations": "activations", "logits": "logits", "overhead": "allocator and workspaces"}
 # How a lever's or the fastest fit's changes read (engine field -> words); the form's inputs carry the field names.
 WORDS = {"per_device_train_batch_size": "micro-batch", "gradient_accumulation_steps": "accumulation",
-         "gradient_checkpointing": "checkpointing", "tiled_mlp": "tiled MLP", "load_in_4bit": "4-bit"}
+         "gradient_checkpointing": "checkpointing", "tiled_mlp": "tiled MLP", "load_in_4bit": "4-bit",
+         "optim": "optimizer"}
 
 
 def form_value(value: Any) -> str:

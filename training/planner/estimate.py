@@ -13,9 +13,12 @@ Memory (what torch.cuda.max_memory_allocated reports at the step's peak), in par
   is one sequence with a block-diagonal mask: its square; unpacked, each row's); Unsloth's kernels never do.
 Each part but the first two is a feature times a constant fitted per (GPU, backend, 4-bit) by calibrate.py.
 
-Speed: an optimizer step takes GA x (micro-batch tokens x FLOPs per token / R + launch x layers) + an update cost
-per trainable parameter + a constant, R being the FLOP rate the config reaches; FLOPs per token count 4N without
-checkpointing and 6N with it (N the weights a token is multiplied by), and attention's own work.
+Speed: an optimizer step takes GA x (micro-batch tokens x FLOPs per token / R + launch x layers + checkpointing
+x layers) + an update cost per trainable parameter + one per LoRA matrix for the optimizers that update them one
+by one (bitsandbytes' 8-bit and paged AdamW) + a constant, R being the FLOP rate the config reaches; FLOPs per token
+count 4N without checkpointing and 6N with it (N the weights a token is multiplied by), and attention's own work.
+Checkpointing costs more than its recompute's FLOPs: Unsloth's offloads each layer's input to the host and back
+(on the lent H200 a 0.1B model ran 1.9x slower with it at the same 16k tokens a step, a 1.1B 1.28x).
 """
 from __future__ import annotations
 
@@ -34,7 +37,12 @@ OPTIMIZER_STATE_BYTES = {"adamw_torch_fused": 8.0, "adamw_torch": 8.0, "paged_ad
 NF4_BYTES_PER_PARAM = 0.5 + 4 / 64 / 4 + 4 / 256  # 4 bits, double-quantized absmax per 64, its own fp32 per 256
 # Memory features and speed features, in the order of the constants' vectors.
 MEMORY_TERMS = ("act_hidden", "act_inter", "checkpoints", "logits", "constant", "attention_scores")
-SPEED_TERMS = ("per_flop", "per_layer_pass", "per_trainable", "per_step")
+SPEED_TERMS = ("per_flop", "per_layer_pass", "per_trainable", "per_step", "per_checkpointed_layer_pass",
+               "per_optimizer_tensor")
+# Optimizers that update tensor by tensor (bitsandbytes' 8-bit and paged AdamW: a kernel launch and Python per
+# LoRA matrix); the fused and foreach ones update all of them in a few launches.
+TENSOR_BY_TENSOR_OPTIMIZERS = frozenset({"adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit",
+                                         "paged_adamw", "adamw_8bit_paged"})
 # The GPUs' dense bf16 peak (no sparsity), FLOP/s: scales a known GPU's calibration to an unknown one.
 GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "GH200": 989e12, "B200": 2250e12, "A100": 312e12, "L40S": 362e12,
                   "L40": 181e12, "A6000": 155e12, "A40": 150e12, "L4": 121e12, "A10G": 125e12, "A10": 125e12,
@@ -205,8 +213,11 @@ def step_tokens(setup: Setup, mean_tokens: float | None = None) -> float:
 
 def speed_features(shape: ModelShape, setup: Setup, mean_tokens: float | None = None) -> tuple[float, ...]:
     tokens = step_tokens(setup, mean_tokens)
-    return (tokens * flops_per_token(shape, setup, mean_tokens), setup.grad_accum * shape.num_layers,
-            float(lora_params(shape, setup)), 1.0)
+    layer_passes = setup.grad_accum * shape.num_layers
+    lora_matrices = 2 * shape.num_layers * len(setup.target_modules)
+    return (tokens * flops_per_token(shape, setup, mean_tokens), layer_passes, float(lora_params(shape, setup)), 1.0,
+            layer_passes if setup.gradient_checkpointing else 0.0,
+            lora_matrices if setup.optim in TENSOR_BY_TENSOR_OPTIMIZERS else 0.0)
 
 
 def step_seconds(shape: ModelShape, setup: Setup, constants: Constants, mean_tokens: float | None = None) -> float:

@@ -85,25 +85,37 @@ def _smaller_divisors(micro_batch: int, effective: int) -> list[int]:
     return [d for d in range(micro_batch - 1, 0, -1) if effective % d == 0]
 
 
+# AdamW however its state is kept: the fastest fit may trade a memory-saving variant for the fused one (the seed's
+# default for adapters: "default to fused AdamW for speed unless you're memory bound"). The same update rule; the
+# 8-bit variants round the moments to 8 bits, so the losses move by that rounding (on the lent H200, 1.1B, 30 steps:
+# at most 9.0e-4, where two runs of one config differed by 4.8e-4; docs/benchmarks.md).
+ADAMW_VARIANTS = frozenset({"adamw_torch", "adamw_torch_fused", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit",
+                            "paged_adamw_32bit", "paged_adamw"})
+FUSED_ADAMW = "adamw_torch_fused"
+
+
 def fastest_fit(shape: ModelShape, setup: Setup, constants_of: ConstantsOf, gpu_bytes: float, *, gpu_name: str = "",
                 total_steps: int | None = None) -> tuple[dict[str, Any], Prediction] | None:
-    """The fastest config at the same effective batch, precision, backend and rows (the same learning problem):
-    every micro-batch that divides the effective batch, checkpointing and the tiled MLP on or off; the changes
-    from `setup` and the prediction, or None when nothing fits."""
+    """The fastest config at the same effective batch, precision, backend, rows and update rule (the same learning
+    problem): every micro-batch that divides the effective batch, checkpointing and the tiled MLP on or off, an
+    AdamW variant's state fused in float32; the changes from `setup` and the prediction, or None when nothing
+    fits."""
     effective = setup.micro_batch * setup.grad_accum
+    optimizers = {setup.optim, FUSED_ADAMW} if setup.optim in ADAMW_VARIANTS else {setup.optim}
     best: tuple[dict[str, Any], Prediction] | None = None
     for mb in (d for d in range(1, effective + 1) if effective % d == 0):
         for checkpointing in (False, True):
             for tiled in ({False, setup.tiled_mlp} if setup.backend == "unsloth" else {setup.tiled_mlp}):
-                new = setup.changed(micro_batch=mb, grad_accum=effective // mb, gradient_checkpointing=checkpointing,
-                                    tiled_mlp=tiled)
-                p = _predict(shape, new, constants_of, gpu_name=gpu_name, total_steps=total_steps)
-                if fits(p, gpu_bytes) and (best is None or p.tokens_per_s > best[1].tokens_per_s * 1.001):
-                    best = (_changes(setup, new), p)
+                for optim in sorted(optimizers):
+                    new = setup.changed(micro_batch=mb, grad_accum=effective // mb,
+                                        gradient_checkpointing=checkpointing, tiled_mlp=tiled, optim=optim)
+                    p = _predict(shape, new, constants_of, gpu_name=gpu_name, total_steps=total_steps)
+                    if fits(p, gpu_bytes) and (best is None or p.tokens_per_s > best[1].tokens_per_s * 1.001):
+                        best = (_changes(setup, new), p)
     return best
 
 
 def _changes(old: Setup, new: Setup) -> dict[str, Any]:
     fields = {"micro_batch": "per_device_train_batch_size", "grad_accum": "gradient_accumulation_steps",
-              "gradient_checkpointing": "gradient_checkpointing", "tiled_mlp": "tiled_mlp"}
+              "gradient_checkpointing": "gradient_checkpointing", "tiled_mlp": "tiled_mlp", "optim": "optim"}
     return {name: getattr(new, attr) for attr, name in fields.items() if getattr(new, attr) != getattr(old, attr)}

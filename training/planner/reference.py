@@ -25,6 +25,7 @@ def _row(section, gpu, backend, peak_gib, tokens_per_s, mean_tokens=None, **conf
             "tokens_per_s": tokens_per_s, "mean_tokens": mean_tokens}
 
 
+FASTEST_FIT_CALL = "Fastest fit, lent H200 2026-12-03 (bench/gpu_throughput.py --size 1.1b, interleaved)"
 PACKED_2048 = dict(packing=True, max_length=2048, per_device_train_batch_size=8, load_in_4bit=False)
 QLORA_1024 = dict(packing=False, max_length=1024, load_in_4bit=True)
 ROWS = [
@@ -45,6 +46,12 @@ ROWS = [
          None, 52_600, **PACKED_2048),
     _row("Issue 21's headline ratios, lent H200 2026-12-01 (bench/gpu_throughput.py --size 1.1b)", H200, "hf",
          None, 8_250, **PACKED_2048),
+    # The fastest-fit call, lent H200 2026-12-03 (docs/gpu-2026-12-03/fastest.json): each the mean of two
+    # interleaved readings of 30 steps, the first 10 left out.
+    _row(FASTEST_FIT_CALL, H200, "unsloth", 3.41, 54_551, **PACKED_2048),
+    _row(FASTEST_FIT_CALL, H200, "unsloth", 18.85, 69_849, **{**PACKED_2048, "gradient_checkpointing": False}),
+    _row(FASTEST_FIT_CALL, H200, "unsloth", 18.92, 77_542, **{**PACKED_2048, "gradient_checkpointing": False,
+                                                             "optim": "adamw_torch_fused"}),
 ]
 
 

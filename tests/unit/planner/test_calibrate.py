@@ -12,7 +12,7 @@ from training.planner.shapes import ModelShape
 # MLP widths of 4x, 2x and 2.75x the hidden size: otherwise the hidden and intermediate terms cannot be told apart.
 SHAPES = [ModelShape(32000, 768, 3072, 12, 12, 12, 64), ModelShape(32000, 1024, 2048, 24, 16, 16, 64),
           reference.TINYLLAMA_1_1B]
-TRUE = Constants(memory=(14.0, 5.0, 0.5, 3.0, 3e8, 0.0), speed=(1 / (989e12 * 0.3), 3e-4, 2e-9, 0.02),
+TRUE = Constants(memory=(14.0, 5.0, 0.5, 3.0, 3e8, 0.0), speed=(1 / (989e12 * 0.3), 3e-4, 2e-9, 0.02, 1.5e-3, 8e-5),
                  memory_error=0, speed_error=0)
 GPU = "NVIDIA H200"
 
@@ -21,7 +21,8 @@ def synthetic(noise=0.0):
     samples, rng = [], random.Random(0)
     for i, (shape, seq, mb, gc) in enumerate(itertools.product(SHAPES, (512, 2048, 4096), (1, 4, 16), (True, False))):
         setup = Setup.of({"max_length": seq, "per_device_train_batch_size": mb, "gradient_accumulation_steps": 2,
-                          "gradient_checkpointing": gc, "packing": True, "optim": "adamw_8bit"}, backend="unsloth")
+                          "gradient_checkpointing": gc, "packing": True,
+                          "optim": "adamw_8bit" if i % 3 else "adamw_torch_fused"}, backend="unsloth")
         p = predict(shape, setup, TRUE)
         wobble = 1 + noise * rng.choice((-1, 1))
         samples.append(calibrate.Sample(shape=shape, setup=setup, gpu=GPU, peak_bytes=p.peak_bytes * wobble,
