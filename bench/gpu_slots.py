@@ -5,7 +5,10 @@ one member trained alone in a cold process, in one call.
     python3 bench/gpu_slots.py --size 0.1b --members 8 --steps 60       # target: total tokens/s >= 2x one run alone
     .venv/bin/python bench/gpu_slots.py --size tiny --members 2 --steps 10   # this CPU: the bench itself works
 
-What it does, in order:
+What it does, in order (first, unless --no-prime, one cold member not counted: it fills the on-disk compile caches,
+Triton's and Inductor's, that a worker which trained before has; on the lent H200 the very first 0.1B run took 69.7
+s, the next alike 34.8 s; then one round; `--rounds 2`, the default, ends with the member alone once more, so that the
+sweep sits between two readings of one member alone and the ratio is over their mean):
 1. One member alone, cold: `python -m training.engine run` in a new process (what every run did before warm workers),
    from the process's spawn to its `finished` event.
 2. The worker's start: one `python -m training.engine warm` process for each slot (`--members` slots), as a worker
@@ -59,6 +62,9 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=8, help="members trained at once (the worker's slots)")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--skip", type=int, default=5, help="metrics points left out of the throughput (warm-up)")
+    parser.add_argument("--rounds", type=int, default=2, choices=[1, 2],
+                        help="2: one member alone before and after the sweep (the ratio over their mean)")
+    parser.add_argument("--no-prime", action="store_true", help="skip the uncounted first cold run")
     parser.add_argument("--out", help="write the results as JSON here too")
     args = parser.parse_args()
 
@@ -74,9 +80,18 @@ def main() -> None:
         return path
 
     lrs = learning_rates(args.members)
-    alone = cold_run(member_file("alone", lrs[0]))
-    print(f"one member alone, cold: {alone['total_s']:.1f} s (start to first step {alone['first_step_s']:.1f} s), "
-          f"backend {alone['backend']}, device {alone['device']}", flush=True)
+
+    def one_alone(name: str) -> dict:
+        run = cold_run(member_file(name, lrs[0]))
+        print(f"one member alone, cold: {run['total_s']:.1f} s (start to first step {run['first_step_s']:.1f} s), "
+              f"backend {run['backend']}, device {run['device']}", flush=True)
+        return run
+
+    if not args.no_prime:
+        primed = cold_run(member_file("prime", lrs[0]))
+        print(f"priming run (not counted): {primed['total_s']:.1f} s", flush=True)
+    alones = [one_alone("alone-1")]
+    alone = alones[0]
 
     booted = time.perf_counter()
     spares = [spawn_warm(args.backend) for _ in range(args.members)]
@@ -114,9 +129,14 @@ def main() -> None:
     if failures:
         raise SystemExit("; ".join(failures))
     sweep_s = max(r["total_s"] for r in results)
-
-    a0, a1, a_tokens = window_rate(alone["points"], args.skip)
-    alone_rate = a_tokens / (a1 - a0)
+    if args.rounds == 2:
+        alones.append(one_alone("alone-2"))
+    alone_s = sum(r["total_s"] for r in alones) / len(alones)
+    rates = []
+    for run in alones:
+        a0, a1, a_tokens = window_rate(run["points"], args.skip)
+        rates.append(a_tokens / (a1 - a0))
+    alone_rate = sum(rates) / len(rates)
     windows = [window_rate(r["points"], args.skip) for r in results]
     total_rate = sum(w[2] for w in windows) / (max(w[1] for w in windows) - min(w[0] for w in windows))
     print(f"\nmodel {args.size}, {args.members} members x {args.steps} steps, backend {alone['backend']}, "
@@ -124,16 +144,19 @@ def main() -> None:
     for i, (lr, r) in enumerate(zip(lrs, results)):
         print(f"  member {i} lr {lr:.2g}: start to first step {r['first_step_s']:6.2f} s, finished at "
               f"{r['total_s']:6.1f} s, final loss {r['losses'][-1]:.4f}")
-    print(f"sweep of {args.members} in slots (spares ready): {sweep_s:.1f} s = {sweep_s / alone['total_s']:.2f}x one "
-          f"cold member alone ({alone['total_s']:.1f} s); one after another, cold: about "
-          f"{args.members * alone['total_s']:.0f} s")
+    readings = " / ".join(f"{r['total_s']:.1f}" for r in alones)
+    print(f"sweep of {args.members} in slots (spares ready): {sweep_s:.1f} s = {sweep_s / alone_s:.2f}x one "
+          f"cold member alone ({readings} s, before and after the sweep: mean {alone_s:.1f} s); one after "
+          f"another, cold: about {args.members * alone_s:.0f} s")
     print(f"training throughput: {args.members} at once {total_rate:,.0f} tokens/s in total against one alone "
-          f"{alone_rate:,.0f} tokens/s: {total_rate / alone_rate:.2f}x")
+          f"{' / '.join(f'{r:,.0f}' for r in rates)} tokens/s (mean {alone_rate:,.0f}): "
+          f"{total_rate / alone_rate:.2f}x")
     if args.out:
         Path(args.out).write_text(json.dumps({
             "size": args.size, "members": args.members, "steps": args.steps, "device": alone["device"],
-            "backend": alone["backend"], "alone_s": alone["total_s"], "alone_first_step_s": alone["first_step_s"],
-            "alone_tokens_per_s": alone_rate, "sweep_s": sweep_s, "ratio": sweep_s / alone["total_s"],
+            "backend": alone["backend"], "alone_s": [r["total_s"] for r in alones],
+            "alone_first_step_s": [r["first_step_s"] for r in alones], "alone_tokens_per_s": rates,
+            "sweep_s": sweep_s, "ratio": sweep_s / alone_s,
             "total_tokens_per_s": total_rate, "throughput_ratio": total_rate / alone_rate,
             "members_first_step_s": [r["first_step_s"] for r in results],
             "members_total_s": [r["total_s"] for r in results], "learning_rates": lrs}, indent=1))

@@ -80,6 +80,7 @@ VARIANTS = {
     "mb2": {"config": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4}},
     "mb1": {"config": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 8}},
     "nogc": {"config": {"gradient_checkpointing": False}},
+    "fused": {"config": {"optim": "adamw_torch_fused"}},  # AdamW with float32 state in one fused kernel
     "torchgc": {"bare": {"use_gradient_checkpointing": True}},
     "mixed": {"data": "mixed"},
     "full": {"data": "full"},
