@@ -105,8 +105,6 @@ def load_unsloth(config: TrainConfig, dtype):
     import unsloth  # noqa: F401  (must come before transformers/TRL are used)
     from unsloth import FastLanguageModel
 
-    freeze_heap()  # the imports' objects: from_pretrained's own gc.collect() calls then skip them
-
     # The config decides, not whatever UNSLOTH_TILED_MLP the worker was started with; set only for this load.
     previous = os.environ.get("UNSLOTH_TILED_MLP")
     os.environ["UNSLOTH_TILED_MLP"] = tiled_mlp_option(config)
@@ -209,24 +207,24 @@ def keep_adapters_float32(model) -> int:
 
 def load(config: TrainConfig, backend: str, dtype):
     model, tokenizer = load_base(config, backend, dtype)
+    freeze_heap()  # the process ends with the run: the base stays to the end, adding adapters walks only what is new
     return add_adapters(model, config, backend), tokenizer
 
 
 def load_base(config: TrainConfig, backend: str, dtype):
     """The base model and its tokenizer as loaded, before any adapter (what a warm process keeps between runs)."""
-    loaded = load_unsloth(config, dtype) if backend == "unsloth" else load_hf(config, dtype)
-    freeze_heap()  # the base model's objects too: adding adapters then walks only what is new
-    return loaded
+    return load_unsloth(config, dtype) if backend == "unsloth" else load_hf(config, dtype)
 
 
 def freeze_heap() -> None:
     """Collect once, then put every object alive out of the cyclic garbage collector's walks (gc.freeze).
 
-    Unsloth calls gc.collect() a dozen times while it adds adapters (three at a time around each offload and patch)
-    and more while it loads; each walks every object the imports and the base model made. On the lent H200 that was
+    Unsloth calls gc.collect() a dozen times while it adds adapters (three at a time around each offload and patch);
+    each walks every object the imports and the base model made. On the lent H200 that was
     4.35 s of a warm run's 7.4 s from request to first step (1.1B, base kept). Frozen objects are still freed when
-    nothing refers to them; only cycles among them wait, so a warm process unfreezes before it drops a base
-    (WarmBase.drop) and a dropped model's cycles are collected. Numerics are untouched."""
+    nothing refers to them; only cycles among them wait. So it is called only where what is alive stays: in a run's
+    own process, and in a warm one after its imports and when it keeps a base (WarmBase.load), which it unfreezes
+    before dropping (WarmBase.drop) so that the model's cycles are collected. Numerics are untouched."""
     gc.collect()
     gc.freeze()
 

@@ -242,6 +242,7 @@ class WarmBase:
                     self.note = f"base model not kept: its state could not be recorded ({type(exc).__name__}: {exc})"
                 else:
                     self.key, self.model, self.state = key, model, state
+                    backends.freeze_heap()  # kept until dropped: adding adapters walks only what is new
         self.peft_model = backends.add_adapters(model, config, backend)
         return self.peft_model, tokenizer
 
@@ -267,7 +268,11 @@ class WarmBase:
     def drop(self) -> None:
         from . import backends
 
+        had_base = self.model is not None
         self.key = self.model = self.state = self.tokenizer = None
+        if not had_base:  # no base was kept, so none was frozen: no whole-heap walk for nothing
+            _free_memory()
+            return
         backends.unfreeze_heap()  # the dropped model's cycles (frozen when it loaded) are collected too
         _free_memory()
         backends.freeze_heap()
