@@ -3,6 +3,7 @@ one member trained alone in a cold process, in one call.
 
     python3 bench/gpu_slots.py --size 1.1b --members 8 --steps 60       # the lent GPU: target <= 2.9x one cold member
     python3 bench/gpu_slots.py --size 0.1b --members 8 --steps 60       # target: total tokens/s >= 2x one run alone
+    python3 bench/gpu_slots.py --size 0.1b --members 8 --steps 60 --mps # the same with the processes under MPS
     .venv/bin/python bench/gpu_slots.py --size tiny --members 2 --steps 10   # this CPU: the bench itself works
 
 What it does, in order (first, unless --no-prime, one cold member not counted: it fills the on-disk compile caches,
@@ -31,7 +32,12 @@ LoRA r 16 on all linear layers, packed to 2048, micro-batch 8, adamw_8bit; tiny:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -41,6 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.warm_start import base_config, cold_run, follow, spawn_warm  # noqa: E402
+from training.planner.slots import slot_threads  # noqa: E402
 
 
 def learning_rates(n: int) -> list[float]:
@@ -55,6 +62,47 @@ def window_rate(points: list[tuple[float, int]], skip: int) -> tuple[float, floa
     return points[skip][0], points[-1][0], points[-1][1] - points[skip][1]
 
 
+@contextlib.contextmanager
+def mps_daemon(work: Path):
+    """CUDA's Multi-Process Service for this bench's processes alone: a control daemon with its own pipe and log
+    folders (the card's settings, its compute mode included, stay as they are), told to quit on the way out.
+    Without it the GPU time-slices between processes, so slots only fill each other's idle gaps; with it their
+    kernels run side by side.
+
+    The daemon runs in the foreground (-f) as this process's child in a session of its own: on the lent H200 a
+    `quit` to a daemon started with -d hung past 60 s and left its server holding the GPU for the next bench; here
+    one that does not quit in 30 s has its process group killed (a stale server changes what the next call reads)."""
+    control = shutil.which("nvidia-cuda-mps-control")
+    if control is None:
+        raise SystemExit("--mps: nvidia-cuda-mps-control is not on PATH here")
+    pipes, logs = work / "mps-pipe", work / "mps-log"
+    pipes.mkdir()
+    logs.mkdir()
+    os.environ.update(CUDA_MPS_PIPE_DIRECTORY=str(pipes), CUDA_MPS_LOG_DIRECTORY=str(logs))
+    daemon = subprocess.Popen([control, "-f"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    for _ in range(100):
+        if (pipes / "control").exists() or daemon.poll() is not None:
+            break
+        time.sleep(0.1)
+    if daemon.poll() is not None:
+        raise SystemExit(f"--mps: the MPS control daemon exited with {daemon.returncode}; see {logs}")
+    print(f"MPS control daemon started (pipes in {pipes})", flush=True)
+    try:
+        yield
+    finally:
+        try:
+            subprocess.run([control], input="quit\n", text=True, timeout=30)
+            daemon.wait(timeout=30)
+            print("MPS control daemon quit", flush=True)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait()
+            print("MPS control daemon did not quit in 30 s: its process group killed", flush=True)
+        for name in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"):
+            os.environ.pop(name, None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="tiny", help="training.engine.tiny size: tiny, 0.1b, 0.5b, 1b, 1.1b")
@@ -65,13 +113,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, choices=[1, 2],
                         help="2: one member alone before and after the sweep (the ratio over their mean)")
     parser.add_argument("--no-prime", action="store_true", help="skip the uncounted first cold run")
+    parser.add_argument("--mps", action="store_true",
+                        help="run every process (the alone ones too) under a private MPS control daemon")
     parser.add_argument("--out", help="write the results as JSON here too")
     args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-slots-"))
+    with mps_daemon(work) if args.mps else contextlib.nullcontext():
+        measure(args, work)
 
+
+def measure(args, work: Path) -> None:
     from bench import baseline
 
     print(baseline.line_here(), flush=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-slots-"))
     config = base_config(args, work)
 
     def member_file(name: str, lr: float) -> Path:
@@ -94,7 +148,14 @@ def main() -> None:
     alone = alones[0]
 
     booted = time.perf_counter()
+    # As the worker with N slots starts them: each with one slot's share of the cores (training/runs/process.py).
+    threads = slot_threads(args.members, len(os.sched_getaffinity(0)))
+    shared = threads is not None and "OMP_NUM_THREADS" not in os.environ
+    if shared:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     spares = [spawn_warm(args.backend) for _ in range(args.members)]
+    if shared:
+        del os.environ["OMP_NUM_THREADS"]
     for _, stream in spares:
         ready, _ = stream.next()
         if ready["type"] != "warm-ready":
@@ -140,7 +201,7 @@ def main() -> None:
     windows = [window_rate(r["points"], args.skip) for r in results]
     total_rate = sum(w[2] for w in windows) / (max(w[1] for w in windows) - min(w[0] for w in windows))
     print(f"\nmodel {args.size}, {args.members} members x {args.steps} steps, backend {alone['backend']}, "
-          f"{alone['device']}")
+          f"{alone['device']}{', under MPS' if args.mps else ''}")
     for i, (lr, r) in enumerate(zip(lrs, results)):
         print(f"  member {i} lr {lr:.2g}: start to first step {r['first_step_s']:6.2f} s, finished at "
               f"{r['total_s']:6.1f} s, final loss {r['losses'][-1]:.4f}")
@@ -153,7 +214,7 @@ def main() -> None:
           f"{total_rate / alone_rate:.2f}x")
     if args.out:
         Path(args.out).write_text(json.dumps({
-            "size": args.size, "members": args.members, "steps": args.steps, "device": alone["device"],
+            "size": args.size, "mps": args.mps, "members": args.members, "steps": args.steps, "device": alone["device"],
             "backend": alone["backend"], "alone_s": [r["total_s"] for r in alones],
             "alone_first_step_s": [r["first_step_s"] for r in alones], "alone_tokens_per_s": rates,
             "sweep_s": sweep_s, "ratio": sweep_s / alone_s,

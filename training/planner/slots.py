@@ -20,6 +20,15 @@ GiB = 1024 ** 3
 MiB = 1024 ** 2
 
 
+def slot_threads(slots: int, cpus: int) -> int | None:
+    """CPU threads for each training process of a worker with `slots` slots: its share of the cores, so that runs
+    side by side do not oversubscribe them; None with one slot. On this project's 2-core dev machine
+    (`bench/gpu_slots.py --size tiny --members 2 --steps 10`), two tiny runs at once with 2 threads each trained
+    408 tokens/s in total against 10.6k for one alone (torch's threads spin while they wait); with one each, 25.6k
+    against 13.4k."""
+    return max(1, cpus // slots) if slots > 1 else None
+
+
 @dataclass(frozen=True)
 class Margin:
     """What a shared slot reserves beyond a run's predicted peak: a share of the peak (the prediction's own error

@@ -15,6 +15,8 @@ from typing import Callable, Iterator
 
 from django.conf import settings
 
+from training.planner.slots import slot_threads
+
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform == "linux" else None
 
@@ -42,10 +44,16 @@ def _child_setup(address_space_bytes: int) -> Callable[[], None]:
 
 
 class TrainingProcess:
-    """One training job's process: its stdout (events) as lines, its stderr as new lines, stop and kill."""
+    """One training job's process: its stdout (events) as lines, its stderr as new lines, stop and kill.
+    `share_cores`: on a worker of several slots, limit its threads to one slot's share (unless the worker's own
+    environment sets OMP_NUM_THREADS); off for a run that holds the whole worker (several ranks share the cores)."""
 
-    def __init__(self, args: list[str], *, cwd: Path, stop_file: Path | None, stdin: bool = False):
+    def __init__(self, args: list[str], *, cwd: Path, stop_file: Path | None, stdin: bool = False,
+                 share_cores: bool = True):
         env = dict(os.environ)
+        threads = slot_threads(settings.TUNEBOARD_WORKER_SLOTS, len(os.sched_getaffinity(0)))
+        if share_cores and threads is not None:
+            env.setdefault("OMP_NUM_THREADS", str(threads))
         # The engine is imported from the checkout, whatever the run directory (its cwd) is.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.BASE_DIR), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"

@@ -378,6 +378,7 @@ def before_task(name: str, args: list) -> None:
 def start(*, run: Run, args: list[str], cwd: Path, stop_file: Path, config_path: Path):
     """The run's training process: a warm one when warm workers are on, else `args` (the engine's run command)
     in a process of its own."""
-    if not enabled() or int(run.config.get("devices") or 1) > 1:  # several GPUs: ranks launched by a run command
-        return TrainingProcess(args, cwd=cwd, stop_file=stop_file)
+    ranks = int(run.config.get("devices") or 1)
+    if not enabled() or ranks > 1:  # several GPUs: ranks launched by a run command
+        return TrainingProcess(args, cwd=cwd, stop_file=stop_file, share_cores=ranks == 1)
     return pool.start_run(run=run, cwd=cwd, config_path=config_path, stop_file=stop_file)

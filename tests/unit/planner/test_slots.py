@@ -151,3 +151,12 @@ def test_runs_are_named_as_a_sentence_would():
     assert runs_text([3]) == "run #3"
     assert runs_text([3, 4]) == "runs #3 and #4"
     assert runs_text([3, 4, 5]) == "runs #3, #4 and #5"
+
+
+def test_each_slot_gets_its_share_of_the_cores_and_at_least_one_thread():
+    from training.planner.slots import slot_threads
+
+    assert slot_threads(1, 16) is None
+    assert slot_threads(4, 16) == 4
+    assert slot_threads(3, 16) == 5
+    assert slot_threads(8, 2) == 1
