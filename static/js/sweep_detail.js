@@ -2,6 +2,7 @@
 // status and progress from its run's messages, and the members' train and eval loss, one line each, from their stored
 // points (asked for whenever the socket (re)connects or a new member appears) and then their live ones, keyed by step.
 import { CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, openLive } from "./live_socket.js";
+import { esc, fieldsText } from "./text.js";
 
 const data = JSON.parse(document.getElementById("sweep-data").textContent);
 const COLORS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d",
@@ -12,17 +13,6 @@ let state = data.state;
 // run id -> {name, color, loss: Map(step -> value), eval_loss: Map(step -> value)}
 const lines = new Map();
 
-function esc(text) {
-  return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
-}
-function shown(value) {
-  if (value === null || value === undefined) return "none";
-  if (typeof value === "object") return JSON.stringify(value);
-  return String(value);
-}
-function fieldsText(values) {
-  return Object.entries(values || {}).map(([k, v]) => `${k}=${shown(v)}`).join(", ");
-}
 function figure(value) {
   if (typeof value !== "number") return value === null || value === undefined ? "—" : String(value);
   return Number.isInteger(value) ? value.toLocaleString("en-US") : Number(value.toPrecision(4)).toString();

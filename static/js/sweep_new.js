@@ -2,6 +2,8 @@
 // the user types (250 ms after the last keystroke; an older answer never replaces a newer one): the members, what is
 // held fixed, the budget, the totals, the expected GPU time and the fit planner's prediction for the member with the
 // largest peak, or the errors next to the fields they name.
+import { esc, fieldsText } from "./text.js";
+
 const data = JSON.parse(document.getElementById("sweep-form-data").textContent);
 const form = document.getElementById("sweep-form");
 const template = document.getElementById("id_template");
@@ -11,20 +13,6 @@ const body = document.getElementById("preview-body");
 
 // While the user has not typed values, the field shows the procedure's own for this base, and they are not sent.
 values.dataset.auto = values.value.trim() ? "0" : "1";
-
-function esc(text) {
-  return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
-}
-
-function shown(value) {
-  if (value === null || value === undefined) return "none";
-  if (typeof value === "object") return JSON.stringify(value);
-  return String(value);
-}
-
-function fieldsText(values) {
-  return Object.entries(values || {}).map(([k, v]) => `${k}=${shown(v)}`).join(", ");
-}
 
 function count(n) {
   return Number(n).toLocaleString("en-US");
