@@ -22,10 +22,9 @@ MiB = 1024 ** 2
 
 def slot_threads(slots: int, cpus: int) -> int | None:
     """CPU threads for each training process of a worker with `slots` slots: its share of the cores, so that runs
-    side by side do not oversubscribe them; None with one slot. On this project's 2-core dev machine
-    (`bench/gpu_slots.py --size tiny --members 2 --steps 10`), two tiny runs at once with 2 threads each trained
-    408 tokens/s in total against 10.6k for one alone (torch's threads spin while they wait); with one each, 25.6k
-    against 13.4k."""
+    side by side do not oversubscribe them; None with one slot. On a 2-core dev machine two tiny runs at once
+    trained 263 tokens/s in total with 2 threads each against 15.8k with one each (torch's threads spin while they
+    wait; docs/benchmarks.md, 2026-12-04)."""
     return max(1, cpus // slots) if slots > 1 else None
 
 
