@@ -1,7 +1,8 @@
 """GPU slots with warm spares (issue 21): a sweep's members trained at once on one GPU, each in its own process, against
 one member trained alone in a cold process, in one call.
 
-    python3 bench/gpu_slots.py --size 1.1b --members 8 --steps 60       # the lent GPU: target <= 2.9x one cold member
+    python3 bench/gpu_slots.py --size 1.1b --members 8 --steps 60 --mps --varlen   # the lent GPU: target <= 2.9x one
+                                                                        # cold member, on torch >= 2.12's attention path
     python3 bench/gpu_slots.py --size 0.1b --members 8 --steps 60       # target: total tokens/s >= 2x one run alone
     python3 bench/gpu_slots.py --size 0.1b --members 8 --steps 60 --mps # the same with the processes under MPS
     .venv/bin/python bench/gpu_slots.py --size tiny --members 2 --steps 10   # this CPU: the bench itself works
@@ -115,8 +116,13 @@ def main() -> None:
     parser.add_argument("--no-prime", action="store_true", help="skip the uncounted first cold run")
     parser.add_argument("--mps", action="store_true",
                         help="run every process (the alone ones too) under a private MPS control daemon")
+    parser.add_argument("--varlen", action="store_true",
+                        help="every process takes Unsloth's torch >= 2.12 packed attention (bench/unsloth_varlen.py)")
+    parser.add_argument("--progress", type=float, default=30.0, help="seconds between the sweep's progress lines")
     parser.add_argument("--out", help="write the results as JSON here too")
     args = parser.parse_args()
+    if args.varlen:
+        os.environ["BENCH_UNSLOTH_VARLEN"] = "1"
     work = Path(tempfile.mkdtemp(prefix="bench-slots-"))
     with mps_daemon(work) if args.mps else contextlib.nullcontext():
         measure(args, work)
@@ -165,11 +171,17 @@ def measure(args, work: Path) -> None:
 
     results: list[dict | None] = [None] * args.members
     failures: list[str] = []
+    steps = [0] * args.members
+    done = threading.Event()
+
+    def report() -> None:  # so that a call cut short by its limit still says how far the sweep got
+        while not done.wait(args.progress):
+            print(f"  sweep at {time.perf_counter() - handed:.0f} s: members' steps {steps}", flush=True)
 
     def serve(i: int, handed: float) -> None:
         proc, stream = spares[i]
         try:
-            results[i] = follow(stream, handed)
+            results[i] = follow(stream, handed, on_step=lambda step: steps.__setitem__(i, step))
         except SystemExit as exc:
             failures.append(f"member {i}: {exc}")
 
@@ -181,8 +193,10 @@ def measure(args, work: Path) -> None:
         proc.stdin.flush()
         threads.append(threading.Thread(target=serve, args=(i, handed)))
         threads[-1].start()
+    threading.Thread(target=report, daemon=True).start()
     for thread in threads:
         thread.join()
+    done.set()
     for proc, _ in spares:
         proc.stdin.close()
     for proc, _ in spares:
@@ -201,7 +215,7 @@ def measure(args, work: Path) -> None:
     windows = [window_rate(r["points"], args.skip) for r in results]
     total_rate = sum(w[2] for w in windows) / (max(w[1] for w in windows) - min(w[0] for w in windows))
     print(f"\nmodel {args.size}, {args.members} members x {args.steps} steps, backend {alone['backend']}, "
-          f"{alone['device']}{', under MPS' if args.mps else ''}")
+          f"{alone['device']}{', under MPS' if args.mps else ''}{', varlen attention' if args.varlen else ''}")
     for i, (lr, r) in enumerate(zip(lrs, results)):
         print(f"  member {i} lr {lr:.2g}: start to first step {r['first_step_s']:6.2f} s, finished at "
               f"{r['total_s']:6.1f} s, final loss {r['losses'][-1]:.4f}")
@@ -214,7 +228,7 @@ def measure(args, work: Path) -> None:
           f"{total_rate / alone_rate:.2f}x")
     if args.out:
         Path(args.out).write_text(json.dumps({
-            "size": args.size, "mps": args.mps, "members": args.members, "steps": args.steps, "device": alone["device"],
+            "size": args.size, "mps": args.mps, "varlen": args.varlen, "members": args.members, "steps": args.steps, "device": alone["device"],
             "backend": alone["backend"], "alone_s": [r["total_s"] for r in alones],
             "alone_first_step_s": [r["first_step_s"] for r in alones], "alone_tokens_per_s": rates,
             "sweep_s": sweep_s, "ratio": sweep_s / alone_s,

@@ -38,6 +38,19 @@ def engine_env() -> dict:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
+# With BENCH_UNSLOTH_VARLEN=1 (a bench's --varlen) the engine's processes start through this launcher, which makes the
+# lent box's torch 2.11 take Unsloth's torch >= 2.12 attention path for packed batches (bench/unsloth_varlen.py), as
+# the product's own image (Dockerfile.gpu, torch 2.13) runs it; without it they start as the worker starts them.
+VARLEN_LAUNCH = ("import sys; sys.path.insert(0, 'bench'); import unsloth_varlen; unsloth_varlen.apply(); "
+                 "from training.engine.__main__ import main; sys.exit(main(sys.argv[1:]))")
+
+
+def engine_command(*argv: str) -> list[str]:
+    if os.environ.get("BENCH_UNSLOTH_VARLEN") == "1":
+        return [sys.executable, "-c", VARLEN_LAUNCH, *argv]
+    return [sys.executable, "-m", "training.engine", *argv]
+
+
 def base_config(args, work: Path) -> dict:
     from training.engine.tiny import build_tiny_model, write_dataset
 
@@ -73,8 +86,9 @@ class Stream:
                 return json.loads(line), time.perf_counter()
 
 
-def follow(stream: Stream, handed: float) -> dict:
-    """Read one run's events to its terminal one: start to first step, the engine's figures, the losses."""
+def follow(stream: Stream, handed: float, on_step=None) -> dict:
+    """Read one run's events to its terminal one: start to first step, the engine's figures, the losses.
+    `on_step(step)` is called with each metrics point's step (a bench's progress line)."""
     first_step_s, note, started, losses, points = None, {}, {}, [], []
     while True:
         event, at = stream.next()
@@ -88,6 +102,8 @@ def follow(stream: Stream, handed: float) -> dict:
                 first_step_s = at - handed
             losses.append(event["loss"])
             points.append((event["time"], event["tokens_seen"]))  # the engine's clock
+            if on_step is not None:
+                on_step(event.get("step", len(losses)))
         elif kind in ("finished", "stopped", "failed"):
             if kind != "finished":
                 raise SystemExit(f"the run ended {kind}: {event.get('message')}")
@@ -99,7 +115,7 @@ def follow(stream: Stream, handed: float) -> dict:
 
 def cold_run(config_path: Path) -> dict:
     handed = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "training.engine", "run", str(config_path)], cwd=ROOT,
+    proc = subprocess.Popen(engine_command("run", str(config_path)), cwd=ROOT,
                             env=engine_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
     result = follow(Stream(proc), handed)
     proc.wait(timeout=120)
@@ -108,7 +124,7 @@ def cold_run(config_path: Path) -> dict:
 
 def spawn_warm(backend: str) -> tuple[subprocess.Popen, Stream]:
     """A `python -m training.engine warm` process and its event stream (requests go to its stdin)."""
-    proc = subprocess.Popen([sys.executable, "-m", "training.engine", "warm", "--backend", backend], cwd=ROOT,
+    proc = subprocess.Popen(engine_command("warm", "--backend", backend), cwd=ROOT,
                             env=engine_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, bufsize=1)
     return proc, Stream(proc)
