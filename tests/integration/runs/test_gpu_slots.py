@@ -225,7 +225,7 @@ def test_two_tiny_runs_share_a_worker_with_two_slots_and_both_finish(two_slots, 
     user = make_member(team)
     dataset = make_dataset(team, user, tmp_dir=tmp_path)
     runs = [services.run_create(team=team, user=user, dataset=dataset, queue=two_slots.queue,
-                                overrides=tiny_overrides(tiny_model, max_steps=60)) for _ in range(2)]
+                                overrides=tiny_overrides(tiny_model, max_steps=200)) for _ in range(2)]
     wait_for(lambda: worker.current_runs.count() == 2, timeout=60, what="both runs on the worker at once")
     a, b = (wait_terminal(run, timeout=180) for run in runs)
     assert a.status == b.status == Status.SUCCEEDED, (a.error, b.error, two_slots.log_text())
