@@ -228,7 +228,8 @@ def measure(args, work: Path) -> None:
           f"{total_rate / alone_rate:.2f}x")
     if args.out:
         Path(args.out).write_text(json.dumps({
-            "size": args.size, "mps": args.mps, "varlen": args.varlen, "members": args.members, "steps": args.steps, "device": alone["device"],
+            "size": args.size, "mps": args.mps, "varlen": args.varlen, "members": args.members, "steps": args.steps,
+            "device": alone["device"],
             "backend": alone["backend"], "alone_s": [r["total_s"] for r in alones],
             "alone_first_step_s": [r["first_step_s"] for r in alones], "alone_tokens_per_s": rates,
             "sweep_s": sweep_s, "ratio": sweep_s / alone_s,
