@@ -41,8 +41,8 @@ def engine_env() -> dict:
 # With BENCH_UNSLOTH_VARLEN=1 (a bench's --varlen) the engine's processes start through this launcher, which makes the
 # lent box's torch 2.11 take Unsloth's torch >= 2.12 attention path for packed batches (bench/unsloth_varlen.py), as
 # the product's own image (Dockerfile.gpu, torch 2.13) runs it; without it they start as the worker starts them.
-VARLEN_LAUNCH = ("import sys; sys.path.insert(0, 'bench'); import unsloth_varlen; unsloth_varlen.apply(); "
-                 "from training.engine.__main__ import main; sys.exit(main(sys.argv[1:]))")
+VARLEN_LAUNCH = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import unsloth_varlen; "
+                 "unsloth_varlen.apply(); from training.engine.__main__ import main; sys.exit(main(sys.argv[1:]))")
 
 
 def engine_command(*argv: str) -> list[str]:
