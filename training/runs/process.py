@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 from django.conf import settings
 
 from training.planner.slots import slot_threads
+from training.runs.child_env import child_environment
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform == "linux" else None
@@ -50,16 +51,11 @@ class TrainingProcess:
 
     def __init__(self, args: list[str], *, cwd: Path, stop_file: Path | None, stdin: bool = False,
                  share_cores: bool = True):
-        env = dict(os.environ)
-        threads = slot_threads(settings.TUNEBOARD_WORKER_SLOTS, len(os.sched_getaffinity(0)))
-        if share_cores and threads is not None:
-            env.setdefault("OMP_NUM_THREADS", str(threads))
-        # The engine is imported from the checkout, whatever the run directory (its cwd) is.
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.BASE_DIR), env.get("PYTHONPATH")]))
-        env["PYTHONUNBUFFERED"] = "1"
-        if settings.TUNEBOARD_HUB_OFFLINE:
-            # An offline cluster: the libraries must not try the hub either (a name that is not a folder fails).
-            env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+        threads = slot_threads(settings.TUNEBOARD_WORKER_SLOTS, len(os.sched_getaffinity(0))) if share_cores else None
+        # An allow-list, not the worker's environment: a child runs a team's model, data and task, and must not hold
+        # the database's URL, the secret key or any credential (training/runs/child_env.py).
+        env = child_environment(os.environ, code_path=str(settings.BASE_DIR),
+                                hub_offline=settings.TUNEBOARD_HUB_OFFLINE, threads=threads)
         self.stop_file = stop_file
         self._popen = subprocess.Popen(
             args, cwd=cwd, env=env, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
