@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from . import sandbox
 from .events import EventSink
 
 OUTPUT_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling", "generate_until")
@@ -25,6 +26,12 @@ OUTPUT_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling", "ge
 SET_BY_TUNEBOARD = ("dataset_path", "dataset_name", "dataset_kwargs", "test_split", "validation_split", "train_split",
                     "fewshot_split", "include", "group")
 DATA_KINDS = {".jsonl": "json", ".json": "json", ".csv": "csv"}
+# Fields that would have the harness read a file of the worker's disk or a prompt library (use_prompt), run the
+# model's generated code (unsafe_code), build the task from Python (class), or load a metric's script from the hub
+# (a metric's hf_evaluate): a team's task is data, never code.
+REFUSED = {"use_prompt": "prompts come from the task's own fields (doc_to_text, doc_to_target), not a prompt library",
+           "unsafe_code": "tasks that run the model's generated code cannot run here",
+           "class": "a task defined in Python cannot run here: describe the task in YAML alone"}
 
 
 def task_errors(text: str) -> tuple[dict[str, Any] | None, dict[str, str]]:
@@ -48,10 +55,39 @@ def task_errors(text: str) -> tuple[dict[str, Any] | None, dict[str, str]]:
         errors["task_config"] = "doc_to_text and doc_to_target are required"
     else:
         taken = [k for k in SET_BY_TUNEBOARD if k in task]
+        refused = [f"{k}: {why}" for k, why in REFUSED.items() if task.get(k) not in (None, False)]
+        metrics = task.get("metric_list") if isinstance(task.get("metric_list"), list) else []
+        templates = sandbox.text_errors(task)
         if taken:
             errors["task_config"] = (f"{', '.join(taken)}: set by Tuneboard (the data is the uploaded file); "
                                      "remove them")
+        elif refused:
+            errors["task_config"] = refused[0]
+        elif any(isinstance(m, dict) and m.get("hf_evaluate") for m in metrics):
+            errors["task_config"] = "metric_list: hf_evaluate loads a metric's code from the hub; use lm_eval's metrics"
+        elif templates:
+            errors["task_config"] = "; ".join(f"{field}: {why}" for field, why in templates.items())
     return (task if not errors else None), errors
+
+
+def document_errors(task: dict[str, Any], docs: list[dict[str, Any]]) -> dict[str, str]:
+    """The task's templates rendered in the sandbox on `docs` (the suite's first documents): the errors naming the
+    field and the document where one is refused or fails. Pure."""
+    failed = sandbox.render_errors(task, docs)
+    return {"task_config": "; ".join(f"{field}: {why}" for field, why in failed.items())} if failed else {}
+
+
+def _check_metrics(task: dict[str, Any]) -> None:
+    """A metric the harness does not have would be looked up in the `evaluate` library, which loads a metric's
+    script from the hub and runs it: only lm_eval's own metrics."""
+    import lm_eval.api.metrics  # noqa: F401 - fills the registry
+    from lm_eval.api.registry import metric_registry
+
+    names = [m.get("metric") for m in task.get("metric_list") or [] if isinstance(m, dict)]
+    unknown = [str(n) for n in names if n not in metric_registry]
+    if unknown:
+        raise ValueError(f"metric_list: {', '.join(unknown)} is not one of lm_eval's metrics "
+                         f"({', '.join(sorted(metric_registry))})")
 
 
 def _task_file(task: dict[str, Any], data_file: str, folder: Path) -> Path:
@@ -76,6 +112,10 @@ def run(spec: dict[str, Any], sink: EventSink) -> int:
         import torch
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
+
+        # Before any task loads: every template the harness renders goes through the sandbox.
+        sandbox.install_in_lm_eval(task)
+        _check_metrics(task)
 
         with tempfile.TemporaryDirectory(prefix="tuneboard-task-") as tmp:
             _task_file(task, spec["data_file"], Path(tmp))

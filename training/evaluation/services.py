@@ -108,11 +108,14 @@ def suite_create_from_upload(*, team: Team, user, name: str, file: IO[bytes], me
         raise
 
 
+RENDERED_DOCUMENTS = 20  # an lm_eval task's templates are tried on this many of its documents at upload
+
+
 def _harness_suite_create(*, team: Team, user, name: str, file: IO[bytes], filename: str,
                           task_config: str) -> EvalSuite:
     """An lm-evaluation-harness task: its YAML checked (harness.task_errors) and its documents read as records of a
     JSONL/JSON/CSV file, stored as they are (the task's own fields name the columns)."""
-    _, errors = harness.task_errors(task_config or "")
+    task, errors = harness.task_errors(task_config or "")
     if errors:
         raise ValidationError(errors)
     try:
@@ -130,6 +133,11 @@ def _harness_suite_create(*, team: Team, user, name: str, file: IO[bytes], filen
     if not records or bad is not None:
         raise ValidationError({"file": f"row {bad}: each document must be an object of fields" if bad
                                else "the file has no documents"})
+    # Each template rendered, in the sandbox the harness renders it in, on the first documents: a template refused
+    # there (or naming a column the documents lack) is refused now, with its field, not at evaluation time.
+    errors = harness.document_errors(task, [record for _, record in records[:RENDERED_DOCUMENTS]])
+    if errors:
+        raise ValidationError(errors)
     folder = settings.SUITES_DIR / str(team.id)
     folder.mkdir(parents=True, exist_ok=True)
     sha = hashlib.sha256(data).hexdigest()
