@@ -157,6 +157,11 @@ def test_an_lm_eval_task_is_its_yaml_and_its_documents(world, member_client):
     (None, "an lm_eval suite needs its task's YAML file"),
     (b"\xff\xfe", "UTF-8"),
     (b"task: x\noutput_type: multiple_choice\ndoc_to_text: !function utils.f\ndoc_to_target: b", "!function"),
+    (TASK.replace(b'"{{choices}}"', b"\"{{ lipsum.__globals__['os'].popen('id').read() }}\""),
+     "doc_to_choice: the template reads __globals__, lipsum"),
+    (TASK.replace(b'"{{question}} Answer:"', b"\"{{ question|attr('__cla' ~ 'ss__') }}\""),
+     "doc_to_text: document 1: the template tried what a task's template may not"),
+    (TASK.replace(b'"{{question}} Answer:"', b'"{{ answer }}"'), "doc_to_text: document 1: UndefinedError"),
 ])
 def test_a_bad_task_yaml_is_refused_on_its_field(world, member_client, task, message):
     if task is None:
