@@ -8,6 +8,7 @@ dropped even inside them (HF_TOKEN: the engine reads models from the model roots
 goes into a model root)."""
 from __future__ import annotations
 
+import os
 import re
 from typing import Mapping
 
@@ -38,15 +39,18 @@ def is_credential(name: str) -> bool:
 def child_environment(parent: Mapping[str, str], *, code_path: str, hub_offline: bool,
                       threads: int | None = None) -> dict[str, str]:
     """What a child of a worker whose environment is `parent` starts with: the allowed names and families of
-    `parent` (no credential among them), PYTHONPATH to the checkout alone (`code_path`: the engine is imported from
-    it, whatever the child's working folder), unbuffered output (its events are read line by line), the hub's
+    `parent` (no credential among them), PYTHONPATH to the checkout (`code_path`: the engine is imported from it,
+    whatever the child's working folder) before the worker's own, unbuffered output (its events are read line by line), the hub's
     offline switches on an offline cluster, and `threads` CPU threads unless the worker's environment sets them."""
     env = {name: value for name, value in parent.items()
            if (name in ALLOWED_NAMES or name.startswith(ALLOWED_PREFIXES)) and not is_credential(name)
            and not _USERINFO.search(value)}
     if threads is not None:
         env.setdefault("OMP_NUM_THREADS", str(threads))
-    env["PYTHONPATH"] = code_path
+    # The checkout first; then the worker's own import path, where a deployment may keep the libraries the worker
+    # itself imports (pip --target): code, not secrets, and the checkout is on the path anyway.
+    inherited = [p for p in parent.get("PYTHONPATH", "").split(os.pathsep) if p and p != code_path]
+    env["PYTHONPATH"] = os.pathsep.join([code_path, *inherited])
     env["PYTHONUNBUFFERED"] = "1"
     if hub_offline:
         # An offline cluster: the libraries must not try the hub either (a name that is not a folder fails).

@@ -53,7 +53,7 @@ def test_a_child_keeps_what_the_engine_reads_and_nothing_of_the_workers_secrets(
     env = child_environment(WORKER, code_path="/srv/tuneboard", hub_offline=False)
     assert set(env) == KEPT | {"PYTHONPATH", "PYTHONUNBUFFERED"}
     assert {name: env[name] for name in KEPT} == {name: WORKER[name] for name in KEPT}
-    assert env["PYTHONPATH"] == "/srv/tuneboard"  # the checkout alone, not the worker's other paths
+    assert env["PYTHONPATH"] == "/srv/tuneboard:/srv/other"  # the checkout first, then the worker's own libraries
     assert env["PYTHONUNBUFFERED"] == "1"
     assert not any("secret" in value or "pw" in value or "hf_" in value for value in env.values())
 
