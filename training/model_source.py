@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.engine.config import text_problem
+
 # A hub id as the hub spells one: a name, or owner/name; letters, digits, "_", "." and "-", no ".." or "--".
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 
@@ -36,6 +38,9 @@ def model_source_error(model: str, policy: ModelPolicy) -> str | None:
     model = (model or "").strip()
     if not model:
         return None  # the engine says "Field required"
+    problem = text_problem(model)
+    if problem:  # a NUL byte would otherwise reach the OS's path calls below
+        return problem
     folder_rule = f"a model folder must be inside one of {policy.roots_text} (TUNEBOARD_MODEL_ROOTS)"
     looks_like_path = model.startswith(("/", ".", "~")) or "\\" in model or model.count("/") > 1
     if not looks_like_path:

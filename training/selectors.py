@@ -212,8 +212,11 @@ def run_adapter_files(run: Run) -> list[dict[str, Any]]:
 
 
 def run_adapter_file(run: Run, name: str):
-    """The path of one adapter file of the run; Http404 for anything else (other folders, .., links out)."""
-    if not run.adapter_path or not name or name.startswith(".") or "/" in name or "\\" in name:
+    """The path of one adapter file of the run; Http404 for any name that is not one of run_adapter_files (other
+    folders, "..", a NUL byte, links out): the name is only ever compared with the folder's own listing, never handed
+    to the OS."""
+    listed = {f["name"] for f in run_adapter_files(run)}
+    if name not in listed or name.startswith("."):
         raise Http404("No such file")
     folder = Path(run.adapter_path).resolve()
     path = (folder / name).resolve()

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CONFIG_VERSION = 1
 
@@ -56,6 +58,51 @@ TARGET_GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Bounds where a larger value would overflow rather than train: the dashboard keeps steps and step counts in 32-bit
+# integer columns (PostgreSQL integer), and numpy's and torch's seeding take at most 2**32 - 1 (numpy refuses more).
+STEPS_MAX = 2**31 - 1
+SEED_MAX = 2**32 - 1
+# Paths and names: what the dashboard's path columns hold.
+PATH_MAX = 1000
+PROMPT_MAX = 10_000
+
+
+def text_problem(value: str, *, multiline: bool = False) -> str | None:
+    """Why `value` cannot be a name, a path or (with `multiline`) a prompt; None when it can. A NUL byte is refused
+    by the OS's paths and by PostgreSQL's text and JSON; other control characters (tabs and newlines too, outside a
+    prompt) and unpaired surrogates (which no UTF-8 encoder writes) have no place in a name or a path either."""
+    for ch in value:
+        if ch == "\x00":
+            return "contains a NUL byte (\\x00); allowed: printable text"
+        category = unicodedata.category(ch)
+        if category == "Cs":
+            return f"contains an unpaired surrogate (U+{ord(ch):04X}); allowed: printable text"
+        if category == "Cc" and not (multiline and ch in "\t\n\r"):
+            allowed = "printable text, tabs and newlines" if multiline else "printable text on one line"
+            return f"contains a control character (U+{ord(ch):04X}); allowed: {allowed}"
+    return None
+
+
+def _clean_line(value: str) -> str:
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _clean_text(value: str) -> str:
+    problem = text_problem(value, multiline=True)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+# A name or a path: one line of printable text.
+PathText = Annotated[str, Field(min_length=1, max_length=PATH_MAX), AfterValidator(_clean_line)]
+Steps = Annotated[int, Field(ge=1, le=STEPS_MAX)]
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+
+
 class ConfigError(ValueError):
     """A config that must not start: `errors` maps each field to what is wrong and what is allowed."""
 
@@ -65,7 +112,7 @@ class ConfigError(ValueError):
 
 
 class LoftQ(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     loftq_bits: Literal[2, 4, 8] = 4
     loftq_iter: Annotated[int, Field(ge=1, le=20)] = 4
 
@@ -74,28 +121,31 @@ class TrainConfig(BaseModel):
     """Every field a run can set. Defaults are PEFT's and TRL's own, so a config means the same thing as in those
     libraries; the seed's "simple defaults" live in the guidance and in presets."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+    # No NaN or infinity in any float: none trains, and PostgreSQL's JSON cannot store them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, allow_inf_nan=False)
 
     version: Literal[1] = CONFIG_VERSION
 
     # Model (FastLanguageModel.from_pretrained)
-    model: Annotated[str, Field(min_length=1)]
+    model: PathText
     max_length: Annotated[int, Field(ge=16, le=262144)] = 2048
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     load_in_4bit: bool = False
 
     # LoRA (get_peft_model)
     r: Annotated[int, Field(ge=1, le=4096)] = 16
-    lora_alpha: Annotated[float, Field(gt=0)] = 32
+    # At most 16 x the largest r: alpha/r scales the adapters' output, and more than that only overflows it.
+    lora_alpha: Annotated[float, Field(gt=0, le=65536)] = 32
     lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     bias: Literal["none", "lora_only", "all"] = "none"
     use_rslora: bool = False
     loftq_config: LoftQ | None = None
-    target_modules: Union[Literal["attention", "mlp", "all-linear"], list[Annotated[str, Field(min_length=1)]]] = "all-linear"
-    random_state: int = 3407
+    target_modules: Union[Literal["attention", "mlp", "all-linear"], Annotated[list[Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_clean_line)]],
+                                                                                   Field(max_length=256)]] = "all-linear"
+    random_state: Seed = 3407
     # A saved LoRA adapter whose weights the adapters start from (same r, target modules and bias); Tuneboard sets
     # it when a run builds on an earlier run's adapter.
-    init_adapter: Annotated[str, Field(min_length=1)] | None = None
+    init_adapter: PathText | None = None
     gradient_checkpointing: bool = True
     # Unsloth's tiled MLP (unsloth_zoo.tiled_mlp, unsloth backend only): each decoder MLP runs over the micro-batch's
     # tokens in shards and recomputes them in backward, so only one shard's intermediate activations are on the GPU.
@@ -104,8 +154,8 @@ class TrainConfig(BaseModel):
     tiled_mlp_target_gb: Annotated[float, Field(gt=0, le=1024)] | None = None
 
     # Data
-    train_file: Annotated[str, Field(min_length=1)]
-    eval_file: str | None = None
+    train_file: PathText
+    eval_file: PathText | None = None
     eval_split: Annotated[float, Field(gt=0, lt=1)] | None = None
     data_format: Literal["auto", "text", "prompt_completion", "messages"] = "auto"
 
@@ -114,19 +164,19 @@ class TrainConfig(BaseModel):
     eval_packing: bool = False
     per_device_train_batch_size: Annotated[int, Field(ge=1, le=4096)] = 2
     gradient_accumulation_steps: Annotated[int, Field(ge=1, le=65536)] = 4
-    warmup_steps: Union[Annotated[int, Field(ge=0)], Annotated[float, Field(ge=0, lt=1)]] = 0.03
+    warmup_steps: Union[Annotated[int, Field(ge=0, le=STEPS_MAX)], Annotated[float, Field(ge=0, lt=1)]] = 0.03
     learning_rate: Annotated[float, Field(gt=0, le=1)] = 2e-4
     optim: Literal[OPTIMIZERS] = "adamw_torch_fused"  # type: ignore[valid-type]
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.01
     lr_scheduler_type: Literal[SCHEDULERS] = "linear"  # type: ignore[valid-type]
     lr_scheduler_kwargs: dict[str, Any] = Field(default_factory=dict)
-    max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
-    num_train_epochs: Annotated[float, Field(gt=0)] = 1.0
-    max_steps: Annotated[int, Field(ge=1)] | None = None
-    eval_steps: Annotated[int, Field(ge=1)] | None = None
-    logging_steps: Annotated[int, Field(ge=1)] = 1
-    save_steps: Annotated[int, Field(ge=1)] | None = None
-    seed: int = 3407
+    max_grad_norm: Annotated[float, Field(ge=0, le=1e6)] = 1.0
+    num_train_epochs: Annotated[float, Field(gt=0, le=10_000)] = 1.0
+    max_steps: Steps | None = None
+    eval_steps: Steps | None = None
+    logging_steps: Steps = 1
+    save_steps: Steps | None = None
+    seed: Seed = 3407
     completion_only_loss: bool | None = None
 
     # Where and how
@@ -135,9 +185,10 @@ class TrainConfig(BaseModel):
     # every micro-batch (on a CPU worker, CPU processes over gloo). Effective batch = micro-batch x accumulation x
     # devices.
     devices: Annotated[int, Field(ge=1, le=8)] = 1
-    output_dir: str = "run"
+    output_dir: PathText = "run"
     merge_16bit: bool = False
-    sample_prompts: list[str] = Field(default_factory=list)
+    sample_prompts: Annotated[list[Annotated[str, Field(max_length=PROMPT_MAX), AfterValidator(_clean_text)]],
+                              Field(max_length=64)] = Field(default_factory=list)
     sample_max_new_tokens: Annotated[int, Field(ge=1, le=2048)] = 32
 
     @field_validator("warmup_steps", mode="before")
@@ -146,6 +197,23 @@ class TrainConfig(BaseModel):
         # 1.0 is not a ratio (a ratio is < 1) and not an int either: say so rather than silently meaning 1 step.
         if isinstance(v, float) and v >= 1:
             raise ValueError("a warmup ratio must be in [0, 1); give a whole number of steps as an integer")
+        return v
+
+    @field_validator("lr_scheduler_kwargs")
+    @classmethod
+    def _scheduler_values(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # What transformers' schedulers take: numbers, and a word for a mode or a warmup/decay type. Anything else
+        # would reach the library (or the database's JSON) and fail there, not here with the field named.
+        for key, value in v.items():
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)):
+                if isinstance(value, float) and not math.isfinite(value) or abs(value) > STEPS_MAX:
+                    raise ValueError(f"{key} must be a finite number of magnitude at most {STEPS_MAX}")
+                continue
+            if isinstance(value, str) and len(value) <= 40 and not text_problem(value):
+                continue
+            raise ValueError(f"{key} must be a number or a word (at most 40 characters), not {value!r:.60}")
         return v
 
     @field_validator("target_modules")

@@ -2,7 +2,8 @@
 
 A result is a plain dict per member (keys below, all optional until the member ends): status ("succeeded",
 "diverged", "pruned", "failed"; anything else is still running or waiting to resume), final_eval_loss, best_eval_loss, train_loss, tokens_per_s,
-peak_vram_gb, trainable_params, init_s, findings (the detectors' codes, "loss_spike@120" counts as "loss_spike"),
+peak_vram_gb, trainable_params, init_s, note (why a failed member failed, when the verdict should say it: "its run was
+deleted"), findings (the detectors' codes, "loss_spike@120" counts as "loss_spike"),
 and for the learning-rate range test curve: [[learning_rate, loss], ...] in step order. A rule never guesses: while
 a member has no result, or a result lacks what the rule reads, the verdict is undecided and says why.
 
@@ -96,6 +97,7 @@ class _Sorted:
     unstable: list[dict]  # diverged members and, where stability counts, those with an instability finding
     undecided: Verdict | None = None
     pruned: list[str] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)  # a failed member's note, shown beside its name
 
     def verdict(self, rule: str, winner: Mapping | None, text: str, **kw: Any) -> Verdict:
         notes = [text]
@@ -104,7 +106,8 @@ class _Sorted:
         if self.pruned:
             notes.append(f"pruned early by successive halving, not compared: {', '.join(self.pruned)}")
         if self.failed:
-            notes.append(f"failed, not compared: {', '.join(self.failed)}")
+            shown = [f"{name} ({self.notes[name]})" if name in self.notes else name for name in self.failed]
+            notes.append(f"failed, not compared: {', '.join(shown)}")
         return Verdict(rule, winner["name"] if winner else None, "; ".join(notes) + ".", diverged=tuple(self.diverged),
                        failed=tuple(self.failed), pruned=tuple(self.pruned), **kw)
 
@@ -118,7 +121,8 @@ def _sort(rule: str, entries: Sequence[dict], metric: str, *, stable_only: bool 
     done = [e for e in entries if e.get("status") == "succeeded" and e["name"] not in diverged]
     shaky = [e for e in done if stable_only and _codes(e) & UNSTABLE]
     out = _Sorted([e for e in done if e not in shaky], diverged, failed,
-                  [e for e in entries if e["name"] in diverged] + shaky, pruned=pruned)
+                  [e for e in entries if e["name"] in diverged] + shaky, pruned=pruned,
+                  notes={e["name"]: str(e["note"]) for e in entries if e["name"] in failed and e.get("note")})
     missing = [f"{e['name']} ({k})" for e in out.candidates for k in (metric, *needs) if e.get(k) is None]
     reason = (f"waiting for {', '.join(pending)}: no result yet" if pending else
               f"finished without {', '.join(missing)}" if missing else

@@ -33,12 +33,18 @@ def get_sweep_for_user(user, sweep_id: int) -> Sweep:
     return sweep
 
 
+# Why a member has no run: every member is created with one (services._phase_create, search._member_create), so a
+# member without one had it deleted (the admin, a shell). It counts as failed; Resume trains it again.
+RUN_DELETED = "its run was deleted"
+
+
 def member_status(member: SweepMember, run: Run | None) -> str:
-    """What the member is now: its early end (diverged, pruned) wins over its run's status."""
+    """What the member is now: its early end (diverged, pruned) wins over its run's status; a member whose run was
+    deleted failed."""
     if member.outcome:
         return member.outcome
     if run is None:
-        return "pending"
+        return "failed"
     return RUN_TO_RESULT.get(run.status, run.status)
 
 
@@ -61,6 +67,8 @@ def member_results(members: list[SweepMember]) -> dict[str, dict[str, Any]]:
     for m in members:
         run = runs.get(m.run_id)
         result: dict[str, Any] = {"status": member_status(m, run), "run_id": m.run_id}
+        if run is None and not m.outcome:
+            result["note"] = RUN_DELETED
         if m.run_id in judged:
             status, error = judged[m.run_id]
             if result["status"] == "succeeded":
@@ -163,7 +171,7 @@ def sweep_state(sweep: Sweep) -> dict[str, Any]:
             rows.append({
                 "id": m.id, "name": m.name, "value": m.value, "values": m.values, "steps": m.steps,
                 "tokens": m.tokens, "status": member_status(m, run), "outcome": m.outcome,
-                "outcome_note": m.outcome_note, "run_id": m.run_id,
+                "outcome_note": m.outcome_note or (RUN_DELETED if run is None else ""), "run_id": m.run_id,
                 "run_status": run.status if run else None,
                 "progress": run.progress if run else None,
                 "last_step": run.last_step if run else 0,
@@ -199,15 +207,19 @@ def stalled_sweep_ids(*, now, grace_s: float = 30.0) -> list[int]:
         row = SweepPhase.objects.filter(sweep=sweep).order_by("-index").first()
         if row is None or (row.verdict is not None and not row.verdict.get("winner")):
             continue
-        statuses = list(SweepMember.objects.filter(phase=row).values_list("run__status", "run__finished_at"))
-        if not statuses or any(status not in (Run.Status.SUCCEEDED, Run.Status.FAILED, Run.Status.STOPPED)
+        everyone = list(SweepMember.objects.filter(phase=row).values_list("run_id", "run__status",
+                                                                          "run__finished_at"))
+        # A member whose run was deleted has ended (failed) too, at no recorded time.
+        statuses = [(status, ended) for run_id, status, ended in everyone if run_id is not None]
+        if not everyone or any(status not in (Run.Status.SUCCEEDED, Run.Status.FAILED, Run.Status.STOPPED)
                                or ended is None for status, ended in statuses):
             continue
         waits_for_resume = SweepMember.objects.filter(phase=row, outcome="", run__status=Run.Status.STOPPED).exists()
         if Evaluation.objects.filter(run__sweep_members__phase=row, status__in=[Evaluation.Status.QUEUED,
                                                                                Evaluation.Status.RUNNING]).exists():
             continue  # a sweep judged on a suite waits for its members' evaluations, whose end advances it
-        if not waits_for_resume and max(ended for _, ended in statuses).timestamp() < now.timestamp() - grace_s:
+        last = max((ended.timestamp() for _, ended in statuses), default=0.0)
+        if not waits_for_resume and last < now.timestamp() - grace_s:
             out.append(sweep.id)
     return out
 

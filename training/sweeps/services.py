@@ -418,10 +418,10 @@ def sweep_stop(*, sweep: Sweep, user) -> None:
 
 
 def sweep_resume(*, sweep: Sweep, user, queue: str | None = None) -> Sweep:
-    """Carry on after a worker died or the sweep was stopped: each member of the current phase whose run is lost or
-    stopped (not one the sweep ended early) resumes from its last checkpoint, or starts again without one; the
-    verdict waits for them. With another `queue` (the dead worker's may have no other), the members still queued
-    move there too."""
+    """Carry on after a worker died or the sweep was stopped: each member of the current phase whose run is lost,
+    stopped or failed (not one the sweep ended early) resumes from its last checkpoint, or starts again without one
+    (as does one whose run was deleted); the verdict waits for them. With another `queue` (the dead worker's may have
+    no other), the members still queued move there too."""
     require_role(user=user, team=sweep.team, role=Role.MEMBER, action="Resuming a sweep")
     if queue is not None and not runs.QUEUE_NAME.match(queue):
         raise ValidationError({"queue": "letters, digits and _ . @ - only, at most 100"})
@@ -438,15 +438,18 @@ def sweep_resume(*, sweep: Sweep, user, queue: str | None = None) -> Sweep:
             for m in members:
                 if not m.outcome and m.run is not None and m.run.status == Run.Status.QUEUED:
                     runs.run_stop(run=m.run, user=user)
-        resumable = [m for m in members if not m.outcome and m.run is not None and m.run.status in ended]
+        # A member without a run had it deleted (selectors.member_status): it trains again from the start.
+        resumable = [m for m in members if not m.outcome and (m.run is None or m.run.status in ended)]
         if not resumable and locked.status == Sweep.Status.RUNNING:
-            raise ValidationError({"sweep": "no member of the current phase is lost, stopped or failed"})
+            raise ValidationError({"sweep": "no member of the current phase is lost, stopped or failed, or had its "
+                                            "run deleted"})
         for member in resumable:
             old = member.run
-            if old.last_checkpoint_path and old.last_checkpoint_step is not None:
+            if old is not None and old.last_checkpoint_path and old.last_checkpoint_step is not None:
                 member.run = runs.run_resume(run=old, user=user, queue=locked.queue)
             else:
-                member.run = member_run_create(locked, user=user, name=old.name, config=member.config)
+                name = old.name if old is not None else f"{locked.name} · {row.key} · {member.name}"
+                member.run = member_run_create(locked, user=user, name=name, config=member.config)
             member.save(update_fields=["run"])
         locked.status, locked.finished_at, locked.error = Sweep.Status.RUNNING, None, ""
         if row.verdict and not row.verdict.get("winner"):  # an undecidable verdict: judged again once they end

@@ -10,7 +10,8 @@ from tests.factories import idle_queue, make_member, make_team, tiny_overrides
 from training.models import MetricPoint, Run, Sweep, SweepMember, SweepPhase
 from training.runs import services as runs
 from training.sweeps import services
-from training.sweeps.selectors import stalled_sweep_ids
+from training.sweeps import signals as sweep_signals
+from training.sweeps.selectors import stalled_sweep_ids, sweep_state
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -125,6 +126,59 @@ def test_stop_ends_the_queued_members_and_later_advances_do_nothing(team_member)
     assert resumed.status == Sweep.Status.RUNNING
     fresh = [Run.objects.get(id=m.run_id) for m in phase_members(sweep, 0)]
     assert [r.status for r in fresh] == [Run.Status.QUEUED, Run.Status.QUEUED]  # no checkpoint: started again
+
+
+def test_a_member_whose_queued_run_is_deleted_fails_and_the_phase_is_judged_without_it(team_member, monkeypatch):
+    queued = []
+    monkeypatch.setattr(sweep_signals, "sweep_advance_enqueue", queued.append)
+    sweep = create(team_member, "r", params={"values": [2, 4, 8]})
+    first, second, third = phase_members(sweep, 0)
+    finish(first, 1.20)
+    finish(second, 1.10)
+    Run.objects.get(id=third.run_id).delete()  # as the admin or a shell deletes it, while it is queued
+    assert queued == [sweep.id]  # the deletion queued the sweep's advance
+    assert stalled_sweep_ids(now=timezone.now() + timezone.timedelta(seconds=31)) == [sweep.id]
+    services.sweep_advance(sweep_id=sweep.id)
+    phase = SweepPhase.objects.get(sweep=sweep, index=0)
+    assert phase.verdict["winner"] == "r=4" and phase.verdict["failed"] == ["r=8"]
+    assert "failed, not compared: r=8 (its run was deleted)" in phase.verdict["text"]
+    state = sweep_state(sweep)["phases"][0]["members"]
+    assert [(m["status"], m["outcome_note"]) for m in state][2] == ("failed", "its run was deleted")
+
+
+def test_a_sweep_whose_every_member_run_was_deleted_fails_and_resume_trains_them_again(team_member):
+    _, user, _ = team_member
+    sweep = create(team_member, "r", params={"values": [2, 4]})
+    with pytest.raises(ValidationError):  # before the deletion, Resume has nothing to carry on
+        services.sweep_resume(sweep=sweep, user=user)
+    for member in phase_members(sweep, 0):
+        Run.objects.get(id=member.run_id).delete()
+    assert services.sweep_advance(sweep_id=sweep.id) == "failed: undecidable"
+    sweep.refresh_from_db()
+    assert sweep.status == Sweep.Status.FAILED
+    assert "failed, not compared: r=2 (its run was deleted), r=4 (its run was deleted)" in sweep.verdict
+    resumed = services.sweep_resume(sweep=sweep, user=user)
+    assert resumed.status == Sweep.Status.RUNNING and resumed.verdict == ""
+    members = phase_members(sweep, 0)
+    assert all(m.run_id is not None for m in members)
+    assert [Run.objects.get(id=m.run_id).status for m in members] == [Run.Status.QUEUED, Run.Status.QUEUED]
+    assert Run.objects.get(id=members[0].run_id).config["r"] == 2
+    for member, loss in zip(members, [1.2, 1.1]):
+        finish(member, loss)
+    services.sweep_advance(sweep_id=sweep.id)
+    assert SweepPhase.objects.get(sweep=sweep, index=0).verdict["winner"] == "r=4"
+
+
+def test_resume_retrains_a_deleted_members_run_while_the_others_still_train(team_member):
+    _, user, _ = team_member
+    sweep = create(team_member, "r", params={"values": [2, 4]})
+    first, second = phase_members(sweep, 0)
+    Run.objects.get(id=first.run_id).delete()
+    assert services.sweep_advance(sweep_id=sweep.id) == "waiting"  # r=4 still queued
+    services.sweep_resume(sweep=sweep, user=user)
+    first.refresh_from_db()
+    assert Run.objects.get(id=first.run_id).status == Run.Status.QUEUED
+    assert Run.objects.get(id=second.run_id).status == Run.Status.QUEUED  # untouched
 
 
 def test_the_winner_becomes_a_run_or_an_admins_team_preset(team_member):
