@@ -9,7 +9,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .tiny import SIZES  # light: the heavy imports are inside build_tiny_model
+    from .tiny import ARCH_WIDTHS, ARCHITECTURES, SIZES  # light: the heavy imports are inside the builders
 
     parser = argparse.ArgumentParser(prog="python -m training.engine")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     tiny_p.add_argument("--arch", choices=["llama", "qwen2"], default="llama")
     tiny_p.add_argument("--size", choices=list(SIZES), default="tiny")
 
+    arch_p = sub.add_parser("tiny-arch", help="build a random model of one architecture at small widths (the same "
+                                             "for every architecture) with the tiny tokenizer or a given one")
+    arch_p.add_argument("out_dir")
+    arch_p.add_argument("--arch", choices=list(ARCHITECTURES), required=True)
+    arch_p.add_argument("--size", choices=list(ARCH_WIDTHS), default="tiny")
+    arch_p.add_argument("--tokenizer-from", help="a model folder whose tokenizer (and chat template) to save with it")
+
     data_p = sub.add_parser("tiny-dataset", help="write a small learnable JSONL dataset")
     data_p.add_argument("path")
     data_p.add_argument("--rows", type=int, default=64)
@@ -69,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         from .tiny import build_tiny_model
 
         print(build_tiny_model(args.out_dir, arch=args.arch, size=args.size))
+        return 0
+    if args.command == "tiny-arch":
+        from .tiny import build_tiny_arch
+
+        print(build_tiny_arch(args.out_dir, args.arch, tokenizer_from=args.tokenizer_from, size=args.size))
         return 0
     from .tiny import write_dataset
 
