@@ -12,6 +12,7 @@ import platform
 import sys
 from pathlib import Path
 
+from . import targets
 from .config import ConfigError, TrainConfig
 
 
@@ -119,7 +120,7 @@ def load_unsloth(config: TrainConfig, dtype):
             os.environ["UNSLOTH_TILED_MLP"] = previous
 
 
-def adapters_unsloth(model, config: TrainConfig):
+def adapters_unsloth(model, config: TrainConfig, target_modules: list[str]):
     from unsloth import FastLanguageModel
 
     loftq = _loftq_kwargs(config)
@@ -129,7 +130,7 @@ def adapters_unsloth(model, config: TrainConfig):
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         bias=config.bias,
-        target_modules=config.target_module_names,
+        target_modules=target_modules,
         use_gradient_checkpointing="unsloth" if config.gradient_checkpointing else False,
         random_state=config.random_state,
         use_rslora=config.use_rslora,
@@ -138,7 +139,7 @@ def adapters_unsloth(model, config: TrainConfig):
     )
 
 
-def lora_config(config: TrainConfig):
+def lora_config(config: TrainConfig, target_modules: list[str]):
     from peft import LoraConfig
 
     return LoraConfig(
@@ -147,7 +148,7 @@ def lora_config(config: TrainConfig):
         lora_dropout=config.lora_dropout,
         bias=config.bias,
         use_rslora=config.use_rslora,
-        target_modules=config.target_module_names,
+        target_modules=target_modules,
         task_type="CAUSAL_LM",
         **_loftq_kwargs(config),
     )
@@ -175,12 +176,12 @@ def load_hf(config: TrainConfig, dtype):
     return model, tokenizer
 
 
-def adapters_hf(model, config: TrainConfig):
+def adapters_hf(model, config: TrainConfig, target_modules: list[str]):
     import torch
     from peft import get_peft_model
 
     torch.manual_seed(config.random_state)
-    return get_peft_model(model, lora_config(config))
+    return get_peft_model(model, lora_config(config, target_modules))
 
 
 def keep_adapters_float32(model) -> int:
@@ -236,8 +237,10 @@ def unfreeze_heap() -> None:
 
 def add_adapters(model, config: TrainConfig, backend: str):
     """Fresh LoRA adapters on a loaded base model (LoftQ's initialisation happens here), seeded by random_state,
-    then the saved adapter's weights when the run starts from one."""
-    model = adapters_unsloth(model, config) if backend == "unsloth" else adapters_hf(model, config)
+    then the saved adapter's weights when the run starts from one. target_modules is resolved on this model's own
+    linear layers (training/engine/targets.py); a name it lacks is a ConfigError before any adapter is added."""
+    names = list(targets.resolve(targets.layout_of(model), config.target_modules).target_modules)
+    model = adapters_unsloth(model, config, names) if backend == "unsloth" else adapters_hf(model, config, names)
     if config.init_adapter:
         start_from_adapter(model, config.init_adapter)
     return model

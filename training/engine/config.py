@@ -49,12 +49,6 @@ SCHEDULER_KWARGS: dict[str, frozenset[str]] = {
 OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 BNB_OPTIMIZERS = frozenset({"adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit"})
 
-TARGET_GROUPS: dict[str, tuple[str, ...]] = {
-    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "mlp": ("gate_proj", "up_proj", "down_proj"),
-    "all-linear": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-}
-
 
 class ConfigError(ValueError):
     """A config that must not start: `errors` maps each field to what is wrong and what is allowed."""
@@ -91,6 +85,7 @@ class TrainConfig(BaseModel):
     bias: Literal["none", "lora_only", "all"] = "none"
     use_rslora: bool = False
     loftq_config: LoftQ | None = None
+    # A group resolved on the loaded model's own linear layers (training/engine/targets.py), or layer names
     target_modules: Union[Literal["attention", "mlp", "all-linear"], list[Annotated[str, Field(min_length=1)]]] = "all-linear"
     random_state: int = 3407
     # A saved LoRA adapter whose weights the adapters start from (same r, target modules and bias); Tuneboard sets
@@ -204,12 +199,6 @@ class TrainConfig(BaseModel):
     @property
     def has_eval(self) -> bool:
         return bool((self.eval_file or self.eval_split) and self.eval_steps)
-
-    @property
-    def target_module_names(self) -> list[str]:
-        if isinstance(self.target_modules, str):
-            return list(TARGET_GROUPS[self.target_modules])
-        return list(self.target_modules)
 
 
 def _field_of(error: dict[str, Any]) -> str:
