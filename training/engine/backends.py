@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import json
 import os
 import platform
 import sys
@@ -49,6 +50,41 @@ def prepare_process_for(backend: str) -> None:
         "microsoft" in platform.release().lower()
     if linux_x86 and not wsl:
         os.environ[ALLOC_CONF] = "expandable_segments:True"
+
+
+COMPILE_OFF = "UNSLOTH_COMPILE_DISABLE"
+# Architectures whose layers Unsloth's compiler fails to build: Gemma 2 (InductorError, on an H100 with torch 2.11,
+# twice); with its compile off the same run trained (docs/benchmarks.md).
+COMPILE_FAILS = frozenset({"gemma2"})
+
+
+def model_type_of(model: str) -> str | None:
+    """model_type from a model folder's config.json; None for a hub id or an unreadable file."""
+    try:
+        data = json.loads((Path(model) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("model_type") if isinstance(data, dict) and isinstance(data.get("model_type"), str) else None
+
+
+def needs_compile_off(model: str, backend: str) -> bool:
+    """Whether a run of this model on this backend ("auto" counted as Unsloth where it is installed) must start with
+    Unsloth's compile off: it is read when unsloth is imported, so a process that imported it without cannot."""
+    may_be_unsloth = backend == "unsloth" or (backend == "auto" and importlib.util.find_spec("unsloth") is not None)
+    return may_be_unsloth and model_type_of(model) in COMPILE_FAILS
+
+
+def compile_lever(config: TrainConfig, environ=os.environ) -> str | None:
+    """Turn Unsloth's compile off for an architecture whose compiled layers fail to build, before unsloth is
+    imported; returns the run's warning saying so, or None. On every torch: no version has been seen to build
+    Gemma 2's, and a run that trains uncompiled (slower, same numbers) beats one that fails at its first step. A
+    worker whose environment sets the variable itself (to 0: compile on) is left as it says."""
+    if not needs_compile_off(config.model, config.backend) or COMPILE_OFF in environ:
+        return None
+    environ[COMPILE_OFF] = "1"
+    return (f"Unsloth's compiled {model_type_of(config.model)} layers fail to build (InductorError on torch 2.11), "
+            f"so this run trains them uncompiled ({COMPILE_OFF}=1): slower steps, the same numbers. Set "
+            f"{COMPILE_OFF}=0 in the worker's environment to try the compiler")
 
 
 def resolve_dtype(config: TrainConfig):

@@ -18,7 +18,8 @@ Schema (v = 1). Every event has: v, type, time (unix seconds, float).
 - eval:       step, epoch, eval_loss
 - sample:     step, prompt, completion
 - warning:    code (bias_no_effect, loftq_not_applied, packing_no_gain, truncation, packed_attention_cost,
-              tiled_mlp_not_applied, unsloth_attention_per_segment, sample_failed, target_modules_partial),
+              tiled_mlp_not_applied, unsloth_attention_per_segment, sample_failed, target_modules_partial,
+              unsloth_compile_off),
               field (the config field it is about), message
 - log:        message; at the end of the first step also first_step_s (seconds from the process's start, or the
               warm request, to it), warm_process, base_kept, phases (seconds of each start-up stage in this
@@ -26,7 +27,8 @@ Schema (v = 1). Every event has: v, type, time (unix seconds, float).
 - checkpoint: step, path
 - finished:   step, adapter_path, merged_path (or null), train_loss, runtime_s
 - stopped:    step, checkpoint (path or null), reason
-- failed:     step, error_class, message, traceback, oom (bool)
+- failed:     step, error_class, message, traceback, oom (bool); cause (compiler, chat_template or
+              unsupported_architecture, training/engine/failures.py) where the message was written for it
               With several ranks, finished and stopped also carry peak_vram_bytes_per_gpu, and failed the rank
               whose failure it is (its own error; message "rank R of N: ...") and other_ranks [{rank, error_class,
               message}] (what the others reported after it); error_class ProcessDied: a rank died unreported.

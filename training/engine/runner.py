@@ -9,7 +9,7 @@ import traceback
 from importlib import metadata
 from pathlib import Path
 
-from . import backends, distributed, targets
+from . import backends, distributed, failures, targets
 from .config import EXPONENTIAL_RANGE_START, ConfigError, TrainConfig, check_environment
 from .data import load_data, rendered_lengths
 from .derived import derive, packed_attention_ratio
@@ -383,8 +383,10 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
     state_box: dict = {"step": 0, "checkpoint": None, "stopping": False, "peaks": None}
     here = distributed.world()
     origin = warm.received if warm else process_started_at()
+    backend = None
     try:
         backends.prepare_process(config)  # before anything imports torch
+        lever = backends.compile_lever(config)  # before anything imports unsloth
         check_environment(config)
         wrong_world = distributed.world_error(config.devices, here)
         if wrong_world:
@@ -441,6 +443,8 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
         _setting_warnings(sink, config, model, counts, lengths, backend, loftq_applied)
         for shortfall in shortfalls:
             sink.warning("target_modules_partial", "target_modules", shortfall)
+        if lever:
+            sink.warning("unsloth_compile_off", "backend", lever)
         started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=resume_from)
         step = trainer.state.global_step
@@ -465,10 +469,14 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
         return 1
     except BaseException as exc:  # noqa: BLE001 - every outcome becomes an event, even KeyboardInterrupt
         oom = _is_oom(exc)
+        # A compiler's, a template's or an unsupported architecture's failure says its cause and what to change.
+        known = None if oom else failures.explain(exc, backend=backend or config.backend,
+                                                  model_type=backends.model_type_of(config.model))
         # One name for running out of memory, on a GPU or a CPU (torch's CPU allocator raises a RuntimeError), so
         # the planner's calibration and the findings read it alike; the traceback keeps the original class.
         sink.emit("failed", step=state_box["step"], error_class="OutOfMemoryError" if oom else type(exc).__name__,
-                  message=str(exc), traceback=traceback.format_exc(), oom=oom)
+                  message=known[1] if known else str(exc), traceback=traceback.format_exc(), oom=oom,
+                  **({"cause": known[0]} if known else {}))
         return 1
 
 
