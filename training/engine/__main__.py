@@ -98,11 +98,31 @@ def _check(args) -> int:
 
     try:
         config = parse_config(_read(args.config))
+        adapters = _check_targets(config)
     except ConfigError as exc:
         print(json.dumps({"ok": False, "errors": exc.errors}))
         return 2
-    print(json.dumps({"ok": True, "derived": derive(config, args.examples).as_dict()}))
+    print(json.dumps({"ok": True, "derived": derive(config, args.examples).as_dict(), **adapters}))
     return 0
+
+
+def _check_targets(config) -> dict:
+    """target_modules resolved on the model's layers, built from its folder's config.json without a weight: the
+    layers that would get adapters ({} where the model's layers cannot be known here: a hub id, remote code)."""
+    from pathlib import Path
+
+    from . import targets
+
+    try:
+        data = json.loads((Path(config.model) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    layout = targets.layout_from_config(data)
+    if layout is None:
+        return {}
+    resolution = targets.resolve(layout, config.target_modules)
+    return {"adapters": {"modules": resolution.counts(), "trainable_params": resolution.lora_params(config.r)},
+            "warnings": list(resolution.shortfalls)}
 
 
 def _run(args) -> int:

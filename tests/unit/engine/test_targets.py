@@ -113,3 +113,20 @@ def test_a_group_that_finds_nothing_is_refused():
 def test_a_config_transformers_cannot_build_has_no_layout():
     assert targets.layout_from_config({"hidden_size": 64}) is None
     assert targets.layout_from_config({"model_type": "no-such-architecture"}) is None
+
+
+def test_check_resolves_target_modules_on_the_models_config_before_any_weight_loads(tmp_path, capsys):
+    import json
+
+    from training.engine.__main__ import main
+
+    (tmp_path / "config.json").write_text(json.dumps(config_json("phi3")))
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"model": str(tmp_path), "train_file": "t.jsonl", "target_modules": ["q_proj"]}))
+    assert main(["check", str(path)]) == 2
+    assert "q_proj: not a linear layer" in json.loads(capsys.readouterr().out)["errors"]["target_modules"]
+    path.write_text(json.dumps({"model": str(tmp_path), "train_file": "t.jsonl", "r": R}))
+    assert main(["check", str(path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["adapters"] == {"modules": {"o_proj": 2, "qkv_proj": 2, "gate_up_proj": 2, "down_proj": 2},
+                               "trainable_params": lora_params_by_hand("phi3")}
