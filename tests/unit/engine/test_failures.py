@@ -88,3 +88,16 @@ def test_the_lever_is_left_alone_elsewhere(model_dir, model_type, backend, envir
 def test_a_hub_id_has_no_model_type():
     assert backends.model_type_of("google/gemma-2-2b") is None
     assert not backends.needs_compile_off("google/gemma-2-2b", "unsloth")
+
+
+def test_the_error_a_real_template_raises_through_the_tokenizer_is_read_as_the_templates():
+    from training.engine.tiny import _train_tokenizer
+
+    tokenizer = _train_tokenizer(vocab_size=300)
+    tokenizer.chat_template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not "
+                               "supported') }}{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    with pytest.raises(Exception) as caught:
+        tokenizer.apply_chat_template([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+                                      tokenize=False)
+    cause, message = failures.explain(caught.value, backend="unsloth", model_type="gemma2")
+    assert cause == "chat_template" and "System role not supported" in message
