@@ -273,6 +273,8 @@ class _Facts:
     has_bias_params: bool | None
     devices: int
     total: int | None
+    linear_layers: frozenset[str] = frozenset()  # the model's linear layers but its output embedding, by name
+    unknown_targets: tuple[str, ...] = ()  # names in target_modules that are no linear layer of the model
 
 
 def _fmt(value: float) -> str:
@@ -525,8 +527,9 @@ def _loftq(c: Mapping[str, Any], f: _Facts) -> list[Note]:
             ("loftq_config", "bits_too_high" if bits > LOFTQ_BITS else "bits_too_low"),
             {"loftq_config": {"loftq_bits": LOFTQ_BITS, "loftq_iter": iters}}, {"loftq_bits": bits}))
     targets = c.get("target_modules")
-    names = set(targets) if isinstance(targets, list) else (ALL_LINEAR if targets == "all-linear" else set())
-    if targets is not None and not ALL_LINEAR <= names:
+    every = f.linear_layers or ALL_LINEAR  # the model's own layers where known (Phi-3's fused ones), else Llama's
+    names = set(targets) if isinstance(targets, list) else (every if targets == "all-linear" else set())
+    if targets is not None and not every <= names:
         notes.append(_note(
             "loftq_few_targets", ("loftq_config",), "info", "LoftQ corrects only the layers with an adapter",
             f"target_modules is {targets!r}: LoftQ can repair the quantisation error of adapted layers only, so the "
@@ -647,8 +650,20 @@ def _rank(c: Mapping[str, Any], f: _Facts) -> list[Note]:
     return notes
 
 
+def _targets(c: Mapping[str, Any], f: _Facts) -> list[Note]:
+    if not f.unknown_targets:
+        return []
+    return [_note(
+        "target_modules_unknown", ("target_modules",), "warning", "target_modules names layers this model lacks",
+        f"{', '.join(f.unknown_targets)}: no linear layer of this model has that name, and the run would fail at "
+        f"start. Its linear layers: {', '.join(sorted(f.linear_layers))}. 'all-linear' adapts every one of them, "
+        "fused ones included.",
+        ("r", "two_things_that_matter_more_than_the_row_count"), {"target_modules": "all-linear"},
+        {"target_modules": c.get("target_modules"), "unknown": list(f.unknown_targets)})]
+
+
 RULES = (_learning_rate, _lora_scale, _update_size, _dropout, _weight_decay, _warmup, _scheduler, _effective_batch,
-         _rank, _bias, _loftq, _packing)
+         _rank, _bias, _loftq, _packing, _targets)
 SEVERITY_ORDER = {"warning": 0, "info": 1}
 
 
@@ -656,7 +671,8 @@ def review(config: Mapping[str, Any], *, model_facts: Mapping[str, Any] | None =
            dataset_facts: Mapping[str, Any] | None = None, devices: int | None = None) -> list[Note]:
     """The notes for a config (as `parse_config(...).model_dump(mode="json")` gives it), warnings first.
 
-    model_facts: {"has_bias_params": bool, "num_params": int}; dataset_facts: {"rows": int, "p50_tokens",
+    model_facts: {"has_bias_params": bool, "num_params": int, "linear_layers": [names], "unknown_targets":
+    [names]}; dataset_facts: {"rows": int, "p50_tokens",
     "p95_tokens", "max_tokens": int}; both optional, and a rule that needs a fact it lacks says nothing."""
     model_facts, dataset_facts = model_facts or {}, dataset_facts or {}
     devices = devices or devices_of(config)
@@ -665,6 +681,8 @@ def review(config: Mapping[str, Any], *, model_facts: Mapping[str, Any] | None =
     has_bias = model_facts.get("has_bias_params")
     facts = _Facts(rows=rows, p50=_num(dataset_facts, "p50_tokens"), p95=_num(dataset_facts, "p95_tokens"),
                    has_bias_params=has_bias if isinstance(has_bias, bool) else None, devices=max(1, int(devices)),
-                   total=total_steps(config, rows, max(1, int(devices))))
+                   total=total_steps(config, rows, max(1, int(devices))),
+                   linear_layers=frozenset(model_facts.get("linear_layers") or ()),
+                   unknown_targets=tuple(model_facts.get("unknown_targets") or ()))
     notes = [note for rule in RULES for note in rule(config, facts)]
     return sorted(notes, key=lambda n: SEVERITY_ORDER[n.severity])

@@ -9,7 +9,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .tiny import SIZES  # light: the heavy imports are inside build_tiny_model
+    from .tiny import ARCH_WIDTHS, ARCHITECTURES, SIZES  # light: the heavy imports are inside the builders
 
     parser = argparse.ArgumentParser(prog="python -m training.engine")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     tiny_p.add_argument("--arch", choices=["llama", "qwen2"], default="llama")
     tiny_p.add_argument("--size", choices=list(SIZES), default="tiny")
 
+    arch_p = sub.add_parser("tiny-arch", help="build a random model of one architecture at small widths (the same "
+                                             "for every architecture) with the tiny tokenizer or a given one")
+    arch_p.add_argument("out_dir")
+    arch_p.add_argument("--arch", choices=list(ARCHITECTURES), required=True)
+    arch_p.add_argument("--size", choices=list(ARCH_WIDTHS), default="tiny")
+    arch_p.add_argument("--tokenizer-from", help="a model folder whose tokenizer (and chat template) to save with it")
+
     data_p = sub.add_parser("tiny-dataset", help="write a small learnable JSONL dataset")
     data_p.add_argument("path")
     data_p.add_argument("--rows", type=int, default=64)
@@ -70,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(build_tiny_model(args.out_dir, arch=args.arch, size=args.size))
         return 0
+    if args.command == "tiny-arch":
+        from .tiny import build_tiny_arch
+
+        print(build_tiny_arch(args.out_dir, args.arch, tokenizer_from=args.tokenizer_from, size=args.size))
+        return 0
     from .tiny import write_dataset
 
     print(write_dataset(args.path, n=args.rows, fmt=args.format))
@@ -86,11 +98,31 @@ def _check(args) -> int:
 
     try:
         config = parse_config(_read(args.config))
+        adapters = _check_targets(config)
     except ConfigError as exc:
         print(json.dumps({"ok": False, "errors": exc.errors}))
         return 2
-    print(json.dumps({"ok": True, "derived": derive(config, args.examples).as_dict()}))
+    print(json.dumps({"ok": True, "derived": derive(config, args.examples).as_dict(), **adapters}))
     return 0
+
+
+def _check_targets(config) -> dict:
+    """target_modules resolved on the model's layers, built from its folder's config.json without a weight: the
+    layers that would get adapters ({} where the model's layers cannot be known here: a hub id, remote code)."""
+    from pathlib import Path
+
+    from . import targets
+
+    try:
+        data = json.loads((Path(config.model) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    layout = targets.layout_from_config(data)
+    if layout is None:
+        return {}
+    resolution = targets.resolve(layout, config.target_modules)
+    return {"adapters": {"modules": resolution.counts(), "trainable_params": resolution.lora_params(config.r)},
+            "warnings": list(resolution.shortfalls)}
 
 
 def _run(args) -> int:

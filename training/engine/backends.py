@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import json
 import os
 import platform
 import sys
 from pathlib import Path
 
+from . import targets
 from .config import ConfigError, TrainConfig
 
 
@@ -48,6 +50,41 @@ def prepare_process_for(backend: str) -> None:
         "microsoft" in platform.release().lower()
     if linux_x86 and not wsl:
         os.environ[ALLOC_CONF] = "expandable_segments:True"
+
+
+COMPILE_OFF = "UNSLOTH_COMPILE_DISABLE"
+# Architectures whose layers Unsloth's compiler fails to build: Gemma 2 (InductorError, on an H100 with torch 2.11,
+# twice); with its compile off the same run trained (docs/benchmarks.md).
+COMPILE_FAILS = frozenset({"gemma2"})
+
+
+def model_type_of(model: str) -> str | None:
+    """model_type from a model folder's config.json; None for a hub id or an unreadable file."""
+    try:
+        data = json.loads((Path(model) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("model_type") if isinstance(data, dict) and isinstance(data.get("model_type"), str) else None
+
+
+def needs_compile_off(model: str, backend: str) -> bool:
+    """Whether a run of this model on this backend ("auto" counted as Unsloth where it is installed) must start with
+    Unsloth's compile off: it is read when unsloth is imported, so a process that imported it without cannot."""
+    may_be_unsloth = backend == "unsloth" or (backend == "auto" and importlib.util.find_spec("unsloth") is not None)
+    return may_be_unsloth and model_type_of(model) in COMPILE_FAILS
+
+
+def compile_lever(config: TrainConfig, environ=os.environ) -> str | None:
+    """Turn Unsloth's compile off for an architecture whose compiled layers fail to build, before unsloth is
+    imported; returns the run's warning saying so, or None. On every torch: no version has been seen to build
+    Gemma 2's, and a run that trains uncompiled (slower, same numbers) beats one that fails at its first step. A
+    worker whose environment sets the variable itself (to 0: compile on) is left as it says."""
+    if not needs_compile_off(config.model, config.backend) or COMPILE_OFF in environ:
+        return None
+    environ[COMPILE_OFF] = "1"
+    return (f"Unsloth's compiled {model_type_of(config.model)} layers fail to build (InductorError on torch 2.11), "
+            f"so this run trains them uncompiled ({COMPILE_OFF}=1): slower steps, the same numbers. Set "
+            f"{COMPILE_OFF}=0 in the worker's environment to try the compiler")
 
 
 def resolve_dtype(config: TrainConfig):
@@ -119,7 +156,7 @@ def load_unsloth(config: TrainConfig, dtype):
             os.environ["UNSLOTH_TILED_MLP"] = previous
 
 
-def adapters_unsloth(model, config: TrainConfig):
+def adapters_unsloth(model, config: TrainConfig, target_modules: list[str]):
     from unsloth import FastLanguageModel
 
     loftq = _loftq_kwargs(config)
@@ -129,7 +166,7 @@ def adapters_unsloth(model, config: TrainConfig):
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         bias=config.bias,
-        target_modules=config.target_module_names,
+        target_modules=target_modules,
         use_gradient_checkpointing="unsloth" if config.gradient_checkpointing else False,
         random_state=config.random_state,
         use_rslora=config.use_rslora,
@@ -138,7 +175,7 @@ def adapters_unsloth(model, config: TrainConfig):
     )
 
 
-def lora_config(config: TrainConfig):
+def lora_config(config: TrainConfig, target_modules: list[str]):
     from peft import LoraConfig
 
     return LoraConfig(
@@ -147,7 +184,7 @@ def lora_config(config: TrainConfig):
         lora_dropout=config.lora_dropout,
         bias=config.bias,
         use_rslora=config.use_rslora,
-        target_modules=config.target_module_names,
+        target_modules=target_modules,
         task_type="CAUSAL_LM",
         **_loftq_kwargs(config),
     )
@@ -175,12 +212,12 @@ def load_hf(config: TrainConfig, dtype):
     return model, tokenizer
 
 
-def adapters_hf(model, config: TrainConfig):
+def adapters_hf(model, config: TrainConfig, target_modules: list[str]):
     import torch
     from peft import get_peft_model
 
     torch.manual_seed(config.random_state)
-    return get_peft_model(model, lora_config(config))
+    return get_peft_model(model, lora_config(config, target_modules))
 
 
 def keep_adapters_float32(model) -> int:
@@ -236,8 +273,10 @@ def unfreeze_heap() -> None:
 
 def add_adapters(model, config: TrainConfig, backend: str):
     """Fresh LoRA adapters on a loaded base model (LoftQ's initialisation happens here), seeded by random_state,
-    then the saved adapter's weights when the run starts from one."""
-    model = adapters_unsloth(model, config) if backend == "unsloth" else adapters_hf(model, config)
+    then the saved adapter's weights when the run starts from one. target_modules is resolved on this model's own
+    linear layers (training/engine/targets.py); a name it lacks is a ConfigError before any adapter is added."""
+    names = list(targets.resolve(targets.layout_of(model), config.target_modules).target_modules)
+    model = adapters_unsloth(model, config, names) if backend == "unsloth" else adapters_hf(model, config, names)
     if config.init_adapter:
         start_from_adapter(model, config.init_adapter)
     return model

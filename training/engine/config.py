@@ -51,12 +51,6 @@ SCHEDULER_KWARGS: dict[str, frozenset[str]] = {
 OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 BNB_OPTIMIZERS = frozenset({"adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit"})
 
-TARGET_GROUPS: dict[str, tuple[str, ...]] = {
-    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "mlp": ("gate_proj", "up_proj", "down_proj"),
-    "all-linear": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-}
-
 
 # Bounds where a larger value would overflow rather than train: the dashboard keeps steps and step counts in 32-bit
 # integer columns (PostgreSQL integer), and numpy's and torch's seeding take at most 2**32 - 1 (numpy refuses more).
@@ -140,6 +134,7 @@ class TrainConfig(BaseModel):
     bias: Literal["none", "lora_only", "all"] = "none"
     use_rslora: bool = False
     loftq_config: LoftQ | None = None
+    # A group resolved on the loaded model's own linear layers (training/engine/targets.py), or layer names
     target_modules: Union[Literal["attention", "mlp", "all-linear"], Annotated[list[Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_clean_line)]],
                                                                                    Field(max_length=256)]] = "all-linear"
     random_state: Seed = 3407
@@ -272,12 +267,6 @@ class TrainConfig(BaseModel):
     @property
     def has_eval(self) -> bool:
         return bool((self.eval_file or self.eval_split) and self.eval_steps)
-
-    @property
-    def target_module_names(self) -> list[str]:
-        if isinstance(self.target_modules, str):
-            return list(TARGET_GROUPS[self.target_modules])
-        return list(self.target_modules)
 
 
 def _field_of(error: dict[str, Any]) -> str:

@@ -4,7 +4,8 @@ Schema (v = 1). Every event has: v, type, time (unix seconds, float).
 - started:    config (the resolved config), derived (effective_batch, steps_per_epoch, total_steps, warmup_steps,
               lora_scale, tokens_per_step, devices), versions {library: version}, backend, device (name),
               dtype (in effect), trainable_params, total_params, trainable_bias_params, lora_scale (read from a
-              LoRA layer), train_examples, eval_examples, resumed_from_step; warm_process (the libraries were
+              LoRA layer), train_examples, eval_examples, resumed_from_step; adapters {target_modules (as asked),
+              modules {layer name: how many carry an adapter}, layers (their total)}; warm_process (the libraries were
               imported before the run came: a warm process, training/engine/warm.py), base_kept (its base model
               was kept loaded from the previous run), start_s (seconds from the process's start, or in a warm
               process from the request, to this event); a run of several ranks (config devices > 1,
@@ -17,15 +18,17 @@ Schema (v = 1). Every event has: v, type, time (unix seconds, float).
 - eval:       step, epoch, eval_loss
 - sample:     step, prompt, completion
 - warning:    code (bias_no_effect, loftq_not_applied, packing_no_gain, truncation, packed_attention_cost,
-              tiled_mlp_not_applied, unsloth_attention_per_segment, sample_failed), field (the config field it is
-              about), message
+              tiled_mlp_not_applied, unsloth_attention_per_segment, sample_failed, target_modules_partial,
+              unsloth_compile_off),
+              field (the config field it is about), message
 - log:        message; at the end of the first step also first_step_s (seconds from the process's start, or the
               warm request, to it), warm_process, base_kept, phases (seconds of each start-up stage in this
               process: data, model, lengths, trainer, train_setup, first_step; runner.Phases)
 - checkpoint: step, path
 - finished:   step, adapter_path, merged_path (or null), train_loss, runtime_s
 - stopped:    step, checkpoint (path or null), reason
-- failed:     step, error_class, message, traceback, oom (bool)
+- failed:     step, error_class, message, traceback, oom (bool); cause (compiler, chat_template or
+              unsupported_architecture, training/engine/failures.py) where the message was written for it
               With several ranks, finished and stopped also carry peak_vram_bytes_per_gpu, and failed the rank
               whose failure it is (its own error; message "rank R of N: ...") and other_ranks [{rank, error_class,
               message}] (what the others reported after it); error_class ProcessDied: a rank died unreported.

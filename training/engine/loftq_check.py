@@ -5,7 +5,7 @@ set. loftq_config, Symptoms: LoftQ is worth its init time when it "reduces the q
 `python -m training.engine loftq-check SPEC.json` prints events: started, then finished with one result per init
 ({"init": "standard" | "loftq(4,1)", "logits_mse", "cosine", "seconds"}), or failed. SPEC: model, calibration_file
 (JSONL rows with text, prompt or messages), samples (1..64, default 16), max_length (8..1024, default 256), r,
-lora_alpha, target_modules (names), loftq ([[bits, iters], ...], default [[4, 1], [4, 4]]).
+lora_alpha, target_modules (a group or names, resolved on the model), loftq ([[bits, iters], ...], default [[4, 1], [4, 4]]).
 
 4-bit weights need bitsandbytes on a CUDA GPU: without one the check fails at once and says so (the Django side
 refuses it before queueing where it can tell).
@@ -17,6 +17,7 @@ import time
 import traceback
 from typing import Any
 
+from . import targets
 from .events import EventSink
 
 NEEDS_GPU = ("the LoftQ check compares the 4-bit quantized model (bitsandbytes NF4, which needs a CUDA GPU) with the "
@@ -70,8 +71,7 @@ def check(spec: dict[str, Any], sink: EventSink) -> int:
         max_length = int(spec.get("max_length", 256))
         inits = [tuple(pair) for pair in spec.get("loftq", [[4, 1], [4, 4]])]
         lora = {"r": int(spec.get("r", 16)), "lora_alpha": int(spec.get("lora_alpha", 16)),
-                "target_modules": spec.get("target_modules") or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                                  "up_proj", "down_proj"], "task_type": "CAUSAL_LM"}
+                "task_type": "CAUSAL_LM"}
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -94,6 +94,9 @@ def check(spec: dict[str, Any], sink: EventSink) -> int:
                                                              load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                              bnb_4bit_use_double_quant=True,
                                                              bnb_4bit_compute_dtype=dtype))
+        # A group ("all-linear", "attention", "mlp") or names, resolved on this model's own linear layers
+        lora["target_modules"] = list(targets.resolve(targets.layout_of(quantized),
+                                                      spec.get("target_modules") or "all-linear").target_modules)
         standard = get_peft_model(quantized, LoraConfig(**lora))
         results.append({"init": "standard", **compare(reference, _logits(standard, batch), batch["attention_mask"]),
                         "seconds": round(time.perf_counter() - began, 3)})

@@ -9,7 +9,7 @@ import traceback
 from importlib import metadata
 from pathlib import Path
 
-from . import backends, distributed
+from . import backends, distributed, failures, targets
 from .config import EXPONENTIAL_RANGE_START, ConfigError, TrainConfig, check_environment
 from .data import load_data, rendered_lengths
 from .derived import derive, packed_attention_ratio
@@ -254,6 +254,22 @@ def _emit_samples(sink: EventSink, model, tokenizer, config: TrainConfig, step: 
             model.train()
 
 
+def _adapters(model, config: TrainConfig, backend: str) -> tuple[dict, list[str]]:
+    """The started event's `adapters`: what target_modules asked, and the layers that carry an adapter by name and
+    count (read from the model, not from the request); with where they cover less than asked."""
+    resolution = targets.resolve(targets.layout_of(model), config.target_modules)
+    applied = targets.adapted_counts(model)
+    shortfalls = list(resolution.shortfalls)
+    expected = resolution.counts()
+    if applied != expected:
+        def text(counts):
+            return ", ".join(f"{name} x{n}" for name, n in counts.items()) or "none"
+
+        shortfalls.append(f"target_modules {config.target_modules!r} resolves to {text(expected)} on this model, "
+                          f"but the {backend} backend put adapters on {text(applied)}")
+    return {"target_modules": config.target_modules, "modules": applied, "layers": sum(applied.values())}, shortfalls
+
+
 def _setting_warnings(sink: EventSink, config: TrainConfig, model, counts: dict, lengths: list[int], backend: str,
                       loftq_applied: bool) -> None:
     if config.bias != "none" and counts["trainable_bias_params"] == 0:
@@ -367,8 +383,10 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
     state_box: dict = {"step": 0, "checkpoint": None, "stopping": False, "peaks": None}
     here = distributed.world()
     origin = warm.received if warm else process_started_at()
+    backend = None
     try:
         backends.prepare_process(config)  # before anything imports torch
+        lever = backends.compile_lever(config)  # before anything imports unsloth
         check_environment(config)
         wrong_world = distributed.world_error(config.devices, here)
         if wrong_world:
@@ -388,6 +406,7 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
         phases.mark("model")
         trainer_class = _trainer_class(backend)  # after backends.load: unsloth must patch TRL first
         counts = backends.parameter_counts(model)
+        adapters, shortfalls = _adapters(model, config, backend)
         lengths = rendered_lengths(train, tokenizer, fmt)
         phases.mark("lengths")
         args = sft_config(config, fmt, dtype, evaluation is not None)
@@ -416,12 +435,16 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
             backend=backend, device=_device_name(), dtype=str(dtype).removeprefix("torch."),
             lora_scale=backends.lora_scale_in_effect(model), train_examples=len(train),
             eval_examples=len(evaluation) if evaluation is not None else 0, data_format=fmt,
-            resumed_from_step=resumed_step, pid=os.getpid(), load_s=round(load_s, 3), **counts,
+            resumed_from_step=resumed_step, pid=os.getpid(), load_s=round(load_s, 3), **counts, adapters=adapters,
             # What the fit planner calibrates on (training.planner): the shapes, the GPU's size, the rows' mean.
             model_config=_shape_fields(model), gpu_memory_total=_gpu_memory_total(),
             mean_tokens=round(sum(min(n, config.max_length) for n in lengths) / len(lengths), 1) if lengths else None,
         )
         _setting_warnings(sink, config, model, counts, lengths, backend, loftq_applied)
+        for shortfall in shortfalls:
+            sink.warning("target_modules_partial", "target_modules", shortfall)
+        if lever:
+            sink.warning("unsloth_compile_off", "backend", lever)
         started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=resume_from)
         step = trainer.state.global_step
@@ -446,10 +469,14 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
         return 1
     except BaseException as exc:  # noqa: BLE001 - every outcome becomes an event, even KeyboardInterrupt
         oom = _is_oom(exc)
+        # A compiler's, a template's or an unsupported architecture's failure says its cause and what to change.
+        known = None if oom else failures.explain(exc, backend=backend or config.backend,
+                                                  model_type=backends.model_type_of(config.model))
         # One name for running out of memory, on a GPU or a CPU (torch's CPU allocator raises a RuntimeError), so
         # the planner's calibration and the findings read it alike; the traceback keeps the original class.
         sink.emit("failed", step=state_box["step"], error_class="OutOfMemoryError" if oom else type(exc).__name__,
-                  message=str(exc), traceback=traceback.format_exc(), oom=oom)
+                  message=known[1] if known else str(exc), traceback=traceback.format_exc(), oom=oom,
+                  **({"cause": known[0]} if known else {}))
         return 1
 
 

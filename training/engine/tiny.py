@@ -115,3 +115,46 @@ def build_tiny_model(out_dir: str | Path, arch: str = "llama", size: str = "tiny
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+# The architectures build_tiny_arch makes, by transformers' model_type (Gemma 3 as its text-only Gemma3ForCausalLM).
+ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral", "gemma2": "gemma2",
+                 "gemma3": "gemma3_text", "phi3": "phi3"}
+# One set of widths for every architecture, so that their parameter counts compare: head_dim is given because
+# Gemma's and Qwen3's configs default to their real models' (256, 128) rather than hidden / heads.
+ARCH_WIDTHS = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, max_position_embeddings=1024),
+    "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
+                  num_key_value_heads=4, head_dim=64, max_position_embeddings=4096, vocab_size=32000),
+}
+
+
+def build_tiny_arch(out_dir: str | Path, arch: str, *, tokenizer_from: str | Path | None = None, size: str = "tiny",
+                    seed: int = 0) -> Path:
+    """Build, save and return the directory of a random causal LM of one of ARCHITECTURES at ARCH_WIDTHS[size], with
+    the project's tiny tokenizer, or the tokenizer saved in `tokenizer_from` (a model folder)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, not {arch!r}")
+    if size not in ARCH_WIDTHS:
+        raise ValueError(f"size must be one of {', '.join(ARCH_WIDTHS)}, not {size!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from) if tokenizer_from else _train_tokenizer(vocab_size=512)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dims = dict(ARCH_WIDTHS[size])
+    vocab = max(dims.pop("vocab_size", 0), len(tokenizer))
+    config = AutoConfig.for_model(
+        ARCHITECTURES[arch], vocab_size=vocab, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, **dims)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32 if size == "tiny" else torch.bfloat16)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

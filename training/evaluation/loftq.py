@@ -44,7 +44,7 @@ def loftq_check_create(*, team: Team, user, dataset: Dataset, config: dict[str, 
                                         "reported a GPU"})
     pairs = ([[parsed.loftq_config.loftq_bits, parsed.loftq_config.loftq_iter]] if parsed.loftq_config
              else DEFAULT_PAIRS)
-    spec = {"r": parsed.r, "lora_alpha": parsed.lora_alpha, "target_modules": list(parsed.target_module_names),
+    spec = {"r": parsed.r, "lora_alpha": parsed.lora_alpha, "target_modules": parsed.target_modules,
             "loftq": pairs, "samples": SAMPLES, "max_length": min(parsed.max_length, MAX_LENGTH)}
     with transaction.atomic():
         check = LoftqCheck.objects.create(team=team, dataset=dataset, model=parsed.model, spec=spec, queue=queue,

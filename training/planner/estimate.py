@@ -83,7 +83,7 @@ class Setup:
     load_in_4bit: bool
     gradient_checkpointing: bool
     r: int
-    target_modules: tuple[str, ...]
+    target_modules: str | tuple[str, ...]  # a group ("all-linear", "attention", "mlp") or layer names, as configured
     optim: str
     dtype_bytes: int
     tiled_mlp: bool = False
@@ -93,15 +93,14 @@ class Setup:
     @classmethod
     def of(cls, config: Mapping[str, Any], backend: str | None = None) -> "Setup":
         targets = config.get("target_modules", "all-linear")
-        if isinstance(targets, str):
-            targets = TARGET_GROUPS.get(targets, LINEAR_MODULES)
         dtype = config.get("dtype", "auto")
         return cls(micro_batch=int(config.get("per_device_train_batch_size", 2)),
                    grad_accum=int(config.get("gradient_accumulation_steps", 4)),
                    max_length=int(config.get("max_length", 2048)), packing=bool(config.get("packing", False)),
                    load_in_4bit=bool(config.get("load_in_4bit", False)),
                    gradient_checkpointing=bool(config.get("gradient_checkpointing", True)),
-                   r=int(config.get("r", 16)), target_modules=tuple(t for t in targets if t in LINEAR_MODULES),
+                   r=int(config.get("r", 16)),
+                   target_modules=targets if isinstance(targets, str) else tuple(targets),
                    optim=str(config.get("optim", "adamw_torch_fused")), dtype_bytes=4 if dtype == "float32" else 2,
                    tiled_mlp=bool(config.get("tiled_mlp", False)),
                    tiled_mlp_target_gb=config.get("tiled_mlp_target_gb"),
@@ -119,9 +118,20 @@ def resolved_backend(config: Mapping[str, Any]) -> str:
 
 # ---- memory ---------------------------------------------------------------------------------------------------
 
-def lora_params(shape: ModelShape, setup: Setup) -> int:
+def adapted_layers(shape: ModelShape, targets: str | tuple[str, ...]) -> list[tuple[int, int, int]]:
+    """(in, out, how many) of the linear layers target_modules adapts: the model's own where its config was built
+    (ModelShape.linears, grouped as the engine groups them), else Llama's projections in every layer."""
+    if shape.linears:
+        if isinstance(targets, str):
+            return [(i, o, n) for _, group, i, o, n in shape.linears if targets == "all-linear" or group == targets]
+        return [(i, o, n) for name, _, i, o, n in shape.linears if name in targets]
+    names = TARGET_GROUPS.get(targets, LINEAR_MODULES) if isinstance(targets, str) else targets
     modules = shape.linear_modules()
-    return shape.num_layers * sum(setup.r * (modules[m][0] + modules[m][1]) for m in setup.target_modules)
+    return [(*modules[m], shape.num_layers) for m in names if m in modules]
+
+
+def lora_params(shape: ModelShape, setup: Setup) -> int:
+    return sum(setup.r * (i + o) * n for i, o, n in adapted_layers(shape, setup.target_modules))
 
 
 def weight_bytes(shape: ModelShape, setup: Setup) -> float:
@@ -214,7 +224,7 @@ def step_tokens(setup: Setup, mean_tokens: float | None = None) -> float:
 def speed_features(shape: ModelShape, setup: Setup, mean_tokens: float | None = None) -> tuple[float, ...]:
     tokens = step_tokens(setup, mean_tokens)
     layer_passes = setup.grad_accum * shape.num_layers
-    lora_matrices = 2 * shape.num_layers * len(setup.target_modules)
+    lora_matrices = 2 * sum(n for _, _, n in adapted_layers(shape, setup.target_modules))
     return (tokens * flops_per_token(shape, setup, mean_tokens), layer_passes, float(lora_params(shape, setup)), 1.0,
             layer_passes if setup.gradient_checkpointing else 0.0,
             lora_matrices if setup.optim in TENSOR_BY_TENSOR_OPTIMIZERS else 0.0)

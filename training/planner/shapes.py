@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from training.engine.targets import layout_from_config
+
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -23,6 +25,10 @@ class ModelShape:
     num_kv_heads: int
     head_dim: int
     tie_word_embeddings: bool = False
+    # The model's own linear layers but the output embedding, as the engine resolves target_modules on them
+    # (training/engine/targets.py): (name, group "attention" / "mlp" / "", in, out, how many). Empty where the
+    # architecture was not built here (a shape recorded by a run): then Llama's seven projections per layer.
+    linears: tuple[tuple[str, str, int, int, int], ...] = ()
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -88,13 +94,30 @@ def shape_from_config(config: Mapping[str, Any]) -> ModelShape:
     tied = c.get("tie_word_embeddings", config.get("tie_word_embeddings", True))
     return ModelShape(vocab_size=c["vocab_size"], hidden_size=c["hidden_size"],
                       intermediate_size=c["intermediate_size"], num_layers=c["num_hidden_layers"],
-                      num_heads=heads, num_kv_heads=int(kv), head_dim=int(head_dim), tie_word_embeddings=bool(tied))
+                      num_heads=heads, num_kv_heads=int(kv), head_dim=int(head_dim), tie_word_embeddings=bool(tied),
+                      linears=linears_of(config))
+
+
+def linears_of(config: Mapping[str, Any]) -> tuple[tuple[str, str, int, int, int], ...]:
+    """ModelShape.linears from a config.json, built on the meta device (no weight); () where it cannot be built."""
+    layout = layout_from_config(config)
+    if layout is None:
+        return ()
+    counts: dict[tuple[str, str, int, int], int] = {}
+    for x in layout.linears:
+        if not x.output_embedding:
+            key = (x.leaf, x.group or "", x.in_features, x.out_features)
+            counts[key] = counts.get(key, 0) + 1
+    return tuple((*key, n) for key, n in counts.items())
 
 
 def shape_from_dict(data: Mapping[str, Any]) -> ModelShape:
     """From ModelShape.as_dict() (as a run's `started` event or a bench line records it)."""
+    fields = {f: data[f] for f in ModelShape.__dataclass_fields__ if f in data}
+    if "linears" in fields:  # JSON gives lists back; the shape stays hashable
+        fields["linears"] = tuple(tuple(row) for row in fields["linears"])
     try:
-        return ModelShape(**{f: data[f] for f in ModelShape.__dataclass_fields__ if f in data})
+        return ModelShape(**fields)
     except TypeError as exc:
         raise ShapeError(f"incomplete model shape: {exc}") from None
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from guidance import preflight
 from guidance.links import guidance_url
+from training.engine import targets
 from training.engine.config import ConfigError, parse_config
 from training.model_source import model_source_error
 from training.models import Dataset
@@ -22,7 +23,7 @@ BIASED_MODEL_TYPES = frozenset({"qwen2", "qwen2_moe", "qwen2_vl", "gpt2", "gpt_n
                                 "starcoder2", "falcon"})
 
 
-def model_facts(model: str) -> dict[str, Any]:
+def model_facts(model: str, target_modules: Any = "all-linear") -> dict[str, Any]:
     """What the review needs of a model, from its config.json when it is a folder this deployment may read; a hub
     id (not fetched here) or a missing file gives no facts, and the rules that need them stay silent."""
     if not isinstance(model, str) or not model.startswith("/") or model_source_error(model, model_policy()):
@@ -32,7 +33,26 @@ def model_facts(model: str) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     flags = [config.get(key) for key in ("attention_bias", "mlp_bias", "qkv_bias", "bias", "use_bias")]
-    return {"has_bias_params": any(bool(flag) for flag in flags) or config.get("model_type") in BIASED_MODEL_TYPES}
+    facts: dict[str, Any] = {
+        "has_bias_params": any(bool(flag) for flag in flags) or config.get("model_type") in BIASED_MODEL_TYPES}
+    return {**facts, **target_facts(config, target_modules)}
+
+
+def target_facts(config: dict[str, Any], target_modules: Any) -> dict[str, Any]:
+    """The model's linear layers (built from config.json on the meta device, as the engine resolves
+    target_modules) and the names of target_modules that are none of them; {} where it cannot be built."""
+    layout = targets.layout_from_config(config)
+    if layout is None:
+        return {}
+    facts: dict[str, Any] = {"linear_layers": list(dict.fromkeys(x.leaf for x in layout.linears
+                                                                 if not x.output_embedding))}
+    if isinstance(target_modules, list):
+        try:
+            targets.resolve(layout, target_modules)
+        except ConfigError:
+            known = {x.leaf for x in layout.linears} | {x.name for x in layout.linears}
+            facts["unknown_targets"] = [n for n in target_modules if n not in known]
+    return facts
 
 
 def dataset_facts(dataset: Dataset | None, model: str) -> dict[str, Any]:
@@ -58,7 +78,8 @@ def review(config: dict[str, Any], *, dataset: Dataset | None) -> list[dict[str,
     """The pre-flight notes of a full run config; [] (and a log line) if a rule fails: a note must never stop a run."""
     try:
         model = str(config.get("model") or "")
-        notes = preflight.review(config, model_facts=model_facts(model), dataset_facts=dataset_facts(dataset, model))
+        notes = preflight.review(config, model_facts=model_facts(model, config.get("target_modules")),
+                                 dataset_facts=dataset_facts(dataset, model))
     except Exception:  # noqa: BLE001 - the review advises; its bug must not refuse a config
         log.exception("pre-flight review failed")
         return []

@@ -33,6 +33,7 @@ from typing import Iterator
 
 from django.conf import settings
 
+from training.engine.backends import needs_compile_off
 from training.engine.config import ConfigError, parse_config
 from training.engine.events import TERMINAL
 from training.engine.warm import READY, base_fields
@@ -379,6 +380,9 @@ def start(*, run: Run, args: list[str], cwd: Path, stop_file: Path, config_path:
     """The run's training process: a warm one when warm workers are on, else `args` (the engine's run command)
     in a process of its own."""
     ranks = int(run.config.get("devices") or 1)
-    if not enabled() or ranks > 1:  # several GPUs: ranks launched by a run command
+    # A model whose Unsloth compile must be off before unsloth is imported (Gemma 2) cannot use a process that
+    # imported it already: a cold one reads the setting as it starts (training/engine/backends.compile_lever).
+    compile_off = needs_compile_off(str(run.config.get("model") or ""), run_backend(run.config))
+    if not enabled() or ranks > 1 or compile_off:  # several GPUs: ranks launched by a run command
         return TrainingProcess(args, cwd=cwd, stop_file=stop_file, share_cores=ranks == 1)
     return pool.start_run(run=run, cwd=cwd, config_path=config_path, stop_file=stop_file)

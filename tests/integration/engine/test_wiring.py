@@ -56,7 +56,7 @@ def test_prompt_completion_data_uses_completion_only_loss(tiny_llama, data_dir, 
 def test_lora_fields_reach_loraconfig(tiny_llama, data_dir, tmp_path):
     config = make(tiny_llama, data_dir, tmp_path, r=8, lora_alpha=24, lora_dropout=0.05, bias="lora_only",
                   use_rslora=True, target_modules="attention", loftq_config={"loftq_bits": 4, "loftq_iter": 2})
-    lora = backends.lora_config(config)
+    lora = backends.lora_config(config, ["q_proj", "k_proj", "v_proj", "o_proj"])
     assert (lora.r, lora.lora_alpha, lora.lora_dropout, lora.bias, lora.use_rslora) == (8, 24, 0.05, "lora_only", True)
     assert set(lora.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"}
     assert lora.init_lora_weights == "loftq"

@@ -254,6 +254,33 @@ def test_loftq_says_it_loads_in_full_precision_and_which_settings_it_wants():
     assert codes(review(cfg(loftq_config={"loftq_bits": 4, "loftq_iter": 4}))) == ["loftq_in_full_precision"]
 
 
+PHI3 = {"linear_layers": ["o_proj", "qkv_proj", "gate_up_proj", "down_proj"]}
+
+
+def test_loftq_counts_the_models_own_linear_layers_fused_ones_included():
+    loftq = {"loftq_bits": 4, "loftq_iter": 4}
+    fused = cfg(loftq_config=loftq, target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])
+    assert "loftq_few_targets" not in codes(review(fused, model_facts=PHI3))
+    assert "loftq_few_targets" in codes(review(cfg(loftq_config=loftq, target_modules=["o_proj", "down_proj"]),
+                                               model_facts=PHI3))
+
+
+def test_layer_names_the_model_lacks_are_a_warning_naming_its_layers():
+    from training.runs.preflight import target_facts
+
+    from tests.unit.engine.test_targets import config_json
+
+    facts = target_facts(config_json("phi3"), ["q_proj", "o_proj"])
+    assert facts == {**PHI3, "unknown_targets": ["q_proj"]}
+    n = only(review(cfg(target_modules=["q_proj", "o_proj"], **QUIET), model_facts=facts), "target_modules_unknown")
+    assert n.severity == "warning" and n.fix == {"target_modules": "all-linear"}
+    assert n.message.startswith("q_proj: no linear layer") and "gate_up_proj" in n.message
+    slug, anchor = n.section
+    assert anchor in content.load_all()[slug].anchors
+    assert target_facts(config_json("phi3"), "attention") == PHI3
+    assert target_facts({"hidden_size": 64}, ["q_proj"]) == {}
+
+
 # ---- packing --------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("facts, note", [({"p95_tokens": 1100}, True), ({"p95_tokens": 1024}, False),

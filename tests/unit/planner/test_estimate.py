@@ -129,3 +129,31 @@ def test_shapes_from_config_json(tmp_path):
         shape_from_config({**config, "intermediate_size": None})
     with pytest.raises(ShapeError, match="no config.json in"):
         read_shape(tmp_path / "missing")
+
+
+def test_trainable_parameters_follow_the_models_own_layers_fused_ones_included():
+    from transformers import AutoConfig
+
+    from training.engine import targets
+    from training.engine.tiny import ARCH_WIDTHS
+
+    def config_json(model_type):
+        return AutoConfig.for_model(model_type, pad_token_id=0, eos_token_id=1, **ARCH_WIDTHS["small"]).to_dict()
+
+    phi3, llama = config_json("phi3"), config_json("llama")
+    for group in ("all-linear", "attention", "mlp"):
+        setup = Setup.of({"r": 16, "target_modules": group})
+        engine = targets.resolve(targets.layout_from_config(phi3), group).lora_params(16)
+        assert estimate.lora_params(shape_from_config(phi3), setup) == engine
+        # Phi-3's fused projections hold the same weights as Llama's separate ones, with fewer LoRA A matrices
+        assert estimate.lora_params(shape_from_config(phi3), setup) < estimate.lora_params(shape_from_config(llama),
+                                                                                           setup)
+    # A shape recorded without the architecture (a run's started event) counts Llama's seven projections.
+    recorded = {k: llama[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                      "num_attention_heads", "num_key_value_heads", "head_dim")}
+    all_linear = Setup.of({"r": 16})
+    assert shape_from_config(recorded).linears == ()
+    assert estimate.lora_params(shape_from_config(recorded), all_linear) == estimate.lora_params(
+        shape_from_config(llama), all_linear) == 16 * 4 * (1024 + 768 + 768 + 1024 + 3 * (512 + 1408))
+    assert estimate.lora_params(shape_from_config(phi3), all_linear) == 16 * 4 * (1024 + (512 + 1024) + (512 + 2816)
+                                                                                  + (1408 + 512))
