@@ -254,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.gpu_slots <= 64:
         parser.error(f"--gpu-slots must be 1-64, not {args.gpu_slots}")
 
+    if not port_free(args.host, args.port):
+        fail(f"port {args.port} on {args.host} is in use; pick another with --port")
     # From here on a Ctrl-C (or a SIGTERM) shuts the children down in order rather than leaving them running.
     # SIGINT too, explicitly: a process started in the background by a non-interactive shell (a CI script, `make
     # dev &`) inherits SIGINT ignored, and Python then leaves it ignored.
@@ -293,8 +295,6 @@ def run(args: argparse.Namespace, children: Children, worker_name: str, demo_swe
         services: Services) -> int:
     from django.conf import settings
 
-    if not port_free(args.host, args.port):
-        fail(f"port {args.port} on {args.host} is in use; pick another with --port")
     ensure_redis()
     ensure_database()
     setup_django()
