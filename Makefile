@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST_WORKERS ?= 2
 
-.PHONY: install dev test browser clean
+.PHONY: install dev test browser gpu clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,6 +24,10 @@ install: $(VENV)/.installed
 
 dev: install
 	$(PY) -m dashboard.dev $(DEV_ARGS)
+
+# The whole product on a machine with an NVIDIA GPU: its own venv over the machine's CUDA torch (scripts/gpu-box.sh).
+gpu:
+	bash scripts/gpu-box.sh $(DEV_ARGS)
 
 browser:
 	@bash scripts/chromium.sh
