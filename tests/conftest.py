@@ -88,6 +88,15 @@ def tiny_model(isolated_session) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen_model(isolated_session) -> str:
+    """The tiny Qwen2-style model (its attention projections have biases), built once per session in the model
+    roots: the engine's tests and the evaluation tests' runs share it."""
+    from training.engine.tiny import build_tiny_model
+
+    return str(build_tiny_model(settings.MODELS_DIR / "tiny-qwen", arch="qwen2"))
+
+
+@pytest.fixture(scope="session")
 def celery_worker(django_db_setup, django_db_blocker, isolated_session, tmp_path_factory):
     """The session's worker, consuming the session's default queue. Defined here, once: a copy per test folder
     would start a second worker of the same name on the same queue in a session that runs both folders."""
