@@ -11,6 +11,14 @@ then through the dashboard's own REST API and websockets, with an API token:
     python3 bench/gpu_product.py                       # the lent GPU: a random 1B Llama, Unsloth, 2 slots
     .venv/bin/python bench/gpu_product.py --cpu --tiny # this CPU: the tiny model, the hf backend
 
+On the lent GPU box (python3 3.12, torch 2.11+cu130, no PostgreSQL, Redis, Django or internet), the wheels travel in
+two calls, /tmp/site staying on the warm machine between them: `/work/shared/gpu/fetch-wheels.sh` (.whl) and
+`bench/gpu_product_wheels.sh` (.whl-product-a, .whl-product-b) here first, then
+    call 1, carry [".whl", ".whl-product-b"]: python3 -m pip install -q --no-index --no-deps --no-compile
+        --target /tmp/site .whl/*.whl .whl-product-b/*.whl
+    call 2, carry [".whl-product-a"]: python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site
+        .whl-product-a/*.whl && PYTHONPATH=/tmp/site python3 bench/gpu_product.py --out $OUT/gpu_product.json
+
 Prints one JSON object (also written to --out). Every figure is a wall-clock time seen by this client: from the
 POST that queued the run to the first point on its websocket, and so on.
 """
