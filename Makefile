@@ -1,11 +1,12 @@
 # Tuneboard: `make dev` sets everything up and starts the dashboard with a worker and a demo run;
-# `make test` runs every test. Both work on a fresh clone of a machine with PostgreSQL and Redis.
+# `make test` runs every test. Both work on a fresh clone of a machine with Python 3.11+ alone: where no PostgreSQL or
+# Redis answers (and DATABASE_URL / REDIS_URL are unset) they start their own from wheels (dashboard/embedded.py).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST_WORKERS ?= 2
 
-.PHONY: install dev test test-fast services clean
+.PHONY: install dev test browser gpu clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,15 +22,20 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-services:
-	@bash scripts/services.sh
-
-dev: install services
+dev: install
 	$(PY) -m dashboard.dev $(DEV_ARGS)
 
-test: install services
+# The whole product on a machine with an NVIDIA GPU: its own venv over the machine's CUDA torch (scripts/gpu-box.sh).
+gpu:
+	bash scripts/gpu-box.sh $(DEV_ARGS)
+
+browser:
+	@bash scripts/chromium.sh
+
+# The test session's own embedded servers (if it needs any) keep their data in var/test, apart from make dev's.
+test: install browser
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -n $(PYTEST_WORKERS)
+	$(PY) -m dashboard.embedded --data var/test --throwaway -- $(PY) -m pytest -n $(PYTEST_WORKERS)
 
 clean:
 	rm -rf $(VENV) var

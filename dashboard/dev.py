@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
+
+from dashboard.embedded import Services, default_var_dir
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
 
@@ -65,22 +65,29 @@ class Children:
     def __init__(self, log_dir: Path):
         self.log_dir = log_dir
         self.items: list[tuple[str, subprocess.Popen]] = []
+        self.commands: dict[str, list[str]] = {}
 
-    def start(self, name: str, args: list[str], env: dict | None = None) -> subprocess.Popen:
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
         log = (self.log_dir / f"{name}.log").open("a")
-        process = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(args, cwd=ROOT, env=os.environ, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
         self.items.append((name, process))
+        self.commands[name] = args
         return process
+
+    def restart(self, name: str) -> subprocess.Popen:
+        """The same command again, in the dead one's place."""
+        self.items = [(n, p) for n, p in self.items if n != name]
+        return self.start(name, self.commands[name])
 
     def running(self, name: str) -> bool:
         return any(n == name and process.poll() is None for n, process in self.items)
 
-    def dead(self) -> list[str]:
-        return [name for name, process in self.items if process.poll() is not None]
+    def dead(self) -> list[tuple[str, int]]:
+        return [(name, process.returncode) for name, process in self.items if process.poll() is not None]
 
     def stop_all(self, timeout: float = 20) -> None:
-        """Last started, first stopped: the worker and web server go before the Redis they talk to."""
+        """Last started, first stopped: the workers before the web server."""
         for name, process in reversed(self.items):
             if process.poll() is not None:
                 continue
@@ -95,27 +102,12 @@ class Children:
 
 # Services -----------------------------------------------------------------------------------------------------
 
-def ensure_redis(children: Children) -> None:
-    from django.conf import settings
-
+def ensure_redis() -> None:
     from dashboard.preflight import redis_problem
 
-    if redis_problem() is None:
-        return
-    url = urlsplit(settings.REDIS_URL)
-    local = url.scheme == "redis" and (url.hostname or "localhost") in ("127.0.0.1", "localhost", "::1")
-    server = shutil.which("redis-server")
-    if not (local and server):
-        fail(redis_problem() + ("" if server else " (`redis-server` is not installed here: Debian "
-                                                  "`apt-get install redis-server`)"))
-    port = url.port or 6379
-    say(f"Redis is not running: starting {server} on 127.0.0.1:{port}")
-    children.start("redis", [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"])
-    for _ in range(40):
-        if redis_problem() is None:
-            return
-        time.sleep(0.25)
-    fail(f"redis-server did not answer on port {port}; see {children.log_dir / 'redis.log'}")
+    problem = redis_problem()
+    if problem:
+        fail(problem)
 
 
 def ensure_database() -> None:
@@ -262,37 +254,48 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.gpu_slots <= 64:
         parser.error(f"--gpu-slots must be 1-64, not {args.gpu_slots}")
 
-    from django.conf import settings
-
-    log_dir = Path(settings.VAR_DIR) / "log"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    children = Children(log_dir)
-    worker_name = f"dev-{settings.TUNEBOARD_DEFAULT_QUEUE}@{socket.gethostname()}"
-    demo_sweeps: list[int] = []  # the demo sweep, once this launcher started or resumed it
+    if not port_free(args.host, args.port):
+        fail(f"port {args.port} on {args.host} is in use; pick another with --port")
     # From here on a Ctrl-C (or a SIGTERM) shuts the children down in order rather than leaving them running.
     # SIGINT too, explicitly: a process started in the background by a non-interactive shell (a CI script, `make
     # dev &`) inherits SIGINT ignored, and Python then leaves it ignored.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    # Before the settings are read: they read the URLs of the servers started here where none answers.
+    services = Services(var_dir=default_var_dir())
+    children: Children | None = None
+    demo_sweeps: list[int] = []  # the demo sweep, once this launcher started or resumed it
+    worker_name = ""
     try:
-        return run(args, children, worker_name, demo_sweeps)
+        services.ensure()
+        for line in services.describe():
+            say(line)
+        from django.conf import settings
+
+        log_dir = Path(settings.VAR_DIR) / "log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        children = Children(log_dir)
+        worker_name = f"dev-{settings.TUNEBOARD_DEFAULT_QUEUE}@{socket.gethostname()}"
+        return run(args, children, worker_name, demo_sweeps, services)
     except KeyboardInterrupt:
         say("shutting down")
         return 0
     finally:
-        if children.running("worker"):
-            stop_demo_sweep(demo_sweeps)
-            stop_demo_runs(worker_name)
-        children.stop_all()
-        say("stopped")
+        if children is not None:
+            if children.running("worker"):
+                stop_demo_sweep(demo_sweeps)
+                stop_demo_runs(worker_name)
+            children.stop_all()
+        services.stop()
+        say("stopped" + (" (and the embedded PostgreSQL/Redis)" if any(s.process for s in services.started)
+                         else ""))
 
 
-def run(args: argparse.Namespace, children: Children, worker_name: str, demo_sweeps: list[int]) -> int:
+def run(args: argparse.Namespace, children: Children, worker_name: str, demo_sweeps: list[int],
+        services: Services) -> int:
     from django.conf import settings
 
-    if not port_free(args.host, args.port):
-        fail(f"port {args.port} on {args.host} is in use; pick another with --port")
-    ensure_redis(children)
+    ensure_redis()
     ensure_database()
     setup_django()
     team, user, dataset, preset = setup_demo(children.log_dir)
@@ -332,11 +335,36 @@ def run(args: argparse.Namespace, children: Children, worker_name: str, demo_swe
         sweep_line = f"\n  The demo rank sweep: {site}/sweeps/{sweep.id}/"
     print(f"\n  Tuneboard is running: {url}{sweep_line}\n  Log in as {DEMO_USER} / {DEMO_PASSWORD}.  "
           "Ctrl-C stops everything.\n", flush=True)
+    return supervise(children, services)
+
+
+# A process that dies this many times within RESTART_WINDOW_S is not restarted again: it would only die again (a
+# broken settings file, a port taken), and its log says why.
+MAX_RESTARTS = 3
+RESTART_WINDOW_S = 60.0
+
+
+def supervise(children: Children, services: Services) -> int:
+    """Keep every process up: one that exits is started again and the others go on (a killed training worker's
+    runs become lost at once, when its successor of the same name starts, or within a minute by the web process's
+    lost-run check); an embedded server that exits ends it all, since nothing works without it."""
+    deaths: dict[str, list[float]] = {}
     while True:
-        dead = children.dead()
-        if dead:
-            say(f"{', '.join(dead)} exited; see its log in {children.log_dir}")
-            return 1
+        for server in services.started:
+            if server.process is not None and server.process.poll() is not None:
+                say(f"the embedded {server.name} exited (code {server.process.returncode}); see {server.log}")
+                return 1
+        for name, code in children.dead():
+            now = time.monotonic()
+            recent = [t for t in deaths.get(name, []) if now - t < RESTART_WINDOW_S] + [now]
+            deaths[name] = recent
+            if len(recent) > MAX_RESTARTS:
+                say(f"{name} exited {len(recent)} times within {RESTART_WINDOW_S:.0f} s: stopping; see "
+                    f"{children.log_dir / (name + '.log')}")
+                return 1
+            say(f"{name} exited (code {code}): starting it again; the others go on (log: "
+                f"{children.log_dir / (name + '.log')})")
+            children.restart(name)
         time.sleep(1)
 
 

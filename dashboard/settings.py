@@ -83,7 +83,9 @@ TEMPLATES = [
     },
 ]
 
-DATABASE_URL_DEFAULT = "postgres://postgres@127.0.0.1:5432/tuneboard"
+# Without DATABASE_URL / REDIS_URL: the local servers on these ports, where `make dev` / `make test` start their own
+# (dashboard/embedded.py) if none answers.
+DATABASE_URL_DEFAULT = f"postgres://postgres@127.0.0.1:{env_int('TUNEBOARD_PG_PORT', 5432, minimum=1)}/tuneboard"
 DATABASES = {"default": database_from_url("DATABASE_URL", DATABASE_URL_DEFAULT)}
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 0, minimum=0)
 DATABASES["default"]["OPTIONS"] = {"connect_timeout": env_int("DB_CONNECT_TIMEOUT", 5, minimum=1)}
@@ -216,7 +218,7 @@ TUNEBOARD_HUB_OFFLINE = env_bool("TUNEBOARD_HUB_OFFLINE", False)
 # Dataset statistics (tokenizing every row) run on this queue's workers, never on a GPU worker's.
 TUNEBOARD_CPU_QUEUE = env_str("TUNEBOARD_CPU_QUEUE", "cpu")
 
-REDIS_URL = redis_url("REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = redis_url("REDIS_URL", f"redis://127.0.0.1:{env_int('TUNEBOARD_REDIS_PORT', 6379, minimum=1)}/0")
 
 # Runs go to this Celery queue unless a team routes them elsewhere (a queue per GPU class).
 TUNEBOARD_DEFAULT_QUEUE = env_str("TUNEBOARD_DEFAULT_QUEUE", "gpu")

@@ -7,10 +7,43 @@ import uuid
 # (dashboard.asgi reads it at import); a test that needs a server with it turns it on in that server's environment.
 os.environ["TUNEBOARD_WEB_LOST_RUN_CHECK"] = "0"
 
+import shutil
+
 import pytest
 import redis
 from channels.layers import channel_layers
 from django.conf import settings
+
+# The browser the browser tests drive; `make test` installs it where it can (scripts/chromium.sh).
+CHROMIUM = os.environ.get("TUNEBOARD_CHROMIUM") or "/usr/bin/chromium"
+BROWSER_FIXTURES = {"browser", "page"}
+LEFT_OUT = pytest.StashKey[int]()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without Chromium the browser tests are left out with one line saying what to install, unless
+    TUNEBOARD_REQUIRE_BROWSER=1 (.ci/run): there they run, and fail for want of it."""
+    if shutil.which(CHROMIUM) or os.environ.get("TUNEBOARD_REQUIRE_BROWSER") == "1":
+        return
+    browser = [item for item in items if BROWSER_FIXTURES & set(getattr(item, "fixturenames", ()))]
+    if browser:
+        config.hook.pytest_deselected(items=browser)
+        items[:] = [item for item in items if item not in browser]
+        config.stash[LEFT_OUT] = len(browser)
+        if hasattr(config, "workeroutput"):  # an xdist worker: its controller prints the line
+            config.workeroutput["browser_tests_left_out"] = len(browser)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    left_out = getattr(node, "workeroutput", {}).get("browser_tests_left_out", 0)
+    node.config.stash[LEFT_OUT] = max(node.config.stash.get(LEFT_OUT, 0), left_out)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if config.stash.get(LEFT_OUT, 0):
+        terminalreporter.write_line(f"The browser tests did not run: {CHROMIUM} is missing. Install Debian's "
+                                    "Chromium (apt-get install -y chromium) to run them.", yellow=True, bold=True)
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +85,15 @@ def tiny_model(isolated_session) -> str:
     from training.engine.tiny import build_tiny_model
 
     return str(build_tiny_model(settings.MODELS_DIR / "tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_model(isolated_session) -> str:
+    """The tiny Qwen2-style model (its attention projections have biases), built once per session in the model
+    roots: the engine's tests and the evaluation tests' runs share it."""
+    from training.engine.tiny import build_tiny_model
+
+    return str(build_tiny_model(settings.MODELS_DIR / "tiny-qwen", arch="qwen2"))
 
 
 @pytest.fixture(scope="session")

@@ -14,10 +14,10 @@ import pytest
 from django.conf import settings
 from django.db import connection, connections
 
+from tests.conftest import CHROMIUM
 from tests.workers import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

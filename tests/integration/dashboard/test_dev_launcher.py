@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from django.conf import settings
 
 from dashboard import dev
 from training.models import Run, Sweep
@@ -25,6 +26,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def database_url(name: str) -> str:
+    """A database `name` on this session's PostgreSQL server (the machine's, or the one `make test` started)."""
+    db = settings.DATABASES["default"]
+    return f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{name}"
+
+
+def connect(name: str, **options) -> psycopg.Connection:
+    db = settings.DATABASES["default"]
+    return psycopg.connect(dbname=name, user=db["USER"] or "postgres", host=db["HOST"] or "127.0.0.1",
+                           port=db["PORT"] or 5432, **options)
 
 
 def launcher_env(**extra) -> dict:
@@ -93,7 +106,7 @@ class Launcher:
 def test_on_a_fresh_database_it_sets_up_serves_trains_the_demo_and_stops_cleanly(tmp_path):
     name = f"tuneboard_devtest_{uuid.uuid4().hex[:8]}"
     queue = f"devtest-{uuid.uuid4().hex[:8]}"
-    env = launcher_env(DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{name}", TUNEBOARD_VAR_DIR=str(tmp_path),
+    env = launcher_env(DATABASE_URL=database_url(name), TUNEBOARD_VAR_DIR=str(tmp_path),
                        TUNEBOARD_DEFAULT_QUEUE=queue, TUNEBOARD_CPU_QUEUE=f"{queue}-cpu",
                        TUNEBOARD_CHANNEL_PREFIX=queue)
     port = free_port()
@@ -110,7 +123,7 @@ def test_on_a_fresh_database_it_sets_up_serves_trains_the_demo_and_stops_cleanly
         plotly = urllib.request.urlopen(f"http://127.0.0.1:{port}/static/vendor/plotly.min.js", timeout=10)
         assert plotly.status == 200
 
-        with psycopg.connect(dbname=name, user="postgres", host="127.0.0.1", autocommit=True) as conn:
+        with connect(name, autocommit=True) as conn:
             deadline = time.monotonic() + 180
             while not conn.execute("SELECT count(*) FROM training_metricpoint WHERE run_id = 1").fetchone()[0]:
                 assert time.monotonic() < deadline, f"the demo run drew no point:\n{launcher.output()}"
@@ -139,13 +152,13 @@ def test_on_a_fresh_database_it_sets_up_serves_trains_the_demo_and_stops_cleanly
         again.wait_for("Tuneboard is running", timeout=120)
         assert "creating database" not in again.output() and "building the tiny demo model" not in again.output()
         assert again.interrupt() == 0
-        with psycopg.connect(dbname=name, user="postgres", host="127.0.0.1") as conn:
+        with connect(name) as conn:
             counts = conn.execute("SELECT (SELECT count(*) FROM training_run), (SELECT count(*) FROM auth_user), "
                                   "(SELECT count(*) FROM training_dataset), (SELECT count(*) FROM training_preset), "
                                   "(SELECT count(*) FROM training_sweep)").fetchone()
         assert counts == (4, 1, 1, 1, 1)  # the demo run and the sweep's three members
     finally:
-        with psycopg.connect(dbname="postgres", user="postgres", host="127.0.0.1", autocommit=True) as conn:
+        with connect("postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

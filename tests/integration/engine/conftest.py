@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.engine.tiny import build_tiny_model, write_dataset
+from training.engine.tiny import write_dataset
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -19,8 +19,9 @@ def tiny_llama(tiny_model):
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen(tmp_path_factory):
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-qwen"), arch="qwen2"))
+def tiny_qwen(tiny_qwen_model):
+    """The session's tiny Qwen2 (tests/conftest.py), built once for these tests and the evaluation tests."""
+    return tiny_qwen_model
 
 
 @pytest.fixture(scope="session")

@@ -117,14 +117,6 @@ def test_another_teams_suite_or_a_prompt_longer_than_the_context_is_refused(team
     assert counts()[1:] == before[1:]
 
 
-@pytest.fixture(scope="session")
-def tiny_qwen_model():
-    """The tiny Qwen2-style model (its attention projections have biases), where the runs may load it."""
-    from training.engine.tiny import build_tiny_model
-
-    return str(build_tiny_model(settings.MODELS_DIR / "tiny-qwen", arch="qwen2"))
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_the_base_drift_check_finds_no_drift_for_bias_none_and_drift_for_bias_all(

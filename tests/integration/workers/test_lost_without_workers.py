@@ -8,10 +8,9 @@ import time
 import uuid
 from pathlib import Path
 
-import psycopg
 import pytest
 
-from tests.integration.dashboard.test_dev_launcher import free_port, launcher_env
+from tests.integration.dashboard.test_dev_launcher import connect, database_url, free_port, launcher_env
 
 ROOT = Path(__file__).resolve().parents[3]
 SETUP = """
@@ -49,11 +48,11 @@ def wait(conn, sql: str, ok, *, timeout: float, what: str, logs: list[Path]):
 def test_with_every_worker_killed_the_web_process_marks_the_run_lost_within_60_s(tmp_path):
     name = f"tuneboard_losttest_{uuid.uuid4().hex[:8]}"
     queue = f"losttest-{uuid.uuid4().hex[:8]}"
-    env = launcher_env(DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{name}", TUNEBOARD_VAR_DIR=str(tmp_path),
+    env = launcher_env(DATABASE_URL=database_url(name), TUNEBOARD_VAR_DIR=str(tmp_path),
                        TUNEBOARD_DEFAULT_QUEUE=queue, TUNEBOARD_CHANNEL_PREFIX=queue, OMP_NUM_THREADS="1")
     logs = [tmp_path / "worker.log", tmp_path / "web.log"]
     processes: list[subprocess.Popen] = []
-    with psycopg.connect(dbname="postgres", user="postgres", host="127.0.0.1", autocommit=True) as admin:
+    with connect("postgres", autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
         subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
@@ -69,7 +68,7 @@ def test_with_every_worker_killed_the_web_process_marks_the_run_lost_within_60_s
                                 "dashboard.asgi:application"], cwd=ROOT, env={**env, "TUNEBOARD_WEB_LOST_RUN_CHECK": "1"},
                                stdout=logs[1].open("w"), stderr=subprocess.STDOUT)
         processes.append(web)
-        with psycopg.connect(dbname=name, user="postgres", host="127.0.0.1", autocommit=True) as conn:
+        with connect(name, autocommit=True) as conn:
             wait(conn, f"SELECT status, last_checkpoint_step FROM training_run WHERE id = {run_id}",
                  lambda r: r[0] == "running" and (r[1] or 0) >= 5, timeout=150, what="a checkpoint", logs=logs)
             worker.send_signal(signal.SIGKILL)
@@ -91,6 +90,6 @@ def test_with_every_worker_killed_the_web_process_marks_the_run_lost_within_60_s
             if process.poll() is None:
                 process.kill()
                 process.wait()
-        with psycopg.connect(dbname="postgres", user="postgres", host="127.0.0.1", autocommit=True) as admin:
+        with connect("postgres", autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -94,12 +94,11 @@ def test_advice_packing_and_max_length():
 
 
 @pytest.fixture(scope="module")
-def tiny_tokenizer(tmp_path_factory):
+def tiny_tokenizer(tiny_model):
+    """The session's tiny model's tokenizer: no model built for it alone."""
     from transformers import AutoTokenizer
 
-    from training.engine.tiny import build_tiny_model
-
-    return AutoTokenizer.from_pretrained(build_tiny_model(tmp_path_factory.mktemp("tiny")))
+    return AutoTokenizer.from_pretrained(tiny_model)
 
 
 def test_the_real_tokenizer_counts_chat_template_and_assistant_tokens(tiny_tokenizer):

@@ -124,12 +124,11 @@ def test_the_varlen_check_reads_torchs_signature(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny_tokenizer(tmp_path_factory):
+def tiny_tokenizer(tiny_model):
+    """The session's tiny model's tokenizer: no model built for it alone."""
     from transformers import AutoTokenizer
 
-    from training.engine.tiny import build_tiny_model
-
-    return AutoTokenizer.from_pretrained(build_tiny_model(tmp_path_factory.mktemp("tiny")))
+    return AutoTokenizer.from_pretrained(tiny_model)
 
 
 @pytest.mark.parametrize("fmt", ["messages", "prompt_completion", "text"])
