@@ -28,6 +28,7 @@ PARAMS = {"max_new_tokens": "max_tokens", "history": "messages", "prompt": "mess
 class ChatCall:
     run_id: int
     base: bool
+    checkpoint: int | None
     model: str
     request: Request
     stream: bool
@@ -90,7 +91,8 @@ def parse_chat(body: Any) -> ChatCall:
     parsed = parse_model(body["model"])
     if parsed is None:
         raise OpenAIError(404, f"The model {body['model']!r} does not exist: a run's model is named run-<id> (its "
-                               "adapter) or run-<id>:base (its base model alone); GET /v1/models lists yours",
+                               "adapter), run-<id>:base (its base model alone) or run-<id>:ckpt-<step> (a "
+                               "checkpoint's adapter); GET /v1/models lists yours",
                           param="model", code="model_not_found")
     history, prompt = _messages(body.get("messages"))
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))  # None: up to the context
@@ -118,8 +120,8 @@ def parse_chat(body: Any) -> ChatCall:
     except SpecError as exc:
         name, message = next(iter(exc.errors.items()))
         raise bad(PARAMS.get(name, name), message) from None
-    return ChatCall(run_id=parsed[0], base=parsed[1], model=body["model"], request=request, stream=bool(stream),
-                    include_usage=bool(options.get("include_usage")))
+    return ChatCall(run_id=parsed[0], base=parsed[1], checkpoint=parsed[2], model=body["model"], request=request,
+                    stream=bool(stream), include_usage=bool(options.get("include_usage")))
 
 
 def usage(reply: dict) -> dict[str, int]:

@@ -41,11 +41,12 @@ def chat_run(*, user, run_id: int, model: str) -> Run:
     return run
 
 
-def chat_session(*, user, run_id: int, model: str) -> int:
-    """The id of a live playground session serving the run's adapter and its base model (started if none is)."""
+def chat_session(*, user, run_id: int, model: str, checkpoint: int | None = None) -> int:
+    """The id of a live playground session serving the run's adapter (final, or the checkpoint's) and its base model
+    (started if none is)."""
     run = chat_run(user=user, run_id=run_id, model=model)
     try:
-        return playground_start(run=run, user=user).id
+        return playground_start(run=run, user=user, checkpoint_step=checkpoint).id
     except PermissionDenied as exc:
         raise OpenAIError(403, str(exc), param="model", code="permission_denied") from None
     except ValidationError as exc:
@@ -100,7 +101,8 @@ async def chat_events(*, user, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
     """The answer's events (token ..., reply) from a session serving the run; a session that ends before the answer
     begins is started again once (a model released when idle just as the request came)."""
     for attempt in (1, 2):
-        session_id = await database_sync_to_async(chat_session)(user=user, run_id=call.run_id, model=call.model)
+        session_id = await database_sync_to_async(chat_session)(user=user, run_id=call.run_id, model=call.model,
+                                                                checkpoint=call.checkpoint)
         try:
             async for event in _events(session_id, call, uuid.uuid4().hex):
                 yield event
