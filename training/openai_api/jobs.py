@@ -112,7 +112,7 @@ def job_create(*, user, request: JobRequest) -> Run:
     except PermissionDenied as exc:
         raise OpenAIError(403, str(exc), code="permission_denied") from None
     except ValidationError as exc:
-        raise refused({("tuneboard.queue" if k == "queue" else k): v for k, v in _errors(exc).items()}) from None
+        raise refused(_errors(exc)) from None
 
 
 def get_job(user, job_id: str) -> Run:
