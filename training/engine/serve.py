@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from jinja2 import TemplateError
+
 from .evaluate import SpecError, check_number, context_length
 from .events import EventSink
 
@@ -283,8 +285,6 @@ class Server:
     def prompt_ids(self, request: Request) -> dict[str, list[int]]:
         """Each answering side's conversation (its history and the new prompt) rendered by render_chat, as token ids;
         a conversation the chat template refuses (a system message it does not take, say) is a SpecError."""
-        from jinja2 import TemplateError
-
         try:
             return {side: self.tokenizer(render_chat(self.tokenizer, request.history.get(side, []), request.prompt),
                                          add_special_tokens=False)["input_ids"] for side in request.sides}
