@@ -152,6 +152,9 @@ SPECTACULAR_SETTINGS = {
                             "SweepStatusEnum": "training.models.Sweep.Status",
                             "DatasetFormatEnum": "training.models.Dataset.Format",
                             "UploadFormatEnum": "training.api.serializers.UPLOAD_FORMATS"},
+    # The OpenAI-compatible /v1/ endpoints are not DRF views: a hook adds them (training/openai_api/schema.py).
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
+                             "training.openai_api.schema.add_openai_endpoints"],
 }
 # Failed API token checks (a bad, revoked or expired token) from one address: after LIMIT within WINDOW_S seconds
 # of the first, that address's token requests get 429 until the window ends (dashboard/tokens/limits.py).

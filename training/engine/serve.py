@@ -9,16 +9,20 @@ prompts read as JSON lines on stdin with tokens streamed as events on stdout, un
     idle_s    seconds without a request after which the process ends (default 300)
 Both sides answer each prompt in one batched generate (peft's mixed-adapter batches: one row per side), so they share
 the new user message, the decoding settings and the forward passes. A request is {"id": str, "prompt": str,
-"history": {"left": [...], "right": [...]}, "temperature", "top_p", "max_new_tokens", "seed"} (checked by
-`parse_request`), or {"type": "stop", "reason": str}. The history is a multi-turn chat, each side its own: that side's
-earlier messages, user and assistant alternating, its own replies as the assistant's (at most MAX_HISTORY_MESSAGES a
-side; none or missing: a first turn). Each side's history plus the new prompt is rendered by `render_chat` (the chat
-template, or the plain concatenation for a model without one), so the two rows can differ in length: they are padded
-on the left into the same batch.
+"history": {"left": [...], "right": [...]}, "temperature", "top_p", "max_new_tokens", "seed", "stop": [str, ...],
+"sides": ["left", "right"]} (checked by `parse_request`), or {"type": "stop", "reason": str}. `sides` (default both)
+are the rows that answer: the OpenAI-compatible endpoint asks one side alone (training/openai_api/). `stop` strings end
+a side's reply where one appears (transformers' own stop-string criterion), the string itself not part of the text.
+The history is a multi-turn chat, each side its own: that side's earlier messages, user and assistant alternating,
+after an optional leading system message that the chat template renders by its own rules (at most
+MAX_HISTORY_MESSAGES a side; none or missing: a first turn). Each side's history plus the new prompt is rendered by
+`render_chat` (the chat template, or the plain concatenation for a model without one), so the two rows can differ in
+length: they are padded on the left into the same batch.
 
 Events: loading (stage, done, total) while loading; ready (device, load_s, context); per request either refused
 (request, errors {field: message}) or token (request, side, text) as each side's text grows, then one reply per side
-(request, side, text, tokens, ttft_s, seconds); finished (reason: idle, stop or stdin closed) or failed ends it.
+(request, side, text, tokens, prompt_tokens, finish_reason: stop (end of sequence or a stop string) or length,
+ttft_s, seconds); finished (reason: idle, stop or stdin closed) or failed ends it.
 """
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from jinja2 import TemplateError
+
 from .evaluate import SpecError, check_number, context_length
 from .events import EventSink
 
@@ -40,6 +46,9 @@ BASE_SIDE = "__base__"  # peft's adapter name for a batch row that runs with the
 MAX_PROMPT_CHARS = 100_000
 MAX_HISTORY_MESSAGES = 50  # a side's earlier messages (user and assistant, each counts): 25 exchanges
 MAX_CHAT_CHARS = 400_000  # a side's whole conversation, the new prompt included
+MAX_NEW_TOKENS = 4096
+MAX_STOPS = 4  # OpenAI's own limit on stop sequences
+MAX_STOP_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -54,11 +63,13 @@ class Spec:
 class Request:
     id: str
     prompt: str
-    max_new_tokens: int = 64
+    max_new_tokens: int | None = 64  # None: up to the model's context (at most MAX_NEW_TOKENS)
     temperature: float = 0.7
     top_p: float = 0.95
     seed: int = 0
     history: dict[str, list[dict[str, str]]] = field(default_factory=lambda: {side: [] for side in SIDES})
+    stop: tuple[str, ...] = ()
+    sides: tuple[str, ...] = SIDES
 
 
 def parse_spec(spec: Any) -> Spec:
@@ -100,14 +111,16 @@ def _history(content: dict, errors: dict[str, str]) -> dict[str, list[dict[str, 
             errors["history"] = (f"{side}: at most {MAX_HISTORY_MESSAGES} earlier messages, not {len(messages)}; "
                                  "start a new chat")
             return empty
+        system = 1 if messages and isinstance(messages[0], dict) and messages[0].get("role") == "system" else 0
         for index, message in enumerate(messages):
-            role = "user" if index % 2 == 0 else "assistant"
+            role = "system" if index < system else "user" if (index - system) % 2 == 0 else "assistant"
             if (not isinstance(message, dict) or set(message) != {"role", "content"} or message["role"] != role
                     or not isinstance(message["content"], str)):
                 errors["history"] = (f"{side} message {index}: {{role: {role!r}, content: text}} (the user's and "
-                                     "the side's own messages alternate, from the user's)")
+                                     "the side's own messages alternate, from the user's, after an optional "
+                                     "system message)")
                 return empty
-        if len(messages) % 2:
+        if (len(messages) - system) % 2:
             errors["history"] = f"{side}: ends with the side's reply to the user's last message"
             return empty
         chars = sum(len(m["content"]) for m in messages) + len(content.get("prompt") or "")
@@ -129,7 +142,8 @@ def parse_request(content: Any) -> Request:
     elif len(prompt) > MAX_PROMPT_CHARS:
         errors["prompt"] = f"at most {MAX_PROMPT_CHARS:,} characters, not {len(prompt):,}"
     values = {
-        "max_new_tokens": check_number(content, "max_new_tokens", 64, 1, 4096, errors, integer=True),
+        "max_new_tokens": (None if "max_new_tokens" in content and content["max_new_tokens"] is None else
+                           check_number(content, "max_new_tokens", 64, 1, MAX_NEW_TOKENS, errors, integer=True)),
         "temperature": check_number(content, "temperature", 0.7, 0, 2, errors),
         "top_p": check_number(content, "top_p", 0.95, 0, 1, errors, low_open=True),
         "seed": check_number(content, "seed", 0, 0, 2 ** 32 - 1, errors, integer=True),
@@ -138,11 +152,22 @@ def parse_request(content: Any) -> Request:
     request_id = content.get("id", "")
     if not isinstance(request_id, str) or len(request_id) > 64:
         errors["id"] = "a string of at most 64 characters"
-    for name in sorted(set(content) - {"type", "id", "prompt", "history", *values}):
-        errors[name] = "not a field of a prompt; allowed: prompt, history, max_new_tokens, temperature, top_p, seed"
+    stop = content.get("stop") or []
+    if (not isinstance(stop, list) or len(stop) > MAX_STOPS
+            or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stop)):
+        errors["stop"] = f"a list of at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters"
+        stop = []
+    sides = content.get("sides", list(SIDES))
+    if not isinstance(sides, list) or not sides or any(side not in SIDES for side in sides) or len(set(sides)) < len(
+            sides):
+        errors["sides"] = "a list of the sides that answer: left, right or both"
+        sides = list(SIDES)
+    for name in sorted(set(content) - {"type", "id", "prompt", "history", "stop", "sides", *values}):
+        errors[name] = ("not a field of a prompt; allowed: prompt, history, max_new_tokens, temperature, top_p, seed, "
+                        "stop, sides")
     if errors:
         raise SpecError(errors)
-    return Request(id=request_id, prompt=prompt, history=history, **values)
+    return Request(id=request_id, prompt=prompt, history=history, stop=tuple(stop), sides=tuple(sides), **values)
 
 
 def render_chat(tokenizer, history: list[dict[str, str]], prompt: str) -> str:
@@ -164,12 +189,24 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[list[list[int]], list[
             [[0] * (width - len(row)) + [1] * len(row) for row in rows])
 
 
+def until_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """The text a reply may show so far: cut before the first stop string in it (True: the reply ends there), else
+    without a tail that could still grow into one (it shows once the next tokens decide)."""
+    cuts = [text.find(stop) for stop in stops if stop in text]
+    if cuts:
+        return text[:min(cuts)], True
+    held = max((n for stop in stops for n in range(1, len(stop)) if text.endswith(stop[:n])), default=0)
+    return text[:len(text) - held], False
+
+
 class SideStreamer:
     """generate()'s streamer for a batch of one row per side: each row's new text as it grows (held back while it
-    ends inside a multi-byte character), nothing after the row's end-of-sequence token."""
+    ends inside a multi-byte character or may be the start of a stop string), nothing after the row's
+    end-of-sequence token or a stop string."""
 
-    def __init__(self, tokenizer, sides: list[str], eos_ids: set[int], on_text):
+    def __init__(self, tokenizer, sides: list[str], eos_ids: set[int], on_text, stops: tuple[str, ...] = ()):
         self.tokenizer, self.sides, self.eos_ids, self.on_text = tokenizer, sides, eos_ids, on_text
+        self.stops = stops
         self.ids: list[list[int]] = [[] for _ in sides]
         self.sent: list[str] = ["" for _ in sides]
         self.done = [False for _ in sides]
@@ -189,7 +226,8 @@ class SideStreamer:
             self.ids[row].append(token)
             if self.first_at[row] is None:
                 self.first_at[row] = time.perf_counter()
-            text = self.tokenizer.decode(self.ids[row], skip_special_tokens=True)
+            text, stopped = until_stop(self.tokenizer.decode(self.ids[row], skip_special_tokens=True), self.stops)
+            self.done[row] = stopped
             if text.endswith("\ufffd") or len(text) <= len(self.sent[row]):
                 continue
             self.on_text(self.sides[row], text[len(self.sent[row]):])
@@ -198,6 +236,9 @@ class SideStreamer:
     def end(self) -> None:
         for row, side in enumerate(self.sides):
             text = self.tokenizer.decode(self.ids[row], skip_special_tokens=True)
+            if self.stops:
+                cut = [text.find(stop) for stop in self.stops if stop in text]
+                text = text[:min(cut)] if cut else text
             if len(text) > len(self.sent[row]):
                 self.on_text(side, text[len(self.sent[row]):])
                 self.sent[row] = text
@@ -242,24 +283,35 @@ class Server:
                        context=self.context, done=total, total=total)
 
     def prompt_ids(self, request: Request) -> dict[str, list[int]]:
-        """Each side's conversation (its history and the new prompt) rendered by render_chat, as token ids."""
-        return {side: self.tokenizer(render_chat(self.tokenizer, request.history.get(side, []), request.prompt),
-                                     add_special_tokens=False)["input_ids"] for side in SIDES}
+        """Each answering side's conversation (its history and the new prompt) rendered by render_chat, as token ids;
+        a conversation the chat template refuses (a system message it does not take, say) is a SpecError."""
+        try:
+            return {side: self.tokenizer(render_chat(self.tokenizer, request.history.get(side, []), request.prompt),
+                                         add_special_tokens=False)["input_ids"] for side in request.sides}
+        except TemplateError as exc:
+            raise SpecError({"history": f"the model's chat template refuses this conversation: {exc}"}) from None
 
     def answer(self, request: Request) -> None:
         import torch
 
-        ids = self.prompt_ids(request)
-        longest = max(SIDES, key=lambda side: len(ids[side]))
-        if self.context and len(ids[longest]) + request.max_new_tokens > self.context:
-            chat = any(request.history.get(side) for side in SIDES)
+        try:
+            ids = self.prompt_ids(request)
+        except SpecError as exc:
+            self.sink.emit("refused", request=request.id, errors=exc.errors)
+            return
+        sides = list(request.sides)
+        longest = max(sides, key=lambda side: len(ids[side]))
+        room = self.context - len(ids[longest]) if self.context else MAX_NEW_TOKENS
+        max_new_tokens = request.max_new_tokens or max(1, min(MAX_NEW_TOKENS, room))
+        if self.context and len(ids[longest]) + max_new_tokens > self.context:
+            chat = any(request.history.get(side) for side in sides)
             what = f"the {longest} side's conversation with this prompt is" if chat else "the prompt is"
             self.sink.emit("refused", request=request.id, errors={
-                "prompt": f"{what} {len(ids[longest])} tokens; with max_new_tokens {request.max_new_tokens} that "
+                "prompt": f"{what} {len(ids[longest])} tokens; with max_new_tokens {max_new_tokens} that "
                           f"exceeds the model's context of {self.context} tokens" + ("; start a new chat" if chat
                                                                                      else "")})
             return
-        adapter_names = ["left", "right" if self.spec.right else BASE_SIDE]
+        adapter_names = [side if side == "left" or self.spec.right else BASE_SIDE for side in sides]
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         eos_ids.add(self.tokenizer.eos_token_id)
@@ -267,23 +319,26 @@ class Server:
         def on_text(side: str, text: str) -> None:
             self.sink.emit("token", request=request.id, side=side, text=text)
 
-        streamer = SideStreamer(self.tokenizer, list(SIDES), eos_ids, on_text)
-        rows, mask = left_pad([ids[side] for side in SIDES], self.tokenizer.pad_token_id)
+        streamer = SideStreamer(self.tokenizer, sides, eos_ids, on_text, request.stop)
+        rows, mask = left_pad([ids[side] for side in sides], self.tokenizer.pad_token_id)
         inputs = torch.tensor(rows, device=self.model.device)
         attention_mask = torch.tensor(mask, device=self.model.device)
         sampling = ({"do_sample": True, "temperature": request.temperature, "top_p": request.top_p}
                     if request.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None})
+        if request.stop:
+            sampling.update(stop_strings=list(request.stop), tokenizer=self.tokenizer)
         torch.manual_seed(request.seed)
         started = time.perf_counter()
         with torch.no_grad():
             self.model.generate(input_ids=inputs, attention_mask=attention_mask, streamer=streamer,
-                                max_new_tokens=request.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                                max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
                                 adapter_names=adapter_names, **sampling)
         seconds = time.perf_counter() - started
-        for row, side in enumerate(SIDES):
+        for row, side in enumerate(sides):
             first = streamer.first_at[row]
             self.sink.emit("reply", request=request.id, side=side, text=streamer.sent[row],
                            tokens=len(streamer.ids[row]), prompt_tokens=len(ids[side]), seconds=round(seconds, 4),
+                           finish_reason="stop" if streamer.done[row] else "length",
                            ttft_s=round(first - started, 4) if first is not None else None)
 
     def serve(self, lines: queue.Queue) -> str:

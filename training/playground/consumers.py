@@ -4,13 +4,9 @@ generated. The page keeps the chat: each prompt comes with each side's history (
 process). Never writes the database; the shared connect, access re-check and close codes come from JsonRequests."""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from typing import Any
 
-import redis.asyncio as aioredis
 from channels.db import database_sync_to_async
-from django.conf import settings
 
 from training import access
 from training.engine.serve import MAX_HISTORY_MESSAGES, SpecError, parse_request
@@ -18,10 +14,7 @@ from training.live.consumers import JsonRequests
 from training.live.send import playground_group
 from training.models import PlaygroundSession
 from training.playground import selectors
-from training.playground.services import requests_key, session_state
-
-# At most this many prompts wait for a session's worker: a page that sends faster is told to wait.
-MAX_WAITING = 8
+from training.playground.services import playground_submit, session_state
 
 
 class PlaygroundConsumer(JsonRequests):
@@ -70,17 +63,10 @@ class PlaygroundConsumer(JsonRequests):
         if refusal:
             await self.send_json({"type": "refused", "request": request_id, "errors": {"session": refusal}})
             return
-        client = aioredis.Redis.from_url(settings.REDIS_URL)
-        try:
-            key = requests_key(self.session.id)
-            if await client.llen(key) >= MAX_WAITING:
-                await self.send_json({"type": "refused", "request": request_id, "errors": {
-                    "session": f"{MAX_WAITING} prompts are already waiting for this model; wait for their replies"}})
-                return
-            await client.rpush(key, json.dumps(asdict(request)))
-            await client.expire(key, int(settings.TUNEBOARD_PLAYGROUND_IDLE_S) + 60)
-        finally:
-            await client.aclose()
+        refusal = await playground_submit(self.session.id, request)
+        if refusal:
+            await self.send_json({"type": "refused", "request": request_id, "errors": {"session": refusal}})
+            return
         await self.send_json({"type": "queued", "request": request.id})
 
     async def playground_message(self, message: dict) -> None:

@@ -9,10 +9,12 @@ import logging
 import sys
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 from celery import current_app
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -21,6 +23,7 @@ from django.utils import timezone
 
 from dashboard.models import Membership
 from training.access import require_role
+from training.engine.serve import Request
 from training.live import send
 from training.models import PlaygroundSession, Run, Worker
 from training.runs.process import TrainingProcess
@@ -28,11 +31,28 @@ from training.runs.process import TrainingProcess
 log = logging.getLogger(__name__)
 Status = PlaygroundSession.Status
 POLL_S = 0.5
+# At most this many prompts wait for a session's worker: a page (or API client) that sends faster is told to wait.
+MAX_WAITING = 8
 
 
 def requests_key(session_id: int) -> str:
     """The Redis list of the session's prompts, under the channel layer's prefix (a test session's keys are its own)."""
     return f"{settings.CHANNEL_LAYERS['default']['CONFIG'].get('prefix', 'tuneboard')}:playground:{session_id}:requests"
+
+
+async def playground_submit(session_id: int, request: Request) -> str:
+    """Queue a checked prompt in Redis for the worker serving the session (the page's websocket and the
+    OpenAI-compatible endpoint alike); why it was not queued, or ""."""
+    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    try:
+        key = requests_key(session_id)
+        if await client.llen(key) >= MAX_WAITING:
+            return f"{MAX_WAITING} prompts are already waiting for this model; wait for their replies"
+        await client.rpush(key, json.dumps(asdict(request)))
+        await client.expire(key, int(settings.TUNEBOARD_PLAYGROUND_IDLE_S) + 60)
+    finally:
+        await client.aclose()
+    return ""
 
 
 def checkpoint_steps(run: Run) -> list[int]:
