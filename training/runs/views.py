@@ -89,7 +89,8 @@ def run_new(request: HttpRequest) -> HttpResponse:
         except ValidationError as exc:
             form.add_service_errors(exc)
         else:
-            messages.success(request, f"Run #{run.id} is queued.")
+            # Not "queued": this message stays on the page while the status line below follows the run.
+            messages.success(request, f"Run #{run.id} created; its status below follows it live.")
             return redirect("run_detail", run_id=run.id)
     status = 400 if form.is_bound else 200
     parent = form.cleaned_data.get("parent") if form.is_bound and hasattr(form, "cleaned_data") else None
