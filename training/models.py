@@ -279,6 +279,9 @@ class Run(models.Model):
     # merged model (fresh adapters on it). Not a path the user types: model paths inside the runs are refused.
     base_run = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="builds")
     base_kind = models.CharField(max_length=10, choices=BaseKind.choices, blank=True)
+    # The run this one was started from ("New run from this run", an Apply on a finding or a note): its config was
+    # the form's start. Not a resume (resumed_from) and not built on (base_run): only where the idea came from.
+    parent = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="children")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     name = models.CharField(max_length=200)
 

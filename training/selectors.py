@@ -1,6 +1,7 @@
 """Every read the pages, the consumer and the worker make, scoped to the user's teams."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -8,12 +9,17 @@ from django.core.paginator import Page, Paginator
 from django.db.models import Case, Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.http import Http404
+from django.urls import reverse
 
 from dashboard.models import Team
+from guidance import changes
 from guidance.links import IMPACT, guidance_url
 from guidance.models import Finding
 from training.access import User, team_ids_for
 from training.models import MetricPoint, Run, RunEvent, Sample, Worker
+from training.run_config import value_text
+
+log = logging.getLogger(__name__)
 
 # A replay goes out in chunks of this many points: a 100k-step run must not be one 10 MB websocket frame.
 REPLAY_CHUNK = 5000
@@ -194,11 +200,27 @@ def run_status_dict(run: Run) -> dict[str, Any]:
         "worker": run.worker.name if run.worker_id and run.worker else None,
         "started_at": run.started_at.timestamp() if run.started_at else None,
         "finished_at": run.finished_at.timestamp() if run.finished_at else None,
+        # The playground can load it (its final adapter, or a checkpoint): the page shows its button.
+        "has_adapter": bool(run.adapter_path or run.last_checkpoint_path),
     }
 
 
 def run_findings(run: Run) -> QuerySet[Finding]:
-    return Finding.objects.filter(run=run).order_by("step", "code")
+    return Finding.objects.filter(run=run).select_related("run__dataset").order_by("step", "code")
+
+
+def finding_change(finding: Finding) -> dict[str, Any] | None:
+    """The config values the finding's Apply sets (guidance.changes), judged on its run's config and size."""
+    run = finding.run
+    rows = (run.started or {}).get("train_examples") or run.dataset.rows
+    found = changes.finding_change(finding.code, list(finding.parameters), run.config or {}, rows=rows,
+                                   total=run.total_steps or None)
+    return found[1] if found else None
+
+
+def change_text(config: dict[str, Any], values: dict[str, Any]) -> str:
+    """"learning_rate 2e-05 → 0.0002": each changed field from the run's value to the new one."""
+    return ", ".join(f"{name} {value_text(config.get(name))} → {value_text(value)}" for name, value in values.items())
 
 
 def run_adapter_files(run: Run) -> list[dict[str, Any]]:
@@ -240,7 +262,21 @@ def finding_dict(finding: Finding) -> dict[str, Any]:
     return {"id": finding.id, "code": finding.code, "severity": finding.severity, "step": finding.step,
             "title": finding.title, "message": finding.message, "evidence": finding.evidence,
             "parameters": list(finding.parameters),
-            "guidance": [{"param": p, "url": guidance_url(p, IMPACT)} for p in finding.parameters]}
+            "guidance": [{"param": p, "url": guidance_url(p, IMPACT)} for p in finding.parameters],
+            "apply": _finding_apply(finding)}
+
+
+def _finding_apply(finding: Finding) -> dict[str, str] | None:
+    """The finding's Apply: the New run form from its run with its change made; None where it names no change."""
+    try:
+        values = finding_change(finding)
+    except Exception:  # noqa: BLE001 - an Apply advises; its bug must not hide the finding
+        log.exception("finding %s: no change computed", finding.id)
+        return None
+    if not values:
+        return None
+    return {"url": f"{reverse('run_new')}?from={finding.run_id}&finding={finding.id}",
+            "text": change_text(finding.run.config or {}, values)}
 
 
 def findings_for_runs(runs: Iterable[Run]) -> dict[int, list[dict[str, Any]]]:

@@ -186,9 +186,59 @@ function applyStatus(status) {
     showCheckpoint(status.last_checkpoint_step);
   }
   renderFacts(status);
+  const ended = status.is_terminal && !data.status.is_terminal;
   if (status.status === "succeeded" && data.status.status !== "succeeded") loadAdapterFiles();
   data.status = status;
+  renderActions(status);
+  renderElapsed();
+  // The evaluation section (run_evaluation.js) asks for its form again now: the final adapter is offered first.
+  if (ended) document.dispatchEvent(new CustomEvent("run:ended", { detail: status }));
 }
+
+// The header's actions follow the run's end without a reload: the playground once it has an adapter or a
+// checkpoint, a sweep from it once it succeeded.
+function renderActions(status) {
+  const controls = document.querySelector(".run-controls");
+  if (status.has_adapter && !document.getElementById("playground-link")) {
+    controls.prepend(Object.assign(document.createElement("a"),
+      { className: "button", id: "playground-link", href: data.playground_url, textContent: "Playground" }));
+  }
+  if (data.can_control && status.status === "succeeded" && !document.getElementById("sweep-from-run")) {
+    const sweep = Object.assign(document.createElement("a"), { className: "button", id: "sweep-from-run",
+      href: data.sweep_url, textContent: "Sweep from this run" });
+    const after = document.getElementById("new-from-run") || document.getElementById("playground-link");
+    if (after) after.after(sweep); else controls.prepend(sweep);
+  }
+}
+
+// Elapsed time, and while it trains an ETA from its steps per second so far (the run's start to its last step).
+function duration(seconds) {
+  const s = Math.max(0, Math.round(seconds));
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  return h ? `${h} h ${String(m).padStart(2, "0")} min` : m ? `${m} min ${String(s % 60).padStart(2, "0")} s` : `${s} s`;
+}
+
+function renderElapsed() {
+  const status = data.status;
+  const el = document.getElementById("run-elapsed");
+  if (!el) return;
+  if (!status.started_at) {
+    el.textContent = "";
+    return;
+  }
+  const end = status.finished_at || Date.now() / 1000;
+  const elapsed = end - status.started_at;
+  let text = `${status.is_terminal ? "took" : "elapsed"} ${duration(elapsed)}`;
+  const done = status.last_step - (data.resumed_from_step || 0);
+  const left = status.total_steps ? status.total_steps - status.last_step : null;
+  if (!status.is_terminal && done > 0 && left !== null && left >= 0) {
+    const rate = done / elapsed;
+    text += ` · ${rate >= 1 ? rate.toFixed(1) : rate.toPrecision(2)} steps/s · about ${duration(left / rate)} left`;
+  }
+  el.textContent = text;
+}
+setInterval(() => { if (!data.status.is_terminal) renderElapsed(); }, 1000);
 
 function showCheckpoint(step) {
   let note = document.getElementById("checkpoint-note");
@@ -246,6 +296,7 @@ function addFinding(finding) {
   item.append(Object.assign(document.createElement("strong"), { textContent: finding.title }), " ",
     Object.assign(document.createElement("span"), { className: "muted", textContent: `step ${finding.step}` }),
     Object.assign(document.createElement("p"), { textContent: finding.message }));
+
   if (finding.guidance.length) {
     const look = Object.assign(document.createElement("p"), { className: "muted small", textContent: "Look at: " });
     finding.guidance.forEach((g, i) => {
@@ -254,6 +305,15 @@ function addFinding(finding) {
       look.append(...(i ? [", ", link] : [link]));
     });
     item.append(look);
+  }
+  if (finding.apply && data.can_control) {
+    // Apply: the New run form from this run with the finding's change made (and said at its top).
+    const link = Object.assign(document.createElement("a"), { className: "button small", href: finding.apply.url,
+      textContent: `Apply: a new run with ${finding.apply.text}` });
+    link.dataset.apply = "finding";
+    const line = Object.assign(document.createElement("p"), { className: "apply" });
+    line.append(link);
+    item.append(line);
   }
   list.append(item);
   const count = list.querySelectorAll("[data-finding]").length;

@@ -7,8 +7,21 @@ const section = document.getElementById("evaluation");
 const list = document.getElementById("evaluation-list");
 const formArea = document.getElementById("evaluate-area");
 let formTouched = false;
+let timer = null;
 
-async function poll() {
+// The form again from the server; at the run's end even if touched (the final adapter is new, and first), keeping
+// the suite chosen.
+function replaceForm(html, force) {
+  if (!formArea || (formTouched && !force)) return;
+  const suite = formArea.querySelector("[name=suite]");
+  const chosen = suite ? suite.value : null;
+  formArea.innerHTML = html;
+  const again = formArea.querySelector("[name=suite]");
+  if (again && chosen && [...again.options].some((o) => o.value === chosen)) again.value = chosen;
+}
+
+async function poll(force = false) {
+  clearTimeout(timer);
   let active = true;
   let runEnded = section.dataset.runEnded === "1";
   try {
@@ -20,7 +33,7 @@ async function poll() {
       list.querySelectorAll("details[data-evaluation]").forEach((d) => {
         if (open.has(d.dataset.evaluation)) d.open = true;
       });
-      if (formArea && !formTouched) formArea.innerHTML = state.form_html;
+      replaceForm(state.form_html, force);
       active = state.active;
       runEnded = state.run_ended;
       section.dataset.active = active ? "1" : "0";
@@ -28,14 +41,18 @@ async function poll() {
   } catch (error) {
     // A dropped request (the server restarting, say): the next poll asks again.
   }
-  if (active) setTimeout(poll, POLL_MS);
-  else if (!runEnded) setTimeout(poll, RUN_POLL_MS);
+  if (active) timer = setTimeout(poll, POLL_MS);
+  else if (!runEnded) timer = setTimeout(poll, RUN_POLL_MS);
 }
 
 if (formArea) {
   for (const type of ["input", "change", "focusin"]) formArea.addEventListener(type, () => { formTouched = true; });
 }
+// The run ended (run_detail.js): its final adapter can be evaluated now, first in the form's list; ask at once.
+document.addEventListener("run:ended", () => {
+  if (section && list) poll(true);
+});
 if (section && list) {
-  if (section.dataset.active === "1") setTimeout(poll, POLL_MS);
-  else if (section.dataset.runEnded !== "1") setTimeout(poll, RUN_POLL_MS);
+  if (section.dataset.active === "1") timer = setTimeout(poll, POLL_MS);
+  else if (section.dataset.runEnded !== "1") timer = setTimeout(poll, RUN_POLL_MS);
 }

@@ -174,8 +174,31 @@ const preflightStatus = document.getElementById("preflight-status");
 let preflightTimer = null;
 let preflightAsked = 0;
 
-function renderNotes(notes) {
-  preflightList.replaceChildren(...notes.map((note) => {
+// The values the config refuses, as the user types: each beside its field (the server's answer, in our words),
+// and first in the review, which never calls a config it refuses clean.
+function renderErrors(errors) {
+  const refused = Object.entries(errors || {});
+  for (const p of form.querySelectorAll(".field-error:not(.live-error)")) {
+    if (p.closest("[data-kind]")) p.hidden = true;  // the submit's answer, replaced by the live one
+  }
+  for (const p of form.querySelectorAll("[data-live-error-for]")) {
+    const messages = (errors || {})[p.dataset.liveErrorFor];
+    p.hidden = !messages;
+    p.textContent = messages ? messages.join(" ") : "";
+    p.closest(".field").classList.toggle("has-error", Boolean(messages));
+  }
+  return refused.map(([field, messages]) => {
+    const where = field === "__all__" ? [] : [el("a", { href: `#field-${field}` }, field), ": "];
+    const item = el("li", { className: "finding severity-error" }, el("strong", {}, "Refused: "), ...where,
+      messages.join(" "));
+    item.dataset.error = field;
+    return item;
+  });
+}
+
+function renderNotes(notes, errors) {
+  const refused = renderErrors(errors);
+  preflightList.replaceChildren(...refused, ...notes.map((note) => {
     const item = el("li", { className: `finding severity-${note.severity}` }, el("strong", {}, note.title),
       el("p", {}, note.message));
     item.dataset.note = note.code;
@@ -197,6 +220,11 @@ function renderNotes(notes) {
     }
     return item;
   }));
+  if (refused.length) {
+    preflightStatus.textContent = `${refused.length} value${refused.length === 1 ? "" : "s"} the config refuses: `
+      + "fix them first (the run cannot start with them).";
+    return;
+  }
   preflightStatus.textContent = notes.length
     ? `${notes.length} note${notes.length === 1 ? "" : "s"}: the seed's guidance would question ${notes.length === 1 ? "this value" : "these values"}.`
     : "Nothing to question: every reviewed value is within the seed's ranges.";
@@ -288,7 +316,7 @@ async function reviewNow() {
     if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
     const answer = await response.json();
     if (asked !== preflightAsked) return;  // an older answer must not replace a newer one
-    renderNotes(answer.notes);
+    renderNotes(answer.notes, answer.errors);
     renderPlan(answer.plan, answer.errors);
   } catch (error) {
     if (asked === preflightAsked) {
@@ -352,3 +380,9 @@ document.addEventListener("keydown", (event) => { if (event.key === "Escape") cl
 form.addEventListener("input", update);
 form.addEventListener("change", update);
 update();
+// A refused submit: the page opens on the summary of what to fix, each line a link to its field.
+const summary = document.getElementById("error-summary");
+if (summary) {
+  summary.scrollIntoView({ block: "start" });
+  summary.focus({ preventScroll: true });
+}

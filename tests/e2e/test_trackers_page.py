@@ -10,7 +10,7 @@ from django.conf import settings
 
 from tests.factories import make_dataset, make_member, make_team, make_user, tiny_overrides
 from tests.integration.conftest import wait_for
-from training.models import Run
+from training.models import Run, Worker
 from training.runs import services
 
 from .conftest import free_port, log_in
@@ -38,6 +38,11 @@ def test_an_admin_sets_the_mlflow_server_and_a_run_page_shows_its_trackers_and_i
     assert f"Server {dead}, experiment Lab runs, no sign-in." in page.inner_text(f"section[data-team='{team.slug}']")
     page.screenshot(path=str(screenshot_path("trackers.png")), full_page=False)
 
+    # A GPU box on the queue beside the session's CPU worker: the plan is for its T4 (a queue of CPU workers only
+    # gets no GPU figure), and the CPU worker, free first, trains the run.
+    Worker.objects.create(name="box-t4-idle@lab", hostname="box-t4-idle", queues=[settings.TUNEBOARD_DEFAULT_QUEUE],
+                          gpus=[{"name": "NVIDIA T4", "memory_total": 16 * 1024 ** 3, "memory_used": 0,
+                                 "utilization": 0}])
     run = services.run_create(team=team, user=admin, dataset=dataset, queue=settings.TUNEBOARD_DEFAULT_QUEUE,
                               overrides=tiny_overrides(tiny_model, max_steps=8), trackers=["tensorboard"])
     assert run.plan.get("peak_bytes")  # the tiny model's folder is readable: the plan was made and kept

@@ -81,8 +81,8 @@ def test_a_warmup_ratio_stays_a_ratio(world, member_client):
 
 @pytest.mark.parametrize("field, value, message", [
     ("r", "sixteen", "give a whole number"),
-    ("r", "0", "greater than or equal to 1"),
-    ("learning_rate", "5", "less than or equal to 1"),
+    ("r", "0", "0 is below 1: at least 1"),
+    ("learning_rate", "5", "5 is above 1: at most 1"),
     ("learning_rate", "fast", "give a number"),
     ("warmup_steps", "1.5", "a warmup ratio must be in [0, 1)"),
     ("lr_scheduler_kwargs", "{not json", "not valid JSON"),
@@ -241,7 +241,7 @@ def test_a_field_that_does_not_parse_yet_is_named_and_the_rest_is_still_reviewed
     # Refused by the engine rather than the form field: named too, and no notes on a config that is not one.
     body = preflight(member_client, world, learning_rate="5")
     assert list(body["errors"]) == ["learning_rate"]
-    assert "less than or equal to 1" in body["errors"]["learning_rate"][0] and body["notes"] == []
+    assert "is above 1: at most 1" in body["errors"]["learning_rate"][0] and body["notes"] == []
     body = preflight(member_client, world, lr_scheduler_kwargs="{not json")
     assert "lr_scheduler_kwargs" in body["errors"]
 

@@ -148,7 +148,7 @@ class RunSerializer(serializers.ModelSerializer):
         model = Run
         fields = ["id", "name", "team", "team_name", "dataset", "dataset_name", "preset", "preset_version", "sweep",
                   "status", "queue", "queue_position", "worker", "last_step", "total_steps", "progress",
-                  "finding_count", "error_class", "resumed_from", "created_by", "created_at", "started_at",
+                  "finding_count", "error_class", "resumed_from", "parent", "created_by", "created_at", "started_at",
                   "finished_at", "url"]
 
     def get_url(self, run: Run) -> str:
@@ -174,7 +174,12 @@ class RunDetailSerializer(RunSerializer):
 
 
 class RunCreateSerializer(serializers.Serializer):
-    dataset = serializers.IntegerField(help_text="A dataset of a team you are a member of; the run is that team's")
+    from_run = serializers.IntegerField(required=False, allow_null=True, help_text=(
+        "Start from this run of your teams (its page's 'New run from this run'): its dataset, preset, config, "
+        "'Start from', suites, trackers and queue, each replaced by what this body gives; overrides go over its "
+        "config. The new run links it as its parent"))
+    dataset = serializers.IntegerField(required=False, help_text=(
+        "A dataset of a team you are a member of; the run is that team's. Required unless from_run is given"))
     preset = serializers.IntegerField(required=False, allow_null=True, help_text="The team's or a global preset")
     overrides = serializers.DictField(required=False, default=dict, help_text=(
         "Config fields over the preset's (engine.config.TrainConfig), as JSON values, e.g. {\"r\": 32, "
@@ -219,6 +224,9 @@ class FindingSerializer(serializers.Serializer):
     evidence = Object()
     parameters = serializers.ListField(child=serializers.CharField())
     guidance = AnyList(child=Object())
+    apply = Object(allow_null=True, help_text=(
+        "The change the finding names, as {url: the New run form with it made, text: 'field old → new'}; null when "
+        "it names none"))
 
 
 class SampleSerializer(serializers.Serializer):

@@ -27,6 +27,7 @@ from training.datasets import services as dataset_services
 from training.datasets.forms import DatasetProfileForm, DatasetRegisterForm, DatasetUploadForm
 from training.evaluation.selectors import get_suite_for_user, run_evaluation_state
 from training.models import Dataset, Preset, Run, Sweep
+from training.runs import iterate
 from training.runs import services as run_services
 from training.sweeps import services as sweep_services
 from training.sweeps.selectors import get_sweep_for_user, sweep_list_for, sweep_state
@@ -238,6 +239,28 @@ class RunViewSet(viewsets.GenericViewSet):
         body = s.RunCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         v, user = body.validated_data, request.user
+        parent = _found(access.get_run_for_user, user, v.get("from_run"), "from_run", "run")
+        given = set(_object(request))
+        if parent is not None:
+            # The parent's start, each part replaced by what the body gives (validated_data has the defaults too).
+            start = iterate.run_start(parent)
+            v = {**v, "overrides": {**start.overrides, **v["overrides"]}}
+            if "dataset" not in given:
+                v["dataset"] = parent.dataset_id
+            if "preset" not in given:
+                v["preset"] = parent.preset_id
+            if "base_run" not in given and parent.base_run_id:
+                v.update(base_run=parent.base_run_id, base_kind=parent.base_kind)
+            if "eval_suites" not in given:
+                v["eval_suites"] = list(parent.eval_suites.values_list("id", flat=True))
+            if "eval_checkpoints" not in given:
+                v["eval_checkpoints"] = parent.eval_checkpoints
+            if "trackers" not in given:
+                v["trackers"] = list(parent.trackers or [])
+            if "queue" not in given:
+                v["queue"] = parent.queue
+        elif v.get("dataset") is None:
+            raise bad_request({"dataset": "required: a dataset id of your team, or from_run: a run to start from"})
         dataset = _found(access.get_dataset_for_user, user, v["dataset"], "dataset", "dataset")
         preset = _found(access.get_preset_for_user, user, v.get("preset"), "preset", "preset")
         base_run = _found(access.get_run_for_user, user, v.get("base_run"), "base_run", "run")
@@ -246,9 +269,9 @@ class RunViewSet(viewsets.GenericViewSet):
             run = run_services.run_create(
                 team=dataset.team, user=user, dataset=dataset, preset=preset, overrides=v["overrides"],
                 name=v.get("name") or "", queue=v.get("queue") or None, base_run=base_run, base_kind=v["base_kind"],
-                eval_suites=suites, eval_checkpoints=v["eval_checkpoints"], trackers=v["trackers"])
+                eval_suites=suites, eval_checkpoints=v["eval_checkpoints"], trackers=v["trackers"], parent=parent)
         except ValidationError as exc:
-            raise _renamed(exc, {"start_from": "base_run"}) from None
+            raise _renamed(exc, {"start_from": "base_run", "parent": "from_run"}) from None
         return Response(s.RunDetailSerializer(_run_row(user, run.id)).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=s.RunDetailSerializer,

@@ -101,7 +101,11 @@ def datasets_list() -> None:
 
 # runs -------------------------------------------------------------------------------------------------------------
 @runs_app.command("create")
-def runs_create(dataset: Annotated[int, typer.Option(help="The dataset's id")],
+def runs_create(dataset: Annotated[int | None, typer.Option(help="The dataset's id (default with --from: "
+                                                                  "that run's)")] = None,
+                from_: Annotated[int | None, typer.Option("--from", help="Start from this run: its dataset, preset "
+                                                          "and config, with --set over them; the new run links it "
+                                                          "as its parent")] = None,
                 preset: Annotated[int | None, typer.Option(help="The preset's id")] = None,
                 set_: Annotated[list[str] | None, typer.Option("--set", help="NAME=VALUE, a config override (JSON "
                                                              "where it parses: r=32, learning_rate=1e-4); "
@@ -110,11 +114,16 @@ def runs_create(dataset: Annotated[int, typer.Option(help="The dataset's id")],
                 queue: Annotated[str | None, typer.Option()] = None,
                 watch: Annotated[bool, typer.Option(help="Then watch it to its end (exit 3 if it fails)")] = False,
                 ) -> None:
-    """Start a run from a dataset, a preset and overrides, checked as the New run form checks them."""
-    body = {"dataset": dataset, "overrides": overrides_of(set_), **({"preset": preset} if preset else {}),
+    """Start a run from a dataset, a preset and overrides (or from an earlier run with --from), checked as the New
+    run form checks them."""
+    if dataset is None and from_ is None:
+        raise CliError("give --dataset, or --from RUN to start from a run", REFUSED)
+    body = {"overrides": overrides_of(set_), **({"dataset": dataset} if dataset is not None else {}),
+            **({"from_run": from_} if from_ is not None else {}), **({"preset": preset} if preset else {}),
             **({"name": name} if name else {}), **({"queue": queue} if queue else {})}
     run = api().post("/runs/", body)
-    out.print(f"run {run['id']}: {run['name']} {run['status']}")
+    out.print(f"run {run['id']}: {run['name']} {run['status']}" + (f" (from run {run['parent']})"
+                                                                    if run.get("parent") else ""))
     if watch:
         runs_watch(run["id"])
 

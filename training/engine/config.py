@@ -278,7 +278,23 @@ def _field_of(error: dict[str, Any]) -> str:
     return msg.split(":", 1)[0] if ":" in msg else "config"
 
 
+# A bound pydantic names in its own words ("Input should be less than or equal to 1"), said as the value against it.
+_BOUNDS = {"less_than_equal": ("le", "is above {bound}: at most {bound}"),
+           "less_than": ("lt", "is not below {bound}: must be less than {bound}"),
+           "greater_than": ("gt", "is not above {bound}: must be greater than {bound}"),
+           "greater_than_equal": ("ge", "is below {bound}: at least {bound}")}
+
+
+def _bound_text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _message_of(error: dict[str, Any]) -> str:
+    if error["type"] in _BOUNDS and "input" in error:
+        key, text = _BOUNDS[error["type"]]
+        bound = (error.get("ctx") or {}).get(key)
+        if bound is not None:
+            return f"{_bound_text(error['input'])} {text.format(bound=_bound_text(bound))}"
     msg = str(error["msg"]).removeprefix("Value error, ")
     if not [p for p in error["loc"]] and ":" in msg:
         msg = msg.split(":", 1)[1].strip()

@@ -104,7 +104,7 @@ def form_plan(plan: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, A
     parts, the time's parts, the MFU, each worker, the refusal with each lever, and the fastest fit; each lever and
     the fastest fit carry `apply`: the form's inputs and the text to put in them."""
     if plan.get("error"):
-        return {"error": plan["error"], "text": f"No prediction: {plan['error']}."}
+        return {"error": plan["error"], "text": plan.get("text") or f"No prediction: {plan['error']}."}
     total = plan["peak_bytes"] or 1.0
     return {
         "text": plan["text"], "calibrated": plan["calibrated"], "source": plan["source"], "gpu": plan["gpu"],

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from django.db.models import Aggregate, FloatField, Max, Q
 
-from training.engine.derived import total_steps
+from training.engine.derived import tokens_per_step, total_steps
 from training.model_source import model_source_error
 from training.models import MetricPoint, Run, Worker
 from training.planner import calibrate, display, levers
@@ -129,6 +129,10 @@ def plan_config(*, team_id: int, config: Mapping[str, Any], queue: str, num_exam
     evals, saves, eval_tokens = _evals_and_saves(config, total_steps, num_examples, mean_tokens)
     workers = queue_gpus(queue)
     gpu_workers = [w for w in workers if w["gpu"] and w["memory_total"]]
+    if workers and not gpu_workers:
+        # Only CPU workers take this queue: a GPU's figures would promise what no worker here can do.
+        return cpu_plan(team_id=team_id, config=config, workers=workers, total_steps=total_steps,
+                        mean_tokens=mean_tokens)
     targets = gpu_workers or [{"worker": None, "gpu": calibrate.REFERENCE_GPU, "memory_total": None}]
     by_gpu: dict[str, Prediction] = {}
     for t in targets:
@@ -157,6 +161,37 @@ def plan_config(*, team_id: int, config: Mapping[str, Any], queue: str, num_exam
     plan["text"] = plan_text(plan)
     return plan
 
+
+
+CPU_SAMPLE_RUNS = 10  # the team's latest succeeded CPU runs of the model a CPU estimate reads
+
+
+def cpu_plan(*, team_id: int, config: Mapping[str, Any], workers: list[dict[str, Any]], total_steps: int | None,
+             mean_tokens: float | None) -> dict[str, Any]:
+    """The plan for a queue whose live workers are all CPUs: no GPU figure; a time from the tokens/s the team's
+    CPU runs of this model measured (their median), where there are such runs and the step count is known.
+    {"error": why there is no GPU prediction, "text": what the form says, "cpu": the estimate or None}."""
+    names = ", ".join(w["worker"] for w in workers)
+    error = f"no GPU estimate: the queue's workers are CPUs ({names})"
+    model = str(config.get("model") or "")
+    runs = list(Run.objects.filter(team_id=team_id, status=Run.Status.SUCCEEDED, config__model=model,
+                                   started__device__startswith="cpu")
+                .order_by("-id").values_list("id", flat=True)[:CPU_SAMPLE_RUNS])
+    rate = (MetricPoint.objects.filter(run_id__in=runs, step__gt=SKIP_STEPS, tokens_per_s__isnull=False)
+            .aggregate(rate=Median("tokens_per_s"))["rate"] if runs else None)
+    if not rate or not total_steps:
+        why = ("no CPU run of this model in the team yet to time it on" if not rate
+               else "the step count is not known yet (set max_steps, or packing off with a dataset chosen)")
+        return {"error": error, "text": f"No estimate: the queue's workers are CPUs ({names}); {why}.", "cpu": None}
+    per_step = tokens_per_step(int(config.get("per_device_train_batch_size", 2)),
+                               int(config.get("gradient_accumulation_steps", 4)), int(config.get("max_length", 2048)),
+                               1, bool(config.get("packing")), mean_tokens)
+    seconds = total_steps * per_step / rate
+    cpu = {"tokens_per_s": rate, "seconds": seconds, "runs": len(runs), "total_steps": total_steps}
+    return {"error": error, "cpu": cpu, "text": (
+        f"No GPU on this queue (CPU workers: {names}). On CPU: ≈ {human_rate(rate)} tokens/s, the median of the "
+        f"team's last {len(runs)} CPU run{'s' if len(runs) != 1 else ''} of this model; ≈ {human_seconds(seconds)} "
+        f"for {total_steps} steps.")}
 
 
 def _total_steps(config: Mapping[str, Any], num_examples: int | None) -> int | None:

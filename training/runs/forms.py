@@ -77,7 +77,7 @@ INT_TEXT = re.compile(r"^[+-]?\d+$")
 # Config keys on errors that are not config fields: where on the form they belong.
 FORM_KEYS = {"dataset": "dataset", "preset": "preset", "name": "name", "start_from": "start_from",
              "eval_suites": "eval_suites", "eval_checkpoints": "eval_checkpoints",
-             "trackers": "trackers"}
+             "trackers": "trackers", "parent": "parent"}
 
 
 @dataclass(frozen=True)
@@ -217,8 +217,11 @@ class RunForm(forms.Form):
                   "set by a team admin on the Trackers page. A tracker that fails is a warning on the run, never a "
                   "failed run")
 
+    parent = forms.IntegerField(required=False, widget=forms.HiddenInput)
+
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
+        self.user = user
         teams = access.team_list_where(user, "member")
         self.fields["dataset"].queryset = access.dataset_list_for(user).filter(team__in=teams).order_by(
             "team__name", "-created_at")
@@ -247,6 +250,9 @@ class RunForm(forms.Form):
         for field in self.config_fields:
             self.fields[field.name] = self._form_field(field)
         self.overrides: dict[str, Any] = {}
+        # Started from a run: the fields its config set apart from its preset (their text), and those an Apply changed.
+        self.prefilled: dict[str, str] = {}
+        self.applied: dict[str, str] = {}
         self.fit_refusals: list[str] = []  # the non-field errors that are the fit planner's (the page hides them
         # once the fields are changed to fit)
 
@@ -286,6 +292,16 @@ class RunForm(forms.Form):
         self.base_run, self.base_kind = run, kind
         return value
 
+    def clean_parent(self) -> Run | None:
+        """The run this one is started from (its page's "New run from this run" or an Apply): one of the user's teams'."""
+        run_id = self.cleaned_data.get("parent")
+        if run_id is None:
+            return None
+        run = Run.objects.filter(id=run_id, team_id__in=access.team_ids_for(self.user)).first()
+        if run is None:
+            raise ValidationError(f"no such run in your teams: #{run_id}")
+        return run
+
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         for field in self.config_fields:
@@ -302,6 +318,11 @@ class RunForm(forms.Form):
                 self.add_error(field.name, str(exc))
         return cleaned
 
+    def error_summary(self) -> list[dict[str, str]]:
+        """Every refused field after a submit, for the list at the top of the form: {field, anchor, message}."""
+        return [{"field": name, "anchor": f"field-{name}", "message": str(message)}
+                for name, errors in self.errors.items() if name != "__all__" for message in errors]
+
     def add_service_errors(self, error: ValidationError) -> None:
         """The services' {field: [message]} on the form field they name (nested keys on their top field)."""
         for key, messages in error.message_dict.items():
@@ -313,13 +334,23 @@ class RunForm(forms.Form):
                 continue
             target = FORM_KEYS.get(top) or (top if top in self.fields and top not in FORM_KEYS else None)
             for message in messages:
+                if target and not rest:
+                    message = self.with_recommended(target, message)
                 self.add_error(target, f"{rest}: {message}" if rest and target else
                                (message if target else f"{key}: {message}"))
+
+    def with_recommended(self, name: str, message: str) -> str:
+        """A refused config field's message with the guidance's recommended value, where the field has one."""
+        spec = next((f for f in self.config_fields if f.name == name), None)
+        if spec is None or spec.guidance is None:
+            return message
+        return f"{message}; the recommended value is {spec.simple_default_text}"
 
     def groups(self) -> list[dict[str, Any]]:
         """The config fields grouped for the template: each with its bound field and guidance."""
         return [{"key": key, "title": content.GROUP_TITLES[key],
-                 "fields": [{"spec": f, "bound": self[f.name]} for f in self.config_fields if f.group == key]}
+                 "fields": [{"spec": f, "bound": self[f.name], "prefilled": self.prefilled.get(f.name),
+                             "applied": f.name in self.applied} for f in self.config_fields if f.group == key]}
                 for key in GROUPS]
 
 

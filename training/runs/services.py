@@ -143,10 +143,10 @@ def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = No
                overrides: dict[str, Any] | None = None, name: str = "", queue: str | None = None,
                base_run: Run | None = None, base_kind: str = Run.BaseKind.ADAPTER, sweep: Sweep | None = None,
                eval_suites: Iterable[EvalSuite] = (), eval_checkpoints: bool = False,
-               trackers: Iterable[str] = ()) -> Run:
+               trackers: Iterable[str] = (), parent: Run | None = None) -> Run:
     """Validate and save a run, then queue it once the transaction commits. Nothing is saved on an error.
     `base_run` (a succeeded run of the same team) is what it builds on: its adapter or its merged model; `trackers`
-    what its worker mirrors it to (training.trackers)."""
+    what its worker mirrors it to (training.trackers); `parent` the run of the same team it was started from."""
     require_role(user=user, team=team, role=Role.MEMBER, action="Starting a run")
     if dataset.team_id != team.id:
         raise ValidationError({"dataset": "no such dataset in this team"})
@@ -154,6 +154,8 @@ def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = No
         raise ValidationError({"preset": "no such preset in this team"})
     if base_run is not None and base_run.team_id != team.id:
         raise ValidationError({"start_from": "no such run in this team"})
+    if parent is not None and parent.team_id != team.id:
+        raise ValidationError({"parent": f"run #{parent.id} is another team's; a run is started from its own team's"})
     queue = queue or settings.TUNEBOARD_DEFAULT_QUEUE
     if not QUEUE_NAME.match(queue):
         raise ValidationError({"queue": "letters, digits and _ . @ - only, at most 100"})
@@ -172,6 +174,7 @@ def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = No
             created_by=user, name=name, config=config, dataset_sha256=dataset.sha256, queue=queue,
             total_steps=config["max_steps"], base_run=base_run, base_kind=base_kind if base_run else "",
             preflight=notes, sweep=sweep, eval_checkpoints=eval_checkpoints, plan=plan, trackers=trackers,
+            parent=parent,
         )
         _run_set_dir(run)
         suites = list(eval_suites)

@@ -5,7 +5,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -17,7 +17,7 @@ from training.engine.config import TrainConfig
 from training.models import Run
 from training.planner import services as planner
 from training.run_config import value_text
-from training.runs import services
+from training.runs import iterate, services
 from training.runs.differences import run_differences
 from training.runs.forms import RunForm
 from training.trackers.services import tracker_links
@@ -72,7 +72,10 @@ def run_new(request: HttpRequest) -> HttpResponse:
         in_a_team = access.team_list_for(request.user).exists()
         return render(request, "training/new_refused.html", {"in_a_team": in_a_team, "what": "runs", "one": "run",
                                                               "back": reverse("run_list")}, status=403)
-    form = RunForm(request.POST or None, user=request.user)
+    start = _start_from_run(request) if request.method == "GET" and request.GET.get("from") else None
+    form = RunForm(request.POST or None, user=request.user, initial=start["initial"] if start else None)
+    if start:
+        form.prefilled, form.applied = start["prefilled"], start["applied"]
     if request.method == "POST" and form.is_valid():
         dataset = form.cleaned_data["dataset"]
         try:
@@ -82,15 +85,50 @@ def run_new(request: HttpRequest) -> HttpResponse:
                                       base_kind=form.base_kind or Run.BaseKind.ADAPTER,
                                       eval_suites=form.cleaned_data["eval_suites"],
                                       eval_checkpoints=form.cleaned_data["eval_checkpoints"],
-                                      trackers=form.cleaned_data["trackers"])
+                                      trackers=form.cleaned_data["trackers"], parent=form.cleaned_data["parent"])
         except ValidationError as exc:
             form.add_service_errors(exc)
         else:
-            messages.success(request, f"Run #{run.id} is queued.")
+            # Not "queued": this message stays on the page while the status line below follows the run.
+            messages.success(request, f"Run #{run.id} created; its status below follows it live.")
             return redirect("run_detail", run_id=run.id)
     status = 400 if form.is_bound else 200
-    return render(request, "training/run_new.html", {"form": form, "form_data": _run_form_data(form)},
-                  status=status)
+    parent = form.cleaned_data.get("parent") if form.is_bound and hasattr(form, "cleaned_data") else None
+    return render(request, "training/run_new.html", {
+        "form": form, "form_data": _run_form_data(form), "start": start,
+        "parent": start["parent"] if start else parent,
+    }, status=status)
+
+
+def _start_from_run(request: HttpRequest) -> dict[str, Any] | None:
+    """The form's start from ?from=<run> (its config; fields other than the preset's or the defaults marked) and,
+    with &finding=<id> or &note=<code>, that finding's or note's change made and said at the top."""
+    text = request.GET.get("from", "")
+    if not text.isdigit():
+        messages.error(request, f"from: {text!r} is not a run number; open the form from a run's page")
+        return None
+    parent = access.get_run_for_user(request.user, int(text))
+    start = iterate.run_start(parent)
+    change = None
+    if request.GET.get("finding") or request.GET.get("note"):
+        try:
+            change = iterate.run_change(parent, finding_id=request.GET.get("finding"), note=request.GET.get("note", ""))
+        except ValidationError as exc:
+            for key, errors in exc.message_dict.items():
+                messages.error(request, f"{key}: {'; '.join(errors)}")
+    values = {**start.overrides, **(change.values if change else {})}
+    initial: dict[str, Any] = {
+        "dataset": parent.dataset_id, "preset": parent.preset_id, "parent": parent.id,
+        "eval_suites": list(parent.eval_suites.values_list("id", flat=True)),
+        "eval_checkpoints": parent.eval_checkpoints, "trackers": list(parent.trackers or []),
+        **({"start_from": f"{parent.base_kind}:{parent.base_run_id}"} if parent.base_run_id and parent.base_kind
+           else {}),
+        **{name: "\n".join(value) if name == "sample_prompts" and isinstance(value, list) else value_text(value)
+           for name, value in values.items()},
+    }
+    return {"parent": parent, "initial": initial, "change": change,
+            "prefilled": {name: value_text(value) for name, value in start.overrides.items()},
+            "applied": {name: value_text(value) for name, value in (change.values if change else {}).items()}}
 
 
 @require_POST
@@ -108,7 +146,8 @@ def run_preflight(request: HttpRequest) -> JsonResponse:
     result = services.run_config_review(dataset=cleaned.get("dataset"), preset=cleaned.get("preset"),
                                         overrides=form.overrides, base_run=form.base_run,
                                         base_kind=form.base_kind or Run.BaseKind.ADAPTER)
-    errors = {**form.errors.get_json_data(), **{k: [{"message": m} for m in v] for k, v in result["errors"].items()}}
+    errors = {**form.errors.get_json_data(),
+              **{k: [{"message": form.with_recommended(k, m)} for m in v] for k, v in result["errors"].items()}}
     return JsonResponse({"notes": result["notes"], "plan": result["plan"],
                          "errors": {k: [e["message"] for e in v] for k, v in errors.items()}})
 
@@ -132,6 +171,8 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "status": status,
         "resumed_from_step": run.resumed_from_step,
         "can_control": can_control,
+        "playground_url": reverse("run_playground", args=[run.id]),
+        "sweep_url": f"{reverse('sweep_new')}?base_run={run.id}",
         "resumable": sorted(Run.RESUMABLE),
         "facts": [{"where": where, "key": key, "label": label} for where, key, label in FACTS],
     }
@@ -145,7 +186,9 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "warnings": [e for e in events if e["event"] == "warning"],
         "events": [e for e in events if e["event"] != "warning"],
         "samples": list(reversed(selectors.run_samples(run))),
-        "findings": selectors.run_findings(run),
+        "findings": [selectors.finding_dict(f) for f in selectors.run_findings(run)],
+        "children": run.children.filter(team=run.team).order_by("id"),
+        "can_admin": role == "admin",
         "preflight": run.preflight or [],
         "plan_check": planner.run_plan_check(run),
         "differences": run_differences(run),
@@ -156,6 +199,23 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
                    if name in run.config],
         "run_data": data,
     })
+
+
+@require_POST
+@login_required
+def run_save_preset(request: HttpRequest, run_id: int) -> HttpResponse:
+    """A team preset of the run's config (team admins; a member is told why not)."""
+    run = access.get_run_for_user(request.user, run_id)
+    try:
+        preset = iterate.preset_from_run(run=run, user=request.user, name=request.POST.get("name", ""))
+    except PermissionDenied as exc:
+        messages.error(request, f"Not saved: {exc}. Presets are curated by the team's admins: ask one to save it.")
+    except ValidationError as exc:
+        for key, errors in exc.message_dict.items():
+            messages.error(request, f"Not saved: {key}: {'; '.join(errors)}")
+    else:
+        messages.success(request, f"Saved as the team preset {preset.name!r} (v{preset.version}).")
+    return redirect("run_detail", run_id=run.id)
 
 
 @require_POST

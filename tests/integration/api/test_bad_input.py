@@ -34,7 +34,7 @@ def test_run_create_refuses_bad_fields_by_name(api_world, tiny_model):
         ({"dataset": "first"}, {"dataset": "valid integer"}),
         ({**ok, "overrides": [1, 2]}, {"overrides": "dictionary"}),
         ({**ok, "overrides": {**ok["overrides"], "learning_rate": "fast"}}, {"learning_rate": "valid number"}),
-        ({**ok, "overrides": {**ok["overrides"], "r": 0}}, {"r": "greater than or equal to 1"}),
+        ({**ok, "overrides": {**ok["overrides"], "r": 0}}, {"r": "0 is below 1: at least 1"}),
         ({**ok, "overrides": {**ok["overrides"], "lora_rank": 8}}, {"lora_rank": "unknown field; allowed fields:"}),
         ({**ok, "overrides": {**ok["overrides"], "train_file": "/etc/passwd"}}, {"train_file": "pick another dataset"}),
         ({**ok, "overrides": {**ok["overrides"], "model": "/etc"}}, {"model": "TUNEBOARD_MODEL_ROOTS"}),

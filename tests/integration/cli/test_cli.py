@@ -171,3 +171,23 @@ def test_a_sweep_created_watched_and_stopped(server, token, tiny_model, tmp_path
             watcher.kill()
     assert watcher.returncode == 3, out + errors
     assert "r=2" in out and "r=4" in out and f"sweep {sweep} stopped" in errors
+
+
+def test_runs_create_from_a_run_takes_its_config_with_the_sets_over_it(server, token, tiny_model, tmp_path):
+    home = tmp_path / "home"
+    logged_in(server, token, home)
+    data = write_dataset(tmp_path / "chat.jsonl", n=16, fmt="messages")
+    upload = tuneboard("datasets", "upload", str(data), "--name", "chat", home=home)
+    dataset = int(re.search(r"^dataset (\d+):", upload.stdout, re.MULTILINE).group(1))
+    parent = created_id(tuneboard("runs", "create", "--dataset", str(dataset), *overrides(tiny_model, max_steps=7),
+                                  "--queue", idle_queue(), home=home))
+    child = tuneboard("runs", "create", "--from", str(parent), "--set", "learning_rate=1e-4", home=home)
+    child_id = created_id(child)
+    assert f"(from run {parent})" in child.stdout
+    shown = json.loads(tuneboard("runs", "show", str(child_id), home=home).stdout)
+    assert shown["parent"] == parent and shown["dataset"] == dataset and shown["queue"] == idle_queue()
+    assert shown["config"]["learning_rate"] == 1e-4 and shown["config"]["max_steps"] == 7
+    refused = tuneboard("runs", "create", "--from", str(parent), "--set", "learning_rate=3", home=home)
+    assert refused.returncode == 2 and "learning_rate: 3 is above 1: at most 1" in refused.stderr
+    neither = tuneboard("runs", "create", home=home)
+    assert neither.returncode == 2 and "give --dataset, or --from RUN" in neither.stderr

@@ -82,7 +82,7 @@ def test_the_plan_says_which_live_gpus_it_fits_and_refuses_when_none(team, tiny_
     assert plan["model_shape"]["hidden_size"] == 64  # read from the tiny model's config.json
     Worker.objects.create(name="cpu@box", hostname="box", queues=[queue], gpus=[])
     plan = services.plan_config(team_id=t.id, config=config, queue=queue)
-    assert "no GPU worker on this queue" in plan["text"] and services.plan_refusal(plan) is None
+    assert "peak_bytes" not in plan and services.plan_refusal(plan) is None  # no GPU figure for a CPU queue
 
     Worker.objects.create(name="big@box", hostname="box", queues=[queue],
                           gpus=[{"name": H200, "memory_total": 150 * 10 ** 9}])
@@ -112,3 +112,36 @@ def test_shapes_of_a_hub_model_come_from_an_earlier_run_of_the_team(team):
     assert plan["model_shape"]["num_layers"] == 22
     assert services.plan_config(team_id=make_team().id, config={"model": "org/trained-before"},
                                 queue="q").get("error")  # not from another team's run
+
+
+def test_a_queue_of_cpu_workers_gets_no_gpu_figure_and_a_cpu_estimate_once_the_team_has_cpu_runs(team, tiny_model):
+    t, user, dataset = team
+    queue = "cpu-only-queue"
+    Worker.objects.create(name="cpu@laptop", hostname="laptop", queues=[queue], gpus=[])
+    config = {"model": tiny_model, "max_length": 128, "per_device_train_batch_size": 8,
+              "gradient_accumulation_steps": 1, "max_steps": 20, "backend": "hf", "packing": True}
+    plan = services.plan_config(team_id=t.id, config=config, queue=queue)
+    assert plan["error"] == "no GPU estimate: the queue's workers are CPUs (cpu@laptop)"
+    assert plan["text"] == ("No estimate: the queue's workers are CPUs (cpu@laptop); no CPU run of this model in the "
+                            "team yet to time it on.")
+    assert plan["cpu"] is None and "peak_bytes" not in plan and "gpu" not in plan
+    assert services.display.form_plan(plan, config)["text"] == plan["text"]
+
+    # A CPU run of the team on this model measured 512 tokens/s after its first steps (the first ones are slower).
+    run = run_services.run_create(team=t, user=user, dataset=dataset, queue=idle_queue(),
+                                  overrides=tiny_overrides(tiny_model, max_steps=10))
+    Run.objects.filter(id=run.id).update(status=Run.Status.SUCCEEDED, finished_at=timezone.now(),
+                                         started={"device": "cpu", "backend": "hf"})
+    MetricPoint.objects.bulk_create([MetricPoint(run_id=run.id, step=s, tokens_per_s=10.0 if s <= 2 else 512.0,
+                                                 loss=1.0, time=timezone.now()) for s in range(1, 11)])
+    plan = services.plan_config(team_id=t.id, config=config, queue=queue)
+    # 20 packed steps of 8 x 128 tokens at 512 tokens/s: 40 s.
+    assert plan["cpu"] == {"tokens_per_s": 512.0, "seconds": 40.0, "runs": 1, "total_steps": 20}
+    assert "On CPU: ≈ 512 tokens/s, the median of the team's last 1 CPU run of this model; ≈ 40 s for 20 steps" \
+        in plan["text"]
+    assert "peak_bytes" not in plan and services.plan_refusal(plan) is None
+    # A GPU worker on the queue brings the GPU prediction back.
+    Worker.objects.create(name="gpu@box", hostname="box", queues=[queue],
+                          gpus=[{"name": H200, "memory_total": 150 * 10 ** 9}])
+    plan = services.plan_config(team_id=t.id, config=config, queue=queue)
+    assert plan["gpu"] == H200 and plan["peak_bytes"] > 0

@@ -41,7 +41,7 @@ def test_run_create_names_every_bad_field_and_saves_nothing(member, django_captu
                             overrides={"r": 0, "learning_rate": "fast", "train_file": "/etc/passwd", "bogus": 1})
     errors = field_errors(excinfo)
     assert set(errors) == {"model", "r", "learning_rate", "train_file", "bogus"}
-    assert "greater than or equal to 1" in errors["r"] and "allowed fields" in errors["bogus"]
+    assert "is below 1: at least 1" in errors["r"] and "allowed fields" in errors["bogus"]
     assert "dataset" in errors["train_file"]
     assert Run.objects.count() == 0 and callbacks == []
 
@@ -210,7 +210,7 @@ def test_preset_admin_shows_engine_errors_on_the_config_field_bumps_versions_and
     form_class = admin.get_form(request)
     bad = form_class(data={"name": "bad", "config": json.dumps({"r": 0, "output_dir": "/x"}), "notes": ""})
     assert not bad.is_valid()
-    assert any("r: Input should be greater than or equal to 1" in e for e in bad.errors["config"])
+    assert any("r: 0 is below 1: at least 1" in e for e in bad.errors["config"])
     assert any("output_dir" in e for e in bad.errors["config"])
     good = form_class(data={"name": "small", "config": json.dumps({"r": 8}), "notes": ""})
     assert good.is_valid(), good.errors

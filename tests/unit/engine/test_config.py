@@ -31,14 +31,14 @@ def test_config_round_trips_through_json():
 @pytest.mark.parametrize(
     "overrides, field, words",
     [
-        ({"r": 0}, "r", "greater than or equal to 1"),
+        ({"r": 0}, "r", "0 is below 1: at least 1"),
         ({"lora_alpha": 0}, "lora_alpha", "greater than 0"),
         ({"lora_alpha": -2}, "lora_alpha", "greater than 0"),
         ({"lora_dropout": 1.0}, "lora_dropout", "less than 1"),
-        ({"lora_dropout": -0.1}, "lora_dropout", "greater than or equal to 0"),
+        ({"lora_dropout": -0.1}, "lora_dropout", "-0.1 is below 0: at least 0"),
         ({"learning_rate": 0}, "learning_rate", "greater than 0"),
         ({"warmup_steps": 1.0}, "warmup_steps", "[0, 1)"),
-        ({"warmup_steps": -3}, "warmup_steps", "greater than or equal to 0"),
+        ({"warmup_steps": -3}, "warmup_steps", "-3 is below 0: at least 0"),
         ({"bias": "some"}, "bias", "'none', 'lora_only' or 'all'"),
         ({"optim": "sgd"}, "optim", "adamw_torch_fused"),
         ({"lr_scheduler_type": "step"}, "lr_scheduler_type", "warmup_stable_decay"),

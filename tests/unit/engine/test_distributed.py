@@ -38,7 +38,7 @@ def test_an_explicit_devices_argument_still_wins():
     assert derive(config, devices=4).effective_batch == 32
 
 
-@pytest.mark.parametrize("value, words", [(0, "greater than or equal to 1"), (9, "less than or equal to 8"),
+@pytest.mark.parametrize("value, words", [(0, "0 is below 1: at least 1"), (9, "9 is above 8: at most 8"),
                                           (1.5, "integer")])
 def test_devices_outside_1_to_8_are_refused_naming_the_field(value, words):
     with pytest.raises(ConfigError) as exc:
