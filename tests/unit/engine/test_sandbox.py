@@ -125,3 +125,10 @@ def test_a_chat_template_renders_in_transformers_sandbox(tmp_path):
         with pytest.raises(SecurityError):
             render_chat(tokenizer, [], "hi")
     assert not marker.exists()
+
+
+def test_a_metric_that_is_not_one_of_lm_evals_own_is_refused_before_the_harness_looks_for_it_on_the_hub():
+    # lm_eval looks an unknown metric up in the `evaluate` library, which loads a metric's script from the hub.
+    with pytest.raises(ValueError, match=r"^metric_list: someone/metric is not one of lm_eval's metrics \(acc, "):
+        harness._check_metrics({"metric_list": [{"metric": "acc"}, {"metric": "someone/metric"}]})
+    harness._check_metrics({"metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}]})
