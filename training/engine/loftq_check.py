@@ -5,7 +5,8 @@ set. loftq_config, Symptoms: LoftQ is worth its init time when it "reduces the q
 `python -m training.engine loftq-check SPEC.json` prints events: started, then finished with one result per init
 ({"init": "standard" | "loftq(4,1)", "logits_mse", "cosine", "seconds"}), or failed. SPEC: model, calibration_file
 (JSONL rows with text, prompt or messages), samples (1..64, default 16), max_length (8..1024, default 256), r,
-lora_alpha, target_modules (a group or names, resolved on the model), loftq ([[bits, iters], ...], default [[4, 1], [4, 4]]).
+lora_alpha, target_modules (a group or names, resolved on the model), loftq ([[bits, iters], ...], default
+[[4, 1], [4, 4]]).
 
 4-bit weights need bitsandbytes on a CUDA GPU: without one the check fails at once and says so (the Django side
 refuses it before queueing where it can tell).
