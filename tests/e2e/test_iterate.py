@@ -70,6 +70,7 @@ def test_a_findings_apply_starts_the_next_run_and_the_page_follows_the_runs_end(
     page.click("#run-form button[type=submit]")
     page.wait_for_url("**/runs/*/")
     child = Run.objects.exclude(id=run.id).get(team=team)
+    services.run_stop(run=child, user=user)  # the session's worker must not still train it when the test ends
     assert child.parent_id == run.id and child.config["learning_rate"] == 2e-4 and child.config["max_steps"] == 4
     assert child.config["save_steps"] == 20  # the parent's config, not the defaults
     assert page.inner_text("#parent-link").startswith(f"Started from run #{run.id} frozen lr")
