@@ -118,9 +118,11 @@ def test_on_a_fresh_database_it_sets_up_serves_trains_the_demo_and_stops_cleanly
         assert f"http://127.0.0.1:{port}/runs/1/" in out
         # The rank sweep queued after the demo run, on the demo dataset's rank bucket.
         assert f"http://127.0.0.1:{port}/sweeps/1/" in out and "demo sweep #1 queued: ranks r=2, r=4, r=8" in out
-        login = urllib.request.urlopen(f"http://127.0.0.1:{port}/accounts/login/", timeout=10)
+        # The server's first request (its first templates and queries), beside the workers' imports on a loaded
+        # 2-core machine, once took more than 10 s.
+        login = urllib.request.urlopen(f"http://127.0.0.1:{port}/accounts/login/", timeout=90)
         assert login.status == 200 and b"Log in" in login.read()
-        plotly = urllib.request.urlopen(f"http://127.0.0.1:{port}/static/vendor/plotly.min.js", timeout=10)
+        plotly = urllib.request.urlopen(f"http://127.0.0.1:{port}/static/vendor/plotly.min.js", timeout=90)
         assert plotly.status == 200
 
         with connect(name, autocommit=True) as conn:
