@@ -12,6 +12,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from dashboard.models import Team
+from training.engine.config import text_problem
 from training.run_config import ADAPTER_SHAPE_FIELDS, preset_config_errors
 
 
@@ -86,6 +87,8 @@ class Preset(models.Model):
         return self.name if self.team_id else f"{self.name} (global)"
 
     def clean(self) -> None:
+        if problem := text_problem(self.name or ""):
+            raise ValidationError({"name": problem})
         if not isinstance(self.config, dict):
             raise ValidationError({"config": "must be a JSON object of config fields, e.g. {\"r\": 16}"})
         errors = preset_config_errors(self.config)

@@ -15,6 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from dashboard.models import ApiToken
+from training.engine.config import text_problem
 
 TOKEN_PREFIX = "tb_"
 TOKEN_TEXT = re.compile(r"^tb_[A-Za-z0-9_-]{43}$")
@@ -52,6 +53,8 @@ def token_create(*, user, name: str, expires_in_days: int | None = None) -> tupl
         errors["name"] = "give the token a name that says where it is used, e.g. 'CI on the eval box'"
     elif len(name) > 100:
         errors["name"] = "at most 100 characters"
+    elif problem := text_problem(name):
+        errors["name"] = problem
     if expires_in_days is not None and (isinstance(expires_in_days, bool) or not isinstance(expires_in_days, int)
                                         or not 1 <= expires_in_days <= MAX_EXPIRY_DAYS):
         errors["expires_in_days"] = f"a whole number of days from 1 to {MAX_EXPIRY_DAYS}, or none for no expiry"

@@ -22,7 +22,7 @@ class Pagination(PageNumberPagination):
             if text is None:
                 continue
             allowed = f"a whole number from {low}" + (f" to {high}" if high else "")
-            if not text.isdigit() or int(text) < low or (high and int(text) > high):
+            if not text.isdecimal() or int(text) < low or (high and int(text) > high):
                 raise bad_request({name: f"{text!r} is not a {name.replace('_', ' ')}; {allowed}"})
         self.request = request
         page_size = self.get_page_size(request)

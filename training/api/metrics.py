@@ -47,7 +47,7 @@ def _whole(params: Mapping[str, str], name: str, *, low: int, meaning: str) -> i
     text = (params.get(name) or "").strip()
     if not text:
         return None
-    if not text.isdigit() or int(text) < low:
+    if not text.isdecimal() or int(text) < low:
         raise bad_request({name: f"{text!r} is not {meaning}; give a whole number >= {low}"})
     return int(text)
 

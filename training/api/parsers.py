@@ -57,9 +57,33 @@ class LimitedJSONParser(JSONParser):
         if not data:
             return {}
         try:
-            return json.loads(data.decode((parser_context or {}).get("encoding") or settings.DEFAULT_CHARSET))
+            body = json.loads(data.decode((parser_context or {}).get("encoding") or settings.DEFAULT_CHARSET))
+            where = surrogate_at(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise exceptions.ParseError(f"the body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise exceptions.ParseError("the body's JSON is nested too deeply") from None
+        if where is not None:
+            raise exceptions.ValidationError({where or "__all__": [
+                "contains an unpaired surrogate (a \\ud800-\\udfff escape alone); allowed: text that is valid "
+                "Unicode"]})
+        return body
+
+
+def surrogate_at(value, path: str = "") -> str | None:
+    """The dotted path of the first key or string holding an unpaired surrogate, which JSON's \\u escapes can carry
+    but no UTF-8 encoder (the database's, the answer's own) can write; None when there is none."""
+    if isinstance(value, str):
+        return path if any("\ud800" <= ch <= "\udfff" for ch in value) else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, inner in items:
+        if isinstance(key, str) and surrogate_at(key) is not None:
+            return path  # the key itself cannot be written back: the object that holds it is named
+        inner_path = f"{path}.{key}" if path else str(key)
+        found = surrogate_at(inner, inner_path)
+        if found is not None:
+            return found
+    return None
 
 
 class LimitedMultiPartParser(MultiPartParser):

@@ -78,7 +78,7 @@ def _team_for_write(request: Request, value: Any, *, role: str, action: str) -> 
             raise PermissionDenied(f"{action} needs the {role} role in a team (yours: {teams})")
         names = ", ".join(f"{t.id} ({t.name})" for t in allowed)
         raise bad_request({"team": f"you may do this in {len(allowed)} teams; give one's id: {names}"})
-    team = access.team_list_for(user).filter(id=value).first() if str(value).isdigit() else None
+    team = access.team_list_for(user).filter(id=value).first() if str(value).isdecimal() else None
     if team is None:
         raise bad_request({"team": f"no such team of yours: {value!r}"})
     access.require_role(user=user, team=team, role=role, action=action)
@@ -181,7 +181,7 @@ class PresetViewSet(viewsets.GenericViewSet):
         team_id = request.query_params.get("team")
         team = None
         if team_id is not None:
-            team = access.team_list_for(request.user).filter(id=team_id).first() if team_id.isdigit() else None
+            team = access.team_list_for(request.user).filter(id=team_id).first() if team_id.isdecimal() else None
             if team is None:
                 raise bad_request({"team": f"no such team of yours: {team_id!r}"})
         presets = access.preset_list_for(request.user, team=team).order_by("team__name", "name", "id")
@@ -310,7 +310,7 @@ class RunViewSet(viewsets.GenericViewSet):
     def events(self, request: Request, pk: str) -> Response:
         run = access.get_run_for_user(request.user, int(pk))
         after = request.query_params.get("after", "0")
-        if not after.isdigit():
+        if not after.isdecimal():
             raise bad_request({"after": f"{after!r} is not an event seq; a whole number >= 0"})
         return Response(selectors.run_events(run, after_seq=int(after)))
 

@@ -82,7 +82,7 @@ def parse_run_ids(text: str) -> tuple[int, ...]:
     parts = [p.strip() for p in (text or "").split(",") if p.strip()]
     ids: list[int] = []
     for part in parts:
-        if not part.isdigit():
+        if not part.isdecimal():
             raise CompareError("runs", f"{part!r} is not a run id", allowed)
         if int(part) not in ids:
             ids.append(int(part))
@@ -139,7 +139,7 @@ def request_run_ids(params: QueryDict, user) -> tuple[int, ...]:
     run of sweep=<id>; CompareError names the bad parameter."""
     sweep = params.get("sweep", "").strip()
     if sweep and not params.getlist("runs"):
-        if not sweep.isdigit():
+        if not sweep.isdecimal():
             raise CompareError("sweep", f"{sweep!r} is not a sweep id", "a sweep id, e.g. sweep=4")
         return parse_run_ids(",".join(map(str, sweep_run_ids(user, int(sweep)))))
     return parse_run_ids(",".join(params.getlist("runs")))

@@ -20,6 +20,7 @@ from training.access import require_role
 from training.datasets import files
 from training.datasets import stats as token_stats
 from training.datasets.files import sha256_of
+from training.engine.config import text_problem
 from training.model_source import model_source_error
 from training.models import Dataset
 from training.run_config import model_errors, model_policy
@@ -34,6 +35,8 @@ def _check_dataset_name(team: Team, name: str) -> str:
         raise ValidationError({"name": "give the dataset a name"})
     if len(name) > 200:
         raise ValidationError({"name": "at most 200 characters"})
+    if problem := text_problem(name):
+        raise ValidationError({"name": problem})
     if Dataset.objects.filter(team=team, name=name).exists():
         raise ValidationError({"name": f"team {team.name} already has a dataset called {name!r}"})
     return name

@@ -32,7 +32,7 @@ def _count(params, name: str, *, default: int, low: int, high: int | None) -> in
     allowed = f"a whole number from {low}" + (f" to {high}" if high is not None else "")
     if not text:
         return default
-    if not text.isdigit():
+    if not text.isdecimal():
         raise series.CompareError(name, f"{text!r} is not a whole number", allowed)
     value = int(text)
     if value < low or (high is not None and value > high):
@@ -47,7 +47,7 @@ def compare_outputs(request: HttpRequest) -> JsonResponse:
     try:
         run_ids = series.request_run_ids(request.GET, request.user)
         suite_text = (request.GET.get("suite") or "").strip()
-        if not suite_text.isdigit():
+        if not suite_text.isdecimal():
             raise series.CompareError("suite", f"{suite_text!r} is not an eval suite id" if suite_text
                                       else "no eval suite chosen", "an eval suite id, e.g. suite=3")
         offset = _count(request.GET, "offset", default=0, low=0, high=None)

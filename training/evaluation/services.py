@@ -23,6 +23,7 @@ from training.access import require_role
 from training.datasets import files
 from training.datasets.services import DatasetFileError, upload_store
 from training.engine import harness
+from training.engine.config import text_problem
 from training.engine.evaluate import SpecError, parse_spec
 from training.evaluation import metrics
 from training.models import EvalExample, EvalSuite, Evaluation, Run
@@ -70,6 +71,8 @@ def suite_create_from_upload(*, team: Team, user, name: str, file: IO[bytes], me
     name = (name or "").strip()
     if not name or len(name) > 200:
         raise ValidationError({"name": "give the suite a name of at most 200 characters"})
+    if problem := text_problem(name):
+        raise ValidationError({"name": problem})
     if EvalSuite.objects.filter(team=team, name=name).exists():
         raise ValidationError({"name": f"team {team.name} already has an eval suite called {name!r}"})
     labels = [str(label) for label in labels or []]

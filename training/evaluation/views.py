@@ -111,7 +111,7 @@ def run_drift_check(request: HttpRequest, run_id: int) -> HttpResponse:
     access.require_role(user=request.user, team=run.team, role="member", action="Checking base drift")
     back = reverse("run_detail", args=[run.id]) + "#evaluation"
     suite = EvalSuite.objects.filter(team=run.team, id=request.POST.get("suite") or 0).first() if (
-        request.POST.get("suite") or "").isdigit() else None
+        request.POST.get("suite") or "").isdecimal() else None
     if suite is None:
         messages.error(request, "suite: no such eval suite in this run's team; choose one from the list")
         return redirect(back)

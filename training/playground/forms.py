@@ -14,7 +14,7 @@ FINAL, BASE = "final", "base"
 def _step(value: str, what: str) -> int | None:
     if value == FINAL:
         return None
-    if not value.isdigit():
+    if not value.isdecimal():
         raise forms.ValidationError(f"{what}: 'final' or a checkpoint's step, not {value!r}")
     return int(value)
 

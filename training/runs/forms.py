@@ -286,7 +286,7 @@ class RunForm(forms.Form):
         if not value:
             return ""
         kind, _, run_id = value.partition(":")
-        run = self.base_runs.get(int(run_id)) if run_id.isdigit() else None
+        run = self.base_runs.get(int(run_id)) if run_id.isdecimal() else None
         if kind not in Run.BaseKind.values or run is None:
             raise ValidationError(f"no such run to build on in your teams: {value!r}; choose one from the list")
         self.base_run, self.base_kind = run, kind

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from dashboard.models import Membership, Team
 from training.access import require_role
-from training.engine.config import ConfigError, parse_config
+from training.engine.config import ConfigError, parse_config, text_problem
 from training.live import send as live
 from training.models import Dataset, EvalSuite, Preset, Run, Sweep, Worker
 from training.planner import display
@@ -167,6 +167,8 @@ def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = No
     if refusal:
         raise ValidationError({"fit": refusal})
     name = (name or "").strip()[:200] or f"{preset.name if preset else 'custom'} on {dataset.name}"
+    if problem := text_problem(name):
+        raise ValidationError({"name": problem})
     trackers = trackers_check(team=team, trackers=list(trackers))
     with transaction.atomic():
         run = Run.objects.create(

@@ -171,7 +171,7 @@ class SweepForm(forms.Form):
         if not text:
             return None
         run = None
-        if text.isdigit():
+        if text.isdecimal():
             run = self.base_runs.get(int(text)) or Run.objects.select_related("team", "dataset").filter(
                 id=int(text), team__in=self.teams).first()
         if run is None:

@@ -37,7 +37,7 @@ from django.core.exceptions import ValidationError
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from training.engine.config import ConfigError, TrainConfig, parse_config
+from training.engine.config import SEED_MAX, ConfigError, TrainConfig, parse_config
 from training.models import Run, Sweep, SweepMember, SweepPhase
 from training.run_config import RESERVED_FIELDS
 from training.runs import services as runs
@@ -107,8 +107,8 @@ def parse(params: Any, base: Mapping[str, Any]) -> Search:
     for key, (low, high) in (("trials", TRIALS), ("parallel", PARALLEL), ("reduction_factor", REDUCTION)):
         if not _whole(values[key]) or not low <= values[key] <= high:
             errors[key] = f"a whole number from {low} to {high}"
-    if not _whole(values["seed"]) or values["seed"] < 0:
-        errors["seed"] = "the sampler's seed: a whole number, 0 or more"
+    if not _whole(values["seed"]) or not 0 <= values["seed"] <= SEED_MAX:
+        errors["seed"] = f"the sampler's seed: a whole number from 0 to {SEED_MAX}"
     if errors:
         raise ConfigError(errors)
     stored = {"space": {f: dict(given[f]) for f in space}, **values}

@@ -4,6 +4,7 @@ judging are plan.py's and rules.py's; this stores and queues what they return.""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from django.conf import settings
@@ -13,7 +14,7 @@ from django.utils import timezone
 
 from dashboard.models import Membership, Team
 from training.access import require_role
-from training.engine.config import ConfigError
+from training.engine.config import STEPS_MAX, ConfigError, text_problem
 from training.evaluation import metrics
 from training.live import send as live
 from training.models import Dataset, EvalSuite, Preset, Run, Sweep, SweepMember, SweepPhase
@@ -39,6 +40,15 @@ PARAMS = {
     "memory_bound": "true to screen paged_adamw_8bit as well",
     "phase": "the phase to start at (e.g. learning_rate's 'coarse', to skip the range test)",
 }
+# The numeric params' kind and the range that means something: a bad one is refused here by name, before plan.py's
+# arithmetic or a member's config sees it.
+NUMBER_PARAMS: dict[str, tuple[type, float, float]] = {
+    "tolerance": (float, 0, 1), "margin": (float, 0, 1), "bound_fraction": (float, 0.001, 1),
+    "gain": (float, 1e-6, 65536), "lam": (float, 0, 1e6), "range_start": (float, 1e-12, 1),
+    "range_end": (float, 1e-12, 1), "range_steps": (int, 3, STEPS_MAX),
+}
+# At most this many values in one phase: each is a run.
+MAX_VALUES = 64
 # Fields a member never passes as an override: the services set them (the dataset, the run's folder, the adapter
 # of the run it builds on).
 NOT_OVERRIDES = frozenset(RESERVED_FIELDS)
@@ -64,11 +74,48 @@ def _params(template: plan.Template, dataset: Dataset, params: dict[str, Any] | 
         raise ValidationError({k: f"not a parameter of a sweep; allowed: {', '.join(PARAMS)}" for k in unknown})
     if "values" in params and (not isinstance(params["values"], list) or not params["values"]):
         raise ValidationError({"values": "give at least one value to sweep, as a list"})
+    errors = _param_errors(params)
+    if errors:
+        raise ValidationError(errors)
     facts: dict[str, Any] = {"rows": dataset.rows}
     mean = ((dataset.stats or {}).get("tokens") or {}).get("mean")
     if mean:
         facts["mean_tokens"] = mean
     return {**facts, **params}
+
+
+def _param_errors(params: dict[str, Any]) -> dict[str, str]:
+    """{param: what is allowed} for each param of the wrong type or out of its range."""
+    errors = {}
+    for name, (kind, low, high) in NUMBER_PARAMS.items():
+        value = params.get(name)
+        if value is None:
+            continue
+        ok_type = isinstance(value, int) if kind is int else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok_type or not math.isfinite(value) or not low <= value <= high:
+            what = "a whole number" if kind is int else "a number"
+            errors[name] = f"{what} from {low:g} to {high:g}"
+    values = params.get("values") or ()
+    if len(values) > MAX_VALUES:
+        errors["values"] = f"at most {MAX_VALUES} values: each is a run"
+    elif not all(_plain_value(v) or isinstance(v, list) and all(_plain_value(x) for x in v) for v in values):
+        errors["values"] = (f"each value a number of magnitude at most {STEPS_MAX}, a word, true, false or null (or a "
+                            "list of those, as LoftQ's [bits, iterations])")
+    if "memory_bound" in params and not isinstance(params["memory_bound"], bool):
+        errors["memory_bound"] = "true or false"
+    phase = params.get("phase")
+    if phase is not None and (not isinstance(phase, str) or len(phase) > 60 or text_problem(phase)):
+        errors["phase"] = "the name of one of the procedure's phases, e.g. 'coarse'"
+    return errors
+
+
+def _plain_value(value: Any) -> bool:
+    """A value plan.py may compute with (a rank's alpha, a step count) and a config may hold."""
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, (int, float)):
+        return math.isfinite(value) and abs(value) <= STEPS_MAX
+    return isinstance(value, str) and len(value) <= 200 and not text_problem(value)
 
 
 def sweep_base_config(*, dataset: Dataset, base_run: Run | None, preset: Preset | None,
@@ -170,6 +217,8 @@ def sweep_create(*, team: Team, user, template: str, dataset: Dataset, base_run:
         raise ValidationError({"queue": "letters, digits and _ . @ - only, at most 100"})
     if isinstance(confirm_top, bool) or not isinstance(confirm_top, int) or not 0 <= confirm_top <= 5:
         raise ValidationError({"confirm_top": "how many top candidates to rerun at a second seed: 0 (none) to 5"})
+    if problem := text_problem(name or ""):
+        raise ValidationError({"name": problem})
     phase = sweep_preview(team=team, template=template, dataset=dataset, base_run=base_run, preset=preset,
                           overrides=overrides, params=params)
     sweep_fit(team=team, phase=phase, dataset=dataset, base_run=base_run, queue=queue)
@@ -479,6 +528,8 @@ def sweep_apply_preset(*, sweep: Sweep, user, name: str) -> Preset:
     name = (name or "").strip()[:200]
     if not name:
         raise ValidationError({"name": "give the preset a name"})
+    if problem := text_problem(name):
+        raise ValidationError({"name": problem})
     if Preset.objects.filter(team=sweep.team, name=name).exists():
         raise ValidationError({"name": f"the team already has a preset named {name!r}"})
     config = {k: v for k, v in member.config.items() if k not in NOT_OVERRIDES}

@@ -278,7 +278,7 @@ def _max_steps(request: HttpRequest) -> int | None:
     text = request.POST.get("max_steps", "").strip()
     if not text:
         return None
-    if not text.isdigit() or int(text) < 1:
+    if not text.isdecimal() or int(text) < 1:
         raise ValidationError({"max_steps": f"{text!r} is not a step count; give a whole number >= 1, or leave it "
                                             "blank for the sweep's own"})
     return int(text)
@@ -290,7 +290,7 @@ def sweep_points(request: HttpRequest, sweep_id: int) -> JsonResponse:
     it): where the page's charts start; live points follow over the websocket."""
     sweep = get_sweep_for_user(request.user, sweep_id)
     member_runs = {r.id: r for r in Run.objects.filter(sweep_members__sweep=sweep).distinct()}
-    asked = [int(p) for p in request.GET.get("runs", "").split(",") if p.strip().isdigit()]
+    asked = [int(p) for p in request.GET.get("runs", "").split(",") if p.strip().isdecimal()]
     runs = [member_runs[i] for i in asked if i in member_runs] if asked else list(member_runs.values())
     out = {}
     for run in runs:
