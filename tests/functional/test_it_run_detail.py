@@ -251,5 +251,5 @@ def test_a_run_within_the_seeds_ranges_says_so_before_it_started(world, member_c
     assert run.preflight == []
     section = before_it_started(member_client.get(f"/runs/{run.id}/").content.decode())
     assert '<span class="badge" id="preflight-count">0</span>' in section
-    assert "Nothing: every reviewed value is within the seed's ranges." in section
+    assert "Nothing: every reviewed value is within the recommended ranges." in section
     assert "data-note=" not in section
