@@ -374,8 +374,8 @@ def _underfit_causes(s: RunSeries, grad_evidence: str) -> list[Cause]:
     if _overshoot(s):
         lr = _ranking_config(s)["learning_rate"]
         return [Cause("learning_rate", "up", f"lower the learning rate: at {lr:.3g}, "
-                      f"{lr / preflight.LORA_LEARNING_RATE:,.0f}x the seed's {preflight.LORA_LEARNING_RATE:g}, the "
-                      f"updates overshoot into a flat region{grad_evidence}"),
+                      f"{lr / preflight.LORA_LEARNING_RATE:,.0f}x the recommended "
+                      f"{preflight.LORA_LEARNING_RATE:g}, the updates overshoot into a flat region{grad_evidence}"),
                 Cause("lora_alpha", "up", "lower lora_alpha relative to r", only_when_out=True)]
     return [Cause("learning_rate", "down", "raise the learning rate"),
             Cause("lora_alpha", "down", "raise lora_alpha relative to r"),

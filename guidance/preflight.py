@@ -302,12 +302,12 @@ def _learning_rate(c: Mapping[str, Any], f: _Facts) -> list[Note]:
     combo = ""
     if compounding:
         combo = (f" The adapter's gain ({_fmt(g)}, from lora_alpha and r) is {'above' if side == 'up' else 'below'} "
-                 "the seed's 1-2 as well, and the two multiply: the update that reaches the weights is "
+                 "the recommended 1-2 as well, and the two multiply: the update that reaches the weights is "
                  f"{'larger' if side == 'up' else 'smaller'} still.")
     return [_note(
         "learning_rate_off", ("learning_rate",), "warning",
         f"Learning rate {_fmt(lr)} is {factor:,.0f}x {verb} the LoRA default",
-        f"The seed starts LoRA/QLoRA with AdamW at {LORA_LEARNING_RATE:g}; {_fmt(lr)} is {factor:,.0f} times "
+        f"The guidance starts LoRA/QLoRA with AdamW at {LORA_LEARNING_RATE:g}; {_fmt(lr)} is {factor:,.0f} times "
         f"{'that' if side == 'up' else 'smaller'}, an order of magnitude or more off. {why}{combo}",
         ("learning_rate", "too_high" if side == "up" else "too_low"), {"learning_rate": LORA_LEARNING_RATE},
         {**m.used, "seed_default": LORA_LEARNING_RATE, "band": list(LEARNING_RATE_BAND),
@@ -327,9 +327,10 @@ def _lora_scale(c: Mapping[str, Any], f: _Facts) -> list[Note]:
         return [_note(
             "rslora_alpha_not_matched", ("use_rslora", "lora_alpha"), "warning",
             f"rsLoRA on with an alpha set for standard scaling: gain {_fmt(g)}, not {_fmt(ratio)}",
-            f"lora_alpha {alpha:g} is {ratio:g}x r, the seed's ratio for standard LoRA, where the gain is alpha/r = "
+            f"lora_alpha {alpha:g} is {ratio:g}x r, the recommended ratio for standard LoRA, where the gain is "
+            "alpha/r = "
             f"{_fmt(ratio)}. With use_rslora the gain is alpha/sqrt(r) = {alpha:g}/{math.sqrt(r):.3g} = {_fmt(g)}: "
-            f"sqrt(r) = {math.sqrt(r):.3g} times louder, which the seed links to early loss spikes, NaNs and sharp "
+            f"sqrt(r) = {math.sqrt(r):.3g} times louder, which the guidance links to early loss spikes, NaNs and sharp "
             f"overfitting. For the same gain {_fmt(ratio)} under rsLoRA, set lora_alpha to round({_fmt(ratio)} x "
             f"sqrt({r})) = {matched}.",
             ("use_rslora", "alpha_not_matched"), {"lora_alpha": matched},
@@ -348,10 +349,10 @@ def _lora_scale(c: Mapping[str, Any], f: _Facts) -> list[Note]:
               "so the adapter is barely heard: the loss falls slowly or plateaus and the model stays close to base")
     return [_note(
         "lora_scale_off", ("lora_alpha",), "warning",
-        f"Adapter gain {_fmt(g)} is far {'above' if side == 'up' else 'below'} the seed's 1-2",
+        f"Adapter gain {_fmt(g)} is far {'above' if side == 'up' else 'below'} the recommended 1-2",
         f"The adapter's output is scaled by {rule} = {alpha:g}/{r if not rs else f'{math.sqrt(r):.3g}'} = "
-        f"{_fmt(g)}. The seed keeps alpha at r or 2r (a gain of 1-2; around 2 under rsLoRA with alpha = 2 x "
-        f"sqrt(r)), {effect}. lora_alpha {target} gives the seed's gain of 2 at r {r}.",
+        f"{_fmt(g)}. The guidance keeps alpha at r or 2r (a gain of 1-2; around 2 under rsLoRA with alpha = 2 x "
+        f"sqrt(r)), {effect}. lora_alpha {target} gives the recommended gain of 2 at r {r}.",
         ("lora_alpha", "too_high" if side == "up" else "too_low"), {"lora_alpha": target},
         {**m.used, "seed_gain": list(ALPHA_RATIO), "far_factor": GAIN_FAR},
         combines_with=("r", "use_rslora") if rs else ("r",))]
@@ -372,10 +373,10 @@ def _update_size(c: Mapping[str, Any], f: _Facts) -> list[Note]:
         "learning_rate_and_gain", ("learning_rate", "lora_alpha"), "warning",
         f"Learning rate and adapter gain together are {'too large' if up else 'too small'}",
         f"What reaches the weights is the learning rate times the adapter's gain: {_fmt(lr)} x {_fmt(g)} = "
-        f"{_fmt(product)}, beyond what an order of magnitude off the seed's {LORA_LEARNING_RATE:g} at its gain of "
-        f"1-2 allows ({_fmt(low)}-{_fmt(high)}). The seed's quick check reads the two together: a run that "
+        f"{_fmt(product)}, beyond what an order of magnitude off the recommended {LORA_LEARNING_RATE:g} at its gain of "
+        f"1-2 allows ({_fmt(low)}-{_fmt(high)}). The guidance's quick check reads the two together: a run that "
         f"{'destabilises at once has alpha or the learning rate too high' if up else 'does not move has alpha or the learning rate too low'}"
-        ". Bring the learning rate back to the seed's default first.",
+        ". Bring the learning rate back to the recommended default first.",
         ("lora_alpha", "too_high" if up else "too_low"), {"learning_rate": LORA_LEARNING_RATE},
         {"learning_rate": lr, "gain": g, "lora_alpha": c["lora_alpha"], "r": c["r"],
          "use_rslora": bool(c.get("use_rslora")), "update_scale": product, "band": [low, high]},
@@ -387,10 +388,10 @@ def _dropout(c: Mapping[str, Any], f: _Facts) -> list[Note]:
     if m is None or not far_outside(c, "lora_dropout", "up"):
         return []
     return [_note(
-        "lora_dropout_high", ("lora_dropout",), "warning", f"lora_dropout {m.value:g} is above the seed's 0-0.1",
-        f"The seed moves dropout in notches of 0.0, 0.03, 0.05 and 0.1, and goes to 0.1 only when a run overfits. "
+        "lora_dropout_high", ("lora_dropout",), "warning", f"lora_dropout {m.value:g} is above the recommended 0-0.1",
+        f"The guidance moves dropout in notches of 0.0, 0.03, 0.05 and 0.1, and goes to 0.1 only when a run overfits. "
         f"At {m.value:g} the adapter is bypassed so often it cannot settle on what to learn: training loss falls "
-        f"slowly or plateaus and outputs stay base-like. The seed starts at {DROPOUT_DEFAULT:g}.",
+        f"slowly or plateaus and outputs stay base-like. The guidance starts at {DROPOUT_DEFAULT:g}.",
         ("lora_dropout", "too_high"), {"lora_dropout": DROPOUT_DEFAULT},
         {**m.used, "seed_range": list(DROPOUT_RANGE)})]
 
@@ -402,14 +403,15 @@ def _weight_decay(c: Mapping[str, Any], f: _Facts) -> list[Note]:
     wd, lr = m.value, _num(c, "learning_rate")
     if far_outside(c, "weight_decay", "up"):
         hot = lr is not None and _above(lr, LORA_LEARNING_RATE)
-        combo = (f" At a learning rate of {_fmt(lr)}, above the seed's {LORA_LEARNING_RATE:g}, the pull is "
+        combo = (f" At a learning rate of {_fmt(lr)}, above the recommended {LORA_LEARNING_RATE:g}, the pull is "
                  "stronger still: AdamW's decay per step scales with learning rate x weight_decay." if hot else "")
         return [_note(
             "weight_decay_high", ("weight_decay",), "warning",
-            f"weight_decay {wd:g} is above the seed's 0-0.1",
-            f"Decay pulls the adapter's weights back towards zero on every step. The seed uses 0.03-0.1 only for very "
+            f"weight_decay {wd:g} is above the recommended 0-0.1",
+            "Decay pulls the adapter's weights back towards zero on every step. The guidance uses 0.03-0.1 only for "
+            "very "
             f"little data; at {wd:g} the adapter stays tiny: both train and eval loss stay poor and outputs look like "
-            f"the base model. The seed starts at {WEIGHT_DECAY_DEFAULT:g}.{combo}",
+            f"the base model. The guidance starts at {WEIGHT_DECAY_DEFAULT:g}.{combo}",
             ("weight_decay", "too_high"), {"weight_decay": WEIGHT_DECAY_DEFAULT},
             {**m.used, **({"learning_rate": lr} if hot else {}), "seed_range": list(WEIGHT_DECAY_RANGE)},
             combines_with=("learning_rate",) if hot else ())]
@@ -420,8 +422,9 @@ def _weight_decay(c: Mapping[str, Any], f: _Facts) -> list[Note]:
         "weight_decay_heavy_for_learning_rate", ("weight_decay",), "warning",
         f"weight_decay {wd:g} is heavy at learning rate {_fmt(lr)}",
         f"AdamW's decay per step is roughly learning rate x weight_decay: {_fmt(lr)} x {wd:g} = {_fmt(lr * wd)}, more "
-        f"than the seed's heaviest decay (0.1) gives at its {LORA_LEARNING_RATE:g} ({_fmt(DECAY_PRESSURE_MAX)}). The "
-        f"seed says to revisit weight_decay whenever the learning rate changes by a large factor; weight_decay "
+        f"than the heaviest recommended decay (0.1) gives at its {LORA_LEARNING_RATE:g} "
+        f"({_fmt(DECAY_PRESSURE_MAX)}). The "
+        f"guidance says to revisit weight_decay whenever the learning rate changes by a large factor; weight_decay "
         f"{matched:g} keeps the pull of its default ({WEIGHT_DECAY_DEFAULT:g} at {LORA_LEARNING_RATE:g}); so does "
         f"bringing the learning rate back to {LORA_LEARNING_RATE:g}.",
         ("weight_decay", "too_high"), {"weight_decay": matched},
@@ -453,7 +456,8 @@ def _warmup(c: Mapping[str, Any], f: _Facts) -> list[Note]:
         return [_note(
             "warmup_too_long", ("warmup_steps",), "warning",
             "Warmup is most of the run" if most else f"Warmup is {warm / total:.0%} of the run",
-            f"{warm} of the run's {total} optimizer steps ramp the learning rate up. The seed warms up for 3% (up to "
+            f"{warm} of the run's {total} optimizer steps ramp the learning rate up. The guidance warms up for 3% "
+            "(up to "
             f"10% with large batches or high learning rates; a floor of 10-25 steps on runs under 500): a longer "
             f"warmup spends the run in first gear, and a short run underfits.{combo}",
             ("warmup_steps", "too_high"), {"warmup_steps": seed_fix},
@@ -463,7 +467,7 @@ def _warmup(c: Mapping[str, Any], f: _Facts) -> list[Note]:
         return [_note(
             "warmup_below_short_run_floor", ("warmup_steps",), "info",
             f"Warmup of {warm} step{'s' if warm != 1 else ''} on a {total}-step run",
-            f"On runs under {SHORT_WARMUP_RUN} optimizer steps the seed uses a floor of {WARMUP_FLOOR[0]}-"
+            f"On runs under {SHORT_WARMUP_RUN} optimizer steps the guidance uses a floor of {WARMUP_FLOOR[0]}-"
             f"{WARMUP_FLOOR[1]} warmup steps, because 3% is only a step or two: the first updates then hit at full "
             "learning rate, and loss or gradient-norm spikes follow.",
             ("warmup_steps", "too_low"), {"warmup_steps": seed_fix}, {**m.used, "seed_floor": list(WARMUP_FLOOR)})]
@@ -492,7 +496,8 @@ def _scheduler(c: Mapping[str, Any], f: _Facts) -> list[Note]:
     return [_note(
         "scheduler_decays_to_zero_short_run", ("lr_scheduler_type",), "warning",
         f"{kind} decays to near zero in a {total}-step run",
-        f"This run has {total} optimizer steps, short by the seed's measure (up to ~1-2k). For short runs the seed "
+        f"This run has {total} optimizer steps, short by the guidance's measure (up to ~1-2k). For short runs the "
+        "guidance "
         f"prefers linear or constant_with_warmup and says to avoid schedules that decay to near zero, like {what}: "
         "they run out of learning rate and the loss flattens with steps still to go. If you keep a cosine, give it "
         "a floor (cosine_with_min_lr, min_lr_rate 0.05-0.1).",
@@ -511,7 +516,7 @@ def _loftq(c: Mapping[str, Any], f: _Facts) -> list[Note]:
         f"LoftQ is about quantisation error: it quantises the base weights to {bits} bits itself and starts the "
         "adapter so that quantised weights plus adapter match the originals. Tuneboard runs it on a full-precision "
         "load (PEFT's LoftQ at adapter creation; the engine refuses it with load_in_4bit), so the run needs the "
-        "memory of a 16-bit LoRA, not a QLoRA's. The seed uses LoftQ for quantised fine-tuning and skips it for a "
+        "memory of a 16-bit LoRA, not a QLoRA's. The guidance uses LoftQ for quantised fine-tuning and skips it for a "
         "plain full-precision one; if memory is what you are after, load_in_4bit without LoftQ is the QLoRA "
         "baseline.",
         ("loftq_config", "detailed_configuration"), {"loftq_config": None},
@@ -523,7 +528,7 @@ def _loftq(c: Mapping[str, Any], f: _Facts) -> list[Note]:
             ("Calibrating at 8 bits leaves little quantisation error for LoftQ to cancel: you pay its start-up time "
              "for little gain over a normal start." if bits > LOFTQ_BITS else
              "Calibrating at 2 bits crushes the weights harder than the adapter can repair: the loss starts higher and "
-             "the model is brittler.") + f" The seed stays at {LOFTQ_BITS} bits.",
+             "the model is brittler.") + f" The guidance stays at {LOFTQ_BITS} bits.",
             ("loftq_config", "bits_too_high" if bits > LOFTQ_BITS else "bits_too_low"),
             {"loftq_config": {"loftq_bits": LOFTQ_BITS, "loftq_iter": iters}}, {"loftq_bits": bits}))
     targets = c.get("target_modules")
@@ -533,7 +538,7 @@ def _loftq(c: Mapping[str, Any], f: _Facts) -> list[Note]:
         notes.append(_note(
             "loftq_few_targets", ("loftq_config",), "info", "LoftQ corrects only the layers with an adapter",
             f"target_modules is {targets!r}: LoftQ can repair the quantisation error of adapted layers only, so the "
-            "seed puts LoRA on as many linear layers as it can (all-linear) when using LoftQ.",
+            "guidance puts LoRA on as many linear layers as it can (all-linear) when using LoftQ.",
             ("loftq_config", "detailed_configuration"), {"target_modules": "all-linear"},
             {"target_modules": targets}))
     return notes
@@ -551,8 +556,8 @@ def _packing(c: Mapping[str, Any], f: _Facts) -> list[Note]:
             "packing_long_examples", ("packing",), "info", "Packing gains little with examples this long",
             f"The examples' {which} is {typical:,.0f} tokens, over half of max_length ({max_length:,.0f}). Packing pays "
             "when examples are mostly short (under 25-50% of max_length); near max_length there is little padding to "
-            "save, every row now fills max_length (more memory), and examples bleed into one another. The seed "
-            "turns packing off here.",
+            "save, every row now fills max_length (more memory), and examples bleed into one another. The "
+            "guidance turns packing off here.",
             ("packing", "should_be_off"), {"packing": False},
             {"packing": True, "max_length": max_length, f"{'p50' if which == 'median' else 'p95'}_tokens": typical,
              "share_of_max_length": typical / max_length})]
@@ -561,7 +566,7 @@ def _packing(c: Mapping[str, Any], f: _Facts) -> list[Note]:
     return [_note(
         "packing_short_examples", ("packing",), "info", "Short examples: packing would cut the padding",
         f"95% of the examples are under {f.p95:,.0f} tokens, less than a quarter of max_length ({max_length:,.0f}): "
-        "each batch pads to its longest example, so most token slots are padding. The seed turns packing on for "
+        "each batch pads to its longest example, so most token slots are padding. The guidance turns packing on for "
         "mostly short examples.",
         ("packing", "should_be_on"), {"packing": True},
         {"packing": False, "max_length": max_length, "p95_tokens": f.p95, "share_of_max_length": f.p95 / max_length})]
@@ -585,10 +590,10 @@ def _effective_batch(c: Mapping[str, Any], f: _Facts) -> list[Note]:
               "updates this rare make a run sluggish and, with max_steps fixed, under-trained")
     return [_note(
         "effective_batch_off", ("gradient_accumulation_steps",), "warning",
-        f"Effective batch {eb} is far {'below' if small else 'above'} the seed's 16-64",
+        f"Effective batch {eb} is far {'below' if small else 'above'} the recommended 16-64",
         f"per_device_train_batch_size {micro} x gradient_accumulation_steps {c['gradient_accumulation_steps']}"
         f"{f' x {f.devices} devices' if f.devices > 1 else ''} = {eb} sequence{'s' if eb != 1 else ''} per optimizer "
-        f"update. The seed aims for 16-64 per update (about 16 to start: accumulation = ceil(16 / (micro-batch x devices))); {effect}.",
+        f"update. The guidance aims for 16-64 per update (about 16 to start: accumulation = ceil(16 / (micro-batch x devices))); {effect}.",
         ("gradient_accumulation_steps", "too_low" if small else "too_high"), fix,
         {**m.used, "seed_target": list(EFFECTIVE_BATCH_TARGET), "far_factor": EFFECTIVE_BATCH_FAR})]
 
@@ -601,12 +606,13 @@ def _bias(c: Mapping[str, Any], f: _Facts) -> list[Note]:
         return [_note(
             "bias_without_bias_params", ("bias",), "warning", f"bias {bias!r} on a model without bias parameters",
             f"This model's layers have no bias vectors, so bias={bias!r} trains nothing more than 'none': a run that "
-            "varies it compares identical runs. The seed keeps bias 'none'.",
+            "varies it compares identical runs. The guidance keeps bias 'none'.",
             ("bias", "no_effect"), {"bias": "none"}, {"bias": bias, "has_bias_params": False})]
     if bias == "all":
         return [_note(
             "bias_all", ("bias",), "info", "bias 'all' trains every bias in the model",
-            "The seed keeps bias 'none' (faster, less memory, rarely better) and, when a run underfits after r, alpha "
+            "The guidance keeps bias 'none' (faster, less memory, rarely better) and, when a run underfits after r, "
+            "alpha "
             "and the learning rate are sane, tries 'lora_only' before 'all'. With 'all' even turning the adapter off "
             "no longer gives the base model back, and the extra knobs overfit small datasets quickly.",
             ("bias", "too_permissive"), {"bias": "lora_only"},
@@ -625,15 +631,15 @@ def _rank(c: Mapping[str, Any], f: _Facts) -> list[Note]:
         edge = int(m.high if high else m.low)
         alpha = _num(c, "lora_alpha")
         fix: dict[str, Any] = {"r": edge}
-        if alpha is not None:  # the seed keeps alpha/r constant when it changes the rank
+        if alpha is not None:  # the guidance keeps alpha/r constant when it changes the rank
             fix["lora_alpha"] = max(1, round(alpha / r * edge))
-        size = (f"for {f.rows:,} examples the seed considers r {int(m.low)}-{int(m.high)}" if f.rows is not None else
-                f"the seed's ranks run from {int(m.low)} (a few hundred examples) to {int(m.high)} (200k+, with "
+        size = (f"for {f.rows:,} examples the guidance gives r {int(m.low)}-{int(m.high)}" if f.rows is not None else
+                f"the recommended ranks run from {int(m.low)} (a few hundred examples) to {int(m.high)} (200k+, with "
                 "evidence)")
         effect = ("a rank this high for the data memorises phrasing and overfits" if high else
                   "a rank this low can run out of capacity: the loss plateaus early")
         notes.append(_note(
-            "rank_for_dataset", ("r",), "info", f"r {r} is {'above' if high else 'below'} the seed's range",
+            "rank_for_dataset", ("r",), "info", f"r {r} is {'above' if high else 'below'} the recommended range",
             f"r is {r}; {size}: {effect}. Widening target_modules often beats a higher rank.",
             ("r", "too_high" if high else "too_low"), fix, {**m.used, "seed_range": [int(m.low), int(m.high)]},
             combines_with=("lora_alpha",) if alpha is not None else ()))
@@ -641,9 +647,10 @@ def _rank(c: Mapping[str, Any], f: _Facts) -> list[Note]:
         alpha = derived.alpha_when_switching_rslora(c["lora_alpha"], r, to_rslora=True)
         notes.append(_note(
             "high_rank_without_rslora", ("use_rslora",), "info", f"r {r} with standard scaling",
-            f"Standard LoRA scales the adapter by alpha/r, which at high ranks (the seed says 64-256) makes each "
+            f"Standard LoRA scales the adapter by alpha/r, which at high ranks (64-256 in the guidance) makes each "
             "direction so quiet that the loss falls very slowly and the high rank looks no better than 8-16. The "
-            f"seed's default is rsLoRA (alpha/sqrt(r)); to keep today's gain, switch it on with lora_alpha {alpha}.",
+            "recommended default is rsLoRA (alpha/sqrt(r)); to keep today's gain, switch it on with lora_alpha "
+            f"{alpha}.",
             ("use_rslora", "should_be_on"), {"use_rslora": True, "lora_alpha": alpha},
             {"r": r, "lora_alpha": c["lora_alpha"], "use_rslora": False, "matched_alpha": alpha},
             combines_with=("r", "lora_alpha")))

@@ -5,7 +5,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from guidance import content
+from guidance import content, glossary
 
 # The calculators each parameter's page offers (static/js/calculators.js mirrors guidance/calculators.py).
 CALCULATORS: dict[str, tuple[str, ...]] = {
@@ -26,7 +26,8 @@ def _groups() -> list[dict]:
 
 @login_required
 def guidance_index(request: HttpRequest) -> HttpResponse:
-    return render(request, "guidance/index.html", {"groups": _groups(), "count": len(content.load_all())})
+    return render(request, "guidance/index.html", {"groups": _groups(), "count": len(content.load_all()),
+                                                   "glossary": sorted(glossary.TERMS.items())})
 
 
 @login_required

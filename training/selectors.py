@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from django.core.paginator import Page, Paginator
-from django.db.models import Case, Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models import Case, Count, F, Func, IntegerField, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.urls import reverse
@@ -16,7 +16,7 @@ from guidance import changes
 from guidance.links import IMPACT, guidance_url
 from guidance.models import Finding
 from training.access import User, team_ids_for
-from training.models import MetricPoint, Run, RunEvent, Sample, Worker
+from training.models import Dataset, MetricPoint, Run, RunEvent, Sample, Sweep, Worker
 from training.run_config import value_text
 
 log = logging.getLogger(__name__)
@@ -247,14 +247,29 @@ def run_adapter_file(run: Run, name: str):
     return path
 
 
-def run_page_for(user: User, page_number: Any, *, per_page: int) -> Page:
-    """One page of run_list_for, newest first. The page's ids come from the (team, -created_at) index alone; only
-    those rows get the per-run subqueries, so a deep page of 10,000 runs costs what the first one does."""
-    ordered = Run.objects.filter(team_id__in=team_ids_for(user)).order_by("-created_at", "-id")
+def run_page_for(user: User, page_number: Any, *, per_page: int, runs: QuerySet[Run] | None = None) -> Page:
+    """One page of run_list_for: of `runs` (the user's, filtered and ordered) when given, else newest first. The
+    page's ids come from the ordered ids alone (for newest first, the (team, -created_at) index); only those rows get
+    the per-run subqueries, so a deep page of 10,000 runs costs what the first one does."""
+    ordered = runs if runs is not None else (Run.objects.filter(team_id__in=team_ids_for(user))
+                                             .order_by("-created_at", "-id"))
     page = Paginator(ordered.values_list("id", flat=True), per_page).get_page(page_number)
     ids = list(page.object_list)
     by_id = {run.id: run for run in run_list_for(user).filter(id__in=ids)}
     return Page([by_id[i] for i in ids if i in by_id], page.number, page.paginator)
+
+
+def run_table_choices(team_ids: list[int]) -> dict[str, list]:
+    """What the runs table's filters offer: the teams' datasets, models run, sweeps (newest 200) and tags in use."""
+    runs = Run.objects.filter(team_id__in=team_ids)
+    tags = (runs.exclude(tags=[]).annotate(tag=Func(F("tags"), function="unnest")).order_by("tag")
+            .values_list("tag", flat=True).distinct())
+    return {
+        "datasets": list(Dataset.objects.filter(team_id__in=team_ids).order_by("name").values_list("id", "name")),
+        "models": [m for m in runs.order_by("model_name").values_list("model_name", flat=True).distinct() if m],
+        "sweeps": list(Sweep.objects.filter(team_id__in=team_ids).order_by("-id").values_list("id", "name")[:200]),
+        "tags": list(tags),
+    }
 
 
 def finding_dict(finding: Finding) -> dict[str, Any]:

@@ -20,6 +20,7 @@ urlpatterns = [
     path("runs/<int:run_id>/stop/", views.run_stop, name="run_stop"),
     path("runs/<int:run_id>/save-preset/", views.run_save_preset, name="run_save_preset"),
     path("runs/<int:run_id>/resume/", views.run_resume, name="run_resume"),
+    path("runs/<int:run_id>/label/", views.run_label, name="run_label"),
     path("runs/<int:run_id>/evaluate/", evaluation_views.run_evaluate, name="run_evaluate"),
     path("runs/<int:run_id>/evaluations.json", evaluation_views.run_evaluations, name="run_evaluations"),
     path("runs/<int:run_id>/drift-check/", evaluation_views.run_drift_check, name="run_drift_check"),

@@ -100,3 +100,11 @@ if (table) {
     },
   });
 }
+
+// The filter bar: a choice applies at once (the form is a GET, so the view lands in the URL); the search on Enter.
+const filters = document.getElementById("run-filters");
+if (filters) {
+  for (const input of filters.querySelectorAll("select, input[type=checkbox]")) {
+    input.addEventListener("change", () => filters.requestSubmit());
+  }
+}

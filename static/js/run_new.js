@@ -214,7 +214,7 @@ function renderNotes(notes, errors) {
     item.append(links);
     if (note.fix_text) {
       const text = Object.entries(note.fix_text).map(([field, value]) => `${field} = ${value}`).join(", ");
-      const fix = el("button", { type: "button", className: "fix" }, `Use the seed's ${text}`);
+      const fix = el("button", { type: "button", className: "fix" }, `Use recommended ${text}`);
       fix.addEventListener("click", () => applyFix(note.fix_text));
       item.append(el("p", {}, fix));
     }
@@ -226,8 +226,8 @@ function renderNotes(notes, errors) {
     return;
   }
   preflightStatus.textContent = notes.length
-    ? `${notes.length} note${notes.length === 1 ? "" : "s"}: the seed's guidance would question ${notes.length === 1 ? "this value" : "these values"}.`
-    : "Nothing to question: every reviewed value is within the seed's ranges.";
+    ? `${notes.length} note${notes.length === 1 ? "" : "s"}: the guidance would question ${notes.length === 1 ? "this value" : "these values"}.`
+    : "Nothing to question: every reviewed value is within the recommended ranges.";
 }
 
 function applyFix(fixText) {

@@ -37,7 +37,7 @@ def test_saving_a_preset_with_learning_rate_0_3_shows_the_pre_flight_warnings(ad
     warnings = preflight_warnings(response)
     assert [w.split(".")[0] for w in warnings] == [
         "Pre-flight: Learning rate 0", "Pre-flight: weight_decay 0"]
-    assert warnings[0].startswith("Pre-flight: Learning rate 0.3 is 1,500x above the LoRA default. The seed starts "
+    assert warnings[0].startswith("Pre-flight: Learning rate 0.3 is 1,500x above the LoRA default. The guidance starts "
                                   "LoRA/QLoRA with AdamW at 0.0002; 0.3 is 1,500 times that")
     assert warnings[0].endswith("(guidance: /guidance/learning_rate/#too_high)")
     assert warnings[1].startswith("Pre-flight: weight_decay 0.01 is heavy at learning rate 0.3.")

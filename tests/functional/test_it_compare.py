@@ -12,6 +12,7 @@ import pytest
 from django.urls import Resolver404, resolve
 
 from guidance import calculators, content
+from tests.factories import make_dataset
 from training.models import MetricPoint, Run, SeriesPack
 
 from .conftest import client_for, named_run
@@ -306,3 +307,26 @@ def test_each_runs_pre_flight_notes_are_shown_beside_its_findings(world, member_
             and '<a href="/guidance/learning_rate/#too_high"><code>learning_rate</code></a>' in hot_notes)
     tame_notes = card[card.index(f'id="preflight-{tame.id}"'):]
     assert tame_notes[:tame_notes.index("</ul>")].count("No pre-flight notes.") == 1
+
+
+def test_runs_on_different_datasets_are_flagged_first_and_an_equal_effective_batch_is_not_smaller(
+        member_client, world, tmp_path):
+    other = make_dataset(world.team, world.member, tmp_dir=tmp_path, name="other data")
+    a = named_run(world.team, world.member, world.dataset, "2x4", per_device_train_batch_size=2,
+                  gradient_accumulation_steps=4)
+    b = named_run(world.team, world.member, other, "8x1", per_device_train_batch_size=8,
+                  gradient_accumulation_steps=1)
+    html = member_client.get(f"/compare/?runs={a.id},{b.id}").content.decode()
+    warning = html[html.index('id="not-comparable"'):]
+    assert html.index('id="not-comparable"') < html.index('class="card compare-controls"')
+    assert "Losses not comparable: the runs trained on different datasets" in warning
+    assert f"alpha data: #{a.id}; other data: #{b.id}" in warning
+    item = html[html.index('data-param="gradient_accumulation_steps"'):]
+    item = item[:item.index("</ul>")]
+    assert "same effective batch, 8 (2×4 and 8×1)" in item and "smaller effective batch" not in item
+    derived = html[html.index('id="derived-changes"'):]
+    assert 'data-derived="effective_batch"' in derived[:derived.index("</ul>")]
+
+
+def test_runs_on_one_dataset_and_model_carry_no_comparability_warning(member_client, three):
+    assert 'id="not-comparable"' not in member_client.get(f"/compare/?runs={ids(three)}").content.decode()

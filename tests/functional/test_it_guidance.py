@@ -66,3 +66,16 @@ def test_an_unknown_or_bad_slug_is_a_404(member_client, slug):
 def test_guidance_needs_a_login(client):
     response = client.get("/guidance/r/")
     assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+
+
+def test_the_guidance_page_has_a_glossary_that_the_pages_hover_terms_link_to(world, member_client):
+    from guidance.glossary import TERMS
+
+    html = member_client.get("/guidance/").content.decode()
+    glossary = html[html.index('id="glossary"'):]
+    for term in ("pre-flight", "findings", "fit planner", "uncalibrated", "effective batch", "lora scale"):
+        assert f'id="term-{term.replace(" ", "-")}"' in glossary
+    assert "2×4 and 8×1" in glossary
+    runs = member_client.get("/runs/").content.decode()
+    assert (f'<a class="term" href="/guidance/#term-pre-flight" title="{escape(TERMS["pre-flight"])}">Pre-flight</a>'
+            in runs)

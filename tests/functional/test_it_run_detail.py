@@ -180,8 +180,10 @@ def test_a_run_without_a_preset_shows_what_it_changes_from_the_engine_defaults(w
     html = member_client.get(f"/runs/{run.id}/").content.decode()
     assert "Against the engine&#x27;s defaults" in html
     changed = differences(html)
-    # lora_alpha 32 -> 64 and learning_rate 2e-4 -> 1e-3, with the seed's predictions for going up.
-    assert html_unescape(changed["lora_alpha"]) == content.get("lora_alpha").predictions["up"]
+    # lora_alpha 32 -> 64 and learning_rate 2e-4 -> 1e-3, with the seed's predictions for going up; alpha's read
+    # through the LoRA scale it makes.
+    assert html_unescape(changed["lora_alpha"]) == (content.get("lora_alpha").predictions["up"]
+                                                   + " (LoRA scale 2 (32/16) → 4 (64/16))")
     assert html_unescape(changed["learning_rate"]) == content.get("learning_rate").predictions["up"]
     assert "r" not in changed and "use_rslora" not in changed  # unchanged: no prediction
     assert 'href="/guidance/lora_alpha/"' in html
@@ -195,7 +197,8 @@ def test_a_preset_run_is_compared_with_its_preset(world, member_client):
     assert "Against preset base" in html
     changed = differences(html)
     assert list(changed) == ["lora_alpha"]
-    assert html_unescape(changed["lora_alpha"]) == content.get("lora_alpha").predictions["down"]
+    assert html_unescape(changed["lora_alpha"]).startswith(content.get("lora_alpha").predictions["down"]
+                                                          + " (LoRA scale 2 (16/8) → 1 (8/8))")
 
 
 def test_a_resumed_run_is_compared_with_the_run_it_continues(world, member_client):
@@ -248,5 +251,5 @@ def test_a_run_within_the_seeds_ranges_says_so_before_it_started(world, member_c
     assert run.preflight == []
     section = before_it_started(member_client.get(f"/runs/{run.id}/").content.decode())
     assert '<span class="badge" id="preflight-count">0</span>' in section
-    assert "Nothing: every reviewed value is within the seed's ranges." in section
+    assert "Nothing: every reviewed value is within the recommended ranges." in section
     assert "data-note=" not in section

@@ -124,3 +124,107 @@ def test_the_pre_flight_column_counts_each_runs_notes_and_links_to_them(world, m
                              'title="the pre-flight review\'s notes on its config">4</a>')
     assert re.search(r">2</a>$", cells[world.run.id])
     assert cells[tame.id] == '<span class="muted">0</span>'
+
+
+@pytest.fixture
+def table(world, tmp_path):
+    """Four runs of team Alpha besides the world's: tags, eval losses, durations, a second dataset and model, one
+    started by the viewer."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tests.factories import make_dataset, tiny_overrides
+    from training.runs import services
+
+    other_data = make_dataset(world.team, world.member, tmp_dir=tmp_path, name="other data")
+    now = timezone.now()
+    low = named_run(world.team, world.member, world.dataset, "low loss")
+    high = named_run(world.team, world.member, world.dataset, "high loss")
+    other = services.run_create(team=world.team, user=world.member, dataset=other_data, name="other dataset",
+                                overrides=tiny_overrides("other-model"))
+    theirs = named_run(world.team, world.member, world.dataset, "viewer's run")
+    Run.objects.filter(id=low.id).update(status=Run.Status.SUCCEEDED, best_eval_loss=0.8, best_eval_step=40,
+                                         tags=["baseline"], started_at=now - timedelta(minutes=9),
+                                         finished_at=now - timedelta(minutes=5))
+    Run.objects.filter(id=high.id).update(status=Run.Status.SUCCEEDED, best_eval_loss=1.9, best_eval_step=20,
+                                          tags=["baseline", "lr"], started_at=now - timedelta(minutes=30),
+                                          finished_at=now - timedelta(minutes=10))
+    Run.objects.filter(id=other.id).update(status=Run.Status.FAILED, started_at=now - timedelta(seconds=50),
+                                           finished_at=now - timedelta(seconds=20))
+    Run.objects.filter(id=theirs.id).update(created_by=world.viewer)
+    return {"low": low, "high": high, "other": other, "theirs": theirs, "other_data": other_data}
+
+
+def names(response) -> list[str]:
+    return [run.name for run in response.context["page"].object_list]
+
+
+def test_the_runs_table_filters_by_each_parameter_of_the_url(world, member_client, table):
+    assert names(member_client.get("/runs/?q=LOSS")) == ["high loss", "low loss"]
+    assert names(member_client.get("/runs/?status=succeeded")) == ["high loss", "low loss"]
+    assert names(member_client.get("/runs/?status=failed&status=succeeded")) == ["other dataset", "high loss",
+                                                                                "low loss"]
+    assert names(member_client.get(f"/runs/?dataset={table['other_data'].id}")) == ["other dataset"]
+    assert names(member_client.get("/runs/?model=other-model")) == ["other dataset"]
+    assert names(member_client.get("/runs/?tag=lr")) == ["high loss"]
+    assert names(member_client.get("/runs/?tag=baseline&q=low")) == ["low loss"]
+    assert "viewer's run" not in names(member_client.get("/runs/?mine=true"))
+    assert names(client_for(world.viewer).get("/runs/?mine=true")) == ["viewer's run"]
+    empty = member_client.get("/runs/?q=nothing-like-this")
+    assert names(empty) == [] and 'id="no-match"' in empty.content.decode()
+    # what the filters offer: the team's datasets, models, tags; never another team's
+    html = member_client.get("/runs/").content.decode()
+    assert '<option value="other-model">' in html and '<option value="lr">' in html
+    assert "beta data" not in html
+
+
+def test_the_runs_table_sorts_on_eval_loss_duration_and_created_with_empty_values_last(world, member_client, table):
+    assert names(member_client.get("/runs/?sort=eval_loss"))[:2] == ["low loss", "high loss"]
+    assert names(member_client.get("/runs/?sort=-eval_loss"))[:2] == ["high loss", "low loss"]
+    assert names(member_client.get("/runs/?sort=-duration"))[:3] == ["high loss", "low loss", "other dataset"]
+    assert names(member_client.get("/runs/?sort=duration"))[:3] == ["other dataset", "low loss", "high loss"]
+    assert names(member_client.get("/runs/?sort=created"))[0] == "alpha run"
+    html = member_client.get("/runs/?sort=eval_loss&tag=baseline").content.decode()
+    # The header of the sorted column turns it the other way and keeps the filters; the others keep them too.
+    assert 'href="?sort=-eval_loss&amp;tag=baseline"' in html
+    assert 'href="?sort=-duration&amp;tag=baseline"' in html
+    assert '0.8 <span class="muted small">@ 40</span>' in html and "4 min 00 s" in html
+
+
+def test_pages_keep_the_filters_and_sort(world, member_client):
+    for i in range(RUNS_PER_PAGE + 1):
+        Run.objects.filter(id=named_run(world.team, world.member, world.dataset, f"paged {i}").id).update(
+            best_eval_loss=i)
+    first = member_client.get("/runs/?q=paged&sort=-eval_loss")
+    assert names(first)[0] == f"paged {RUNS_PER_PAGE}"
+    assert 'href="?q=paged&amp;sort=-eval_loss&amp;page=2"' in first.content.decode()
+    assert names(member_client.get("/runs/?q=paged&sort=-eval_loss&page=2")) == ["paged 0"]
+
+
+@pytest.mark.parametrize("query, field", [("status=banana", "status"), ("sort=colour", "sort"),
+                                          ("dataset=abc", "dataset"), ("sort=-", "sort")])
+def test_a_bad_filter_is_named_and_the_table_is_shown_unfiltered(world, member_client, query, field):
+    response = member_client.get(f"/runs/?{query}")
+    assert response.status_code == 400
+    html = response.content.decode()
+    errors = html[html.index('id="filter-errors"'):]
+    assert f"<code>{field}</code>" in errors[:errors.index("</div>")]
+    assert names(response) == ["alpha run"]
+
+
+def test_a_member_tags_and_notes_a_run_and_a_viewer_cannot(world, member_client, viewer_client):
+    run = world.run
+    response = member_client.post(f"/runs/{run.id}/label/", {"tags": "Baseline, lr-2e-4, baseline",
+                                                              "note": "the first try"}, follow=True)
+    run.refresh_from_db()
+    assert (run.tags, run.note) == (["baseline", "lr-2e-4"], "the first try")
+    assert "Tags and note saved." in response.content.decode()
+    assert names(member_client.get("/runs/?tag=lr-2e-4")) == ["alpha run"]
+    refused = member_client.post(f"/runs/{run.id}/label/", {"tags": "ok, no spaces allowed", "note": "x"},
+                                 follow=True)
+    assert "tags: &#x27;no spaces allowed&#x27; is not a tag" in refused.content.decode()
+    run.refresh_from_db()
+    assert (run.tags, run.note) == (["baseline", "lr-2e-4"], "the first try")  # nothing changed
+    assert viewer_client.post(f"/runs/{run.id}/label/", {"tags": "mine"}).status_code == 403
+    assert client_for(world.outsider).post(f"/runs/{run.id}/label/", {"tags": "x"}).status_code == 404

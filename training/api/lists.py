@@ -8,7 +8,8 @@ from rest_framework.filters import OrderingFilter
 from rest_framework.pagination import PageNumberPagination
 
 from training.api.errors import bad_request
-from training.models import Dataset, Run, Sweep
+from training.models import Dataset, Sweep
+from training.runs import filters as runs_filters
 
 
 class Pagination(PageNumberPagination):
@@ -53,16 +54,13 @@ class StrictOrdering(OrderingFilter):
         return fields + ([] if {"id", "-id"} & set(fields) else ["-id"])
 
 
-class RunFilter(filters.FilterSet):
-    team = filters.NumberFilter(field_name="team_id", help_text="A team's id")
-    status = filters.MultipleChoiceFilter(choices=Run.Status.choices, help_text="Repeat for several: status=a&status=b")
-    dataset = filters.NumberFilter(field_name="dataset_id")
-    sweep = filters.NumberFilter(field_name="sweep_id")
+class RunFilter(runs_filters.RunFilter):
+    """The runs table's filters (q, mine, status, dataset, model, sweep, tag, team); `name` is the older q."""
+
     name = filters.CharFilter(field_name="name", lookup_expr="icontains", help_text="Part of the name")
 
-    class Meta:
-        model = Run
-        fields = ["team", "status", "dataset", "sweep", "name"]
+    class Meta(runs_filters.RunFilter.Meta):
+        fields = [*runs_filters.RunFilter.Meta.fields, "name"]
 
 
 class DatasetFilter(filters.FilterSet):

@@ -149,7 +149,7 @@ class RunSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "team", "team_name", "dataset", "dataset_name", "preset", "preset_version", "sweep",
                   "status", "queue", "queue_position", "worker", "last_step", "total_steps", "progress",
                   "finding_count", "error_class", "resumed_from", "parent", "created_by", "created_at", "started_at",
-                  "finished_at", "url"]
+                  "finished_at", "best_eval_loss", "best_eval_step", "tags", "note", "url"]
 
     def get_url(self, run: Run) -> str:
         return reverse("run_detail", args=[run.id])

@@ -28,6 +28,7 @@ from training.datasets.forms import DatasetProfileForm, DatasetRegisterForm, Dat
 from training.evaluation.selectors import get_suite_for_user, run_evaluation_state
 from training.models import Dataset, Preset, Run, Sweep
 from training.runs import iterate
+from training.runs.filters import with_duration
 from training.runs import services as run_services
 from training.sweeps import services as sweep_services
 from training.sweeps.selectors import get_sweep_for_user, sweep_list_for, sweep_state
@@ -211,15 +212,18 @@ class RunViewSet(viewsets.GenericViewSet):
     pagination_class = Pagination
     filterset_class = RunFilter
     filter_backends = [*viewsets.GenericViewSet.filter_backends, StrictOrdering]
-    ordering_fields = ["id", "created_at", "name", "status", "last_step", "started_at", "finished_at"]
+    ordering_fields = ["id", "created_at", "name", "status", "last_step", "started_at", "finished_at",
+                       "best_eval_loss", "duration"]
     ordering = ["-created_at", "-id"]
     lookup_value_regex = ID
     queryset = Run.objects.none()
 
     def get_queryset(self):
-        return Run.objects.filter(team_id__in=access.team_ids_for(self.request.user))
+        # duration is computed only when ordering=duration reads it
+        return with_duration(Run.objects.filter(team_id__in=access.team_ids_for(self.request.user)))
 
-    @extend_schema(summary="Your teams' runs, newest first (team=, status=, dataset=, sweep=, name=, ordering=)")
+    @extend_schema(summary="Your teams' runs, newest first (q=, mine=, status=, dataset=, model=, sweep=, tag=, "
+                           "team=, ordering=)")
     def list(self, request: Request) -> Response:
         # The page's ids from the filtered, ordered index scan alone; only those rows get the list's per-run columns
         # (as the run list page does: selectors.run_page_for), so a deep page costs what the first does.

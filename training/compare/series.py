@@ -16,7 +16,7 @@ from django.http import Http404, QueryDict
 from psycopg.adapt import Loader
 from psycopg.pq import Format
 
-from guidance import calculators, content
+from guidance import comparison, content
 from guidance.links import guidance_url
 from guidance.models import Finding
 from training import access, selectors
@@ -430,11 +430,10 @@ def outcomes(runs: list[Run]) -> dict[int, dict[str, Any]]:
 
 
 def _effective_batch(run: Run) -> int | None:
-    config = run.config or {}
     try:
-        return int(config["per_device_train_batch_size"]) * int(config["gradient_accumulation_steps"])
-    except (KeyError, TypeError, ValueError):
-        return None
+        return comparison.derived_values(run.config or {}).effective_batch
+    except (TypeError, ValueError):
+        return None  # a value an older engine stored in another form
 
 
 OUTCOME_ROWS = (
@@ -461,17 +460,36 @@ def guidance_for(runs: list[Run], differing: list[str]) -> list[dict[str, Any]]:
             continue
         guidance = guided[name]
         # One entry per distinct change: twenty runs of a sweep make a handful of changes, not twenty.
-        changes: dict[tuple[str, str, str], dict[str, Any]] = {}
+        distinct: dict[tuple[str, str, str], dict[str, Any]] = {}
         for run in runs[1:]:
             old, new = config_value(base, name), config_value(run, name)
-            prediction = calculators.prediction_for_change(name, old, new, total_steps=run.total_steps)
+            prediction = comparison.prediction_for_change(name, base.config or {}, run.config or {},
+                                                       total_steps=run.total_steps)
             if prediction:
                 key = (value_text(old), value_text(new), prediction)
-                changes.setdefault(key, {"runs": [], "from": key[0], "to": key[1], "prediction": prediction})
-                changes[key]["runs"].append(run.id)
+                distinct.setdefault(key, {"runs": [], "from": key[0], "to": key[1], "prediction": prediction})
+                distinct[key]["runs"].append(run.id)
         out.append({"param": name, "title": guidance.title, "one_line": guidance.one_line,
-                    "url": guidance_url(name), "changes": list(changes.values()), "base": base.id})
+                    "url": guidance_url(name), "changes": list(distinct.values()), "base": base.id})
     return out
+
+
+def derived_for(runs: list[Run]) -> list[dict[str, Any]]:
+    """The derived values (effective batch, LoRA scale, tokens per step) that differ from the first run's, with
+    what each difference means: one entry per distinct change, as guidance_for does."""
+    base = runs[0]
+    out: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for run in runs[1:]:
+        for change in comparison.derived_changes(base.config or {}, run.config or {}):
+            key = (change["name"], change["from"], change["to"])
+            out.setdefault(key, {**change, "runs": [], "base": base.id})["runs"].append(run.id)
+    return list(out.values())
+
+
+def not_comparable(runs: list[Run]) -> list[str]:
+    return comparison.not_comparable([comparison.TrainedRun(label=f"#{run.id}", dataset_id=run.dataset_id,
+                                                      dataset_name=run.dataset.name, config=run.config or {})
+                                   for run in runs])
 
 
 def legend_names(runs: list[Run], differing: list[str]) -> dict[int, str]:
@@ -494,6 +512,8 @@ class ComparePage:
     guidance: list[dict[str, Any]]
     legend: dict[int, str]
     differing: list[str] = field(default_factory=list)
+    derived: list[dict[str, Any]] = field(default_factory=list)
+    not_comparable: list[str] = field(default_factory=list)
 
 
 def compare_page(runs: list[Run]) -> ComparePage:
@@ -501,7 +521,7 @@ def compare_page(runs: list[Run]) -> ComparePage:
     differing = [row["name"] for row in parameters if row["differs"]]
     return ComparePage(runs=runs, parameters=parameters, outcomes=outcomes(runs),
                        guidance=guidance_for(runs, differing), legend=legend_names(runs, differing),
-                       differing=differing)
+                       differing=differing, derived=derived_for(runs), not_comparable=not_comparable(runs))
 
 
 # Export ----------------------------------------------------------------------------------------------------

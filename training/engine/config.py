@@ -171,6 +171,9 @@ class TrainConfig(BaseModel):
     eval_steps: Steps | None = None
     logging_steps: Steps = 1
     save_steps: Steps | None = None
+    # Stop once eval loss has not improved for this many evals, and keep the best checkpoint as the adapter.
+    early_stopping_patience: Annotated[int, Field(ge=1, le=1000)] | None = None
+    early_stopping_threshold: Annotated[float, Field(ge=0, le=100)] = 0.0
     seed: Seed = 3407
     completion_only_loss: bool | None = None
 
@@ -248,6 +251,7 @@ class TrainConfig(BaseModel):
             )
         if self.eval_file and self.eval_split:
             raise ValueError("eval_split: give eval_file or eval_split, not both")
+        self._check_early_stopping()
         if self.tiled_mlp_target_gb is not None and not self.tiled_mlp:
             raise ValueError("tiled_mlp_target_gb: sizes the tiled MLP's shards; set tiled_mlp to true, or leave "
                              "it empty")
@@ -263,6 +267,24 @@ class TrainConfig(BaseModel):
                 "it cannot start from a 4-bit load (set load_in_4bit to false)"
             )
         return self
+
+    def _check_early_stopping(self) -> None:
+        """Early stopping watches eval loss and restores the best checkpoint at the end (transformers'
+        load_best_model_at_end): it needs evals, and any checkpoint cadence must fall on eval steps."""
+        if self.early_stopping_patience is None:
+            if self.early_stopping_threshold:
+                raise ValueError("early_stopping_threshold: only counts with early stopping; set "
+                                 "early_stopping_patience too, or leave the threshold at 0")
+            return
+        if not self.has_eval:
+            raise ValueError("early_stopping_patience: stops when eval loss stops improving, so the run needs evals; "
+                             "give eval_file or eval_split and eval_steps")
+        if self.save_steps is not None and self.save_steps % self.eval_steps:
+            raise ValueError(
+                f"save_steps: with early stopping the best eval's checkpoint becomes the adapter, so checkpoints "
+                f"must fall on eval steps: make save_steps a multiple of eval_steps ({self.eval_steps}), e.g. "
+                f"{self.eval_steps * max(1, round(self.save_steps / self.eval_steps))}, or leave it empty to save "
+                "at each new best eval")
 
     @property
     def has_eval(self) -> bool:

@@ -102,6 +102,13 @@ def sft_config(config: TrainConfig, fmt: str, dtype, has_eval: bool):
             kwargs["completion_only_loss"] = config.completion_only_loss
     if config.lr_scheduler_type == "reduce_lr_on_plateau":
         kwargs["metric_for_best_model"] = "eval_loss"
+    if config.early_stopping_patience is not None and has_eval:
+        # The best eval's checkpoint is loaded back at the end and saved as the adapter. Without a save cadence of
+        # its own the run checkpoints at each new best eval only ("best"); with one, the config made sure it falls on
+        # eval steps, as load_best_model_at_end requires.
+        kwargs.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
+        if not config.save_steps:
+            kwargs["save_strategy"] = "best"
     kwargs.update(distributed.trainer_kwargs(config.devices, on_gpu))
     return SFTConfig(**kwargs)
 
@@ -420,6 +427,7 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
         slots = {"seen": 0, "real": 0}
         _count_batch_slots(trainer, slots)
         trainer.add_callback(_event_callback(sink, stop, model, tokenizer, config, state_box, slots, here))
+        early_stopping = _early_stopping(trainer, config, evaluation is not None)
         # Count what the trainer will iterate: after packing, rows are blocks of max_length, not examples.
         derived = derive(config, num_examples=len(trainer.train_dataset)).as_dict()
         loftq_applied = config.loftq_config is not None and _has_loftq(model)
@@ -461,7 +469,8 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
             _emit_samples(sink, model, tokenizer, config, step)
         adapter, merged = _save_outputs(config, trainer, tokenizer, dtype)
         sink.emit("finished", step=step, adapter_path=adapter, merged_path=merged,
-                  train_loss=float(result.training_loss), runtime_s=time.perf_counter() - started, **per_gpu)
+                  train_loss=float(result.training_loss), runtime_s=time.perf_counter() - started, **per_gpu,
+                  **_best_point(trainer, early_stopping))
         return 0
     except ConfigError as exc:
         sink.emit("failed", step=state_box["step"], error_class="ConfigError", message=str(exc), errors=exc.errors,
@@ -478,6 +487,28 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
                   message=known[1] if known else str(exc), traceback=traceback.format_exc(), oom=oom,
                   **({"cause": known[0]} if known else {}))
         return 1
+
+
+def _early_stopping(trainer, config: TrainConfig, has_eval: bool):
+    """transformers' EarlyStoppingCallback on eval loss, when the config asks for it (None otherwise)."""
+    if config.early_stopping_patience is None or not has_eval:
+        return None
+    from transformers import EarlyStoppingCallback
+
+    callback = EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience,
+                                     early_stopping_threshold=config.early_stopping_threshold)
+    trainer.add_callback(callback)
+    return callback
+
+
+def _best_point(trainer, early_stopping) -> dict:
+    """With early stopping, where the adapter came from: the best eval's step and loss (its checkpoint was loaded
+    back before the adapter was saved), and whether patience ran out before the planned end."""
+    if early_stopping is None:
+        return {}
+    state = trainer.state
+    return {"best_step": state.best_global_step, "best_eval_loss": _float(state.best_metric),
+            "stopped_early": early_stopping.early_stopping_patience_counter >= early_stopping.early_stopping_patience}
 
 
 class Phases:

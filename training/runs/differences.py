@@ -1,10 +1,11 @@
 """What a single run changes from its baseline (the run it resumed from, else its preset, else the engine's
-defaults), each guided parameter with its guidance and the seed's prediction for that change."""
+defaults), each guided parameter with its guidance and what the change is expected to do, read through the derived
+values (effective batch, LoRA scale) where a field feeds one."""
 from __future__ import annotations
 
 from typing import Any
 
-from guidance import calculators, content
+from guidance import comparison, content
 from guidance.links import guidance_url
 from training.engine.config import ConfigError, parse_config
 from training.models import Run
@@ -36,7 +37,7 @@ def run_differences(run: Run) -> dict[str, Any]:
             continue
         old, new = base.get(param), config[param]
         try:
-            prediction = calculators.prediction_for_change(param, old, new, total_steps=run.total_steps)
+            prediction = comparison.prediction_for_change(param, base, config, total_steps=run.total_steps)
         except (TypeError, ValueError):
             prediction = f"{param} changed"  # a value an older engine stored in another form
         if not prediction:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import sys
 import time
@@ -16,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from guidance.models import Finding
@@ -136,6 +138,8 @@ class RunRecorder:
                 continue
             # The metrics' statement sets the run's last step too: one round trip and one commit for both.
             _upsert_points(self.run.id, fields, rows, last_step=max(by_kind[kind]) if kind == "metrics" else None)
+            if kind == "eval":
+                _keep_best_eval(self.run.id, rows)
             sent += [{"kind": kind, **{f: v for f, v in row.items() if f != "time"}} for row in rows]
         live.send_run_message(self.run.id, "points", {"points": sent, "after": dict(self._sent_up_to)})
         for kind, steps in by_kind.items():
@@ -260,6 +264,17 @@ def _upsert_sql(fields: tuple[str, ...], *, set_last_step: bool) -> str:
                       if set_last_step else "")
     return (f"{with_last_step}INSERT INTO {quote(meta.db_table)} ({quote(run)}, {names}) SELECT %s, * FROM "
             f"unnest({arrays}) ON CONFLICT ({quote(run)}, {quote(key)}) DO UPDATE SET {updates}")
+
+
+def _keep_best_eval(run_id: int, rows: list[dict[str, Any]]) -> None:
+    """The run's best_eval_loss/step, if this batch holds a lower finite eval loss (the runs table sorts on it)."""
+    finite = [(row["eval_loss"], row["step"]) for row in rows
+              if row.get("eval_loss") is not None and math.isfinite(row["eval_loss"])]
+    if not finite:
+        return
+    loss, step = min(finite)
+    Run.objects.filter(Q(best_eval_loss__isnull=True) | Q(best_eval_loss__gt=loss), id=run_id).update(
+        best_eval_loss=loss, best_eval_step=step)
 
 
 def _point_values(event: dict) -> dict[str, Any]:

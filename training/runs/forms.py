@@ -27,8 +27,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "sft": ("data_format", "eval_split", "packing", "eval_packing", "per_device_train_batch_size",
             "gradient_accumulation_steps", "warmup_steps", "learning_rate", "optim", "weight_decay",
             "lr_scheduler_type", "lr_scheduler_kwargs", "max_grad_norm", "num_train_epochs", "max_steps",
-            "eval_steps", "logging_steps", "save_steps", "seed", "completion_only_loss", "sample_prompts",
-            "sample_max_new_tokens", "merge_16bit"),
+            "eval_steps", "early_stopping_patience", "early_stopping_threshold", "logging_steps", "save_steps",
+            "seed", "completion_only_loss", "sample_prompts", "sample_max_new_tokens", "merge_16bit"),
 }
 # One line for each offered field that has no guidance page (the 15 seed hyperparameters have theirs).
 NOTES: dict[str, str] = {
@@ -60,6 +60,10 @@ NOTES: dict[str, str] = {
     "num_train_epochs": "passes over the training rows, unless max_steps is set",
     "max_steps": "optimizer steps to train; none: num_train_epochs decides",
     "eval_steps": "evaluate (and generate the samples) every this many optimizer steps",
+    "early_stopping_patience": "stop once eval loss has not improved for this many evals in a row, and keep the "
+                               "best eval's checkpoint as the adapter; none: train to the end. Needs evals",
+    "early_stopping_threshold": "with early stopping: how much eval loss must fall to count as an improvement "
+                                "(in loss units; 0: any fall)",
     "logging_steps": "report loss, gradient norm, learning rate and throughput every this many optimizer steps",
     "save_steps": "save a checkpoint every this many optimizer steps; none: only when the run is stopped (the "
                   "adapter is saved at the end either way)",

@@ -21,7 +21,8 @@ from dashboard.models import Membership, Team
 from training.access import require_role
 from training.engine.config import ConfigError, parse_config, text_problem
 from training.live import send as live
-from training.models import Dataset, EvalSuite, Preset, Run, Sweep, Worker
+from training.models import (MAX_TAGS, NOTE_MAX_LENGTH, TAG_MAX_LENGTH, Dataset, EvalSuite, Preset, Run, Sweep,
+                             Worker)
 from training.planner import display
 from training.planner import services as planner
 from training.run_config import ADAPTER_SHAPE_FIELDS, PRESET_PLACEHOLDERS, RESERVED_FIELDS, model_errors
@@ -305,6 +306,30 @@ def run_claim(*, run_id: int, worker_name: str, task_id: str = "", admit: Callab
 def run_release(*, run_id: int) -> None:
     """The worker no longer trains the run (run_execute ended): its slot is free."""
     Worker.current_runs.through.objects.filter(run_id=run_id).delete()
+
+
+TAG_RE = re.compile(rf"^[a-z0-9][a-z0-9._-]{{0,{TAG_MAX_LENGTH - 1}}}$")
+
+
+def run_label(*, run: Run, user, tags: Iterable[str], note: str) -> None:
+    """Set a run's tags (lower-cased, each once, in the order given) and note; a bad one changes nothing and is
+    named with what is allowed."""
+    require_role(user=user, team=run.team, role=Role.MEMBER, action="Tagging a run")
+    cleaned: list[str] = []
+    for tag in tags:
+        tag = tag.strip().lower()
+        if not tag or tag in cleaned:
+            continue
+        if not TAG_RE.match(tag):
+            raise ValidationError({"tags": f"{tag[:60]!r} is not a tag: 1 to {TAG_MAX_LENGTH} characters, letters, "
+                                           "digits and - _ . only, starting with a letter or digit"})
+        cleaned.append(tag)
+    if len(cleaned) > MAX_TAGS:
+        raise ValidationError({"tags": f"{len(cleaned)} tags; a run has at most {MAX_TAGS}"})
+    if len(note) > NOTE_MAX_LENGTH:
+        raise ValidationError({"note": f"{len(note):,} characters; a note has at most {NOTE_MAX_LENGTH:,}"})
+    Run.objects.filter(id=run.id).update(tags=cleaned, note=note)
+    run.tags, run.note = cleaned, note
 
 
 def run_stop(*, run: Run, user) -> None:

@@ -19,6 +19,7 @@ from training.planner import services as planner
 from training.run_config import value_text
 from training.runs import iterate, services
 from training.runs.differences import run_differences
+from training.runs.filters import SORTS, RunFilter, RunTableFilter
 from training.runs.forms import RunForm
 from training.trackers.services import tracker_links
 
@@ -47,9 +48,37 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def run_list(request: HttpRequest) -> HttpResponse:
-    page = selectors.run_page_for(request.user, request.GET.get("page"), per_page=RUNS_PER_PAGE)
+    """The runs table: search, filters and sort from the URL (a view is shared by its link), a page at a time. A
+    bad parameter is named on the page with what it allows, and the table shows the runs unfiltered."""
+    team_ids = access.team_ids_for(request.user)
+    runs = Run.objects.filter(team_id__in=team_ids).order_by("-created_at", "-id")
+    table = RunTableFilter(request.GET, queryset=runs, request=request)
+    valid = table.is_valid()
+    page = selectors.run_page_for(request.user, request.GET.get("page"), per_page=RUNS_PER_PAGE,
+                                  runs=table.qs if valid else runs)
     can_start = access.team_list_where(request.user, "member").exists()
-    return render(request, "training/run_list.html", {"page": page, "can_start": can_start})
+    filtered = valid and any(request.GET.get(name) for name in RunFilter.Meta.fields)
+    return render(request, "training/run_list.html", {
+        "page": page, "can_start": can_start, "table": table, "errors": {} if valid else table.errors,
+        "filtered": filtered, "choices": selectors.run_table_choices(team_ids),
+        "columns": _sort_columns(table.sort_in_force), "statuses": Run.Status.choices,
+        "chosen_statuses": request.GET.getlist("status"),
+    }, status=200 if valid else 400)
+
+
+def _sort_columns(current: str) -> dict[str, dict[str, str]]:
+    """Per sortable column: the sort its header link asks for (the other direction when it is the current one) and
+    the arrow it shows."""
+    out = {}
+    for key in SORTS:
+        if current.lstrip("-") == key:
+            descending = current.startswith("-")
+            out[key] = {"next": key if descending else f"-{key}", "arrow": "▼" if descending else "▲",
+                        "aria": "descending" if descending else "ascending"}
+        else:
+            # Eval loss and name read best ascending; time columns newest or longest first.
+            out[key] = {"next": key if key in ("eval_loss", "name") else f"-{key}", "arrow": "", "aria": "none"}
+    return out
 
 
 def _run_form_data(form: RunForm) -> dict[str, Any]:
@@ -193,12 +222,23 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "plan_check": planner.run_plan_check(run),
         "differences": run_differences(run),
         "adapter_files": selectors.run_adapter_files(run),
+        "adapter_origin": _adapter_origin(events),
         "trackers": tracker_links(run),
         "continuations": run.continuations.filter(team=run.team).order_by("id"),
         "config": [(name, value_text(run.config.get(name))) for name in TrainConfig.model_fields
                    if name in run.config],
         "run_data": data,
     })
+
+
+def _adapter_origin(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """With early stopping, the finished event's word on where the adapter came from: the best eval's step and loss,
+    the step training ended at, and whether patience ran out."""
+    finished = next((e["data"] for e in reversed(events) if e["event"] == "finished"), None)
+    if not finished or finished.get("best_step") is None:
+        return None
+    return {"best_step": finished["best_step"], "best_eval_loss": finished.get("best_eval_loss"),
+            "step": finished.get("step"), "stopped_early": bool(finished.get("stopped_early"))}
 
 
 @require_POST
@@ -225,6 +265,22 @@ def run_stop(request: HttpRequest, run_id: int) -> HttpResponse:
     services.run_stop(run=run, user=request.user)  # PermissionDenied (a viewer) is a 403
     messages.info(request, "Stop requested: the run checkpoints and ends at its next step."
                   if run.status == Run.Status.STOPPING else f"The run is {run.get_status_display().lower()}.")
+    return redirect("run_detail", run_id=run.id)
+
+
+@require_POST
+@login_required
+def run_label(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Save a run's tags (comma-separated) and note from its page; a refused value is named in a message."""
+    run = access.get_run_for_user(request.user, run_id)
+    try:
+        services.run_label(run=run, user=request.user, tags=request.POST.get("tags", "").split(","),
+                           note=request.POST.get("note", "").strip())
+    except ValidationError as exc:
+        for field, problems in exc.message_dict.items():
+            messages.error(request, f"{field}: {' '.join(problems)}. Nothing was saved.")
+    else:
+        messages.success(request, "Tags and note saved.")
     return redirect("run_detail", run_id=run.id)
 
 

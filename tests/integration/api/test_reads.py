@@ -56,6 +56,28 @@ def test_the_run_list_pages_filters_and_orders(api_world):
     assert client.get("/api/v1/runs/", dataset=a.dataset.id, team=a.team.id).json()["count"] == 5
 
 
+def test_the_run_list_takes_the_runs_tables_filters_and_sorts_on_eval_loss(api_world):
+    a = api_world.a
+    extra = more_runs(a, 3)
+    Run.objects.filter(id=extra[0].id).update(tags=["baseline"], best_eval_loss=1.5, config={
+        **extra[0].config, "model": "other-model"})
+    Run.objects.filter(id=extra[1].id).update(best_eval_loss=1.2, created_by=a.viewer)
+    client = api_world.client(a.member)
+
+    def ids(**params):
+        return [r["id"] for r in client.get("/api/v1/runs/", **params).json()["results"]]
+
+    assert ids(tag="baseline") == [extra[0].id]
+    assert ids(model="other-model") == [extra[0].id]
+    assert ids(q="extra 2") == [extra[2].id]
+    assert extra[1].id not in ids(mine="true") and len(ids(mine="true")) == 3
+    assert ids(ordering="best_eval_loss")[:2] == [extra[1].id, extra[0].id]  # runs without one come after
+    row = client.get("/api/v1/runs/", tag="baseline").json()["results"][0]
+    assert row["tags"] == ["baseline"] and row["best_eval_loss"] == 1.5
+    refused = client.get("/api/v1/runs/", status="banana")
+    assert refused.status_code == 400 and "status" in refused.json()["errors"]
+
+
 def test_a_runs_detail_has_its_config_plan_and_status(api_world):
     a = api_world.a
     body = api_world.client(a.viewer).get(f"/api/v1/runs/{a.run.id}/").json()

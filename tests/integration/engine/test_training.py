@@ -180,3 +180,32 @@ def test_the_range_tests_exponential_ramp_trains_from_start_lr_up_to_the_rate(ti
     rates = [m["learning_rate"] for m in of_type(events, "metrics")]
     assert len(rates) == 9 and rates[0] == pytest.approx(1e-6) and rates[-1] == pytest.approx(1e-2)
     assert [b / a for a, b in zip(rates, rates[1:])] == pytest.approx([10 ** 0.5] * 8)
+
+
+def test_early_stopping_stops_when_eval_loss_stops_improving_and_keeps_the_best_checkpoint(tiny_llama, data_dir,
+                                                                                         tmp_path):
+    """A learning rate far too high for the tiny model: eval loss stalls within a few evals (its falls shrink below
+    the threshold), patience runs out well before max_steps, and the adapter saved is the best eval's checkpoint,
+    which the finished event names."""
+    from safetensors.torch import load_file
+
+    config = base_config(tiny_llama, data_dir, tmp_path / "out", max_steps=20, learning_rate=1.0, eval_split=0.25,
+                         eval_steps=2, early_stopping_patience=2, early_stopping_threshold=0.02)
+    code, events = run_cli(config, tmp_path)
+    assert code == 0, events[-1]
+    finished = events[-1]
+    evals = of_type(events, "eval")
+    best = min(evals, key=lambda e: (e["eval_loss"], e["step"]))
+    assert finished["type"] == "finished" and finished["stopped_early"] is True
+    assert finished["step"] < 20 and finished["step"] == evals[-1]["step"]
+    assert (finished["best_step"], finished["best_eval_loss"]) == (best["step"], best["eval_loss"])
+    # the last two evals each fell by no more than the threshold from the best before them: patience 2 ran out
+    for before, after in ((evals[-3], evals[-2]), (evals[-2], evals[-1])):
+        assert min(e["eval_loss"] for e in evals if e["step"] <= before["step"]) - after["eval_loss"] <= 0.02
+    # Checkpoints at each new best only, and the adapter is the best one's weights.
+    saved = [c["step"] for c in of_type(events, "checkpoint")]
+    assert saved and saved[-1] == best["step"] and all(step <= best["step"] for step in saved)
+    adapter = load_file(Path(finished["adapter_path"]) / "adapter_model.safetensors")
+    kept = load_file(Path(tmp_path / "out" / "checkpoints" / f"checkpoint-{best['step']}" /
+                          "adapter_model.safetensors"))
+    assert adapter.keys() == kept.keys() and all((adapter[k] == kept[k]).all() for k in adapter)

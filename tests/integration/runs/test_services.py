@@ -103,6 +103,15 @@ def test_the_recorder_merges_metrics_and_eval_per_step_and_keeps_non_finite_valu
     run.refresh_from_db()
     assert run.status == Run.Status.RUNNING and run.total_steps == 10 and run.last_step == 2
     assert run.progress == 0.2
+    # The runs table sorts on the best eval loss the recorder keeps: a higher one, or a NaN, leaves it.
+    assert (run.best_eval_loss, run.best_eval_step) == (2.6, 2)
+    recorder.record_many([{"type": "eval", "time": 6.0, "step": 3, "epoch": 0.3, "eval_loss": 2.65},
+                          {"type": "eval", "time": 7.0, "step": 4, "epoch": 0.4, "eval_loss": "nan"}])
+    run.refresh_from_db()
+    assert (run.best_eval_loss, run.best_eval_step) == (2.6, 2)
+    recorder.record({"type": "eval", "time": 8.0, "step": 5, "epoch": 0.5, "eval_loss": 2.1})
+    run.refresh_from_db()
+    assert (run.best_eval_loss, run.best_eval_step) == (2.1, 5)
 
 
 def test_an_observer_that_stopped_the_run_has_the_follow_loop_ask_at_once(member):

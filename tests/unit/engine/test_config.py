@@ -228,3 +228,36 @@ def test_the_exponential_ramp_multiplies_by_the_same_factor_each_step_and_ends_a
     assert factors[0] == pytest.approx(1e-6) and factors[-1] == pytest.approx(1e-2)
     ratios = [b / a for a, b in zip(factors, factors[1:])]
     assert ratios == pytest.approx([10.0] * 4)
+
+
+def test_early_stopping_needs_evals_and_checkpoints_on_eval_steps():
+    from training.engine.config import ConfigError, parse_config
+
+    base = {"model": "m", "train_file": "t.jsonl"}
+    with pytest.raises(ConfigError) as refused:
+        parse_config({**base, "early_stopping_patience": 3})
+    assert "needs evals" in refused.value.errors["early_stopping_patience"]
+    with pytest.raises(ConfigError) as refused:
+        parse_config({**base, "eval_split": 0.1, "eval_steps": 20, "save_steps": 50, "early_stopping_patience": 3})
+    assert refused.value.errors["save_steps"].startswith("with early stopping the best eval's checkpoint")
+    assert "multiple of eval_steps (20), e.g. 40" in refused.value.errors["save_steps"]
+    with pytest.raises(ConfigError) as refused:
+        parse_config({**base, "early_stopping_threshold": 0.01})
+    assert "set early_stopping_patience too" in refused.value.errors["early_stopping_threshold"]
+    for save_steps in (None, 40):
+        config = parse_config({**base, "eval_split": 0.1, "eval_steps": 20, "save_steps": save_steps,
+                               "early_stopping_patience": 3, "early_stopping_threshold": 0.01})
+        assert config.early_stopping_patience == 3
+
+
+def test_early_stopping_asks_transformers_to_restore_the_best_eval():
+    from training.engine.config import parse_config
+    from training.engine.runner import sft_config
+
+    config = parse_config({"model": "m", "train_file": "t.jsonl", "eval_split": 0.1, "eval_steps": 20,
+                           "early_stopping_patience": 3, "output_dir": "/tmp/x"})
+    args = sft_config(config, "messages", None, True)
+    assert args.load_best_model_at_end and args.metric_for_best_model == "eval_loss"
+    assert args.greater_is_better is False and args.save_strategy == "best"
+    aligned = sft_config(config.model_copy(update={"save_steps": 40}), "messages", None, True)
+    assert aligned.save_strategy == "steps" and aligned.save_steps == 40
