@@ -89,8 +89,32 @@ def _check(args) -> int:
     except ConfigError as exc:
         print(json.dumps({"ok": False, "errors": exc.errors}))
         return 2
-    print(json.dumps({"ok": True, "derived": derive(config, args.examples).as_dict()}))
+    try:
+        data = _check_data(config)
+    except ConfigError as exc:
+        print(json.dumps({"ok": False, "errors": exc.errors}))
+        return 2
+    print(json.dumps({"ok": True, "derived": derive(config, args.examples or data.get("rows")).as_dict(), **data}))
     return 0
+
+
+def _check_data(config) -> dict:
+    """Where the training file is here: its rows read, and a messages dataset checked against the model's chat
+    template (the tokenizer alone loads, no weights), so that a pairing that cannot train as asked is refused here,
+    before a GPU is touched. Returns the training rows and what the template changes ({} when the file is not on this
+    machine)."""
+    from pathlib import Path
+
+    from .data import answers_only, encode_chats, load_data, load_tokenizer
+
+    if not Path(config.train_file).is_file():
+        return {}
+    train, evaluation, fmt = load_data(config)
+    found = {"rows": len(train), "data_format": fmt}
+    if fmt == "messages":
+        _, plan = encode_chats(train, load_tokenizer(config.model), answers_only=answers_only(config, fmt))
+        found["template"] = plan.summary()
+    return found
 
 
 def _run(args) -> int:
