@@ -64,18 +64,24 @@ def assets_or_skip(vocab: str) -> Path:
 def family_tokenizer(name: str):
     """The family's tokenizer, built once per session: its template set and its tokens added. Shared: do not
     change it in a test."""
-    from tokenizers import decoders
+    from tokenizers import decoders, pre_tokenizers
     from transformers import AutoTokenizer
 
     family = FAMILIES[name]
     assets_or_skip(family.vocab)
     tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tokenizers" / family.vocab)
     backend = tokenizer.backend_tokenizer
+    # transformers' GGUF converter chains SentencePiece's "▁" replacement and a byte-level decoder for every
+    # vocabulary, which turns the "▁" of DeepSeek's control tokens into spaces (byte-level vocabularies) and drops
+    # the spaces of a SentencePiece one (Phi-3); the families' own tokenizer.json files decode with one or the other
     if type(backend.pre_tokenizer).__name__ == "ByteLevel":
-        # transformers' GGUF converter chains a SentencePiece "▁" replacement into a byte-level decoder, which
-        # turns the "▁" of DeepSeek's control tokens into spaces; the families' own tokenizer.json files decode
-        # with ByteLevel alone
         backend.decoder = decoders.ByteLevel()
+    elif backend.pre_tokenizer is None and backend.normalizer is None:
+        # ... and for Phi-3's SentencePiece vocabulary it leaves out the "▁" for spaces altogether (spaces vanish);
+        # Llama 2's and Phi-3's own tokenizer.json split with Metaspace
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+        backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                             decoders.Strip(" ", 1, 0)])
     tokenizer.chat_template = (ASSETS / "templates" / f"{family.template}.jinja").read_text()
     if family.added:
         tokenizer.add_special_tokens({"additional_special_tokens": list(family.added)})
