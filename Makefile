@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps "unsloth==2026.10.9" "unsloth-zoo==2026.10.9"
 	# pip's torchvision does not load with a CPU torch and breaks every transformers import.
 	$(PIP) uninstall -q -y torchvision xformers 2>/dev/null || true
+	# Real chat templates and tokenizers of model families for the families tests (llama.cpp's copies, from PyPI).
+	$(PY) scripts/family_assets.py $(VENV)/share/llama-cpp-python
 	touch $@
 
 install: $(VENV)/.installed

@@ -20,6 +20,7 @@ from training.access import require_role
 from training.datasets import files
 from training.datasets import stats as token_stats
 from training.datasets.files import sha256_of
+from training.engine.chat import template_rules
 from training.engine.config import text_problem
 from training.model_source import model_source_error
 from training.models import Dataset
@@ -309,6 +310,8 @@ def dataset_profile_execute(*, dataset_id: int, token: str) -> None:
                                        seed=params["seed"], eval_rows=eval_rows, progress=progress)
         result["preview"] = _preview(first, encode, tokenizer)
         result["chat_template"] = bool(getattr(tokenizer, "chat_template", None))
+        if dataset.format == "messages" and result["chat_template"]:
+            result["template"]["injected"] = template_rules(tokenizer).injected
         _profile_update(dataset_id, token, state="done", done=dataset.rows, result=result,
                         finished_at=timezone.now().isoformat())
     except ProfileReplaced:

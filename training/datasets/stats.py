@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from training.engine.chat import TemplateProblem, encode_chat, template_rules
 from training.engine.derived import rank_range_for_dataset
 
 HISTOGRAM_BINS = 40
@@ -16,9 +17,13 @@ HISTOGRAM_BINS = 40
 
 @dataclass(frozen=True)
 class Encoded:
-    """One row as the trainer sees it: its token ids and which of them count toward the loss."""
+    """One row as the trainer sees it: its token ids and which of them count toward the loss; for a chat, why the
+    template refuses it (error) or what it changed."""
     ids: list[int]
     loss_mask: list[int]
+    error: str | None = None
+    changes: tuple[str, ...] = ()
+    prompt_mismatch: str | None = None
 
 
 Encoder = Callable[[list[dict]], list[Encoded]]
@@ -34,27 +39,37 @@ def _ids(batch) -> list[list[int]]:
 
 
 def tokenizer_encoder(tokenizer, *, completion_only_loss: bool = True) -> Encoder:
-    """Encode rows the way TRL's SFTTrainer does: text and completions get the EOS token appended; messages go
-    through the chat template (assistant tokens from its {% generation %} marks); the completion starts where the
-    tokenised prompt and prompt+completion diverge. With completion-only loss off, every token counts.
-    Rows are encoded a batch at a time (the fast tokenizer's batch call)."""
+    """Encode rows the way the engine trains them: messages through training.engine.chat, the engine's own code
+    (the model's template, its system rules, exactly the answers and their end-of-turn token when completion-only);
+    text and completions get the EOS token appended and the completion starts where the tokenised prompt and
+    prompt+completion diverge, as TRL's SFTTrainer does. With completion-only loss off, every token counts.
+    A row the template refuses keeps its rendered tokens (none if it cannot render) and trains none of them."""
     eos = tokenizer.eos_token or ""
+    rules = []  # the template's rules, probed at the first chat row (a text dataset needs no template)
 
     def with_eos(text: str) -> str:
         return text if text.endswith(eos) else text + eos
 
+    def chat(messages) -> Encoded:
+        if not rules:
+            try:
+                rules.append(template_rules(tokenizer))
+            except TemplateProblem as exc:
+                raise ValueError(f"model: {exc}") from None
+        row = encode_chat(tokenizer, messages, rules[0], answers_only=completion_only_loss)
+        changes = tuple(row.changes)
+        if row.error:
+            ids = encode_chat(tokenizer, messages, rules[0], answers_only=False).ids
+            return Encoded(ids, [0] * len(ids), row.error, changes)
+        return Encoded(row.ids, row.mask, None, changes, row.prompt_mismatch)
+
     def encode(rows: list[dict]) -> list[Encoded]:
-        out: list[Encoded] = []
-        chats = [i for i, row in enumerate(rows) if "messages" in row]
+        encoded: dict[int, Encoded] = {}
         pairs = [i for i, row in enumerate(rows) if "prompt" in row]
         texts = [i for i, row in enumerate(rows) if "text" in row]
-        encoded: dict[int, Encoded] = {}
-        if chats:
-            batch = tokenizer.apply_chat_template([rows[i]["messages"] for i in chats], tokenize=True,
-                                                  return_dict=True, return_assistant_tokens_mask=True)
-            masks = batch.get("assistant_masks")
-            for k, (i, ids) in enumerate(zip(chats, _ids(batch))):
-                encoded[i] = Encoded(ids, list(masks[k]) if masks is not None else [0] * len(ids))
+        for i, row in enumerate(rows):
+            if "messages" in row:
+                encoded[i] = chat(row["messages"])
         if pairs:
             prompts = _ids(tokenizer([rows[i]["prompt"] for i in pairs]))
             fulls = _ids(tokenizer([rows[i]["prompt"] + with_eos(rows[i]["completion"]) for i in pairs]))
@@ -62,14 +77,12 @@ def tokenizer_encoder(tokenizer, *, completion_only_loss: bool = True) -> Encode
                 start = len(prompt)
                 if ids[:start] != prompt:
                     start = next(k for k, (a, b) in enumerate(zip(prompt, ids)) if a != b)
-                encoded[i] = Encoded(ids, [0] * start + [1] * (len(ids) - start))
+                mask = [0] * start + [1] * (len(ids) - start)
+                encoded[i] = Encoded(ids, mask if completion_only_loss else [1] * len(ids))
         if texts:
             for i, ids in zip(texts, _ids(tokenizer([with_eos(rows[i]["text"]) for i in texts]))):
                 encoded[i] = Encoded(ids, [1] * len(ids))
-        for i in range(len(rows)):
-            item = encoded[i]
-            out.append(item if completion_only_loss else Encoded(item.ids, [1] * len(item.ids)))
-        return out
+        return [encoded[i] for i in range(len(rows))]
 
     return encode
 
@@ -154,6 +167,7 @@ def profile(rows: Iterable[dict], encode: Encoder, *, total_rows: int, max_lengt
     loss_tokens = np.zeros(total_rows, dtype=np.int64)
     digests = np.zeros(total_rows, dtype=np.int64)
     count = 0
+    template: dict[str, dict[str, list[int]]] = {"refused": {}, "changed": {}, "prompt_mismatch": {}}
 
     def add(batch: list[dict]) -> None:
         nonlocal count
@@ -163,6 +177,10 @@ def profile(rows: Iterable[dict], encode: Encoder, *, total_rows: int, max_lengt
             lengths[count] = len(encoded.ids)
             loss_tokens[count] = sum(encoded.loss_mask[:max_length])
             digests[count] = row_digest(row)
+            for kind, reasons in (("refused", [encoded.error] if encoded.error else []), ("changed", encoded.changes),
+                                  ("prompt_mismatch", [encoded.prompt_mismatch] if encoded.prompt_mismatch else [])):
+                for reason in reasons:
+                    template[kind].setdefault(reason, []).append(count + 1)
             count += 1
         if progress is not None:
             progress(count)
@@ -218,6 +236,9 @@ def profile(rows: Iterable[dict], encode: Encoder, *, total_rows: int, max_lengt
         "duplicate_rows": int(total_rows - len(np.unique(digests))),
         "overlap_rows": int(np.count_nonzero(np.isin(eval_digests, train_digests))),
         "histogram": histogram(train_lengths),
+        # rows the model's chat template refuses or changes, by reason, with the first rows (1-based) of each
+        "template": {kind: [{"reason": r, "rows": len(ix), "first_rows": ix[:5]} for r, ix in reasons.items()]
+                     for kind, reasons in template.items()},
         "advice": advice(train_rows=n, sorted_lengths=train_lengths, max_length=max_length),
     }
 

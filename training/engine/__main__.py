@@ -99,10 +99,12 @@ def _check(args) -> int:
     try:
         config = parse_config(_read(args.config))
         adapters = _check_targets(config)
+        data = _check_data(config)
     except ConfigError as exc:
         print(json.dumps({"ok": False, "errors": exc.errors}))
         return 2
-    print(json.dumps({"ok": True, "derived": derive(config, args.examples).as_dict(), **adapters}))
+    derived = derive(config, args.examples or data.get("rows")).as_dict()
+    print(json.dumps({"ok": True, "derived": derived, **adapters, **data}))
     return 0
 
 
@@ -123,6 +125,25 @@ def _check_targets(config) -> dict:
     resolution = targets.resolve(layout, config.target_modules)
     return {"adapters": {"modules": resolution.counts(), "trainable_params": resolution.lora_params(config.r)},
             "warnings": list(resolution.shortfalls)}
+
+
+def _check_data(config) -> dict:
+    """Where the training file is here: its rows read, and a messages dataset checked against the model's chat
+    template (the tokenizer alone loads, no weights), so that a pairing that cannot train as asked is refused here,
+    before a GPU is touched. Returns the training rows and what the template changes ({} when the file is not on this
+    machine)."""
+    from pathlib import Path
+
+    from .data import answers_only, encode_chats, load_data, load_tokenizer
+
+    if not Path(config.train_file).is_file():
+        return {}
+    train, evaluation, fmt = load_data(config)
+    found = {"rows": len(train), "data_format": fmt}
+    if fmt == "messages":
+        _, plan = encode_chats(train, load_tokenizer(config.model), answers_only=answers_only(config, fmt))
+        found["template"] = plan.summary()
+    return found
 
 
 def _run(args) -> int:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .chat import TemplateProblem, generation_prompt, template_rules
 from .events import EventSink
 
 
@@ -110,7 +111,10 @@ def prompt_text(tokenizer, row: dict[str, Any]) -> str:
         if not tokenizer.chat_template:
             raise SpecError({"examples_file": f"example {row.get('index')}: chat messages, but the model's "
                                               "tokenizer has no chat template"})
-        return tokenizer.apply_chat_template(row["messages"], tokenize=False, add_generation_prompt=True)
+        try:  # formatted as the answers were trained (training.engine.chat)
+            return generation_prompt(tokenizer, row["messages"], template_rules(tokenizer))
+        except TemplateProblem as exc:
+            raise SpecError({"examples_file": f"example {row.get('index')}: {exc}"}) from None
     return row["prompt"]
 
 

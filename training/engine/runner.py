@@ -10,8 +10,9 @@ from importlib import metadata
 from pathlib import Path
 
 from . import backends, distributed, failures, targets
+from .chat import generation_prompt, template_rules
 from .config import EXPONENTIAL_RANGE_START, ConfigError, TrainConfig, check_environment
-from .data import load_data, rendered_lengths
+from .data import answers_only, encode_chats, load_data, load_tokenizer, rendered_lengths
 from .derived import derive, packed_attention_ratio
 from .events import EventSink
 from .warm import WarmRun
@@ -95,11 +96,10 @@ def sft_config(config: TrainConfig, fmt: str, dtype, has_eval: bool):
         dataloader_num_workers=0,
         dataset_num_proc=1,
     )
-    if config.completion_only_loss is not None:
-        if fmt == "messages":
-            kwargs["assistant_only_loss"] = config.completion_only_loss
-        else:
-            kwargs["completion_only_loss"] = config.completion_only_loss
+    # messages rows arrive tokenized with their assistant_masks (data.encode_chats): TRL's assistant_only_loss, which
+    # needs {% generation %} markers, stays off
+    if config.completion_only_loss is not None and fmt == "prompt_completion":
+        kwargs["completion_only_loss"] = config.completion_only_loss
     if config.lr_scheduler_type == "reduce_lr_on_plateau":
         kwargs["metric_for_best_model"] = "eval_loss"
     if config.early_stopping_patience is not None and has_eval:
@@ -245,9 +245,10 @@ def _emit_samples(sink: EventSink, model, tokenizer, config: TrainConfig, step: 
     was_training = model.training
     model.eval()
     try:
+        # formatted as the answers were trained (training.engine.chat), not by the template's generation prompt
+        rules = template_rules(tokenizer) if tokenizer.chat_template else None
         for prompt in config.sample_prompts:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                 add_generation_prompt=True) if tokenizer.chat_template else prompt
+            text = generation_prompt(tokenizer, [{"role": "user", "content": prompt}], rules) if rules else prompt
             inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
             with torch.no_grad():
                 out = model.generate(**inputs, max_new_tokens=config.sample_max_new_tokens, do_sample=False,
@@ -305,6 +306,20 @@ def _setting_warnings(sink: EventSink, config: TrainConfig, model, counts: dict,
                          f"{truncated:.1%} of examples are longer than max_length ({config.max_length}) "
                          "and will be cut")
     _packed_attention_warning(sink, config, model, backend)
+
+
+def _template_warnings(sink: EventSink, summary: dict, rows: int) -> None:
+    """What the model's chat template changed in the rows (training.engine.chat): said once per reason."""
+    for item in summary["changed"]:
+        sink.warning("template_changed_rows", "train_file",
+                     f"{item['rows']} of {rows} rows (row {', '.join(map(str, item['first_rows']))}...): "
+                     f"{item['reason']}")
+    if summary["injected"]:
+        sink.warning("template_injected_text", "train_file",
+                     f"the chat template adds text of its own to every row, and it trains where the loss covers "
+                     f"it: {summary['injected'][:200]!r}")
+    for item in summary["prompt_mismatch"][:1]:
+        sink.warning("template_prompt_mismatch", "completion_only_loss", item["reason"])
 
 
 def _unsloth_attention_warning(sink: EventSink, config: TrainConfig, backend: str) -> None:
@@ -401,6 +416,13 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
         distributed.bind_device(here)  # before anything loads: this rank's own GPU
         phases = Phases()
         train, evaluation, fmt = load_data(config)
+        plan = None
+        if fmt == "messages":  # the template's rules checked on every row before any model loads
+            chat_tokenizer = load_tokenizer(config.model)
+            train, plan = encode_chats(train, chat_tokenizer, answers_only=answers_only(config, fmt))
+            if evaluation is not None:
+                evaluation, _ = encode_chats(evaluation, chat_tokenizer, answers_only=answers_only(config, fmt),
+                                             field="eval_file" if config.eval_file else "train_file")
         phases.mark("data")
         backend = backends.resolve_backend(config)
         if warm:
@@ -453,6 +475,8 @@ def run(config: TrainConfig, sink: EventSink, *, stop: StopRequest | None = None
             sink.warning("target_modules_partial", "target_modules", shortfall)
         if lever:
             sink.warning("unsloth_compile_off", "backend", lever)
+        if plan is not None:
+            _template_warnings(sink, plan.summary(), len(plan.rows))
         started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=resume_from)
         step = trainer.state.global_step

@@ -38,6 +38,7 @@ from typing import IO, Any
 
 from jinja2 import TemplateError
 
+from .chat import generation_prompt, template_rules
 from .evaluate import SpecError, check_number, context_length
 from .events import EventSink
 
@@ -177,7 +178,8 @@ def render_chat(tokenizer, history: list[dict[str, str]], prompt: str) -> str:
     the raw concatenation of prompt and completion, so a conversation continues the same way)."""
     messages = [*history, {"role": "user", "content": prompt}]
     if tokenizer.chat_template:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        # formatted as the answers were trained: system turns and thinking blocks as in training.engine.chat
+        return generation_prompt(tokenizer, messages, template_rules(tokenizer))
     return "".join(message["content"] for message in messages)
 
 

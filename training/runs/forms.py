@@ -68,7 +68,10 @@ NOTES: dict[str, str] = {
     "save_steps": "save a checkpoint every this many optimizer steps; none: only when the run is stopped (the "
                   "adapter is saved at the end either way)",
     "seed": "seed of the data order, dropout and the trainer",
-    "completion_only_loss": "loss on completions (or assistant turns) only; none: TRL's default for the format",
+    "completion_only_loss": "loss on the answers only: the completions, or each assistant turn's text and its "
+                            "end-of-turn token, for whatever chat template the model has. Default (none): answers "
+                            "only for prompt_completion and messages data, every token for text; false: every token, "
+                            "system and user turns and the text the template adds included",
     "sample_prompts": "prompts to generate from at each evaluation (at the end without one)",
     "sample_max_new_tokens": "tokens generated for each sample prompt",
     "merge_16bit": "also save the base model with the adapter merged in, in 16 bits",

@@ -2,12 +2,14 @@
 one status transition. Views, tasks, the execution and the workers call these."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
 import socket
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from celery import current_app
@@ -20,6 +22,7 @@ from django.utils import timezone
 from dashboard.models import Membership, Team
 from training.access import require_role
 from training.engine.config import ConfigError, parse_config, text_problem
+from training.engine.data import answers_only, encode_chats, load_data, load_tokenizer
 from training.live import send as live
 from training.models import (MAX_TAGS, NOTE_MAX_LENGTH, TAG_MAX_LENGTH, Dataset, EvalSuite, Preset, Run, Sweep,
                              Worker)
@@ -162,6 +165,7 @@ def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = No
         raise ValidationError({"queue": "letters, digits and _ . @ - only, at most 100"})
     config = run_config_build(train_file=dataset.path, preset=preset, overrides=overrides or {}, base_run=base_run,
                               base_kind=base_kind)
+    template_check(config)
     notes = preflight.review(config, dataset=dataset)
     plan = run_plan(team=team, config=config, dataset=dataset, queue=queue)
     refusal = planner.plan_refusal(plan)
@@ -188,6 +192,38 @@ def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = No
         run.eval_suites.set(suites)
         transaction.on_commit(lambda: _enqueue(run))
     return run
+
+
+def template_check(config: dict[str, Any]) -> None:
+    """Refuse, before a run exists, a messages dataset whose rows the model's chat template cannot train as asked
+    (rows it refuses, answers it rewrites), with the engine's own check (training.engine.data.encode_chats) on every
+    row. Needs the model's tokenizer here: a model that is not a folder on this machine is checked by the engine
+    when it starts, still before the model loads."""
+    parsed = parse_config(config)
+    tokenizer_file = Path(parsed.model) / "tokenizer_config.json"
+    if not tokenizer_file.is_file() or not Path(parsed.train_file).is_file():
+        return
+    errors = _template_errors(parsed.model, parsed.train_file, parsed.data_format, parsed.completion_only_loss,
+                              Path(parsed.train_file).stat().st_mtime_ns, tokenizer_file.stat().st_mtime_ns)
+    if errors:
+        raise ValidationError(errors)
+
+
+@functools.lru_cache(maxsize=64)
+def _template_errors(model: str, train_file: str, data_format: str, completion_only_loss: bool | None,
+                     *_mtimes: int) -> dict[str, str] | None:
+    """The verdict for one pairing of data and tokenizer on every row of the file (row numbers are the file's; an
+    eval split is made of the same rows), the files' mtimes in the key: a sweep's members share theirs instead of
+    each rendering every row again."""
+    parsed = parse_config({"model": model, "train_file": train_file, "data_format": data_format,
+                           "completion_only_loss": completion_only_loss})
+    try:
+        train, _, fmt = load_data(parsed)
+        if fmt == "messages":
+            encode_chats(train, load_tokenizer(model), answers_only=answers_only(parsed, fmt), field="dataset")
+    except ConfigError as exc:
+        return exc.errors
+    return None
 
 
 def run_resume(*, run: Run, user, queue: str | None = None) -> Run:

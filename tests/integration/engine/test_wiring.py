@@ -44,7 +44,9 @@ def test_sft_fields_reach_sftconfig(tiny_llama, data_dir, tmp_path):
     assert args.eval_strategy.value == "steps" and args.eval_steps == 7
     assert args.logging_steps == 3 and args.save_strategy.value == "steps" and args.save_steps == 11
     assert args.seed == 7 and args.optim.value == "adamw_torch"
-    assert args.assistant_only_loss is True  # completion-only loss on chat data = assistant turns only
+    # chat rows reach TRL tokenized with their assistant_masks (training.engine.chat): TRL's own marker-bound
+    # assistant_only_loss stays off
+    assert args.assistant_only_loss is False
     assert args.bf16 is False and args.fp16 is False  # CPU
 
 
