@@ -21,7 +21,8 @@ from django.utils import timezone
 
 from dashboard.models import Membership, Team
 from training.access import require_role
-from training.engine.config import ConfigError, parse_config, text_problem
+from training.engine.config import STEPS_MAX, ConfigError, parse_config, text_problem
+from training.engine.derived import derive
 from training.engine.data import answers_only, encode_chats, load_data, load_tokenizer
 from training.live import send as live
 from training.models import (MAX_TAGS, NOTE_MAX_LENGTH, TAG_MAX_LENGTH, Dataset, EvalSuite, Preset, Run, Sweep,
@@ -143,6 +144,16 @@ def _base_fields(base_run: Run, base_kind: str, overrides: dict[str, Any]) -> di
     return {**fields, "errors": errors}
 
 
+def steps_check(config: dict[str, Any], *, rows: int) -> None:
+    """Refuse epochs that make more steps than a run's step columns hold: each field is bounded, but epochs times
+    rows is only known with the dataset."""
+    steps = derive(parse_config(config), rows).total_steps
+    if steps and steps > STEPS_MAX:
+        raise ValidationError({"num_train_epochs": f"{config.get('num_train_epochs')} epochs of {rows:,} rows make "
+                                                   f"{steps:,} steps; at most {STEPS_MAX:,}: fewer epochs, or set "
+                                                   "max_steps"})
+
+
 def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = None,
                overrides: dict[str, Any] | None = None, name: str = "", queue: str | None = None,
                base_run: Run | None = None, base_kind: str = Run.BaseKind.ADAPTER, sweep: Sweep | None = None,
@@ -166,6 +177,7 @@ def run_create(*, team: Team, user, dataset: Dataset, preset: Preset | None = No
     config = run_config_build(train_file=dataset.path, preset=preset, overrides=overrides or {}, base_run=base_run,
                               base_kind=base_kind)
     template_check(config)
+    steps_check(config, rows=dataset.rows)
     notes = preflight.review(config, dataset=dataset)
     plan = run_plan(team=team, config=config, dataset=dataset, queue=queue)
     refusal = planner.plan_refusal(plan)

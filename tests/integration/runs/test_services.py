@@ -46,6 +46,18 @@ def test_run_create_names_every_bad_field_and_saves_nothing(member, django_captu
     assert Run.objects.count() == 0 and callbacks == []
 
 
+def test_epochs_that_make_more_steps_than_a_step_column_holds_are_refused(member, tiny_model):
+    team, user, dataset = member
+    dataset.rows = 10_000_000  # as a large upload would count: epochs x rows is what overflows, not either alone
+    dataset.save(update_fields=["rows"])
+    with pytest.raises(ValidationError) as excinfo:
+        services.run_create(team=team, user=user, dataset=dataset,
+                            overrides={**tiny_overrides(tiny_model), "max_steps": None, "num_train_epochs": 10_000,
+                                       "per_device_train_batch_size": 1, "gradient_accumulation_steps": 1})
+    assert "at most 2,147,483,647" in field_errors(excinfo)["num_train_epochs"]
+    assert Run.objects.count() == 0
+
+
 def test_run_create_merges_preset_then_overrides_and_queues_on_commit(member, django_capture_on_commit_callbacks):
     team, user, dataset = member
     preset = make_preset(team, r=8, lora_alpha=16, learning_rate=1e-4)
