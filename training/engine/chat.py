@@ -248,6 +248,33 @@ def generation_prompt(tokenizer, messages: list[dict], rules: TemplateRules) -> 
     return text[:text.index(SENTINEL)]
 
 
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """The token ids that end an answer: the tokenizer's end of sequence and the end-of-turn token the template writes
+    right after an answer (Llama 3's `<|eot_id|>`, Gemma's `<end_of_turn>`, Phi-3's `<|end|>`), so that generation
+    stops where the trained answers stopped rather than running on into the next turn."""
+    ids = {tokenizer.eos_token_id} - {None}
+    if tokenizer.chat_template:
+        try:
+            text = render(tokenizer, [{"role": "user", "content": PROBE["user"]},
+                                      {"role": "assistant", "content": SENTINEL}])
+        except Exception:  # noqa: BLE001 - a template that refuses the probe keeps the tokenizer's own end
+            text = ""
+        after = text[text.index(SENTINEL) + len(SENTINEL):] if SENTINEL in text else ""
+        special = next((s for s in _specials(tokenizer) if after.startswith(s)), None)
+        if special is not None:
+            ids.add(tokenizer.convert_tokens_to_ids(special))
+    return sorted(ids)
+
+
+def visible_text(tokenizer, ids) -> str:
+    """Generated ids as a person reads them: no control token as text, special or only added (Phi-3 marks its turn
+    tokens as added, and Qwen3's `<think>` tags are added tokens that skip_special_tokens keeps)."""
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    for special in _specials(tokenizer):
+        text = text.replace(special, "")
+    return text
+
+
 @dataclass
 class DatasetPlan:
     """What a template makes of a whole dataset: the encoded rows and every row it refuses or changes, by reason."""

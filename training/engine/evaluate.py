@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .chat import TemplateProblem, generation_prompt, template_rules
+from .chat import TemplateProblem, end_of_turn_ids, generation_prompt, template_rules, visible_text
 from .events import EventSink
 
 
@@ -176,6 +176,7 @@ def generate(spec: Spec, sink: EventSink) -> int:
         torch.manual_seed(spec.seed)
         disabled = model.disable_adapter() if spec.adapters == "off" else contextlib.nullcontext()
         began, new_tokens = time.perf_counter(), 0
+        stop_ids = end_of_turn_ids(tokenizer)  # answers stop where the trained ones did
         with torch.no_grad(), disabled:
             for start in range(0, len(examples), spec.batch_size):
                 batch = texts[start:start + spec.batch_size]
@@ -183,12 +184,12 @@ def generate(spec: Spec, sink: EventSink) -> int:
                 sampling = {"do_sample": True, "temperature": spec.temperature, "top_p": spec.top_p} if (
                     spec.temperature > 0) else {"do_sample": False}
                 out = model.generate(**inputs, max_new_tokens=spec.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                     **sampling)
+                                     eos_token_id=stop_ids or None, **sampling)
                 width = inputs["input_ids"].shape[1]
                 for row, ids in zip(examples[start:start + spec.batch_size], out[:, width:]):
                     kept = [t for t in ids.tolist() if t != tokenizer.pad_token_id]
                     new_tokens += len(kept)
-                    sink.emit("output", index=row.get("index"), output=tokenizer.decode(kept, skip_special_tokens=True),
+                    sink.emit("output", index=row.get("index"), output=visible_text(tokenizer, kept),
                               tokens=len(kept))
         seconds = time.perf_counter() - began
         sink.emit("finished", step=0, examples=len(examples), runtime_s=round(seconds, 3),

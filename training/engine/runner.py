@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import backends, distributed, failures, targets
-from .chat import generation_prompt, template_rules
+from .chat import end_of_turn_ids, generation_prompt, template_rules, visible_text
 from .config import EXPONENTIAL_RANGE_START, ConfigError, TrainConfig, check_environment
 from .data import answers_only, encode_chats, load_data, load_tokenizer, rendered_lengths
 from .derived import derive, packed_attention_ratio
@@ -252,8 +252,8 @@ def _emit_samples(sink: EventSink, model, tokenizer, config: TrainConfig, step: 
             inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
             with torch.no_grad():
                 out = model.generate(**inputs, max_new_tokens=config.sample_max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)
-            completion = tokenizer.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=end_of_turn_ids(tokenizer) or None)
+            completion = visible_text(tokenizer, out[0][inputs["input_ids"].shape[1]:].tolist())
             sink.emit("sample", step=step, prompt=prompt, completion=completion)
     except Exception as exc:  # a sample is a nicety: it must never end a run
         sink.warning("sample_failed", "sample_prompts", f"generation failed: {type(exc).__name__}: {exc}")

@@ -38,7 +38,7 @@ from typing import IO, Any
 
 from jinja2 import TemplateError
 
-from .chat import generation_prompt, template_rules
+from .chat import end_of_turn_ids, generation_prompt, template_rules, visible_text
 from .evaluate import SpecError, check_number, context_length
 from .events import EventSink
 
@@ -228,7 +228,7 @@ class SideStreamer:
             self.ids[row].append(token)
             if self.first_at[row] is None:
                 self.first_at[row] = time.perf_counter()
-            text, stopped = until_stop(self.tokenizer.decode(self.ids[row], skip_special_tokens=True), self.stops)
+            text, stopped = until_stop(visible_text(self.tokenizer, self.ids[row]), self.stops)
             self.done[row] = stopped
             if text.endswith("\ufffd") or len(text) <= len(self.sent[row]):
                 continue
@@ -237,7 +237,7 @@ class SideStreamer:
 
     def end(self) -> None:
         for row, side in enumerate(self.sides):
-            text = self.tokenizer.decode(self.ids[row], skip_special_tokens=True)
+            text = visible_text(self.tokenizer, self.ids[row])
             if self.stops:
                 cut = [text.find(stop) for stop in self.stops if stop in text]
                 text = text[:min(cut)] if cut else text
@@ -316,7 +316,7 @@ class Server:
         adapter_names = [side if side == "left" or self.spec.right else BASE_SIDE for side in sides]
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        eos_ids.add(self.tokenizer.eos_token_id)
+        eos_ids.update(end_of_turn_ids(self.tokenizer))  # the template's end of turn too: where answers stopped
 
         def on_text(side: str, text: str) -> None:
             self.sink.emit("token", request=request.id, side=side, text=text)
@@ -334,7 +334,7 @@ class Server:
         with torch.no_grad():
             self.model.generate(input_ids=inputs, attention_mask=attention_mask, streamer=streamer,
                                 max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                                adapter_names=adapter_names, **sampling)
+                                eos_token_id=sorted(eos_ids) or None, adapter_names=adapter_names, **sampling)
         seconds = time.perf_counter() - started
         for row, side in enumerate(sides):
             first = streamer.first_at[row]

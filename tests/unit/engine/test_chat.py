@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from tests.families import FAMILIES, family_tokenizer
-from training.engine.chat import (encode_chat, generation_prompt, plan_dataset, prepare_messages, render,
-                                  template_rules)
+from training.engine.chat import (encode_chat, end_of_turn_ids, generation_prompt, plan_dataset, prepare_messages,
+                                  render, template_rules, visible_text)
 
 SYSTEM = "You are terse."
 ROW_SYSTEM = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What colour is the sky?"},
@@ -133,3 +133,16 @@ def test_a_template_with_generation_markers_uses_them(tiny_model):
     assert rules.markers
     encoded = encode_chat(tokenizer, ROW_TWO_TURNS, rules)
     assert trained_text(tokenizer, encoded) == "An apple.<|im_end|>A plum, then.<|im_end|>"
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_generation_stops_at_the_end_of_turn_and_shows_no_control_token(name):
+    tokenizer = family_tokenizer(name)
+    eot = tokenizer.convert_tokens_to_ids(FAMILIES[name].eos)
+    assert eot in end_of_turn_ids(tokenizer)
+    # what a model trained on these rows writes: an answer, its end-of-turn token, maybe the tags of a thinking block
+    answer = "The sky is blue."
+    ids = tokenizer("<think>" + answer + "</think>" if name == "qwen3" else answer, add_special_tokens=False)["input_ids"]
+    shown = visible_text(tokenizer, ids + [eot])
+    assert shown.strip() == answer
+    assert all(special not in shown for special in (FAMILIES[name].eos, "<think>", "</think>"))
