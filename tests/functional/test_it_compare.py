@@ -238,7 +238,8 @@ def test_the_outcomes_rows_show_each_runs_numbers(member_client, three):
     assert best.groups() == (f"{2.0 - 40 / 80 + 0.1:.4g}", "—")
     vram = re.search(r"<th>Peak VRAM \(GiB\)</th><td>([^<]*)</td>", html)
     assert vram.group(1) == "1"
-    assert re.search(r"<th>Effective batch</th><td>8</td><td>8</td>", html)
+    # the row's label is a glossary term (a link with its one-line explanation)
+    assert re.search(r"<th><a class=\"term\"[^>]*>Effective batch</a></th><td>8</td><td>8</td>", html)
 
 
 def test_a_viewer_of_the_team_may_compare_and_export(viewer_client, three):
@@ -285,7 +286,7 @@ def test_each_runs_pre_flight_notes_are_shown_beside_its_findings(world, member_
     html = member_client.get(f"/compare/?runs={ids(runs)}").content.decode()
     card = html[html.index('id="compare-findings"'):]
     card = card[:card.index("</section>")]
-    assert "<h2>Findings and pre-flight notes</h2>" in card
+    assert re.search(r"<h2><a class=\"term\"[^>]*>Findings</a> and <a class=\"term\"[^>]*>pre-flight</a> notes</h2>", card)
     assert re.findall(r'<ul class="findings preflight-notes" id="preflight-(\d+)">', card) == [
         str(r.id) for r in runs]
     for run in runs:
