@@ -325,9 +325,9 @@ def run(args: argparse.Namespace, children: Children, worker_name: str, demo_swe
     site = f"http://{args.host}:{args.port}"
     url, sweep_line = f"{site}/", ""
     if not args.no_demo_run:
-        from training.runs import services
+        from training.runs import services as run_services  # `services` here: the embedded servers
 
-        run_ = services.run_create(team=team, user=user, dataset=dataset, preset=preset, name="demo run")
+        run_ = run_services.run_create(team=team, user=user, dataset=dataset, preset=preset, name="demo run")
         url = f"{site}/runs/{run_.id}/"
         say(f"demo run #{run_.id} queued: {DEMO_STEPS} steps of the tiny model")
         sweep = start_demo_sweep(team, user, dataset, preset)

@@ -137,7 +137,7 @@ def test_on_a_fresh_database_it_sets_up_serves_trains_the_demo_and_stops_cleanly
             assert user == (True,) and role == ("admin",)
             status = conn.execute("SELECT status FROM training_run WHERE id = 1").fetchone()[0]
 
-            assert launcher.interrupt() == 0
+            assert launcher.interrupt() == 0, launcher.output()[-4000:]
             assert "stopped" in launcher.output().splitlines()[-1]
             with pytest.raises(OSError):
                 socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -153,7 +153,7 @@ def test_on_a_fresh_database_it_sets_up_serves_trains_the_demo_and_stops_cleanly
         again = Launcher(env, port, "--no-demo-run")
         again.wait_for("Tuneboard is running", timeout=120)
         assert "creating database" not in again.output() and "building the tiny demo model" not in again.output()
-        assert again.interrupt() == 0
+        assert again.interrupt() == 0, again.output()[-4000:]
         with connect(name) as conn:
             counts = conn.execute("SELECT (SELECT count(*) FROM training_run), (SELECT count(*) FROM auth_user), "
                                   "(SELECT count(*) FROM training_dataset), (SELECT count(*) FROM training_preset), "
