@@ -117,7 +117,8 @@ def test_the_pre_flight_column_counts_each_runs_notes_and_links_to_them(world, m
     tame = named_run(world.team, world.member, world.dataset, "tame alpha run", warmup_steps=10, r=8, lora_alpha=16)
     assert (len(hot.preflight), len(world.run.preflight), len(tame.preflight)) == (4, 2, 0)
     html = member_client.get("/runs/").content.decode()
-    assert '<th title="pre-flight notes on the config">Pre-flight</th>' in html
+    # the column's head is a glossary term (a link with its one-line explanation)
+    assert re.search(r'<th><a class="term" href="/guidance/#term-pre-flight" title="[^"]+">Pre-flight</a></th>', html)
     cells = preflight_cells(html)
     assert set(cells) == {hot.id, world.run.id, tame.id}
     assert cells[hot.id] == (f'<a class="badge" href="/runs/{hot.id}/#before-it-started" '

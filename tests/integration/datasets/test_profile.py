@@ -15,6 +15,7 @@ from tests.integration.conftest import wait_for
 from tests.workers import start_worker, stop_worker
 from training.datasets import services as dataset_services
 from training.datasets.stats import profile, tokenizer_encoder
+from training.engine.chat import template_rules
 from training.models import Dataset
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -52,8 +53,10 @@ def test_the_worker_profiles_the_dataset_with_the_models_tokenizer(cpu_worker, t
     wait_for(done, timeout=60, what="the profile task")
     state = dataset.stats["profile"]
     assert state["state"] == "done", (state.get("error"), cpu_worker.log_text())
-    expected = profile(ROWS, tokenizer_encoder(AutoTokenizer.from_pretrained(tiny_model)), total_rows=len(ROWS),
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    expected = profile(ROWS, tokenizer_encoder(tokenizer), total_rows=len(ROWS),
                        max_length=32, batch_size=4, eval_ratio=0.2, seed=11)
+    expected["template"]["injected"] = template_rules(tokenizer).injected  # what the template adds to every row
     result = state["result"]
     assert {k: result[k] for k in expected} == json.loads(json.dumps(expected))
     assert state["done"] == len(ROWS) and result["duplicate_rows"] == 3

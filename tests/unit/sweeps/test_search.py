@@ -61,7 +61,7 @@ def test_a_bad_space_names_the_field_and_what_is_allowed(space, field, message):
 def test_bad_counts_and_unknown_params_are_named_together():
     got = errors({"space": SPACE, "trials": 0, "parallel": 17, "seed": -1, "reduction_factor": 1, "budget": 3})
     assert got == {"trials": "a whole number from 1 to 100", "parallel": "a whole number from 1 to 16",
-                   "seed": "the sampler's seed: a whole number, 0 or more",
+                   "seed": "the sampler's seed: a whole number from 0 to 4294967295",
                    "reduction_factor": "a whole number from 2 to 6",
                    "budget": "not a parameter of a search; allowed: space, trials, parallel, seed, reduction_factor"}
     assert errors({"space": SPACE, "trials": 101})["trials"] == "a whole number from 1 to 100"
