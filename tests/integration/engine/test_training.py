@@ -29,7 +29,8 @@ def test_loss_falls_and_every_event_is_well_formed(tiny_llama, data_dir, tmp_pat
     metrics = of_type(events, "metrics")
     assert [m["step"] for m in metrics] == list(range(1, 41))
     losses = [m["loss"] for m in metrics]
-    assert sum(losses[-5:]) / 5 < losses[0] - 1.0, losses
+    # answers-only (the default): the loss is the answers' alone, which fall from about 6.0 to about 5.1 here
+    assert sum(losses[-5:]) / 5 < losses[0] - 0.5, losses
     assert all(m["tokens_seen"] > 0 and m["tokens_per_s"] > 0 for m in metrics)
     assert metrics[-1]["tokens_seen"] > metrics[0]["tokens_seen"]
 

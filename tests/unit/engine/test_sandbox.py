@@ -118,7 +118,9 @@ def test_a_chat_template_renders_in_transformers_sandbox(tmp_path):
 
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]")))
     tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
-    assert render_chat(tokenizer, [], "hi") == "<user>hi"
+    # the assistant's turn is opened as trained answers were framed (training.engine.chat), even by a template
+    # that ignores add_generation_prompt
+    assert render_chat(tokenizer, [], "hi") == "<user>hi<assistant>"
     marker = tmp_path / "x"
     for payload in escapes(marker)[:-1]:
         tokenizer.chat_template = payload
