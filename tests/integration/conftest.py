@@ -97,6 +97,27 @@ def is_terminal_status(message: dict) -> bool:
     return message["type"] == "status" and message["is_terminal"]
 
 
+def run_ended(message: dict) -> bool:
+    """The message that says a run is over: a complete replay of an ended run, or a terminal status."""
+    if message["type"] == "replay":
+        return message["done"] and message["status"]["is_terminal"]
+    return is_terminal_status(message)
+
+
+def watch_run(run_id: int, cookie: str, *, timeout: float = 120) -> list[dict]:
+    """What a run page's websocket gets from a replay from step 0 to the run's end."""
+    async def watch():
+        comm = communicator(run_id, cookie)
+        connected, _ = await comm.connect(timeout=10)
+        assert connected
+        await comm.send_json_to({"type": "replay", "after_step": 0})
+        messages = await receive_until(comm, run_ended, timeout=timeout)
+        await comm.disconnect()
+        return messages
+
+    return run_async(watch)
+
+
 def run_async(coroutine_function, *args):
     """Run a coroutine in a new event loop, with a new channel layer: channels_redis binds its receive state to
     the loop that first used it (a server has one loop; each call here makes another)."""

@@ -6,9 +6,8 @@ import os
 import pytest
 from django.conf import settings
 
-from tests.integration.conftest import communicator, create_run, receive_until, run_async, session_cookie, \
-    wait_terminal
-from tests.integration.runs.test_run_flow import ended, live_metrics, steps_of
+from tests.integration.conftest import create_run, session_cookie, wait_terminal, watch_run
+from tests.integration.runs.test_run_flow import live_metrics, steps_of
 from training.models import Run
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -21,18 +20,7 @@ def test_a_tiny_run_trains_through_the_embedded_servers(celery_worker, tiny_mode
     assert int(db["PORT"]) != int(os.environ["TUNEBOARD_PG_PORT"])
     assert settings.REDIS_URL == os.environ["REDIS_URL"] != f"redis://127.0.0.1:{os.environ['TUNEBOARD_REDIS_PORT']}/0"
     run = create_run(team_member, tiny_model, max_steps=6, save_steps=3)
-    cookie = session_cookie(team_member[1])
-
-    async def watch():
-        comm = communicator(run.id, cookie)
-        connected, _ = await comm.connect(timeout=10)
-        assert connected
-        await comm.send_json_to({"type": "replay", "after_step": 0})
-        messages = await receive_until(comm, ended, timeout=180)
-        await comm.disconnect()
-        return messages
-
-    messages = run_async(watch)
+    messages = watch_run(run.id, session_cookie(team_member[1]), timeout=180)
     run = wait_terminal(run)
     assert run.status == Run.Status.SUCCEEDED, run.error
     assert steps_of(run) == list(range(1, 7))

@@ -7,8 +7,8 @@ from guidance.models import Finding
 from tests.factories import idle_queue, make_dataset, make_member, make_team, tiny_overrides
 from tests.integration.conftest import (
     communicator,
-    is_terminal_status,
     receive_until,
+    run_ended,
     run_async,
     session_cookie,
     wait_terminal,
@@ -18,12 +18,6 @@ from training.models import Run
 from training.runs import services
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
-
-
-def ended(message: dict) -> bool:
-    if message["type"] == "replay":
-        return message["done"] and message["status"]["is_terminal"]
-    return is_terminal_status(message)
 
 
 def test_a_flat_run_with_a_bias_llama_lacks_raises_its_findings_live(celery_worker, tiny_model, tmp_path):
@@ -42,7 +36,7 @@ def test_a_flat_run_with_a_bias_llama_lacks_raises_its_findings_live(celery_work
         first = await comm.receive_json_from(timeout=10)
         assert first["type"] == "replay" and first["done"] and first["findings"] == []
         tasks.run_train.apply_async(args=[run.id], queue=settings.TUNEBOARD_DEFAULT_QUEUE)
-        messages = await receive_until(comm, ended, timeout=180)
+        messages = await receive_until(comm, run_ended, timeout=180)
         await comm.disconnect()
         return messages
 

@@ -10,13 +10,14 @@ from django.conf import settings
 from tests.integration.conftest import (
     communicator,
     create_run,
-    is_terminal_status,
     receive_until,
     run_async,
+    run_ended,
     session_cookie,
     wait_for,
     wait_for_run,
     wait_terminal,
+    watch_run,
 )
 from training import tasks
 from training.models import MetricPoint, Run, RunEvent
@@ -28,12 +29,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.
 
 def steps_of(run: Run) -> list[int]:
     return list(MetricPoint.objects.filter(run=run).order_by("step").values_list("step", flat=True))
-
-
-def ended(message: dict) -> bool:
-    if message["type"] == "replay":
-        return message["done"] and message["status"]["is_terminal"]
-    return is_terminal_status(message)
 
 
 def metric_steps(messages: list[dict]) -> list[int]:
@@ -53,18 +48,7 @@ def live_metrics(messages: list[dict]) -> list[dict]:
 
 def test_run_trains_to_succeeded_and_a_websocket_gets_its_points_live(celery_worker, tiny_model, team_member):
     run = create_run(team_member, tiny_model, max_steps=20, save_steps=10)
-    cookie = session_cookie(team_member[1])
-
-    async def watch():
-        comm = communicator(run.id, cookie)
-        connected, _ = await comm.connect(timeout=10)
-        assert connected
-        await comm.send_json_to({"type": "replay", "after_step": 0})
-        messages = await receive_until(comm, ended, timeout=120)
-        await comm.disconnect()
-        return messages
-
-    messages = run_async(watch)
+    messages = watch_run(run.id, session_cookie(team_member[1]))
     run = wait_terminal(run)
     assert run.status == Run.Status.SUCCEEDED, run.error
     assert steps_of(run) == list(range(1, 21))
@@ -92,7 +76,7 @@ def test_reconnect_replays_what_was_missed_with_no_gap_or_duplicate(celery_worke
         assert (await comm.connect(timeout=10))[0]
         await comm.send_json_to({"type": "replay", "after_step": 0})
         messages = await receive_until(
-            comm, lambda m: ended(m) or any(p["step"] >= 5 for p in live_metrics([m])))
+            comm, lambda m: run_ended(m) or any(p["step"] >= 5 for p in live_metrics([m])))
         await comm.disconnect()
         return messages
 
@@ -100,7 +84,7 @@ def test_reconnect_replays_what_was_missed_with_no_gap_or_duplicate(celery_worke
         comm = communicator(run.id, cookie)
         assert (await comm.connect(timeout=10))[0]
         await comm.send_json_to({"type": "replay", "after_step": after_step})
-        messages = await receive_until(comm, ended)
+        messages = await receive_until(comm, run_ended)
         await comm.disconnect()
         return messages
 
