@@ -24,9 +24,7 @@ def _prefix(worker_name: str) -> str:
 def hold_reason(*, worker_name: str, until: datetime) -> str:
     """What a held run's page says: which worker, until when, and why then (said to any team: no chat is named)."""
     at = timezone.localtime(until).strftime("%H:%M:%S %Z").strip()
-    return (f"{_prefix(worker_name)}until {at} (it is released once the chat has been idle "
-            f"{settings.TUNEBOARD_PLAYGROUND_IDLE_S:g} s; then this run starts there, or on another worker of the "
-            "queue that frees up first)")
+    return f"{_prefix(worker_name)}until {at} ({settings.TUNEBOARD_PLAYGROUND_IDLE_S:g} s after its last message)"
 
 
 def free_slot(queue: str) -> str | None:

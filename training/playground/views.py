@@ -35,8 +35,7 @@ def _chat_data(session) -> dict[str, Any]:
             "state": services.session_state(session),
             "page": f"{reverse('run_playground', args=[session.run_id])}?session={session.id}",
             "again": reverse("playground_again", args=[session.run_id, session.id]),
-            "release": reverse("playground_release", args=[session.run_id, session.id]),
-            "idle_s": settings.TUNEBOARD_PLAYGROUND_IDLE_S}
+            "release": reverse("playground_release", args=[session.run_id, session.id])}
 
 
 @login_required
