@@ -163,6 +163,20 @@ def test_bad_input_to_the_page_changes_nothing(team_member, tmp_path):
     assert client.post(url, {"checkpoint": "5", "beside": "base"}).status_code == 403
     assert PlaygroundSession.objects.count() == 0
 
+    # Loading an ended session's sides again (the page's script): the team's own only, checked like a load.
+    ended = {"adapter_path": "/a", "model": "m", "status": PlaygroundSession.Status.ENDED}
+    mine = PlaygroundSession.objects.create(team=team, run=run, queue=run.queue, checkpoint_step=7, **ended)
+    their_session = PlaygroundSession.objects.create(team=other_team, run=theirs, queue=theirs.queue, **ended)
+    assert client.post(f"{url}{mine.id}/again/").status_code == 403  # the viewer
+    client.force_login(user)
+    assert client.get(f"{url}{mine.id}/again/").status_code == 405
+    assert client.post(f"/runs/{theirs.id}/playground/{their_session.id}/again/").status_code == 404
+    assert client.post(f"{url}{their_session.id}/again/").status_code == 404
+    response = client.post(f"{url}{mine.id}/again/")
+    assert response.status_code == 400
+    assert "has no checkpoint at step 7; saved: 5" in response.json()["errors"]["checkpoint"][0]
+    assert PlaygroundSession.objects.count() == 2
+
 
 def test_the_socket_refuses_a_logged_out_user_and_another_teams_member(team_member, tmp_path):
     team, user, dataset = team_member
