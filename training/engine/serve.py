@@ -19,8 +19,8 @@ The history is a multi-turn chat, each side its own: that side's earlier message
 after an optional leading system message that the chat template renders by its own rules (at most
 MAX_HISTORY_MESSAGES a side; none or missing: a first turn). `system`, the playground's system prompt, is that
 message for both sides (a history that starts with its own system message takes none). Each side's history plus the
-new prompt is rendered by `render_chat` (the chat template, or the plain concatenation for a model without one), so the two rows can differ in
-length: they are padded on the left into the same batch.
+new prompt is rendered by `render_chat` (the chat template, or the plain concatenation for a model without one), so
+the two rows can differ in length: they are padded on the left into the same batch.
 
 Events: loading (stage, done, total) while loading; ready (device, load_s, context); per request either refused
 (request, errors {field: message}) or token (request, side, text) as each side's text grows, then one reply per side

@@ -1,7 +1,7 @@
 """The playground's websocket: the session's status and load progress on connect and as they change, the prompts
 the page sends (checked, then queued in Redis for the worker serving it) and the tokens of both sides as they are
-generated; a cancel that ends the reply being written where it is. The page keeps the chat: each prompt comes with each side's history (checked here and again by the serving
-process). Never writes the database; the shared connect, access re-check and close codes come from JsonRequests."""
+generated; a cancel that ends the reply being written where it is. The page keeps the chat: each prompt comes with
+each side's history (checked here and again by the serving process). Never writes the database; the shared connect, access re-check and close codes come from JsonRequests."""
 from __future__ import annotations
 
 from typing import Any
