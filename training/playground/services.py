@@ -272,7 +272,7 @@ def _show_hold(session: PlaygroundSession, *, waiting: bool, until: float) -> No
     """Tell the chat's page whether runs wait for its worker, and until when it keeps it (in its progress)."""
     progress = PlaygroundSession.objects.filter(id=session.id).values_list("progress", flat=True).first() or {}
     shown = {"runs_waiting": waiting, "held_until": round(until) if waiting else None}
-    if all(progress.get(k) == v for k, v in shown.items()):
+    if progress.get("runs_waiting", False) == waiting and progress.get("held_until") == shown["held_until"]:
         return
     PlaygroundSession.objects.filter(id=session.id).update(progress={**progress, **shown})
     _send_state(session.id)
