@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 from pathlib import Path
 
 from django.conf import settings
@@ -33,10 +34,17 @@ def make_member(team: Team, role: str = Membership.Role.MEMBER, user: User | Non
 
 
 def make_dataset(team: Team, user: User, *, rows: int = 64, fmt: str = "messages", tmp_dir: Path,
-                 name: str | None = None) -> Dataset:
+                 name: str | None = None, system: str | None = None) -> Dataset:
+    """The tiny chat dataset; with `system`, every messages row starts with that system turn."""
     path = write_dataset(Path(tmp_dir) / f"data-{next(_ids)}.jsonl", n=rows, fmt=fmt)
+    data = path.read_bytes()
+    if system is not None:
+        rows_ = [json.loads(line) for line in data.decode().splitlines()]
+        for row in rows_:
+            row["messages"].insert(0, {"role": "system", "content": system})
+        data = "".join(json.dumps(row) + "\n" for row in rows_).encode()
     return dataset_services.dataset_create_from_upload(team=team, user=user, name=name or f"data {next(_ids)}",
-                                               file=io.BytesIO(path.read_bytes()))
+                                               file=io.BytesIO(data))
 
 
 def make_preset(team: Team | None = None, name: str | None = None, **config) -> Preset:

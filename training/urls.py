@@ -27,6 +27,8 @@ urlpatterns = [
     path("runs/<int:run_id>/playground/", playground_views.run_playground, name="run_playground"),
     path("runs/<int:run_id>/playground/<int:session_id>/release/", playground_views.playground_release,
          name="playground_release"),
+    path("runs/<int:run_id>/playground/<int:session_id>/again/", playground_views.playground_again,
+         name="playground_again"),
     path("runs/<int:run_id>/adapter/", views.run_adapter_list, name="run_adapter_list"),
     path("runs/<int:run_id>/adapter/<str:name>", views.run_adapter_file, name="run_adapter_file"),
     path("runs/<int:run_id>/tensorboard.zip", tracker_views.run_tensorboard_zip, name="run_tensorboard_zip"),

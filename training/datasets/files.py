@@ -414,3 +414,22 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def first_system_turn(path: Path, *, rows: int = 1000, max_chars: int = 100_000) -> str:
+    """The first system turn of a normalised chat dataset (the playground's system prompt starts as it), looked for
+    in its first `rows` rows; "" when it has none there, is not a chat dataset, or cannot be read."""
+    try:
+        with Path(path).open("rb") as fh:
+            for number, record in read_jsonl(fh):
+                messages = record.get("messages") if isinstance(record, dict) else None
+                if not isinstance(messages, list):
+                    return ""  # text or prompt/completion rows: no turns at all
+                first = messages[0] if messages else None
+                if isinstance(first, dict) and first.get("role") == "system" and isinstance(first.get("content"), str):
+                    return first["content"][:max_chars]
+                if number >= rows:
+                    return ""
+    except (OSError, DatasetError):
+        return ""
+    return ""

@@ -9,20 +9,23 @@ prompts read as JSON lines on stdin with tokens streamed as events on stdout, un
     idle_s    seconds without a request after which the process ends (default 300)
 Both sides answer each prompt in one batched generate (peft's mixed-adapter batches: one row per side), so they share
 the new user message, the decoding settings and the forward passes. A request is {"id": str, "prompt": str,
-"history": {"left": [...], "right": [...]}, "temperature", "top_p", "max_new_tokens", "seed", "stop": [str, ...],
-"sides": ["left", "right"]} (checked by `parse_request`), or {"type": "stop", "reason": str}. `sides` (default both)
+"system": str, "history": {"left": [...], "right": [...]}, "temperature", "top_p", "max_new_tokens", "seed",
+"stop": [str, ...], "sides": ["left", "right"]} (checked by `parse_request`); {"type": "cancel", "request": id} ends
+that request's reply where it is (read at once, while a reply is being generated: the tokens so far are its text); or
+{"type": "stop", "reason": str}. `sides` (default both)
 are the rows that answer: the OpenAI-compatible endpoint asks one side alone (training/openai_api/). `stop` strings end
 a side's reply where one appears (transformers' own stop-string criterion), the string itself not part of the text.
 The history is a multi-turn chat, each side its own: that side's earlier messages, user and assistant alternating,
 after an optional leading system message that the chat template renders by its own rules (at most
-MAX_HISTORY_MESSAGES a side; none or missing: a first turn). Each side's history plus the new prompt is rendered by
-`render_chat` (the chat template, or the plain concatenation for a model without one), so the two rows can differ in
-length: they are padded on the left into the same batch.
+MAX_HISTORY_MESSAGES a side; none or missing: a first turn). `system`, the playground's system prompt, is that
+message for both sides (a history that starts with its own system message takes none). Each side's history plus the
+new prompt is rendered by `render_chat` (the chat template, or the plain concatenation for a model without one), so
+the two rows can differ in length: they are padded on the left into the same batch.
 
 Events: loading (stage, done, total) while loading; ready (device, load_s, context); per request either refused
 (request, errors {field: message}) or token (request, side, text) as each side's text grows, then one reply per side
-(request, side, text, tokens, prompt_tokens, finish_reason: stop (end of sequence or a stop string) or length,
-ttft_s, seconds); finished (reason: idle, stop or stdin closed) or failed ends it.
+(request, side, text, tokens, prompt_tokens, finish_reason: stop (end of sequence or a stop string), length or
+cancelled, ttft_s, seconds); finished (reason: idle, stop or stdin closed) or failed ends it.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ from typing import IO, Any
 
 from jinja2 import TemplateError
 
-from .chat import end_of_turn_ids, generation_prompt, template_rules, visible_text
+from .chat import TemplateProblem, end_of_turn_ids, generation_prompt, template_rules, visible_text
 from .evaluate import SpecError, check_number, context_length
 from .events import EventSink
 
@@ -71,6 +74,7 @@ class Request:
     history: dict[str, list[dict[str, str]]] = field(default_factory=lambda: {side: [] for side in SIDES})
     stop: tuple[str, ...] = ()
     sides: tuple[str, ...] = SIDES
+    system: str = ""  # the system prompt both sides get before their history ("": none)
 
 
 def parse_spec(spec: Any) -> Spec:
@@ -150,6 +154,12 @@ def parse_request(content: Any) -> Request:
         "seed": check_number(content, "seed", 0, 0, 2 ** 32 - 1, errors, integer=True),
     }
     history = _history(content, errors)
+    system = content.get("system") or ""
+    if not isinstance(system, str) or len(system) > MAX_PROMPT_CHARS:
+        errors["system"] = f"text of at most {MAX_PROMPT_CHARS:,} characters"
+        system = ""
+    elif system.strip() and any(messages and messages[0]["role"] == "system" for messages in history.values()):
+        errors["system"] = "the history already starts with a system message; send the system prompt once"
     request_id = content.get("id", "")
     if not isinstance(request_id, str) or len(request_id) > 64:
         errors["id"] = "a string of at most 64 characters"
@@ -163,24 +173,41 @@ def parse_request(content: Any) -> Request:
             sides):
         errors["sides"] = "a list of the sides that answer: left, right or both"
         sides = list(SIDES)
-    for name in sorted(set(content) - {"type", "id", "prompt", "history", "stop", "sides", *values}):
-        errors[name] = ("not a field of a prompt; allowed: prompt, history, max_new_tokens, temperature, top_p, seed, "
-                        "stop, sides")
+    for name in sorted(set(content) - {"type", "id", "prompt", "system", "history", "stop", "sides", *values}):
+        errors[name] = ("not a field of a prompt; allowed: prompt, system, history, max_new_tokens, temperature, "
+                        "top_p, seed, stop, sides")
     if errors:
         raise SpecError(errors)
-    return Request(id=request_id, prompt=prompt, history=history, stop=tuple(stop), sides=tuple(sides), **values)
+    return Request(id=request_id, prompt=prompt, history=history, stop=tuple(stop), sides=tuple(sides),
+                   system=system if system.strip() else "", **values)
 
 
-def render_chat(tokenizer, history: list[dict[str, str]], prompt: str) -> str:
-    """The text one side continues: its history and the new user message through the model's chat template with the
-    assistant's turn opened (the way chat runs trained); a model without a chat template gets the plain
-    concatenation of the messages, which for a first turn is the prompt as it is (prompt/completion runs train on
-    the raw concatenation of prompt and completion, so a conversation continues the same way)."""
+def render_chat(tokenizer, history: list[dict[str, str]], prompt: str, system: str = "") -> str:
+    """The text one side continues: the system prompt (if any), its history and the new user message through the
+    model's chat template with the assistant's turn opened (the way chat runs trained: a system turn the template
+    refuses or drops is joined to the first user turn, as training did); a model without a chat template gets the
+    plain concatenation of the messages, which for a first turn is the prompt as it is (prompt/completion runs
+    train on the raw concatenation of prompt and completion, so a conversation continues the same way), after the
+    system prompt and a blank line."""
     messages = [*history, {"role": "user", "content": prompt}]
     if tokenizer.chat_template:
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
         # formatted as the answers were trained: system turns and thinking blocks as in training.engine.chat
         return generation_prompt(tokenizer, messages, template_rules(tokenizer))
-    return "".join(message["content"] for message in messages)
+    return (f"{system}\n\n" if system else "") + "".join(message["content"] for message in messages)
+
+
+class Cancelled:
+    """generate()'s stopping criterion for a reply the user stopped: true for every row once `asked()` is."""
+
+    def __init__(self, asked):
+        self.asked = asked
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), bool(self.asked()), dtype=torch.bool, device=input_ids.device)
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[list[list[int]], list[list[int]]]:
@@ -251,6 +278,8 @@ class Server:
         self.spec, self.sink = spec, sink
         self.model = self.tokenizer = None
         self.context: int | None = None
+        # The requests whose reply the user stopped: added by stdin's reader thread while a reply is generated.
+        self.cancelled: set[str] = set()
 
     def load(self) -> None:
         import torch
@@ -288,14 +317,28 @@ class Server:
         """Each answering side's conversation (its history and the new prompt) rendered by render_chat, as token ids;
         a conversation the chat template refuses (a system message it does not take, say) is a SpecError."""
         try:
-            return {side: self.tokenizer(render_chat(self.tokenizer, request.history.get(side, []), request.prompt),
+            return {side: self.tokenizer(render_chat(self.tokenizer, request.history.get(side, []), request.prompt,
+                                                     request.system),
                                          add_special_tokens=False)["input_ids"] for side in request.sides}
-        except TemplateError as exc:
-            raise SpecError({"history": f"the model's chat template refuses this conversation: {exc}"}) from None
+        except (TemplateError, TemplateProblem) as exc:
+            field = "system" if request.system else "history"
+            raise SpecError({field: f"the model's chat template refuses this conversation: {exc}"}) from None
 
     def answer(self, request: Request) -> None:
-        import torch
+        try:
+            self._answer(request)
+        finally:
+            self.cancelled.discard(request.id)
 
+    def _answer(self, request: Request) -> None:
+        import torch
+        from transformers import StoppingCriteriaList
+
+        if request.id and request.id in self.cancelled:  # stopped while it waited behind another reply
+            for side in request.sides:
+                self.sink.emit("reply", request=request.id, side=side, text="", tokens=0, prompt_tokens=0,
+                               seconds=0.0, finish_reason="cancelled", ttft_s=None)
+            return
         try:
             ids = self.prompt_ids(request)
         except SpecError as exc:
@@ -329,19 +372,22 @@ class Server:
                     if request.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None})
         if request.stop:
             sampling.update(stop_strings=list(request.stop), tokenizer=self.tokenizer)
+        cancelled = (lambda: request.id in self.cancelled) if request.id else (lambda: False)
         torch.manual_seed(request.seed)
         started = time.perf_counter()
         with torch.no_grad():
             self.model.generate(input_ids=inputs, attention_mask=attention_mask, streamer=streamer,
                                 max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                                eos_token_id=sorted(eos_ids) or None, adapter_names=adapter_names, **sampling)
+                                eos_token_id=sorted(eos_ids) or None, adapter_names=adapter_names,
+                                stopping_criteria=StoppingCriteriaList([Cancelled(cancelled)]), **sampling)
         seconds = time.perf_counter() - started
+        stopped_by_user = cancelled()
         for row, side in enumerate(sides):
             first = streamer.first_at[row]
+            reason = "stop" if streamer.done[row] else "cancelled" if stopped_by_user else "length"
             self.sink.emit("reply", request=request.id, side=side, text=streamer.sent[row],
                            tokens=len(streamer.ids[row]), prompt_tokens=len(ids[side]), seconds=round(seconds, 4),
-                           finish_reason="stop" if streamer.done[row] else "length",
-                           ttft_s=round(first - started, 4) if first is not None else None)
+                           finish_reason=reason, ttft_s=round(first - started, 4) if first is not None else None)
 
     def serve(self, lines: queue.Queue) -> str:
         """Answer requests until idle_s passes without one, a stop request, or stdin closes; the reason."""
@@ -369,13 +415,30 @@ class Server:
             self.answer(request)
 
 
-def read_lines(stream: IO[str]) -> queue.Queue:
-    """stdin's lines on a queue (None once it closes), so that waiting for one can time out."""
+def cancel_of(line: str) -> str | None:
+    """The request a {"type": "cancel", "request": id} line stops, or None for any other line."""
+    if '"cancel"' not in line:
+        return None
+    try:
+        content = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if isinstance(content, dict) and content.get("type") == "cancel" and isinstance(content.get("request"), str):
+        return content["request"]
+    return None
+
+
+def read_lines(stream: IO[str], cancelled: set[str] | None = None) -> queue.Queue:
+    """stdin's lines on a queue (None once it closes), so that waiting for one can time out; a cancel line goes
+    straight into `cancelled`, where the reply being generated sees it at its next token."""
     lines: queue.Queue = queue.Queue()
 
     def read() -> None:
         for line in stream:
-            if line.strip():
+            request = cancel_of(line) if cancelled is not None else None
+            if request:
+                cancelled.add(request)
+            elif line.strip():
                 lines.put(line)
         lines.put(None)
 
@@ -388,7 +451,7 @@ def run(spec: Spec, sink: EventSink, stdin: IO[str] | None = None) -> int:
     try:
         server = Server(spec, sink)
         server.load()
-        reason = server.serve(read_lines(stdin if stdin is not None else sys.stdin))
+        reason = server.serve(read_lines(stdin if stdin is not None else sys.stdin, server.cancelled))
         sink.emit("finished", step=0, reason=reason)
         return 0
     except Exception as exc:  # noqa: BLE001 - every outcome is an event

@@ -1,10 +1,12 @@
-"""Reads of the playground: a session as its team's members may see it, and the runs a session can sit beside."""
+"""Reads of the playground: a session as its team's members may see it, the runs a session can sit beside, and the
+system prompt a chat starts with."""
 from __future__ import annotations
 
 from django.db.models import QuerySet
 from django.http import Http404
 
 from training.access import team_ids_for
+from training.datasets.files import first_system_turn
 from training.models import PlaygroundSession, Run
 
 
@@ -25,3 +27,8 @@ def beside_runs(run: Run) -> QuerySet[Run]:
 
 def latest_live_session(run: Run) -> PlaygroundSession | None:
     return PlaygroundSession.objects.filter(run=run, status__in=PlaygroundSession.LIVE).order_by("-id").first()
+
+
+def dataset_system_prompt(run: Run) -> str:
+    """The first system turn of the dataset the run trained on ("" if its rows have none)."""
+    return first_system_turn(run.dataset.path) if run.dataset_id and run.dataset.path else ""

@@ -1,7 +1,8 @@
 """Every write to the playground: a session started (a run's adapter beside its base model or another run of the team,
 checked before anything is queued, a live one of the same sides reused) and queued to the run's queue, served by a
 worker through a child process (training/engine/serve.py) that reads the prompts the page sends through Redis and
-whose tokens go to the page as they come, released when idle or when a run is queued for that worker."""
+whose tokens go to the page as they come, released once the chat has been idle (a run queued for that worker waits
+for it meanwhile, with the reason on its page: training/playground/hold.py) or by the user."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,8 @@ import sys
 import threading
 import time
 from dataclasses import asdict
+from datetime import datetime
+from datetime import timezone as dt_timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from training.access import require_role
 from training.engine.serve import Request
 from training.live import send
 from training.models import PlaygroundSession, Run, Worker
+from training.playground import hold
 from training.runs.process import TrainingProcess
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,17 @@ MAX_WAITING = 8
 def requests_key(session_id: int) -> str:
     """The Redis list of the session's prompts, under the channel layer's prefix (a test session's keys are its own)."""
     return f"{settings.CHANNEL_LAYERS['default']['CONFIG'].get('prefix', 'tuneboard')}:playground:{session_id}:requests"
+
+
+async def playground_cancel(session_id: int, request_id: str) -> None:
+    """Ask the worker serving the session to end the reply to `request_id` where it is (the serving process reads
+    the cancel at once, even while it generates)."""
+    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    try:
+        await client.rpush(requests_key(session_id), json.dumps({"type": "cancel", "request": request_id}))
+        await client.expire(requests_key(session_id), int(settings.TUNEBOARD_PLAYGROUND_IDLE_S) + 60)
+    finally:
+        await client.aclose()
 
 
 async def playground_submit(session_id: int, request: Request) -> str:
@@ -111,6 +126,13 @@ def playground_start(*, run: Run, user, checkpoint_step: int | None = None, besi
     return session
 
 
+def playground_again(*, session: PlaygroundSession, user) -> PlaygroundSession:
+    """The same sides loaded again after the session ended (the page keeps its chat and sends what waits in its box
+    once the new session is ready); a live session of those sides is reused."""
+    return playground_start(run=session.run, user=user, checkpoint_step=session.checkpoint_step,
+                            beside_run=session.beside_run, beside_checkpoint_step=session.beside_checkpoint_step)
+
+
 def _enqueue(session: PlaygroundSession) -> None:
     try:
         current_app.send_task("training.playground_serve", args=[session.id], queue=session.queue)
@@ -180,6 +202,7 @@ class _Relay(threading.Thread):
         super().__init__(name=f"playground-relay-{session_id}", daemon=True)
         self.key, self.process = requests_key(session_id), process
         self.stopped = threading.Event()
+        self.last_prompt_at = time.time()  # the chat is active: the serving process's idle clock restarts
 
     def run(self) -> None:
         client = redis.Redis.from_url(settings.REDIS_URL)
@@ -190,7 +213,10 @@ class _Relay(threading.Thread):
                 log.warning("playground relay: %s: %s", type(exc).__name__, exc)
                 time.sleep(1)
                 continue
-            if item is not None and not self.process.write_line(item[1].decode("utf-8", "replace")):
+            if item is None:
+                continue
+            self.last_prompt_at = time.time()
+            if not self.process.write_line(item[1].decode("utf-8", "replace")):
                 return
 
     def stop(self, reason: str) -> None:
@@ -203,7 +229,8 @@ def _follow(session: PlaygroundSession, process: TrainingProcess) -> None:
     relay.start()
     terminal: dict | None = None
     stderr: list[str] = []
-    last_check = 0.0
+    last_check, active_at = 0.0, time.time()
+    held = False  # runs waited for this chat at some point
     try:
         for lines in process.batches(timeout=POLL_S):
             for line in lines:
@@ -213,18 +240,27 @@ def _follow(session: PlaygroundSession, process: TrainingProcess) -> None:
                     continue
                 if isinstance(event, dict):
                     terminal = _forward(session, event) or terminal
+                    if event.get("type") in ("ready", "token", "reply", "refused"):
+                        active_at = time.time()
             stderr = (stderr + process.take_stderr())[-50:]
             now = time.monotonic()
             if now - last_check >= 1.0 and not relay.stopped.is_set():
                 last_check = now
-                reason = _reason_to_release(session)
-                if reason:
-                    relay.stop(reason)
+                if not PlaygroundSession.objects.filter(id=session.id, status__in=PlaygroundSession.LIVE).exists():
+                    relay.stop("ended")  # released by the user, or its run deleted
+                    continue
+                # An active chat keeps its worker until it has been idle for its idle time, when the serving process
+                # ends by itself: the runs queued for the worker meanwhile wait, saying until when.
+                until = max(active_at, relay.last_prompt_at) + settings.TUNEBOARD_PLAYGROUND_IDLE_S
+                waiting = hold.runs_hold(session=session, until=datetime.fromtimestamp(until, dt_timezone.utc))
+                held = held or waiting
+                _show_hold(session, waiting=waiting, until=until)
     finally:
         relay.stopped.set()
+        hold.runs_unhold(worker_name=session.worker_name)
     returncode = process.wait()
     if terminal is not None and terminal["type"] == "finished":
-        _end(session.id, Status.ENDED, end_reason=_describe(terminal.get("reason")))
+        _end(session.id, Status.ENDED, end_reason=_describe(terminal.get("reason"), held=held))
     elif terminal is not None:
         _end(session.id, Status.FAILED, error=str(terminal.get("message") or terminal.get("error_class")))
     else:
@@ -232,20 +268,21 @@ def _follow(session: PlaygroundSession, process: TrainingProcess) -> None:
                                               f"\n" + "\n".join(stderr[-20:]))
 
 
-def _reason_to_release(session: PlaygroundSession) -> str:
-    """A run queued for this worker's queue takes the worker back; a deleted session or run ends it too."""
-    if not PlaygroundSession.objects.filter(id=session.id, status__in=PlaygroundSession.LIVE).exists():
-        return "ended"
-    queued = Run.objects.filter(queue=session.queue, status=Run.Status.QUEUED).order_by("id").first()
-    return f"run #{queued.id}" if queued is not None else ""
+def _show_hold(session: PlaygroundSession, *, waiting: bool, until: float) -> None:
+    """Tell the chat's page whether runs wait for its worker, and until when it keeps it (in its progress)."""
+    progress = PlaygroundSession.objects.filter(id=session.id).values_list("progress", flat=True).first() or {}
+    shown = {"runs_waiting": waiting, "held_until": round(until) if waiting else None}
+    if progress.get("runs_waiting", False) == waiting and progress.get("held_until") == shown["held_until"]:
+        return
+    PlaygroundSession.objects.filter(id=session.id).update(progress={**progress, **shown})
+    _send_state(session.id)
 
 
-def _describe(reason: Any) -> str:
+def _describe(reason: Any, *, held: bool = False) -> str:
     reason = str(reason or "")
     if reason == "idle":
-        return f"idle for {settings.TUNEBOARD_PLAYGROUND_IDLE_S:g} s"
-    if reason.startswith("run #"):
-        return f"the worker was needed for {reason}"
+        idle = f"idle for {settings.TUNEBOARD_PLAYGROUND_IDLE_S:g} s"
+        return f"{idle}; its worker went on to the runs that waited for it" if held else idle
     return reason
 
 

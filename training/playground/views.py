@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
@@ -22,12 +23,19 @@ def _side_label(run: Run, step: int | None) -> str:
     return f"#{run.id} {run.name} · {'final' if step is None else f'checkpoint {step}'}"
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} minutes" if seconds >= 120 else f"{seconds:g} seconds"
+
+
 def _chat_data(session) -> dict[str, Any]:
     right = (_side_label(session.beside_run, session.beside_checkpoint_step) if session.beside_run_id
              else f"base model {session.model.rstrip('/').rsplit('/', 1)[-1]}")
     return {"session": session.id, "socket": f"/ws/playground/{session.id}/",
             "sides": {"left": _side_label(session.run, session.checkpoint_step), "right": right},
-            "state": services.session_state(session)}
+            "state": services.session_state(session),
+            "page": f"{reverse('run_playground', args=[session.run_id])}?session={session.id}",
+            "again": reverse("playground_again", args=[session.run_id, session.id]),
+            "release": reverse("playground_release", args=[session.run_id, session.id])}
 
 
 @login_required
@@ -64,7 +72,24 @@ def run_playground(request: HttpRequest, run_id: int) -> HttpResponse:
         session = selectors.latest_live_session(run)
     return render(request, "training/run_playground.html", {
         "run": run, "form": form, "can_use": can_use, "session": session,
-        "chat": _chat_data(session) if session else None}, status=status)
+        "chat": _chat_data(session) if session else None,
+        "system_prompt": selectors.dataset_system_prompt(run) if session else "",
+        "idle_minutes": _duration(settings.TUNEBOARD_PLAYGROUND_IDLE_S)}, status=status)
+
+
+@require_POST
+@login_required
+def playground_again(request: HttpRequest, run_id: int, session_id: int) -> JsonResponse:
+    """Load an ended session's sides again, for the page's script: the new session's chat data, or the errors."""
+    run = access.get_run_for_user(request.user, run_id)
+    session = selectors.get_session_for_user(request.user, session_id)
+    if session.run_id != run.id:
+        raise Http404("No such playground session")
+    try:
+        again = services.playground_again(session=session, user=request.user)
+    except ValidationError as exc:
+        return JsonResponse({"errors": exc.message_dict}, status=400)
+    return JsonResponse(_chat_data(again))
 
 
 @require_POST

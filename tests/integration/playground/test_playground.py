@@ -3,18 +3,14 @@ the base model on the run's queue, the websocket streams both sides' tokens in s
 each, a second turn with each side's own history streams on both sides too, bad prompts, decoding and histories are
 refused by field, the model is released once idle; bad input to the page
 changes nothing."""
-import asyncio
 import io
 
 import pytest
 import torch
-from channels.testing import WebsocketCommunicator
-from django.conf import settings
 from django.test import Client
 
 from tests.factories import make_dataset, make_member, make_team, tiny_overrides
-from tests.integration.conftest import run_async, session_cookie, wait_for, wait_terminal
-from tests.workers import start_worker, stop_worker
+from tests.integration.conftest import run_async, session_cookie, wait_terminal
 from training.engine.events import EventSink
 from training.engine.serve import MAX_HISTORY_MESSAGES, Request, Server, Spec, render_chat
 from training.models import PlaygroundSession, Run
@@ -22,41 +18,9 @@ from training.playground import services
 from training.runs import services as runs
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .conftest import IDLE_S, replies, socket, until
+
 pytestmark = pytest.mark.django_db(transaction=True)
-IDLE_S = 6
-
-
-@pytest.fixture
-def playground_worker(tmp_path):
-    """A worker of its own queue that releases a playground model after IDLE_S idle seconds."""
-    queue = f"{settings.TUNEBOARD_DEFAULT_QUEUE}-playground"
-    worker = start_worker(queue=queue, name=f"playground-{tmp_path.name}@test", log=tmp_path / "worker.log",
-                          env={"TUNEBOARD_PLAYGROUND_IDLE_S": str(IDLE_S)})
-    yield worker
-    stop_worker(worker)
-
-
-def socket(session_id: int, cookie: str | None) -> WebsocketCommunicator:
-    from dashboard.asgi import application
-
-    headers = [(b"origin", b"http://testserver")]
-    if cookie:
-        headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={cookie}".encode()))
-    return WebsocketCommunicator(application, f"/ws/playground/{session_id}/", headers=headers)
-
-
-async def until(comm, stop, timeout=120) -> list[dict]:
-    messages = []
-    async with asyncio.timeout(timeout):
-        while True:
-            message = await comm.receive_json_from(timeout=timeout)
-            messages.append(message)
-            if stop(message, messages):
-                return messages
-
-
-def replies(messages, request) -> dict[str, dict]:
-    return {m["side"]: m for m in messages if m["type"] == "reply" and m["request"] == request}
 
 
 @pytest.mark.slow
@@ -133,10 +97,9 @@ def test_a_session_streams_the_adapter_and_the_base_side_then_is_released_when_i
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_the_base_side_is_the_base_model_and_a_queued_run_takes_the_worker_back(
-        playground_worker, tiny_model, team_member):
+def test_the_base_side_is_the_base_model(playground_worker, tiny_model, team_member):
     """The right side, with the adapters off in the same batch, answers exactly what the base model alone does
-    (greedy, bias none); a run queued for the worker ends the session at once rather than after the idle time."""
+    (greedy, bias none)."""
     team, user, dataset = team_member
     run = wait_terminal(runs.run_create(team=team, user=user, dataset=dataset, queue=playground_worker.queue,
                                         overrides=tiny_overrides(tiny_model, max_steps=6)), timeout=240)
@@ -165,13 +128,7 @@ def test_the_base_side_is_the_base_model_and_a_queued_run_takes_the_worker_back(
     expected = base.tokenizer.decode([t for t in generated.tolist() if t != base.tokenizer.eos_token_id],
                                      skip_special_tokens=True)
     assert sides["right"]["text"] == expected
-
-    runs.run_create(team=team, user=user, dataset=dataset, queue=playground_worker.queue,
-                    overrides=tiny_overrides(tiny_model, max_steps=2))
-    wait_for(lambda: not PlaygroundSession.objects.get(id=session.id).is_live, timeout=30,
-             what="the session to give the worker back")
-    session.refresh_from_db()
-    assert session.status == "ended" and session.end_reason.startswith("the worker was needed for run #")
+    services.playground_release(session=session, user=user)
 
 
 def test_bad_input_to_the_page_changes_nothing(team_member, tmp_path):
@@ -205,6 +162,20 @@ def test_bad_input_to_the_page_changes_nothing(team_member, tmp_path):
     client.force_login(viewer)
     assert client.post(url, {"checkpoint": "5", "beside": "base"}).status_code == 403
     assert PlaygroundSession.objects.count() == 0
+
+    # Loading an ended session's sides again (the page's script): the team's own only, checked like a load.
+    ended = {"adapter_path": "/a", "model": "m", "status": PlaygroundSession.Status.ENDED}
+    mine = PlaygroundSession.objects.create(team=team, run=run, queue=run.queue, checkpoint_step=7, **ended)
+    their_session = PlaygroundSession.objects.create(team=other_team, run=theirs, queue=theirs.queue, **ended)
+    assert client.post(f"{url}{mine.id}/again/").status_code == 403  # the viewer
+    client.force_login(user)
+    assert client.get(f"{url}{mine.id}/again/").status_code == 405
+    assert client.post(f"/runs/{theirs.id}/playground/{their_session.id}/again/").status_code == 404
+    assert client.post(f"{url}{their_session.id}/again/").status_code == 404
+    response = client.post(f"{url}{mine.id}/again/")
+    assert response.status_code == 400
+    assert "has no checkpoint at step 7; saved: 5" in response.json()["errors"]["checkpoint"][0]
+    assert PlaygroundSession.objects.count() == 2
 
 
 def test_the_socket_refuses_a_logged_out_user_and_another_teams_member(team_member, tmp_path):

@@ -66,3 +66,53 @@ def test_a_bad_history_is_refused_by_field(history, says):
 def test_a_history_at_the_limit_is_taken():
     history = {"left": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}] * 25}
     assert len(parse_request({"prompt": "again", "history": history}).history["left"]) == MAX_HISTORY_MESSAGES
+
+
+def test_the_system_prompt_comes_first_for_both_sides_as_training_rendered_it(tokenizer):
+    request = parse_request({"id": "s", "prompt": "And the grass?", "system": "Answer in one word.",
+                             "history": chat("blue", "grey")})
+    assert request.system == "Answer in one word."
+    left = render_chat(tokenizer, request.history["left"], request.prompt, request.system)
+    assert left.startswith("<|im_start|>system\nAnswer in one word.<|im_end|>\n<|im_start|>user\nWhat colour")
+    assert left.endswith("<|im_start|>user\nAnd the grass?<|im_end|>\n<|im_start|>assistant\n")
+    # The same text a training row with that system turn was rendered with, up to where its answer starts.
+    row = tokenizer.apply_chat_template([{"role": "system", "content": "Answer in one word."},
+                                         *request.history["left"], {"role": "user", "content": "And the grass?"}],
+                                        tokenize=False, add_generation_prompt=True)
+    assert left == row
+    assert parse_request({"prompt": "hi", "system": "   "}).system == ""
+
+
+def test_a_template_that_refuses_system_turns_gets_the_system_prompt_joined_to_the_first_user_turn(tokenizer):
+    import copy
+
+    strict = copy.copy(tokenizer)
+    strict.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                            "{{ raise_exception('System role not supported') }}{% endif %}"
+                            "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+                            "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    text = render_chat(strict, [], "What colour is the sky?", "Answer in one word.")
+    assert text == "<|im_start|>user\nAnswer in one word.\n\nWhat colour is the sky?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_a_bad_system_prompt_is_refused_by_field():
+    with pytest.raises(SpecError) as caught:
+        parse_request({"prompt": "hi", "system": 7})
+    assert set(caught.value.errors) == {"system"}
+    with_system = {"left": [{"role": "system", "content": "Be brief."}], "right": []}
+    with pytest.raises(SpecError) as caught:
+        parse_request({"prompt": "hi", "system": "Be long.", "history": with_system})
+    assert "send the system prompt once" in caught.value.errors["system"]
+
+
+def test_a_cancel_line_reaches_the_server_at_once_and_other_lines_queue():
+    import io
+
+    from training.engine.serve import cancel_of, read_lines
+
+    assert cancel_of('{"type": "cancel", "request": "p1"}') == "p1"
+    assert cancel_of('{"id": "cancel", "prompt": "say \\"cancel\\""}') is None
+    cancelled: set[str] = set()
+    lines = read_lines(io.StringIO('{"id": "p1", "prompt": "hi"}\n{"type": "cancel", "request": "p1"}\n'), cancelled)
+    assert lines.get(timeout=5) == '{"id": "p1", "prompt": "hi"}\n'
+    assert lines.get(timeout=5) is None and cancelled == {"p1"}
