@@ -51,7 +51,8 @@ TERMINAL = frozenset({"finished", "stopped", "failed"})
 # output: one generated answer of an evaluation (training/engine/evaluate.py): index, output, tokens
 # loading, ready, token, reply, refused: a playground's serving process (training/engine/serve.py)
 # warm-ready: a warm trainer process between runs (training/engine/warm.py)
-TYPES = frozenset({"started", "metrics", "eval", "sample", "warning", "log", "checkpoint", "output", "loading", "ready",
+# progress, file: a GGUF export (training/engine/gguf_export.py): its stages, and each file written
+TYPES = frozenset({"progress", "file", "started", "metrics", "eval", "sample", "warning", "log", "checkpoint", "output", "loading", "ready",
                    "token", "reply", "refused", "warm-ready"}) | TERMINAL
 
 
