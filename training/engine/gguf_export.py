@@ -157,6 +157,9 @@ def export(spec: ExportSpec, sink: EventSink) -> list[dict[str, Any]]:
         if not (Path(spec.llama_cpp_dir) / script).is_file():
             raise ConversionFailed(f"llama.cpp's {script} is not in {spec.llama_cpp_dir}: `make install` puts it "
                                    "there (scripts/family_assets.py)")
+    if not Path(spec.model).is_dir():
+        raise ConversionFailed(f"the base model {spec.model} is not a folder on this worker: the export converts local "
+                               "files only and fetches nothing; put the model in a model root and train from there")
     total = (2 + len(spec.quantizations)) * spec.merged_gguf + 2 * spec.lora_gguf + 1
     job = _Export(spec=spec, sink=sink, total=total)
     out, work = job.out, job.out / "work"
