@@ -257,13 +257,13 @@ def runs_gguf(run_id: RunId,
     if export["status"] != "succeeded":
         raise CliError(f"export {export['id']} failed: {export['error']}", RUN_FAILED)
     for f in export["files"]:
-        out.print(f"{f['name']}  {f['size']} bytes  sha256 {f['sha256']}")
+        out.print(f"{f['name']}  {f['size']} bytes  sha256 {f['sha256']}", soft_wrap=True)
     if download is not None:
         download.mkdir(parents=True, exist_ok=True)
         for f in export["files"]:
             _download_checked(client, f"/exports/{export['id']}/files/{f['name']}", download / f["name"], f["sha256"])
         out.print(f"{len(export['files'])} file(s) in {download.resolve()}; with Ollama: cd {download} && "
-                  f"ollama create run-{run_id} -f Modelfile")
+                  f"ollama create run-{run_id} -f Modelfile", soft_wrap=True)
 
 
 def _follow_export(client: Api, export: dict) -> dict:
