@@ -44,12 +44,12 @@ def main() -> int:
         for line in process.stdout:
             event = json.loads(line)
             now = time.monotonic()
-            if event["type"] == "progress":
+            if event["type"] == "export-stage":
                 if stages:
                     stages[-1][1] = now - last
                 stages.append([event["message"], 0.0])
                 last = now
-            elif event["type"] == "file":
+            elif event["type"] == "export-file":
                 print(f"  {event['name']}: {event['size'] / 1e6:.1f} MB", flush=True)
             elif event["type"] in ("finished", "failed"):
                 if stages:

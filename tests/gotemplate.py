@@ -83,7 +83,8 @@ def _pipeline(text: str, dot: Any, scope: _Scope) -> Any:
         text = text[1:-1]
     words = _split(text)
     functions = {"eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "not": lambda a: not a,
-                 "and": lambda *a: next((x for x in a if not x), a[-1]), "or": lambda *a: next((x for x in a if x), a[-1])}
+                 "and": lambda *a: next((x for x in a if not x), a[-1]),
+                 "or": lambda *a: next((x for x in a if x), a[-1])}
     if words[0] in functions:
         return functions[words[0]](*[_pipeline(w, dot, scope) for w in words[1:]])
     return _value(words[0], dot, scope)

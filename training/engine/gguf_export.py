@@ -7,7 +7,7 @@ Every conversion is llama.cpp's own code: its convert_hf_to_gguf.py and convert_
 as child processes of this one (they inherit its allow-list environment), and llama_model_quantize from
 llama-cpp-python for the quantizations. Nothing is fetched: a model that is not on this machine is refused.
 
-Events (JSON lines): progress {stage, done, total, message}, file {name, size, sha256, kind}, then finished {files,
+Events (JSON lines): export-stage {stage, done, total, message}, export-file {name, size, sha256, kind}, then finished {files,
 seconds} or failed {error_class, message}.
 """
 from __future__ import annotations
@@ -100,13 +100,13 @@ class _Export:
         return Path(self.spec.out_dir)
 
     def step(self, stage: str, message: str) -> None:
-        self.sink.emit("progress", stage=stage, done=self.done, total=self.total, message=message)
+        self.sink.emit("export-stage", stage=stage, done=self.done, total=self.total, message=message)
         self.done += 1
 
     def add(self, path: Path, kind: str) -> None:
         entry = {"name": path.name, "size": path.stat().st_size, "sha256": sha256_of(path), "kind": kind}
         self.files.append(entry)
-        self.sink.emit("file", **entry)
+        self.sink.emit("export-file", **entry)
 
     def convert(self, script: str, args: list[str]) -> None:
         """One of llama.cpp's converters, in a child of this process (it puts its own gguf-py first on its path)."""

@@ -111,7 +111,8 @@ def check(text: str) -> list[Command]:
 
 
 def _check_value(line: int, name: str, value: str, kind: type) -> None:
-    ok = {int: lambda v: re.fullmatch(r"-?\d+", v), float: lambda v: re.fullmatch(r"-?(\d+\.?\d*|\.\d+)([eE]-?\d+)?", v),
+    ok = {int: lambda v: re.fullmatch(r"-?\d+", v),
+          float: lambda v: re.fullmatch(r"-?(\d+\.?\d*|\.\d+)([eE]-?\d+)?", v),
           bool: lambda v: v.lower() in ("true", "false"), str: lambda v: bool(v)}[kind](value)
     if not ok:
         raise ModelfileError(line, f"PARAMETER {name}: {value!r} is not {'an' if kind is int else 'a'} "

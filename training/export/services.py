@@ -152,10 +152,10 @@ def _convert(export: Export) -> tuple[list[dict[str, Any]], float | None]:
             except json.JSONDecodeError:
                 continue
             kind = event.get("type") if isinstance(event, dict) else None
-            if kind == "progress":
+            if kind == "export-stage":
                 export.progress = {k: event.get(k) for k in ("stage", "done", "total", "message")}
                 Export.objects.filter(id=export.id).update(progress=export.progress)
-            elif kind == "file":
+            elif kind == "export-file":
                 files.append({k: event.get(k) for k in ("name", "size", "sha256", "kind")})
                 Export.objects.filter(id=export.id).update(files=files)
             elif kind in ("finished", "failed"):

@@ -23,7 +23,8 @@ def test_quantizations_are_llama_cpps_names_each_once():
 
 
 @pytest.mark.parametrize("change, field", [
-    ({"model": ""}, "model"), ({"colour": "red"}, "colour"), ({"merged_gguf": False, "lora_gguf": False}, "merged_gguf"),
+    ({"model": ""}, "model"), ({"colour": "red"}, "colour"),
+    ({"merged_gguf": False, "lora_gguf": False}, "merged_gguf"),
     ({"quantizations": ["f32"]}, "quantizations")])
 def test_a_bad_spec_names_the_field(change, field):
     with pytest.raises(SpecError) as caught:
