@@ -100,6 +100,13 @@ def test_api_create_list_get_and_refusals(world, client):
         response = client.post(url, body, content_type="application/json", **auth)
         assert response.status_code == 400, (body, response.content)
         assert text in " ".join(response.json()["errors"][field]), (body, response.json())
+    for body in ("[1, 2]", "null", '"q8_0"'):
+        response = client.post(url, body, content_type="application/json", **auth)
+        assert response.status_code == 400 and "__all__" in response.json()["errors"], body
+    huge = 10**30
+    assert client.get(f"/api/v1/exports/{huge}/", **auth).status_code == 404
+    assert client.get(f"/api/v1/exports/{huge}/files/Modelfile", **auth).status_code == 404
+    assert client.post(f"/api/v1/runs/{huge}/exports/", {}, content_type="application/json", **auth).status_code == 404
     assert not Export.objects.exists()
     response = client.post(url, {"quantizations": ["Q4_K_M"], "lora_gguf": False}, content_type="application/json",
                            **auth)
