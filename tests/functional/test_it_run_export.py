@@ -143,3 +143,24 @@ def test_files_download_by_name_scoped_to_the_team(world, member_client, client)
     other = {"HTTP_AUTHORIZATION": f"Bearer {token_create(user=world.outsider, name='o')[1]}"}
     assert client.get(f"/api/v1/exports/{export.id}/files/{gguf}", **other).status_code == 404
     assert outsider.get(f"/runs/{run.id}/exports.json").status_code == 404
+
+
+def test_an_export_whose_worker_went_silent_fails_with_the_reason(world):
+    from datetime import timedelta
+
+    from training.export.services import exports_mark_lost
+    from training.models import Worker
+
+    run = succeeded_run(world.team, world.member, world.dataset)
+    Worker.objects.create(name="gone@box", hostname="box", last_heartbeat_at=timezone.now() - timedelta(minutes=5))
+    Worker.objects.create(name="alive@box", hostname="box")
+    gone, alive, restarted = (Export.objects.create(team=run.team, run=run, queue=run.queue, worker_name=name,
+                                                    status=Export.Status.RUNNING)
+                              for name in ("gone@box", "alive@box", "again@box"))
+    assert exports_mark_lost() == [gone.id]
+    assert exports_mark_lost(worker_name="again@box") == [restarted.id]
+    for export, status, error in [(gone, "failed", "its worker went silent while exporting; export again"),
+                                  (alive, "running", ""),
+                                  (restarted, "failed", "its worker again@box restarted while exporting")]:
+        export.refresh_from_db()
+        assert export.status == status and error in export.error

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from dashboard.models import Membership
 from training.access import require_role
 from training.datasets import files as dataset_files
 from training.engine import gguf_export
-from training.models import Export, Run
+from training.models import Export, Run, Worker
 from training.runs.process import TrainingProcess
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,24 @@ def _convert(export: Export) -> tuple[list[dict[str, Any]], float | None]:
     if terminal["type"] == "failed":
         raise ExportFailed(terminal.get("message") or terminal.get("error_class") or "the export failed")
     return files, terminal.get("seconds")
+
+
+def exports_mark_lost(*, worker_name: str | None = None) -> list[int]:
+    """Running exports whose worker went silent (or, at a worker's start, that it held in its previous life) fail
+    with the reason: their child died with the worker, and nothing else would end them."""
+    running = Export.objects.filter(status=Status.RUNNING)
+    if worker_name is not None:
+        running = running.filter(worker_name=worker_name)
+        reason = f"its worker {worker_name} restarted while exporting; export again"
+    else:
+        cutoff = timezone.now() - timedelta(seconds=settings.TUNEBOARD_WORKER_SILENT_S)
+        silent = Worker.objects.filter(last_heartbeat_at__lt=cutoff).values_list("name", flat=True)
+        running = running.filter(worker_name__in=list(silent))
+        reason = "its worker went silent while exporting; export again"
+    lost = list(running.values_list("id", flat=True))
+    Export.objects.filter(id__in=lost, status=Status.RUNNING).update(status=Status.FAILED, error=reason,
+                                                                     finished_at=timezone.now())
+    return lost
 
 
 # Files -----------------------------------------------------------------------------------------------------------
