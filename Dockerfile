@@ -1,6 +1,7 @@
 # Tuneboard image for the web server and the CPU worker (the GPU worker builds FROM a CUDA PyTorch image below).
+# g++ and cmake: `make install` builds llama-cpp-python (the GGUF export's quantization) from its sdist.
 FROM python:3.11-slim
-RUN apt-get update && apt-get install -y --no-install-recommends make gcc postgresql-client redis-tools \
+RUN apt-get update && apt-get install -y --no-install-recommends make gcc g++ cmake postgresql-client redis-tools \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml Makefile ./

@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST_WORKERS ?= 2
+LLAMA_CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF \
+	-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 
 .PHONY: install dev test browser gpu clean
 
@@ -18,7 +20,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps "unsloth==2026.10.9" "unsloth-zoo==2026.10.9"
 	# pip's torchvision does not load with a CPU torch and breaks every transformers import.
 	$(PIP) uninstall -q -y torchvision xformers 2>/dev/null || true
-	# Real chat templates and tokenizers of model families for the families tests (llama.cpp's copies, from PyPI).
+	# llama.cpp for the GGUF export's quantization and the tests that load its files: built from PyPI's sdist (8.5 min
+	# on 2 cores, docs/benchmarks.md; pip caches the wheel) with only the library, and --no-deps so that numpy and jinja2
+	# stay as pinned above (its one other dependency is diskcache).
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q --no-deps "llama-cpp-python==0.3.36" "diskcache>=5.6.1"
+	# Real chat templates and tokenizers of model families for the families tests, and llama.cpp's own GGUF converters
+	# for the export (llama.cpp's copies, from the same sdist on PyPI).
 	$(PY) scripts/family_assets.py $(VENV)/share/llama-cpp-python
 	touch $@
 

@@ -1,6 +1,7 @@
 """Tuneboard's one settings module: every deployment difference comes from the environment (see dashboard/env.py)."""
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -209,6 +210,11 @@ DATASETS_DIR = VAR_DIR / "datasets"
 SUITES_DIR = VAR_DIR / "suites"  # eval suites, checked and normalised like datasets
 EVALS_DIR = VAR_DIR / "evals"  # each evaluation's prompts and spec, for the worker
 MODELS_DIR = VAR_DIR / "models"
+EXPORTS_DIR = VAR_DIR / "exports"  # each GGUF export's files, written by the run's worker, downloaded from the web
+# llama.cpp's converters (convert_hf_to_gguf.py, convert_lora_to_gguf.py, conversion/, gguf-py/), which `make install`
+# takes from PyPI's llama-cpp-python sdist into the venv (scripts/family_assets.py).
+TUNEBOARD_LLAMA_CPP_DIR = env_str("TUNEBOARD_LLAMA_CPP_DIR",
+                                  str(Path(sys.prefix) / "share" / "llama-cpp-python" / "llama.cpp"))
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 TUNEBOARD_DATASET_MAX_BYTES = env_int("TUNEBOARD_DATASET_MAX_BYTES", 2 * 1024**3, minimum=1)
 # Team admins may register files in place (no copy) only inside these folders.

@@ -1,6 +1,8 @@
 """Real chat templates and tokenizers of the model families, for the families tests: taken from llama.cpp's own copies
 shipped in PyPI's llama-cpp-python sdist (vendor/llama.cpp/models/templates/*.jinja are the models' templates,
-ggml-vocab-*.gguf their vocabularies), never from a model hub.
+ggml-vocab-*.gguf their vocabularies), never from a model hub. From the same sdist, llama.cpp's own converters for
+the GGUF export (training/engine/gguf_export.py): convert_hf_to_gguf.py, convert_lora_to_gguf.py, the `conversion`
+package they import and their gguf-py, under DEST/llama.cpp/ with llama.cpp's LICENSE.
 
 `make install` runs it once: it downloads the sdist with pip, extracts the templates and the vocabularies, and converts
 each vocabulary to a fast tokenizer (transformers' GGUF reader; minutes for a 32k SentencePiece vocabulary, hence once
@@ -18,6 +20,10 @@ from pathlib import Path
 VERSION = "0.3.36"
 VOCABS = ("llama-bpe", "qwen2", "gemma-4", "phi-3")
 MODELS = "vendor/llama.cpp/models/"
+LLAMA_CPP = "vendor/llama.cpp/"
+# What the converters need of the llama.cpp tree: the scripts, their package and their own gguf library.
+CONVERTER_FILES = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "LICENSE")
+CONVERTER_FOLDERS = ("conversion/", "gguf-py/gguf/")
 
 
 def extract(sdist: Path, dest: Path) -> None:
@@ -25,8 +31,16 @@ def extract(sdist: Path, dest: Path) -> None:
     (dest / "vocab").mkdir(parents=True, exist_ok=True)
     with tarfile.open(sdist) as tar:
         for member in tar.getmembers():
+            if not member.isfile():
+                continue
+            tree = member.name.split(LLAMA_CPP, 1)[-1] if LLAMA_CPP in member.name else None
+            if tree in CONVERTER_FILES or (tree and tree.startswith(CONVERTER_FOLDERS) and tree.endswith(".py")):
+                target = dest / "llama.cpp" / tree
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(tar.extractfile(member).read())
+                continue
             rel = member.name.split(MODELS, 1)[-1] if MODELS in member.name else None
-            if not rel or not member.isfile():
+            if not rel:
                 continue
             if rel.startswith("templates/") and rel.endswith(".jinja"):
                 target = dest / "templates" / Path(rel).name
@@ -56,7 +70,7 @@ def main() -> int:
     parser.add_argument("dest", help="e.g. .venv/share/llama-cpp-python")
     args = parser.parse_args()
     dest = Path(args.dest)
-    if not (dest / "templates").is_dir():
+    if not (dest / "templates").is_dir() or not (dest / "llama.cpp" / "convert_lora_to_gguf.py").is_file():
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
                             f"llama-cpp-python=={VERSION}", "-d", tmp], check=True)

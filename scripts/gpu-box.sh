@@ -15,6 +15,10 @@ if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; the
   "$VENV/bin/pip" install -q -e .
   # As the Makefile does: Unsloth's own requirements would replace torch (torchvision, xformers pins).
   "$VENV/bin/pip" install -q --no-deps "unsloth==2026.10.9" "unsloth-zoo==2026.10.9"
+  # The GGUF export: llama.cpp's library (built as the Makefile does) and its converters.
+  CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" \
+    "$VENV/bin/pip" install -q --no-deps "llama-cpp-python==0.3.36" "diskcache>=5.6.1"
+  "$VENV/bin/python" scripts/family_assets.py "$VENV/share/llama-cpp-python"
   touch "$VENV/.installed"
 fi
 "$VENV/bin/python" -c "import torch, sys; ok = torch.cuda.is_available(); print('GPU:', torch.cuda.get_device_name(0) if ok else 'none visible to torch ' + torch.__version__); sys.exit(0 if ok else 1)" \

@@ -64,6 +64,7 @@ def isolated_session(tmp_path_factory):
     settings.MODELS_DIR = var / "models"
     settings.SUITES_DIR = var / "suites"
     settings.EVALS_DIR = var / "evals"
+    settings.EXPORTS_DIR = var / "exports"
     settings.TUNEBOARD_DATASET_ROOTS = [str(var / "registered")]
     settings.TUNEBOARD_MODEL_ROOTS = [str(var / "models")]
     settings.TUNEBOARD_DEFAULT_QUEUE = f"test-{token}"

@@ -93,3 +93,24 @@ def family_tokenizer(name: str):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+# Llama 3's own pre-tokenizer (its tokenizer.json): transformers' reader of a GGUF vocabulary writes GPT-2's instead,
+# which llama.cpp's converter (it hashes a pre-tokenizer's output) does not know.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def save_llama3_tokenizer(folder: Path) -> Path:
+    """Llama 3.2's tokenizer (its vocabulary and template) saved in `folder` as Meta's tokenizer.json has it, so a
+    model built with it converts to GGUF as a real Llama 3 does (`pre` llama-bpe): the GGUF export's tests."""
+    from tokenizers import Regex, pre_tokenizers
+    from transformers import AutoTokenizer
+
+    family_tokenizer("llama-3.2").save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)  # a copy: the shared one stays as it is
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
+    tokenizer.save_pretrained(folder)
+    return folder

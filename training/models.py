@@ -664,3 +664,44 @@ class MlflowSettings(models.Model):
 
     def __str__(self) -> str:
         return f"MLflow of {self.team}: {self.tracking_uri}"
+
+
+class Export(models.Model):
+    """A succeeded run exported for llama.cpp and Ollama on its worker: the merged model as a 16-bit GGUF and its
+    quantizations, the adapter as a GGUF LoRA with its base's GGUF, and Modelfiles (training/engine/gguf_export.py).
+    `files` lists what it wrote ({name, size, sha256, kind}); a download names one of them, never a path."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED})
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="exports")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="exports")
+    quantizations = models.JSONField(default=list, help_text="llama.cpp quantization names, e.g. q8_0, q4_k_m")
+    merged_gguf = models.BooleanField(default=True, help_text="The merged model as GGUF (16-bit and quantizations)")
+    lora_gguf = models.BooleanField(default=True, help_text="The adapter as a GGUF LoRA, with its base's GGUF")
+    queue = models.CharField(max_length=100)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    progress = models.JSONField(default=dict, blank=True, help_text="stage, done, total, message")
+    files = models.JSONField(default=list, blank=True)
+    seconds = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    worker_name = models.CharField(max_length=200, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"export #{self.id} of run #{self.run_id}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL

@@ -1,5 +1,5 @@
 """Celery tasks: training and evaluating on a worker of the run's queue; dataset statistics, sweep advances and the
-evaluations a run asked for on the cpu queue; a playground's model served on the run's queue."""
+evaluations a run asked for on the cpu queue; a playground's model served and GGUF exports made on the run's queue."""
 import socket
 
 from celery import shared_task
@@ -7,6 +7,7 @@ from celery import shared_task
 from training.datasets import services as dataset_services
 from training.evaluation import loftq
 from training.evaluation import services as eval_services
+from training.export import services as export_services
 from training.playground import services as playground_services
 from training.runs import execution, slots
 from training.sweeps import services as sweep_services
@@ -63,3 +64,9 @@ def loftq_check(self, check_id: int) -> None:
 def playground_serve(self, session_id: int) -> None:
     playground_services.playground_serve(session_id=session_id,
                                          worker_name=self.request.hostname or f"local@{socket.gethostname()}")
+
+
+@shared_task(bind=True, name="training.export_run")
+def export_run(self, export_id: int) -> None:
+    export_services.export_execute(export_id=export_id,
+                                   worker_name=self.request.hostname or f"local@{socket.gethostname()}")

@@ -5,6 +5,7 @@ from training.compare import views as compare_views
 from training.datasets import views as dataset_views
 from training.evaluation import compare as evaluation_compare
 from training.evaluation import views as evaluation_views
+from training.export import views as export_views
 from training.playground import views as playground_views
 from training.runs import views
 from training.sweeps import views as sweep_views
@@ -24,6 +25,9 @@ urlpatterns = [
     path("runs/<int:run_id>/evaluate/", evaluation_views.run_evaluate, name="run_evaluate"),
     path("runs/<int:run_id>/evaluations.json", evaluation_views.run_evaluations, name="run_evaluations"),
     path("runs/<int:run_id>/drift-check/", evaluation_views.run_drift_check, name="run_drift_check"),
+    path("runs/<int:run_id>/export/", export_views.run_export, name="run_export"),
+    path("runs/<int:run_id>/exports.json", export_views.run_exports, name="run_exports"),
+    path("exports/<int:export_id>/files/<str:name>", export_views.export_file, name="export_file"),
     path("runs/<int:run_id>/playground/", playground_views.run_playground, name="run_playground"),
     path("runs/<int:run_id>/playground/<int:session_id>/release/", playground_views.playground_release,
          name="playground_release"),

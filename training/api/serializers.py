@@ -207,6 +207,51 @@ class AdapterFileSerializer(serializers.Serializer):
     url = serializers.CharField()
 
 
+class ExportCreateSerializer(serializers.Serializer):
+    quantizations = serializers.JSONField(required=False, help_text=(
+        "llama.cpp quantizations of the merged model, a list of q8_0, q6_k, q5_k_m, q4_k_m, q4_0 (default: q8_0 and "
+        "q4_k_m; [] for the 16-bit GGUF alone)"))
+    merged_gguf = serializers.JSONField(required=False, help_text="The merged model as a 16-bit GGUF (default true)")
+    lora_gguf = serializers.JSONField(required=False, help_text=(
+        "The adapter as a GGUF LoRA, with the base model's 16-bit GGUF to apply it to (default true)"))
+    queue = serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=100,
+                                  help_text="Default: the run's own queue (its worker has the model)")
+
+
+class ExportFileSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    size = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    kind = serializers.ChoiceField(choices=["merged", "quantized", "base", "lora", "modelfile"])
+    url = serializers.CharField(allow_null=True, help_text="Download; null until the export has succeeded")
+
+
+class ExportProgressSerializer(serializers.Serializer):
+    stage = serializers.CharField(help_text="merge, convert, quantize, modelfile")
+    done = serializers.IntegerField()
+    total = serializers.IntegerField()
+    message = serializers.CharField()
+    percent = serializers.IntegerField()
+
+
+class ExportSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    run = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=["queued", "running", "succeeded", "failed"])
+    queue = serializers.CharField()
+    quantizations = AnyList(child=serializers.CharField())
+    quantization_labels = AnyList(child=serializers.CharField())
+    merged_gguf = serializers.BooleanField()
+    lora_gguf = serializers.BooleanField()
+    progress = ExportProgressSerializer()
+    files = ExportFileSerializer(many=True)
+    seconds = serializers.FloatField(allow_null=True)
+    error = serializers.CharField(allow_blank=True)
+    worker = serializers.CharField(allow_blank=True)
+    created_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
 class EventSerializer(serializers.Serializer):
     seq = serializers.IntegerField()
     event = serializers.CharField(help_text="started, warning, checkpoint, finished, failed, stopped, ...")

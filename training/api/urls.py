@@ -21,6 +21,8 @@ urlpatterns = [
     # A file's name ends the path (no trailing slash), as on the run page's own download links.
     path("v1/runs/<int:pk>/adapter/<str:name>", views.RunViewSet.as_view({"get": "adapter_file"}),
          name="run-adapter-file"),
+    path("v1/exports/<int:pk>/", views.ExportView.as_view(), name="export"),
+    path("v1/exports/<int:pk>/files/<str:name>", views.ExportFileView.as_view(), name="export-file"),
     path("v1/", include(router.urls)),
     path("v1/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),

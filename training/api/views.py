@@ -26,6 +26,8 @@ from training.compare import export, series
 from training.datasets import services as dataset_services
 from training.datasets.forms import DatasetProfileForm, DatasetRegisterForm, DatasetUploadForm
 from training.evaluation.selectors import get_suite_for_user, run_evaluation_state
+from training.export import selectors as export_selectors
+from training.export import services as export_services
 from training.models import Dataset, Preset, Run, Sweep
 from training.runs import iterate
 from training.runs.filters import with_duration
@@ -358,6 +360,29 @@ class RunViewSet(viewsets.GenericViewSet):
         return FileResponse(archive, as_attachment=True, filename=f"run-{run.id}-tensorboard.zip",
                             content_type="application/zip")
 
+    @extend_schema(methods=["GET"], responses=s.ExportSerializer(many=True),
+                   summary="The run's GGUF exports, newest first, with their progress and files")
+    @extend_schema(methods=["POST"], request=s.ExportCreateSerializer, responses={201: s.ExportSerializer},
+                   summary="Export a succeeded run as GGUF (merged 16-bit and quantizations, the adapter as a GGUF "
+                           "LoRA) with Ollama Modelfiles, on the run's worker; the same export under way is returned")
+    @action(detail=True, methods=["get", "post"])
+    def exports(self, request: Request, pk: str) -> Response:
+        run = access.get_run_for_user(request.user, int(pk))
+        if request.method == "GET":
+            return Response(export_selectors.run_exports(run, api=True))
+        body = _object(request)
+        unknown = sorted(set(body) - set(s.ExportCreateSerializer().fields))
+        if unknown:
+            raise bad_request({k: "not a field of an export; allowed: quantizations, merged_gguf, lora_gguf, queue"
+                               for k in unknown})
+        checked = s.ExportCreateSerializer(data=body)
+        checked.is_valid(raise_exception=True)
+        v = checked.validated_data
+        export = export_services.export_create(
+            run=run, user=request.user, quantizations=v.get("quantizations"), merged_gguf=v.get("merged_gguf", True),
+            lora_gguf=v.get("lora_gguf", True), queue=v.get("queue") or None)
+        return Response(export_selectors.export_dict(export, api=True), status=status.HTTP_201_CREATED)
+
     @extend_schema(parameters=[OpenApiParameter("examples", bool, description="With the examples each got wrong")],
                    responses=s.EvaluationsSerializer, summary="The run's evaluations on eval suites")
     @action(detail=True, methods=["get"])
@@ -365,6 +390,23 @@ class RunViewSet(viewsets.GenericViewSet):
         run = access.get_run_for_user(request.user, int(pk))
         examples = request.query_params.get("examples", "0").lower() in ("1", "true", "yes")
         return Response(run_evaluation_state(run, with_examples=examples))
+
+
+# GGUF exports ----------------------------------------------------------------------------------------------------
+
+class ExportView(APIView):
+    @extend_schema(responses=s.ExportSerializer, summary="A GGUF export: status, progress, files with sizes and sha256")
+    def get(self, request: Request, pk: int) -> Response:
+        return Response(export_selectors.export_dict(export_selectors.get_export_for_user(request.user, pk), api=True))
+
+
+class ExportFileView(APIView):
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY},
+                   summary="One file of a succeeded export, by the name its files list gives (no trailing slash)")
+    def get(self, request: Request, pk: int, name: str) -> FileResponse:
+        export = export_selectors.get_export_for_user(request.user, pk)
+        path = export_services.export_file(export, name)
+        return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)
 
 
 # Compare ---------------------------------------------------------------------------------------------------------

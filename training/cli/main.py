@@ -1,6 +1,7 @@
 """The `tuneboard` commands (typer): each one a few API calls (training/cli/client.py) and what it prints."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sys
@@ -9,13 +10,14 @@ import zipfile
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
 from training.cli import config as store
-from training.cli.client import ERROR, OK, REFUSED, RUN_FAILED, Api, CliError
+from training.cli.client import ERROR, OK, REFUSED, RUN_FAILED, Api, CliError, refusal
 from training.cli.parsing import InputError, parse_sets
 from training.cli.watch import RunView, follow
 
@@ -26,7 +28,7 @@ EXIT_CODES = (f"Exit codes: {OK} success; {REFUSED} refused input (a 400 from th
 app = typer.Typer(help=f"Tuneboard from the command line, over its REST API.\n\n{EXIT_CODES}",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 datasets_app = typer.Typer(help="Your teams' datasets.", no_args_is_help=True)
-runs_app = typer.Typer(help=f"Runs: create, list, show, watch, stop, resume, metrics.\n\n{EXIT_CODES}",
+runs_app = typer.Typer(help=f"Runs: create, list, show, watch, stop, resume, metrics, gguf.\n\n{EXIT_CODES}",
                        no_args_is_help=True)
 sweeps_app = typer.Typer(help=f"Sweeps: create, watch, stop.\n\n{EXIT_CODES}", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
@@ -228,6 +230,70 @@ def runs_export(run_id: RunId,
     written = unpack_zip(response.content, tensorboard)
     out.print(f"run {run_id}: {len(written)} TensorBoard file(s) in {tensorboard.resolve()}; view them with "
               f"`tensorboard --logdir {tensorboard}`")
+
+
+@runs_app.command("gguf")
+def runs_gguf(run_id: RunId,
+              quant: Annotated[list[str] | None, typer.Option(
+                  help="A llama.cpp quantization of the merged model, repeatable: q8_0, q6_k, q5_k_m, q4_k_m, q4_0 "
+                       "(default q8_0 and q4_k_m)")] = None,
+              merged: Annotated[bool, typer.Option(help="The merged model as GGUF (16-bit and --quant)")] = True,
+              lora: Annotated[bool, typer.Option(help="The adapter as a GGUF LoRA, with its base's GGUF")] = True,
+              download: Annotated[Path | None, typer.Option(help="Download the files into this folder, each "
+                                                                  "checked against its sha256")] = None,
+              wait: Annotated[bool, typer.Option(help="Follow the export to its end")] = True) -> None:
+    """Export a succeeded run as GGUF files with Ollama Modelfiles (llama.cpp's own converters, on the run's worker)."""
+    client = api()
+    body: dict[str, Any] = {"merged_gguf": merged, "lora_gguf": lora}
+    if quant is not None:
+        body["quantizations"] = quant
+    elif not merged:
+        body["quantizations"] = []
+    export = client.post(f"/runs/{run_id}/exports/", body)
+    out.print(f"export {export['id']} of run {run_id}: {export['status']} on {export['queue']}")
+    if not wait and download is None:
+        return
+    export = _follow_export(client, export)
+    if export["status"] != "succeeded":
+        raise CliError(f"export {export['id']} failed: {export['error']}", RUN_FAILED)
+    for f in export["files"]:
+        out.print(f"{f['name']}  {f['size']} bytes  sha256 {f['sha256']}", soft_wrap=True)
+    if download is not None:
+        download.mkdir(parents=True, exist_ok=True)
+        for f in export["files"]:
+            _download_checked(client, f"/exports/{export['id']}/files/{f['name']}", download / f["name"], f["sha256"])
+        out.print(f"{len(export['files'])} file(s) in {download.resolve()}; with Ollama: cd {download} && "
+                  f"ollama create run-{run_id} -f Modelfile", soft_wrap=True)
+
+
+def _follow_export(client: Api, export: dict) -> dict:
+    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), console=err,
+                  transient=True) as progress:
+        task = progress.add_task("queued", total=None)
+        while export["status"] in ("queued", "running"):
+            time.sleep(1)
+            export = client.get(f"/exports/{export['id']}/")
+            step = export["progress"]
+            progress.update(task, description=step["message"][:80] or export["status"],
+                            total=step["total"] or None, completed=step["done"])
+    return export
+
+
+def _download_checked(client: Api, path: str, target: Path, sha256: str) -> None:
+    digest = hashlib.sha256()
+    try:
+        with client.http.stream("GET", path) as response, target.open("wb") as fh:
+            if response.status_code >= 400:
+                response.read()
+                raise refusal(response)
+            for chunk in response.iter_bytes(1 << 20):
+                digest.update(chunk)
+                fh.write(chunk)
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot download {target.name}: {exc}") from None
+    if digest.hexdigest() != sha256:
+        target.unlink(missing_ok=True)
+        raise CliError(f"{target.name}: its sha256 is {digest.hexdigest()}, not the export's {sha256}; removed")
 
 
 def unpack_zip(data: bytes, folder: Path) -> list[Path]:

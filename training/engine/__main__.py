@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     loftq_p = sub.add_parser("loftq-check", help="4-bit logits against full precision, standard init vs LoftQ")
     loftq_p.add_argument("spec", help="path of a JSON spec (training/engine/loftq_check.py)")
 
+    gguf_p = sub.add_parser("gguf", help="export a run as GGUF files and Ollama Modelfiles (llama.cpp's converters)")
+    gguf_p.add_argument("spec", help="path of a JSON spec (training/engine/gguf_export.py)")
+
     serve_p = sub.add_parser("serve", help="serve a run's adapter to the playground: prompts on stdin, tokens out")
     serve_p.add_argument("spec", help="path of a JSON spec (training/engine/serve.py)")
 
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         return _loftq_check(args)
     if args.command == "harness":
         return _harness(args)
+    if args.command == "gguf":
+        return _gguf(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "tiny-model":
@@ -225,6 +230,16 @@ def _loftq_check(args) -> int:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     with contextlib.redirect_stdout(sys.stderr):
         return check(_read(args.spec), EventSink(events_out))
+
+
+def _gguf(args) -> int:
+    from .events import EventSink
+    from .gguf_export import run
+
+    events_out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    with contextlib.redirect_stdout(sys.stderr):
+        return run(_read(args.spec), EventSink(events_out))
 
 
 def _harness(args) -> int:

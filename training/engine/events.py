@@ -51,8 +51,9 @@ TERMINAL = frozenset({"finished", "stopped", "failed"})
 # output: one generated answer of an evaluation (training/engine/evaluate.py): index, output, tokens
 # loading, ready, token, reply, refused: a playground's serving process (training/engine/serve.py)
 # warm-ready: a warm trainer process between runs (training/engine/warm.py)
+# export-stage, export-file: a GGUF export (training/engine/gguf_export.py): its stages, and each file written
 TYPES = frozenset({"started", "metrics", "eval", "sample", "warning", "log", "checkpoint", "output", "loading", "ready",
-                   "token", "reply", "refused", "warm-ready"}) | TERMINAL
+                   "token", "reply", "refused", "warm-ready", "export-stage", "export-file"}) | TERMINAL
 
 
 def json_safe(value: Any) -> Any:

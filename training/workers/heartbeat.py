@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
+from training.export import services as exports
 from training.playground import services as playground
 from training.runs import services
 from training.sweeps.selectors import stalled_sweep_ids
@@ -89,6 +90,9 @@ class Heartbeat(threading.Thread):
             lost = services.runs_mark_lost()
             if lost:
                 log.warning("runs %s marked lost by %s: their worker is silent or no longer runs them", lost, self.who)
+            failed = exports.exports_mark_lost()
+            if failed:
+                log.warning("exports %s failed (%s): their worker is silent", failed, self.who)
             ended = playground.playground_sessions_mark_lost()
             if ended:
                 log.warning("playground sessions %s ended by %s: their worker is silent", ended, self.who)
@@ -117,6 +121,7 @@ def start(*, name: str, queues: list[str], in_process: bool, slots: int = 1) -> 
     global _heartbeat
     lost = services.worker_runs_mark_lost(name=name)
     playground.playground_sessions_mark_lost(worker_name=name)
+    exports.exports_mark_lost(worker_name=name)
     if lost:
         log.warning("runs %s were running on %s before it restarted: marked lost", lost, name)
     if not in_process:

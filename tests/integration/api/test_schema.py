@@ -24,7 +24,8 @@ def test_the_schema_is_generated_and_valid_with_no_warnings(tmp_path):
                  "/api/v1/runs/{id}/resume/", "/api/v1/runs/{id}/metrics/", "/api/v1/runs/{id}/events/",
                  "/api/v1/runs/{id}/findings/", "/api/v1/runs/{id}/samples/", "/api/v1/runs/{id}/adapter/",
                  "/api/v1/runs/{id}/adapter/{name}", "/api/v1/runs/{id}/evaluations/", "/api/v1/compare/",
-                 "/api/v1/sweeps/", "/api/v1/sweeps/{id}/", "/api/v1/sweeps/{id}/stop/", "/api/v1/workers/"):
+                 "/api/v1/sweeps/", "/api/v1/sweeps/{id}/", "/api/v1/sweeps/{id}/stop/", "/api/v1/workers/",
+                 "/api/v1/runs/{id}/exports/", "/api/v1/exports/{id}/", "/api/v1/exports/{id}/files/{name}"):
         assert path in paths, path
     assert schema["components"]["securitySchemes"]["tokenAuth"] == {
         "type": "http", "scheme": "bearer", "bearerFormat": "tb_ and 43 characters",
