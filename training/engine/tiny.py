@@ -92,7 +92,7 @@ def _train_tokenizer(vocab_size: int):
 def build_tiny_model(out_dir: str | Path, arch: str = "llama", size: str = "tiny", seed: int = 0) -> Path:
     """Build, save and return the directory of a random causal LM ("llama", or "qwen2" with q/k/v biases)."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers import LlamaConfig, Qwen2Config
 
     if arch not in ("llama", "qwen2"):
         raise ValueError(f"arch must be llama or qwen2, not {arch!r}")
@@ -108,8 +108,17 @@ def build_tiny_model(out_dir: str | Path, arch: str = "llama", size: str = "tiny
         pad_token_id=tokenizer.pad_token_id, rope_theta=10000.0, **{"tie_word_embeddings": False, **dims},
     )
     config = LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
+    return _save_random(config, tokenizer, out, dtype=torch.float32 if size == "tiny" else torch.bfloat16, seed=seed)
+
+
+def _save_random(config, tokenizer, out: Path, *, dtype, seed: int) -> Path:
+    """A model of `config` with weights drawn from `seed`, saved in `out` with its tokenizer; generation pads and
+    stops with the tokenizer's own pad and end tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32 if size == "tiny" else torch.bfloat16)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out)
@@ -135,7 +144,7 @@ def build_tiny_arch(out_dir: str | Path, arch: str, *, tokenizer_from: str | Pat
     """Build, save and return the directory of a random causal LM of one of ARCHITECTURES at ARCH_WIDTHS[size], with
     the project's tiny tokenizer, or the tokenizer saved in `tokenizer_from` (a model folder)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, not {arch!r}")
@@ -151,10 +160,4 @@ def build_tiny_arch(out_dir: str | Path, arch: str, *, tokenizer_from: str | Pat
     config = AutoConfig.for_model(
         ARCHITECTURES[arch], vocab_size=vocab, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, **dims)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32 if size == "tiny" else torch.bfloat16)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _save_random(config, tokenizer, out, dtype=torch.float32 if size == "tiny" else torch.bfloat16, seed=seed)
