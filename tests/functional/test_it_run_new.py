@@ -39,7 +39,7 @@ def test_the_form_shows_each_field_with_its_guidance_and_default(world, member_c
     assert page.status_code == 200
     html = page.content.decode()
     for key in ("Loading the model", "The LoRA adapter", "The SFT trainer"):
-        assert f"<legend>{key}</legend>" in html
+        assert f'<span class="group-title">{key}</span>' in html
     for param, guidance in content.load_all().items():
         assert f'data-field="{param}"' in html
         assert escape(guidance.one_line) in html, param
