@@ -234,9 +234,9 @@ class RunForm(forms.Form):
                   "failed run")
 
     parent = forms.IntegerField(required=False, widget=forms.HiddenInput)
-    model_pick = forms.ChoiceField(required=False, label="Model", help_text=(
-        "A model folder of the model roots or one the team trained before; the field below shows (or takes) what "
-        "the run gets"))
+    # A model folder of the roots or one the team trained before, typed into `model` (the value the run gets).
+    model_pick = forms.ChoiceField(required=False, label="Model", error_messages={
+        "invalid_choice": "%(value)s is not in the list; choose one, or Other and type it in the field below"})
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
@@ -358,7 +358,8 @@ class RunForm(forms.Form):
 
     def error_summary(self) -> list[dict[str, str]]:
         """Every refused field after a submit, for the list at the top of the form: {field, anchor, message}."""
-        return [{"field": name, "anchor": f"field-{name}", "message": str(message)}
+        shown = {"model_pick": "model"}  # the picker sits in the model's field
+        return [{"field": shown.get(name, name), "anchor": f"field-{shown.get(name, name)}", "message": str(message)}
                 for name, errors in self.errors.items() if name != "__all__" for message in errors]
 
     def add_service_errors(self, error: ValidationError) -> None:
