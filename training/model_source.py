@@ -98,10 +98,17 @@ class ModelChoices:
     folders: tuple[str, ...]
     recent: tuple[str, ...]
     hub: bool
+    roots: tuple[Path, ...] = ()
 
     @property
     def values(self) -> frozenset[str]:
         return frozenset(self.folders) | frozenset(self.recent)
+
+    def folder_label(self, folder: str) -> str:
+        """A folder as the picker names it: its path under its root first ("org/llama-1b  in /models")."""
+        path = Path(folder)
+        root = next((r for r in self.roots if path.is_relative_to(r)), None)
+        return f"{path.relative_to(root)}  in {root}" if root is not None and path != root else folder
 
 
 def model_choices(policy: ModelPolicy, recent: list[str]) -> ModelChoices:
@@ -110,4 +117,4 @@ def model_choices(policy: ModelPolicy, recent: list[str]) -> ModelChoices:
     folders = model_folders(policy)
     kept = [m for m in dict.fromkeys(m.strip() for m in recent if m and m.strip())
             if m not in folders and model_source_error(m, policy) is None]
-    return ModelChoices(folders=tuple(folders), recent=tuple(kept), hub=policy.hub)
+    return ModelChoices(folders=tuple(folders), recent=tuple(kept), hub=policy.hub, roots=policy.roots)

@@ -153,7 +153,7 @@ function updateEffective() {
     const field = input(name);
     const override = typed(name);
     if (source === "required") {
-      hint.textContent = override ? "" : "required: the preset does not set it";
+      hint.textContent = override ? "required" : "required: the preset does not set it";
       field.placeholder = "required";
       continue;
     }
@@ -201,8 +201,23 @@ function renderErrors(errors) {
   });
 }
 
+// Each field shows one recommended value: the guidance's, or, where the review has a fix for this config (r for this
+// dataset's size, say), that fix, so the field and the review never recommend two values.
+function renderRecommended(notes) {
+  const fixes = Object.assign({}, ...notes.map((note) => note.fix_text || {}));
+  for (const line of form.querySelectorAll("[data-recommended-for]")) {
+    const name = line.dataset.recommendedFor;
+    const button = line.querySelector("button[data-use-recommended]");
+    const value = Object.prototype.hasOwnProperty.call(fixes, name) ? fixes[name] : line.dataset.guidanceValue;
+    line.querySelector("code").textContent = value;
+    button.dataset.value = value;
+    line.querySelector(".recommended-why").hidden = value === line.dataset.guidanceValue;
+  }
+}
+
 function renderNotes(notes, errors) {
   const refused = renderErrors(errors);
+  renderRecommended(notes);
   preflightList.replaceChildren(...refused, ...notes.map((note) => {
     const item = el("li", { className: `finding severity-${note.severity}` }, el("strong", {}, note.title),
       el("p", {}, note.message));

@@ -337,6 +337,7 @@ def test_the_model_picker_lists_the_roots_folders_and_the_teams_recent_models_ne
                                                       str(model_layout / "qwen-0.5b")]
     assert picker["Trained recently by your team"] == ["alpha-org/tuned-base", "tiny-model"]
     assert picker[""] == ["", "other"]
+    assert f'>org/llama-1b  in {model_layout}</option>' in html  # named by its path under its root first
     assert "beta-org/secret-model" not in html and str(settings.RUNS_DIR) not in html.split('name="model_pick"')[1]
     assert "not-a-model" not in html
     assert "Other: type a hub id (owner/name) or a model folder below" in html

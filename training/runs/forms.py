@@ -286,7 +286,7 @@ class RunForm(forms.Form):
                  else "Other: type a model folder below (the hub is off here)")
         choices: list = [("", "Choose a model (or keep the preset's)")]
         if models.folders:
-            choices.append(("Model folders on the workers", [(m, m) for m in models.folders]))
+            choices.append(("Model folders on the workers", [(m, models.folder_label(m)) for m in models.folders]))
         if models.recent:
             choices.append(("Trained recently by your team", [(m, m) for m in models.recent]))
         return choices + [(OTHER_MODEL, other)]
