@@ -366,6 +366,7 @@ def test_a_model_picked_from_the_list_is_the_runs_model_and_one_not_listed_is_re
     assert "/etc is not in the list" in " ".join(field_errors(response)["model_pick"])
     summary = response.context["form"].error_summary()
     assert summary[0]["field"] == "model" and summary[0]["anchor"] == "field-model"
+    assert 'class="field has-error" data-field="model"' in response.content.decode()
 
 
 def test_the_first_layer_holds_what_a_first_run_needs_and_the_rest_is_folded_closed(world, member_client):
