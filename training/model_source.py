@@ -63,3 +63,58 @@ def model_source_error(model: str, policy: ModelPolicy) -> str | None:
         shown = f"{model} (really {real})" if str(real) != model else model
         return f"{shown} is outside the model roots; {folder_rule}, or give a hub id (owner/name)"
     return None
+
+
+# How deep below a root a model folder may sit (root/name or root/owner/name), and how many the picker lists.
+FOLDER_DEPTH = 2
+FOLDER_LIMIT = 200
+
+
+def model_folders(policy: ModelPolicy) -> list[str]:
+    """The model folders the roots hold (a folder with a config.json, at most FOLDER_DEPTH below a root), each one
+    the rule allows: a root that overlaps the runs' or the datasets' folders never lists what is inside them."""
+    found: list[str] = []
+    for root in policy.roots:
+        level = [root]
+        for _ in range(FOLDER_DEPTH):
+            level = sorted(child for folder in level if folder.is_dir() for child in _subfolders(folder))
+            found += [str(folder) for folder in level if (folder / "config.json").is_file()]
+    allowed = [folder for folder in dict.fromkeys(found) if model_source_error(folder, policy) is None]
+    return sorted(allowed)[:FOLDER_LIMIT]
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return [child for child in folder.iterdir() if child.is_dir() and not child.name.startswith(".")]
+    except OSError:  # unreadable: it holds nothing the worker could load either
+        return []
+
+
+@dataclass(frozen=True)
+class ModelChoices:
+    """What the run form's model picker offers: the roots' folders, the team's recent models the rule still allows
+    (not already among the folders), and whether a hub id may be typed."""
+
+    folders: tuple[str, ...]
+    recent: tuple[str, ...]
+    hub: bool
+    roots: tuple[Path, ...] = ()
+
+    @property
+    def values(self) -> frozenset[str]:
+        return frozenset(self.folders) | frozenset(self.recent)
+
+    def folder_label(self, folder: str) -> str:
+        """A folder as the picker names it: its path under its root first ("org/llama-1b  in /models")."""
+        path = Path(folder)
+        root = next((r for r in self.roots if path.is_relative_to(r)), None)
+        return f"{path.relative_to(root)}  in {root}" if root is not None and path != root else folder
+
+
+def model_choices(policy: ModelPolicy, recent: list[str]) -> ModelChoices:
+    """The picker's lists; `recent` is the team's models, newest first, as its runs named them. One a run built on
+    another's merged model names (a run folder) is dropped like any model the rule refuses."""
+    folders = model_folders(policy)
+    kept = [m for m in dict.fromkeys(m.strip() for m in recent if m and m.strip())
+            if m not in folders and model_source_error(m, policy) is None]
+    return ModelChoices(folders=tuple(folders), recent=tuple(kept), hub=policy.hub, roots=policy.roots)

@@ -31,6 +31,13 @@ def runs_to_build_on(teams: QuerySet[Team], *, limit: int = 200) -> list[Run]:
                 .exclude(adapter_path="").order_by("-id")[:limit])
 
 
+def recent_models(teams: QuerySet[Team], *, limit: int = 20) -> list[str]:
+    """The models the teams' runs trained, newest run first, each once: the run form's picker offers them."""
+    names = (Run.objects.filter(team__in=teams).exclude(model_name__isnull=True).exclude(model_name="")
+             .order_by("-id").values_list("model_name", flat=True)[:limit * 20])
+    return list(dict.fromkeys(names))[:limit]
+
+
 def _count(queryset: QuerySet, group: str) -> Subquery:
     return Subquery(queryset.order_by().values(group).annotate(n=Count("id")).values("n"), output_field=IntegerField())
 

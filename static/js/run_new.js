@@ -143,6 +143,8 @@ function updateDerived() {
       : "fix r and lora_alpha");
 }
 
+const SOURCE_WORDS = { default: "default", preset: "the preset's", "from the run built on": "from the run built on" };
+
 // Each field's hint says what it will be: the override typed, else the preset's value, else the default.
 function updateEffective() {
   for (const hint of form.querySelectorAll("[data-effective-for]")) {
@@ -151,13 +153,15 @@ function updateEffective() {
     const field = input(name);
     const override = typed(name);
     if (source === "required") {
-      hint.textContent = override ? "" : "required: the preset does not set it";
+      hint.textContent = override ? "required" : "required: the preset does not set it";
       field.placeholder = "required";
       continue;
     }
+    const words = SOURCE_WORDS[source] || source;
     hint.replaceChildren(
-      document.createTextNode(override ? `overrides ${source} ` : `${source}: `),
+      document.createTextNode(override ? `replaces ${words} ` : "left blank: "),
       Object.assign(document.createElement("code"), { textContent: valueText(value) }),
+      document.createTextNode(override ? "" : ` (${words})`),
     );
     if (field.tagName === "SELECT") {
       field.options[0].textContent = `keep ${source} (${valueText(value)})`;
@@ -186,6 +190,7 @@ function renderErrors(errors) {
     p.hidden = !messages;
     p.textContent = messages ? messages.join(" ") : "";
     p.closest(".field").classList.toggle("has-error", Boolean(messages));
+    if (messages) unfold(p);
   }
   return refused.map(([field, messages]) => {
     const where = field === "__all__" ? [] : [el("a", { href: `#field-${field}` }, field), ": "];
@@ -196,8 +201,23 @@ function renderErrors(errors) {
   });
 }
 
+// Each field shows one recommended value: the guidance's, or, where the review has a fix for this config (r for this
+// dataset's size, say), that fix, so the field and the review never recommend two values.
+function renderRecommended(notes) {
+  const fixes = Object.assign({}, ...notes.map((note) => note.fix_text || {}));
+  for (const line of form.querySelectorAll("[data-recommended-for]")) {
+    const name = line.dataset.recommendedFor;
+    const button = line.querySelector("button[data-use-recommended]");
+    const value = Object.prototype.hasOwnProperty.call(fixes, name) ? fixes[name] : line.dataset.guidanceValue;
+    line.querySelector("code").textContent = value;
+    button.dataset.value = value;
+    line.querySelector(".recommended-why").hidden = value === line.dataset.guidanceValue;
+  }
+}
+
 function renderNotes(notes, errors) {
   const refused = renderErrors(errors);
+  renderRecommended(notes);
   preflightList.replaceChildren(...refused, ...notes.map((note) => {
     const item = el("li", { className: `finding severity-${note.severity}` }, el("strong", {}, note.title),
       el("p", {}, note.message));
@@ -230,13 +250,64 @@ function renderNotes(notes, errors) {
     : "Nothing to question: every reviewed value is within the recommended ranges.";
 }
 
+// A folded group opens to show a field that was set for the user or refused: nothing set is hidden.
+function unfold(node) {
+  const group = node && node.closest("details.config-group");
+  if (group) group.open = true;
+}
+
 function applyFix(fixText) {
   for (const [name, text] of Object.entries(fixText)) {
     const field = input(name);
-    if (field) field.value = text;
+    if (field) {
+      field.value = text;
+      unfold(field);
+      if (name === "model") syncPicker();
+    }
   }
   update();
 }
+
+// The model picker: a listed model is typed into the model field (the value the run gets); typing there picks
+// the matching entry, or "other".
+const picker = input("model_pick");
+const modelField = input("model");
+
+function syncPicker() {
+  const text = modelField.value.trim();
+  const listed = [...picker.options].some((option) => option.value === text && text !== "other");
+  picker.value = listed ? text : (text ? "other" : "");
+}
+
+picker.addEventListener("change", () => {
+  if (picker.value === "other") {
+    modelField.focus();
+    return;
+  }
+  modelField.value = picker.value;
+});
+modelField.addEventListener("input", syncPicker);
+if (modelField.value.trim()) syncPicker();
+else if (picker.value && picker.value !== "other") modelField.value = picker.value;
+
+// "Use recommended": the guidance's value for that field, typed in (or chosen) for the user.
+form.addEventListener("click", (event) => {
+  const button = event.target.closest("button[data-use-recommended]");
+  if (!button) return;
+  applyFix({ [button.dataset.useRecommended]: button.dataset.value });
+});
+
+// A link to a field (the summary after a refused submit, a refusal in the review) opens its group first.
+function unfoldTarget(hash) {
+  const target = hash && hash.startsWith("#field-") && document.getElementById(hash.slice(1));
+  if (target) unfold(target);
+}
+document.addEventListener("click", (event) => {
+  const link = event.target.closest('a[href^="#field-"]');
+  if (link) unfoldTarget(link.getAttribute("href"));
+});
+window.addEventListener("hashchange", () => unfoldTarget(window.location.hash));
+unfoldTarget(window.location.hash);
 
 // The fit planner's prediction for the same config: the line, the parts on hover and in the details, and, when it
 // fits no live GPU worker of the queue (launching is then refused), each lever with its predicted peak and an

@@ -130,3 +130,11 @@ def log_in(page, server: WebServer, username: str, password: str) -> None:
     page.fill("#id_password", password)
     page.click("form[action='/accounts/login/'] button[type=submit]")
     page.wait_for_url(f"{server.url}/runs/")
+
+
+def unfold(page, *fields: str) -> None:
+    """Open the run form's folded groups that hold these fields, as a user does: a click on the group's title."""
+    for name in fields:
+        group = page.locator(f"details.config-group:has(#field-{name})")
+        if group.get_attribute("open") is None:
+            group.locator("summary").click()

@@ -7,7 +7,7 @@ import pytest
 from guidance import calculators, content
 from tests.factories import make_dataset, make_member, make_team, make_user
 
-from .conftest import log_in
+from .conftest import log_in, unfold
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -110,15 +110,16 @@ def test_the_run_form_follows_r_alpha_and_rslora_and_opens_guidance_beside_it(we
     def shown(name):
         return page.inner_text(f"#derived-{name}")
 
-    # Each field says what it is and its simple default.
+    # Each field says what it is and its recommended value.
     lora_alpha = page.locator("[data-field=lora_alpha]")
     assert content.get("lora_alpha").one_line in lora_alpha.inner_text()
-    assert "Simple default: 32" in lora_alpha.inner_text()
+    assert "Recommended: 32" in lora_alpha.inner_text()
 
     assert shown("lora_scale") == "2" and shown("effective_batch") == "8" and shown("total_steps") == "29"
     page.fill("#id_r", "64")
     page.fill("#id_lora_alpha", "64")
     assert shown("lora_scale") == "1" and page.inner_text("#derived-lora_scale-formula") == "= 64 / 64"
+    unfold(page, "use_rslora", "gradient_accumulation_steps")
     page.select_option("#id_use_rslora", "true")
     assert shown("lora_scale") == "8" and page.inner_text("#derived-lora_scale-formula") == "= 64 / √64 (rsLoRA)"
     page.fill("#id_lora_alpha", "16")

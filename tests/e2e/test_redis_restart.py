@@ -21,7 +21,7 @@ from tests.integration.conftest import wait_for, wait_for_run
 from tests.workers import start_worker, stop_worker
 from training.models import MetricPoint, Run
 
-from .conftest import WebServer, free_port, log_in
+from .conftest import WebServer, free_port, log_in, unfold
 from .test_live_run import chart_steps, status_text
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -79,6 +79,7 @@ def test_redis_killed_and_restarted_mid_run_loses_no_point_in_the_database_or_on
         log_in(page, server, "redis", "redis-password")
         page.goto(f"{server.url}/runs/new/")
         page.select_option("#id_dataset", str(dataset.id))
+        unfold(page, "preset")
         page.select_option("#id_preset", str(preset.id))
         page.fill("#id_name", "through a Redis crash")
         page.fill("#id_max_steps", str(STEPS))

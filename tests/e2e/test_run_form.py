@@ -8,7 +8,7 @@ import pytest
 from tests.factories import make_dataset, make_member, make_preset, make_team, make_user
 from training.engine import derived
 
-from .conftest import log_in
+from .conftest import log_in, unfold
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -64,6 +64,7 @@ def test_derived_values_follow_the_typing(web_server, page, tmp_path):
 
     page.fill("#id_r", "64")
     assert shown("lora_scale") == "0.5"
+    unfold(page, "use_rslora", "gradient_accumulation_steps")
     page.select_option("#id_use_rslora", "true")
     assert shown("lora_scale") == "4"  # 32 / sqrt(64)
     page.fill("#id_lora_alpha", "16")
@@ -86,6 +87,7 @@ def test_derived_values_follow_the_typing(web_server, page, tmp_path):
     # A preset's values stand where the user typed nothing: its r 8 and micro-batch 4.
     page.fill("#id_r", "")
     page.fill("#id_lora_alpha", "")
+    unfold(page, "preset")
     page.select_option("#id_preset", str(preset.id))
     assert shown("lora_scale") == "2" and shown("effective_batch") == "4"
     assert "preset" in page.inner_text("[data-effective-for=r]") and page.get_attribute("#id_r", "placeholder") == "8"

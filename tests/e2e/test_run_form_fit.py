@@ -14,7 +14,7 @@ from training.models import Run, Worker
 from training.planner import reference
 from training.runs import services
 
-from .conftest import log_in
+from .conftest import log_in, unfold
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -55,6 +55,7 @@ def test_the_form_shows_the_plan_refuses_what_fits_no_gpu_and_applies_a_lever_an
     gpu_boxes()
     log_in(page, web_server, "fitter", "fitter-password")
     page.goto(f"{web_server.url}/runs/new/")
+    unfold(page, "name", "backend", "packing", "gradient_checkpointing")
     page.fill("#id_name", "1.1B packed, no checkpointing")
     page.fill("#id_model", model)
     page.select_option("#id_backend", "unsloth")

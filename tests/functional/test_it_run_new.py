@@ -2,6 +2,8 @@
 created and queued, a bad value is refused on its field with nothing saved; a viewer cannot start runs."""
 import io
 import json
+import re
+from html import unescape
 
 import pytest
 from django.conf import settings
@@ -10,11 +12,15 @@ from django.utils.html import escape
 
 from dashboard.models import Membership
 from guidance import content
-from tests.factories import make_member, make_preset
+from tests.factories import make_member, make_preset, tiny_overrides
+
+from .conftest import named_run
 from training.engine.config import TrainConfig
 from training.evaluation import services as evaluation_services
 from training.models import Run
-from training.runs.forms import GROUPS, NOT_OFFERED, NOTES
+from training.run_config import value_text
+from training.runs import services as run_services
+from training.runs.forms import ESSENTIALS, GROUPS, NOT_OFFERED, NOTES
 
 pytestmark = pytest.mark.django_db
 
@@ -39,7 +45,7 @@ def test_the_form_shows_each_field_with_its_guidance_and_default(world, member_c
     assert page.status_code == 200
     html = page.content.decode()
     for key in ("Loading the model", "The LoRA adapter", "The SFT trainer"):
-        assert f"<legend>{key}</legend>" in html
+        assert f'<span class="group-title">{key}</span>' in html
     for param, guidance in content.load_all().items():
         assert f'data-field="{param}"' in html
         assert escape(guidance.one_line) in html, param
@@ -281,3 +287,121 @@ def test_each_checkpoint_can_be_evaluated_too_and_needs_a_suite(world, member_cl
     response = member_client.post("/runs/new/", form_data(world, name="none", eval_checkpoints="on"))
     assert response.status_code == 400 and "choose the suites" in " ".join(field_errors(response)["eval_checkpoints"])
     assert Run.objects.count() == before
+
+
+def details_of(html: str) -> dict[str, bool]:
+    """Each folded group on the page: open or not."""
+    return {key: bool(rest.strip()) for key, rest in
+            re.findall(r'<details class="card config-group" data-group="(\w+)"([^>]*)>', html)}
+
+
+def picker_of(html: str) -> dict[str, list[str]]:
+    """The model picker's options, by the group they are listed under ("" for those outside a group)."""
+    select = re.search(r'<select name="model_pick".*?</select>', html, re.S).group(0)
+    found: dict[str, list[str]] = {}
+    for label, body in re.findall(r'<optgroup label="([^"]*)">(.*?)</optgroup>', select, re.S):
+        found[unescape(label)] = [unescape(v) for v in re.findall(r'value="([^"]*)"', body)]
+    found[""] = [unescape(v) for v in re.findall(r'value="([^"]*)"', re.sub(r"<optgroup.*?</optgroup>", "", select,
+                                                                             flags=re.S))]
+    return found
+
+
+@pytest.fixture
+def model_layout(settings, tmp_path):
+    """Model roots holding two model folders, a stray folder without config.json, and the runs' folder itself (a
+    deployment whose roots overlap the runs: its run folders must still never be listed)."""
+    settings.RUNS_DIR = tmp_path / "runs"
+    models = tmp_path / "models"
+    for folder in (models / "qwen-0.5b", models / "org" / "llama-1b", settings.RUNS_DIR / "7" / "merged"):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+    (models / "not-a-model").mkdir()
+    (settings.RUNS_DIR / "8").mkdir()
+    (settings.RUNS_DIR / "8" / "config.json").write_text("{}")
+    settings.TUNEBOARD_MODEL_ROOTS = [str(models), str(settings.RUNS_DIR)]
+    return models
+
+
+def test_the_model_picker_lists_the_roots_folders_and_the_teams_recent_models_never_another_teams(
+        world, member_client, model_layout, settings):
+    run_services.run_create(team=world.team, user=world.member, dataset=world.dataset, name="alpha tuned",
+                            overrides=tiny_overrides("alpha-org/tuned-base"))
+    run_services.run_create(team=world.other_team, user=world.outsider, dataset=world.other_dataset,
+                            name="beta secret", overrides=tiny_overrides("beta-org/secret-model"))
+    # A run of the team built on another's merged model names a run folder: offered under Start from, not here.
+    merged = named_run(world.team, world.member, world.dataset, "on merged")
+    Run.objects.filter(id=merged.id).update(config={**merged.config, "model": str(settings.RUNS_DIR / "8")})
+    html = member_client.get("/runs/new/").content.decode()
+    picker = picker_of(html)
+    assert picker["Model folders on the workers"] == [str(model_layout / "org" / "llama-1b"),
+                                                      str(model_layout / "qwen-0.5b")]
+    assert picker["Trained recently by your team"] == ["alpha-org/tuned-base", "tiny-model"]
+    assert picker[""] == ["", "other"]
+    assert f'>org/llama-1b  in {model_layout}</option>' in html  # named by its path under its root first
+    assert "beta-org/secret-model" not in html and str(settings.RUNS_DIR) not in html.split('name="model_pick"')[1]
+    assert "not-a-model" not in html
+    assert "Other: type a hub id (owner/name) or a model folder below" in html
+
+
+def test_with_the_hub_off_the_picker_keeps_folders_only(world, member_client, model_layout, settings):
+    settings.TUNEBOARD_HUB_OFFLINE = True
+    html = member_client.get("/runs/new/").content.decode()
+    picker = picker_of(html)
+    assert "Trained recently by your team" not in picker  # tiny-model is a hub id: refused here now
+    assert len(picker["Model folders on the workers"]) == 2
+    assert "Other: type a model folder below (the hub is off here)" in html
+
+
+def test_a_model_picked_from_the_list_is_the_runs_model_and_one_not_listed_is_refused(
+        world, member_client, model_layout):
+    picked = str(model_layout / "qwen-0.5b")
+    response = member_client.post("/runs/new/", form_data(world, name="picked", model="", model_pick=picked))
+    assert response.status_code == 302 and Run.objects.get(name="picked").config["model"] == picked
+    # The typed model wins over the list (the page's script keeps them in step); "other" takes the typed one.
+    member_client.post("/runs/new/", form_data(world, name="typed", model="org2/typed", model_pick="other"))
+    assert Run.objects.get(name="typed").config["model"] == "org2/typed"
+    before = Run.objects.count()
+    response = member_client.post("/runs/new/", form_data(world, model="", model_pick="/etc"))
+    assert response.status_code == 400 and Run.objects.count() == before
+    assert "/etc is not in the list" in " ".join(field_errors(response)["model_pick"])
+    summary = response.context["form"].error_summary()
+    assert summary[0]["field"] == "model" and summary[0]["anchor"] == "field-model"
+    assert 'class="field has-error" data-field="model"' in response.content.decode()
+
+
+def test_the_first_layer_holds_what_a_first_run_needs_and_the_rest_is_folded_closed(world, member_client):
+    html = member_client.get("/runs/new/").content.decode()
+    first, folded = html.split('<details class="card config-group"', 1)
+    for name in ("dataset", *ESSENTIALS):
+        assert f'id="field-{name}"' in first and f'id="field-{name}"' not in folded, name
+    for name in ("preset", "name", "start_from", "lora_dropout", "gradient_accumulation_steps", "backend"):
+        assert f'id="field-{name}"' in folded and f'id="field-{name}"' not in first, name
+    assert details_of(html) == {"run": False, "model": False, "lora": False, "sft": False}
+
+
+def test_a_group_opens_when_a_field_in_it_is_set_or_refused(world, member_client):
+    response = member_client.post("/runs/new/", form_data(world, lora_dropout="0.1", warmup_steps="lots",
+                                                           learning_rate="3"))
+    assert response.status_code == 400
+    assert details_of(response.content.decode()) == {"run": False, "model": False, "lora": True, "sft": True}
+    preset = make_preset(world.team, name="small", model="tiny-model")
+    response = member_client.post("/runs/new/", form_data(world, preset=str(preset.id), r="0"))
+    assert details_of(response.content.decode()) == {"run": True, "model": False, "lora": False, "sft": False}
+
+
+def test_started_from_a_run_the_groups_holding_what_it_set_are_open(world, member_client):
+    # tiny_overrides set backend, optim, batch and warmup fields apart from the defaults: model and sft groups.
+    html = member_client.get(f"/runs/new/?from={world.run.id}").content.decode()
+    assert details_of(html) == {"run": False, "model": True, "lora": False, "sft": True}
+    assert re.search(r'<option value="tiny-model" selected>', html)  # its model, picked in the list
+
+
+def test_each_guided_field_shows_one_recommended_value_with_a_button_that_fills_it(world, member_client):
+    html = member_client.get("/runs/new/").content.decode()
+    assert "Simple default" not in html
+    for param, guidance in content.load_all().items():
+        block = re.search(rf'<div class="field[^"]*" data-field="{param}".*?data-live-error-for', html, re.S)
+        field = html[block.start():html.index("</div>", html.index(f'data-recommended-for="{param}"'))]
+        assert field.count("Recommended:") == 1, param
+        value = escape(value_text(guidance.default))
+        assert f'data-use-recommended="{param}" data-value="{value}"' in field, param

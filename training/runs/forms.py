@@ -14,9 +14,10 @@ from django.db.models import Q
 
 from guidance import content
 from training import access, selectors
+from training.model_source import ModelChoices, model_choices
 from training.engine.config import TrainConfig
 from training.models import Dataset, EvalSuite, Preset, Run
-from training.run_config import RESERVED_FIELDS, value_text
+from training.run_config import RESERVED_FIELDS, model_policy, value_text
 from training.trackers.points import TRACKERS
 
 # Every TrainConfig field the form offers, by group; a field the engine gains must be placed here (a test checks).
@@ -30,6 +31,14 @@ GROUPS: dict[str, tuple[str, ...]] = {
             "eval_steps", "early_stopping_patience", "early_stopping_threshold", "logging_steps", "save_steps",
             "seed", "completion_only_loss", "sample_prompts", "sample_max_new_tokens", "merge_16bit"),
 }
+# The form's first layer: what a first run needs. Every other field is folded in its group.
+ESSENTIALS = ("model", "max_length", "r", "lora_alpha", "learning_rate", "num_train_epochs", "max_steps", "eval_split",
+              "eval_steps")
+# The run's own fields besides the dataset (first layer): folded together like a config group.
+RUN_OPTIONS = ("preset", "name", "start_from", "eval_suites", "eval_checkpoints", "trackers")
+RUN_OPTIONS_TITLE = "Preset, name, start from, evaluation and trackers"
+# The model picker's choice for "none of these: type it".
+OTHER_MODEL = "other"
 # One line for each offered field that has no guidance page (the 15 seed hyperparameters have theirs).
 NOTES: dict[str, str] = {
     "model": "a model directory on the worker (config, weights, tokenizer) or a hub id the worker can fetch",
@@ -106,8 +115,8 @@ class ConfigField:
         return "required" if self.required else value_text(self.default)
 
     @property
-    def simple_default_text(self) -> str:
-        """The guidance's simple default, written the way the form takes it."""
+    def recommended_text(self) -> str:
+        """The guidance's recommended value (its "Simple default"), written the way the form takes it."""
         return value_text(self.guidance.default) if self.guidance else ""
 
 
@@ -225,6 +234,9 @@ class RunForm(forms.Form):
                   "failed run")
 
     parent = forms.IntegerField(required=False, widget=forms.HiddenInput)
+    # A model folder of the roots or one the team trained before, typed into `model` (the value the run gets).
+    model_pick = forms.ChoiceField(required=False, label="Model", error_messages={
+        "invalid_choice": "%(value)s is not in the list; choose one, or Other and type it in the field below"})
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
@@ -253,6 +265,11 @@ class RunForm(forms.Form):
                 choices.append((f"merged:{run.id}", f"{label}: its merged model"))
         self.fields["start_from"].widget.choices = choices
         self.base_run, self.base_kind = None, ""
+        self.models = model_choices(model_policy(), selectors.recent_models(teams))
+        self.fields["model_pick"].choices = self._model_pick_choices(self.models)
+        initial_model = (self.initial.get("model") or "").strip()
+        if initial_model:
+            self.initial["model_pick"] = initial_model if initial_model in self.models.values else OTHER_MODEL
         self.config_fields = config_fields()
         for field in self.config_fields:
             self.fields[field.name] = self._form_field(field)
@@ -262,6 +279,17 @@ class RunForm(forms.Form):
         self.applied: dict[str, str] = {}
         self.fit_refusals: list[str] = []  # the non-field errors that are the fit planner's (the page hides them
         # once the fields are changed to fit)
+
+    @staticmethod
+    def _model_pick_choices(models: ModelChoices) -> list:
+        other = ("Other: type a hub id (owner/name) or a model folder below" if models.hub
+                 else "Other: type a model folder below (the hub is off here)")
+        choices: list = [("", "Choose a model (or keep the preset's)")]
+        if models.folders:
+            choices.append(("Model folders on the workers", [(m, models.folder_label(m)) for m in models.folders]))
+        if models.recent:
+            choices.append(("Trained recently by your team", [(m, m) for m in models.recent]))
+        return choices + [(OTHER_MODEL, other)]
 
     @staticmethod
     def _form_field(field: ConfigField) -> forms.Field:
@@ -311,6 +339,9 @@ class RunForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
+        picked = cleaned.get("model_pick") or ""
+        if picked not in ("", OTHER_MODEL) and not (cleaned.get("model") or "").strip():
+            cleaned["model"] = picked  # picked from the list, nothing typed (the page's script types it too)
         for field in self.config_fields:
             text = cleaned.get(field.name) or ""
             if field.name in self.errors or not text.strip():
@@ -327,7 +358,8 @@ class RunForm(forms.Form):
 
     def error_summary(self) -> list[dict[str, str]]:
         """Every refused field after a submit, for the list at the top of the form: {field, anchor, message}."""
-        return [{"field": name, "anchor": f"field-{name}", "message": str(message)}
+        shown = {"model_pick": "model"}  # the picker sits in the model's field
+        return [{"field": shown.get(name, name), "anchor": f"field-{shown.get(name, name)}", "message": str(message)}
                 for name, errors in self.errors.items() if name != "__all__" for message in errors]
 
     def add_service_errors(self, error: ValidationError) -> None:
@@ -351,13 +383,37 @@ class RunForm(forms.Form):
         spec = next((f for f in self.config_fields if f.name == name), None)
         if spec is None or spec.guidance is None:
             return message
-        return f"{message}; the recommended value is {spec.simple_default_text}"
+        return f"{message}; the recommended value is {spec.recommended_text}"
+
+    def _item(self, spec: ConfigField) -> dict[str, Any]:
+        return {"spec": spec, "bound": self[spec.name], "prefilled": self.prefilled.get(spec.name),
+                "applied": spec.name in self.applied}
+
+    def essentials(self) -> list[dict[str, Any]]:
+        """The first layer's config fields, in ESSENTIALS' order, each with its bound field and guidance."""
+        by_name = {f.name: f for f in self.config_fields}
+        return [self._item(by_name[name]) for name in ESSENTIALS]
+
+    def is_set(self, name: str) -> bool:
+        """Whether the user (or the run the form started from, or an Apply) set this field, or it was refused: a
+        group holding such a field opens, so nothing set is hidden."""
+        if name in self.errors or name in self.prefilled or name in self.applied:
+            return True
+        if self.is_bound:
+            values = self.data.getlist(name) if hasattr(self.data, "getlist") else [self.data.get(name)]
+            return any(str(v or "").strip() for v in values)
+        value = self.initial.get(name)
+        return bool(value) if not isinstance(value, str) else bool(value.strip())
 
     def groups(self) -> list[dict[str, Any]]:
-        """The config fields grouped for the template: each with its bound field and guidance."""
-        return [{"key": key, "title": content.GROUP_TITLES[key],
-                 "fields": [{"spec": f, "bound": self[f.name], "prefilled": self.prefilled.get(f.name),
-                             "applied": f.name in self.applied} for f in self.config_fields if f.group == key]}
-                for key in GROUPS]
-
-
+        """The folded layer: the run's options, then each config group's fields past the first layer; a group is
+        open when a field in it is set or refused."""
+        options = [self[name] for name in RUN_OPTIONS]
+        folded = [{"key": "run", "title": RUN_OPTIONS_TITLE, "run_fields": options, "fields": [],
+                   "open": any(self.is_set(name) for name in RUN_OPTIONS)}]
+        for key in GROUPS:
+            specs = [f for f in self.config_fields if f.group == key and f.name not in ESSENTIALS]
+            folded.append({"key": key, "title": content.GROUP_TITLES[key], "run_fields": [],
+                           "fields": [self._item(f) for f in specs],
+                           "open": any(self.is_set(f.name) for f in specs)})
+        return folded

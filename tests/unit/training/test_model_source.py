@@ -1,7 +1,7 @@
 """The model rule on its own: hub ids, folders inside the roots, and what is never a model source."""
 import pytest
 
-from training.model_source import ModelPolicy, model_source_error
+from training.model_source import ModelPolicy, model_choices, model_folders, model_source_error
 
 
 @pytest.fixture
@@ -78,3 +78,22 @@ def test_malformed_hub_ids_are_refused(layout, model):
 def test_no_roots_refuses_every_folder(layout):
     bare = ModelPolicy.of(roots=[], forbidden={}, hub=True)
     assert "(none configured)" in model_source_error(str(layout / "models" / "tiny"), bare)
+
+
+def test_the_pickers_folders_are_the_roots_model_folders_the_rule_allows(layout):
+    for folder in ("models/tiny", "models/org/base", "runs/1/adapter", "elsewhere/model"):
+        (layout / folder).mkdir(parents=True, exist_ok=True)
+        (layout / folder / "config.json").write_text("{}")
+    (layout / "models" / "escape").symlink_to(layout / "elsewhere" / "model")
+    (layout / "models" / "empty").mkdir()
+    # Roots that overlap the runs' folder: its run folders are still never listed.
+    rules = policy(layout, roots=[layout / "models", layout / "runs"])
+    assert model_folders(rules) == [str(layout / "models/org/base"), str(layout / "models/tiny")]
+
+
+def test_the_teams_recent_models_are_kept_only_where_the_rule_allows_them(layout):
+    (layout / "models/tiny/config.json").write_text("{}")
+    recent = ["org/new", str(layout / "runs/1/adapter"), str(layout / "models/tiny"), "org/new", " ", "/etc"]
+    choices = model_choices(policy(layout), recent)
+    assert choices.folders == (str(layout / "models/tiny"),) and choices.recent == ("org/new",) and choices.hub
+    assert model_choices(policy(layout, hub=False), recent).recent == ()
