@@ -14,7 +14,7 @@ from tests.workers import start_worker, stop_worker
 from training.engine.tiny import COLOURS, synthetic_pairs
 from training.models import EvalSuite, Evaluation, Run
 
-from .conftest import log_in
+from .conftest import log_in, unfold
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
 
@@ -76,6 +76,7 @@ def test_a_run_evaluated_at_its_end_shows_its_figures_and_what_it_got_wrong(
     # The run: evaluated on the suite at its end.
     page.click("nav >> text=New run")
     page.select_option("#id_dataset", str(dataset.id))
+    unfold(page, "preset", "name", "eval_suites")
     page.select_option("#id_preset", str(preset.id))
     page.fill("#id_name", "evaluated at its end")
     page.select_option("#id_eval_suites", [str(suite.id)])

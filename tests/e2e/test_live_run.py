@@ -11,7 +11,7 @@ from tests.factories import make_dataset, make_member, make_preset, make_team, m
 from tests.integration.conftest import wait_for
 from training.models import Run
 
-from .conftest import log_in
+from .conftest import log_in, unfold
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -36,10 +36,12 @@ def test_the_demo_run_started_in_the_browser_draws_its_loss_live(web_server, cel
     log_in(page, web_server, "demo", "demo-password")
     page.click("text=New run")
     page.select_option("#id_dataset", str(dataset.id))
+    unfold(page, "preset", "name")
     page.select_option("#id_preset", str(preset.id))
     page.fill("#id_name", "demo run")
     page.fill("#id_max_steps", str(STEPS))  # the demo's 300 steps, shortened for the test
-    assert page.inner_text("#derived-total_steps") == str(STEPS)
+    wait_for(lambda: page.inner_text("#derived-total_steps") == str(STEPS), timeout=10,
+             what="the derived steps to follow max_steps")
     page.click("#run-form button[type=submit]")
     page.wait_for_url(re.compile(r"/runs/\d+/$"))
     run = Run.objects.get(name="demo run")
