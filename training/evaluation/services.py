@@ -12,7 +12,6 @@ import traceback
 from pathlib import Path
 from typing import IO, Any
 
-from celery import current_app
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -26,6 +25,7 @@ from training.engine import harness
 from training.engine.config import text_problem
 from training.engine.evaluate import SpecError, parse_spec
 from training.evaluation import metrics
+from training.jobs import job_enqueue
 from training.models import EvalExample, EvalSuite, Evaluation, Run
 from training.runs.process import TrainingProcess
 from training.runs.services import sweep_advance_enqueue
@@ -257,7 +257,7 @@ def evaluation_create(*, suite: EvalSuite, user, run: Run | None = None, team: T
         evaluation = Evaluation.objects.create(
             team=team, suite=suite, run=run, model=model, adapter_path=adapter, checkpoint_step=checkpoint_step,
             adapters=adapters, decoding=values, cache_key=key, queue=queue, created_by=user)
-        transaction.on_commit(lambda: _enqueue(evaluation))
+        transaction.on_commit(lambda: job_enqueue(evaluation, "training.eval_run"))
     return evaluation
 
 
@@ -302,15 +302,6 @@ def evaluations_for_checkpoint(*, run_id: int, step: int) -> list[int]:
         except Exception:  # noqa: BLE001 - one suite's problem must not stop the others
             log.exception("run %s: checkpoint %s not evaluated on suite %s", run.id, step, suite.id)
     return created
-
-
-def _enqueue(evaluation: Evaluation) -> None:
-    try:
-        current_app.send_task("training.eval_run", args=[evaluation.id], queue=evaluation.queue)
-    except Exception as exc:  # noqa: BLE001 - an unreachable broker fails the evaluation, not the page
-        log.exception("evaluation %s could not be queued", evaluation.id)
-        Evaluation.objects.filter(id=evaluation.id, status=Status.QUEUED).update(
-            status=Status.FAILED, error=f"the task queue (Redis) did not take it: {exc}", finished_at=timezone.now())
 
 
 # Execution on the worker -----------------------------------------------------------------------------------------

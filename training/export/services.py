@@ -10,7 +10,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from celery import current_app
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -21,6 +20,7 @@ from dashboard.models import Membership
 from training.access import require_role
 from training.datasets import files as dataset_files
 from training.engine import gguf_export
+from training.jobs import job_enqueue
 from training.models import Export, Run, Worker
 from training.runs.process import TrainingProcess
 
@@ -69,17 +69,8 @@ def export_create(*, run: Run, user, quantizations: Any = None, merged_gguf: Any
         export = Export.objects.create(team=run.team, run=run, quantizations=list(chosen), merged_gguf=merged_gguf,
                                        lora_gguf=lora_gguf, queue=queue, created_by=user,
                                        progress={"done": 0, "total": 0, "message": f"queued on {queue}"})
-        transaction.on_commit(lambda: _enqueue(export))
+        transaction.on_commit(lambda: job_enqueue(export, "training.export_run"))
     return export
-
-
-def _enqueue(export: Export) -> None:
-    try:
-        current_app.send_task("training.export_run", args=[export.id], queue=export.queue)
-    except Exception as exc:  # noqa: BLE001 - an unreachable broker fails the export, not the page
-        log.exception("export %s could not be queued", export.id)
-        Export.objects.filter(id=export.id, status=Status.QUEUED).update(
-            status=Status.FAILED, error=f"the task queue (Redis) did not take it: {exc}", finished_at=timezone.now())
 
 
 def dataset_system(run: Run) -> str | None:
