@@ -25,7 +25,7 @@ from training.engine import harness
 from training.engine.config import text_problem
 from training.engine.evaluate import SpecError, parse_spec
 from training.evaluation import metrics
-from training.jobs import job_enqueue
+from training.jobs import job_claim, job_enqueue
 from training.models import EvalExample, EvalSuite, Evaluation, Run
 from training.runs.process import TrainingProcess
 from training.runs.services import sweep_advance_enqueue
@@ -309,9 +309,7 @@ def evaluations_for_checkpoint(*, run_id: int, step: int) -> list[int]:
 def evaluation_execute(*, evaluation_id: int, worker_name: str) -> None:
     """Claim the evaluation (once, whatever the deliveries), generate in a child process, score, store. The one
     wrapper that owns failure: every outcome is succeeded or failed with the reason."""
-    claimed = Evaluation.objects.filter(id=evaluation_id, status=Status.QUEUED).update(
-        status=Status.RUNNING, started_at=timezone.now(), worker_name=worker_name[:200])
-    if not claimed:
+    if not job_claim(Evaluation, evaluation_id, worker_name=worker_name):
         return
     evaluation = Evaluation.objects.select_related("suite", "run").get(id=evaluation_id)
     try:

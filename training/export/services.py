@@ -20,7 +20,7 @@ from dashboard.models import Membership
 from training.access import require_role
 from training.datasets import files as dataset_files
 from training.engine import gguf_export
-from training.jobs import job_enqueue
+from training.jobs import job_claim, job_enqueue
 from training.models import Export, Run, Worker
 from training.runs.process import TrainingProcess
 
@@ -103,9 +103,7 @@ def export_folder(export: Export) -> Path:
 def export_execute(*, export_id: int, worker_name: str) -> None:
     """Claim the export (once, whatever the deliveries), run the converters in a child, save each stage and file as
     it comes. The one wrapper that owns failure: every outcome is succeeded or failed with the reason."""
-    claimed = Export.objects.filter(id=export_id, status=Status.QUEUED).update(
-        status=Status.RUNNING, started_at=timezone.now(), worker_name=worker_name[:200])
-    if not claimed:
+    if not job_claim(Export, export_id, worker_name=worker_name):
         return
     export = Export.objects.select_related("run", "run__dataset").get(id=export_id)
     try:

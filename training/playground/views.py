@@ -77,14 +77,20 @@ def run_playground(request: HttpRequest, run_id: int) -> HttpResponse:
         "idle_minutes": _duration(settings.TUNEBOARD_PLAYGROUND_IDLE_S)}, status=status)
 
 
-@require_POST
-@login_required
-def playground_again(request: HttpRequest, run_id: int, session_id: int) -> JsonResponse:
-    """Load an ended session's sides again, for the page's script: the new session's chat data, or the errors."""
+def _run_session(request: HttpRequest, run_id: int, session_id: int):
+    """The run and one of its playground sessions, as the user may see them; 404 for a session of another run."""
     run = access.get_run_for_user(request.user, run_id)
     session = selectors.get_session_for_user(request.user, session_id)
     if session.run_id != run.id:
         raise Http404("No such playground session")
+    return run, session
+
+
+@require_POST
+@login_required
+def playground_again(request: HttpRequest, run_id: int, session_id: int) -> JsonResponse:
+    """Load an ended session's sides again, for the page's script: the new session's chat data, or the errors."""
+    run, session = _run_session(request, run_id, session_id)
     try:
         again = services.playground_again(session=session, user=request.user)
     except ValidationError as exc:
@@ -95,10 +101,7 @@ def playground_again(request: HttpRequest, run_id: int, session_id: int) -> Json
 @require_POST
 @login_required
 def playground_release(request: HttpRequest, run_id: int, session_id: int) -> HttpResponse:
-    run = access.get_run_for_user(request.user, run_id)
-    session = selectors.get_session_for_user(request.user, session_id)
-    if session.run_id != run.id:
-        raise Http404("No such playground session")
+    run, session = _run_session(request, run_id, session_id)
     services.playground_release(session=session, user=request.user)
     messages.success(request, "The model is released; its worker takes other work once the reply it is writing ends.")
     return redirect(f"{reverse('run_playground', args=[run.id])}?session={session.id}")
