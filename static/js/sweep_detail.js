@@ -41,6 +41,22 @@ function memberRow(m) {
     `<td>${figure(m.best_eval_loss)}</td><td>${findings}</td><td>${run}</td></tr>`;
 }
 
+// A winner at the edge of the values swept: said, and, for a member of the team, a sweep of the next values offered,
+// built on the winner's run (the same link the page's first draw carries).
+function beyondNote(phase) {
+  const beyond = phase.beyond;
+  if (!beyond) return "";
+  let link = "";
+  if (beyond.values.length && beyond.base_run && data.new_url) {
+    const query = new URLSearchParams({ template: beyond.template });
+    if (beyond.phase) query.set("phase", beyond.phase);
+    query.set("base_run", String(beyond.base_run));
+    query.set("values", beyond.values.join(", "));
+    link = ` <a class="button" href="${data.new_url}?${esc(query.toString())}">Sweep these values</a>`;
+  }
+  return `<div class="beyond" data-beyond="${phase.index}"><span>${esc(beyond.text)}</span>${link}</div>`;
+}
+
 function phaseSection(phase) {
   const verdict = phase.verdict;
   const verdictClass = !verdict ? " undecided" : (!verdict.winner ? " failed" : "");
@@ -51,7 +67,7 @@ function phaseSection(phase) {
     `<dt>Held fixed</dt><dd class="phase-held">${esc(fieldsText(phase.held))}</dd>` +
     `<dt>Budget</dt><dd class="phase-budget">${esc(fieldsText(phase.budget))}</dd></dl>` +
     `<div class="verdict${verdictClass}" data-verdict="${phase.index}">${esc(verdictText)}</div>` +
-    `<table class="table compact members"><thead><tr><th>Member</th><th>Sets</th><th>Status</th><th>Progress</th>` +
+    beyondNote(phase) + `<table class="table compact members"><thead><tr><th>Member</th><th>Sets</th><th>Status</th><th>Progress</th>` +
     `<th>Best eval loss</th><th>Findings</th><th>Run</th></tr></thead><tbody>` +
     phase.members.map(memberRow).join("") + "</tbody></table></section>";
 }

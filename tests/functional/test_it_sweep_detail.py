@@ -95,6 +95,31 @@ def test_the_verdict_winner_and_evidence_show_once_decided(world, member_client,
     assert ">Finished<" in html
 
 
+def test_a_winner_at_the_top_of_its_ranks_is_said_and_offers_a_sweep_of_the_next_ones(world, member_client, sweep,
+                                                                                        viewer_client):
+    member = decide(sweep, winner="r=4")
+    Run.objects.filter(id=member.run_id).update(status=Run.Status.SUCCEEDED, adapter_path="/var/adapters/r4")
+    html = member_client.get(f"/sweeps/{sweep.id}/").content.decode()
+    said = ("r = 4 won as the largest value swept (2, 4): the best may lie above it. Next: 8, 16, with r = 4 rerun "
+            "beside them at the same budget.")
+    assert said in html
+    link = f"/sweeps/new/?template=r&amp;base_run={member.run_id}&amp;values=4%2C+8%2C+16"  # r's first phase
+    assert f'href="{link}">Sweep these values</a>' in html
+    beyond = page_data(member_client.get(f"/sweeps/{sweep.id}/"))["state"]["phases"][0]["beyond"]
+    assert beyond["values"] == [4, 8, 16] and beyond["base_run"] == member.run_id  # what the page's script redraws
+    assert member_client.get(f"/api/v1/sweeps/{sweep.id}/").json()["state"]["phases"][0]["beyond"]["text"] == said
+
+    # The link opens the New sweep form on the same procedure and phase, built on the winner's run, the values filled.
+    form = member_client.get(link.replace("&amp;", "&")).content.decode()
+    assert 'name="values" value="4, 8, 16"' in form and f'<option value="{member.run_id}" selected>' in form
+
+    # A viewer reads the note, without the button; the smallest rank winning is no edge for the rank rule.
+    viewer_html = viewer_client.get(f"/sweeps/{sweep.id}/").content.decode()
+    assert said in viewer_html and "Sweep these values" not in viewer_html
+    sweep.phases.update(verdict={**sweep.phases.get().verdict, "winner": "r=2"})
+    assert 'class="beyond"' not in member_client.get(f"/sweeps/{sweep.id}/").content.decode()
+
+
 def test_another_teams_sweep_is_a_404_everywhere(world, sweep):
     outsider = client_for(world.outsider)
     for path in ("", "points/"):

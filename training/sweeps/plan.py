@@ -248,6 +248,108 @@ def confirmation(phase: Phase, verdict: Decided, results: Mapping[str, Mapping[s
                  params=dict(phase.params), base=phase.base)
 
 
+# ---- a winner at the edge of its range ------------------------------------------------------------------------------
+
+# Ours: where a winner at the edge of the values swept is worth saying so. smallest_within_tolerance (and dropout_fit,
+# its rank sweep) aims at the smallest value, so only its top edge says anything: the largest value was still clearly
+# the best. The range test, the confirmation and the A/B rules have no range to speak of.
+EDGE_SIDES = {"lowest_eval": ("bottom", "top"), "loftq_score": ("bottom", "top"),
+              "smallest_within_tolerance": ("top",), "dropout_fit": ("top",)}
+# Axes swept on a log scale: the next values go on by the outermost ratio; the others by the outermost step.
+GEOMETRIC = frozenset({"r", "gain", "learning_rate", "weight_decay", "gradient_accumulation_steps", "loftq_iter"})
+RANK_DIMINISHING = 64  # r: "Beyond 64, returns diminish fast"; "r = 64-128 only if you have evidence"
+RANK_CEILING = 128
+BEYOND_COUNT = 2  # ours: two more values past the edge, the edge itself rerun beside them as the reference
+
+
+@dataclass(frozen=True)
+class Beyond:
+    """The winner sits at an edge of the values its phase swept: the best may lie past it. `values` is what a
+    follow-up sweep of the same phase should try, the edge first (rerun at the same budget, as the reference);
+    empty where nothing valid lies past the edge (then `text` says why)."""
+
+    side: str  # "top" or "bottom"
+    edge: Any
+    values: tuple[Any, ...]
+    text: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"side": self.side, "edge": self.edge, "values": list(self.values), "text": self.text}
+
+
+def _numeric(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _past(axis: str, swept: Sequence[float], side: str) -> list[float]:
+    """BEYOND_COUNT values past `side` of `swept` (sorted), spaced as the sweep's outermost pair."""
+    edge, inner = (swept[-1], swept[-2]) if side == "top" else (swept[0], swept[1])
+    whole = all(isinstance(v, int) for v in swept)  # ranks, step counts: whole numbers go on as whole numbers
+    out = []
+    for i in range(1, BEYOND_COUNT + 1):
+        if axis in GEOMETRIC:
+            if edge <= 0 or inner <= 0:
+                break
+            v = edge * (edge / inner) ** i
+        else:
+            v = edge + i * (edge - inner)
+        v = round(v) if whole else _sig(v)
+        if v < 0 or v in out or v == edge:
+            break
+        out.append(v)
+    return out
+
+
+def beyond(template: Template, phase_key: str, *, rule: str, axis: str, swept: Sequence[Any], winner_value: Any,
+           winner_config: Mapping[str, Any], params: Mapping[str, Any]) -> Beyond | None:
+    """Whether the winner of a decided phase sits at an edge of the values it swept, and the values past that edge
+    that the engine takes, each checked by expanding the same phase over the winner's config (the seed's "16 -> 32
+    -> 64": r, "then 64 if clearly underfitting"). None where the winner is inside its range, or the phase has no
+    numeric range."""
+    if rule not in EDGE_SIDES or not _numeric(winner_value) or not all(_numeric(v) for v in swept):
+        return None
+    values = sorted(set(swept))
+    if len(values) < 2:
+        return None
+    side = "top" if winner_value == values[-1] else "bottom" if winner_value == values[0] else None
+    if side not in EDGE_SIDES[rule]:
+        return None
+    label = f"{axis} = {_fmt(winner_value)}"
+    where = "largest" if side == "top" else "smallest"
+    text = (f"{label} won as the {where} value swept ({', '.join(_fmt(v) for v in values)}): the best may lie "
+            f"{'above' if side == 'top' else 'below'} it")
+    candidates = _past(axis, values, side)
+    if not candidates:
+        return None  # a floor, not an edge: nothing lies below a weight decay, dropout or warmup of 0
+    stop = ""
+    if axis == "r":
+        if any(v > RANK_DIMINISHING for v in candidates):
+            text += (f"; past r = {RANK_DIMINISHING} returns diminish fast: widening target_modules to attention "
+                     "and MLP often helps more than a higher rank")
+        if any(v > RANK_CEILING for v in candidates):
+            candidates = [v for v in candidates if v <= RANK_CEILING]
+            stop = f"r = {RANK_CEILING} is as high as the guidance goes without evidence"
+    bound = params.get("upper_bound")
+    if axis == "learning_rate" and bound is not None and any(v > bound for v in candidates):
+        candidates = [v for v in candidates if v <= bound]
+        stop = f"the range test's upper bound, {_fmt(bound)}, stops it there"
+    carried = {k: v for k, v in params.items() if k != "values"}
+    allowed = []
+    for v in candidates:
+        try:
+            expand(template, winner_config, params={**carried, "values": [v]}, phase=phase_key)
+        except ConfigError:
+            break  # past a value the engine refuses, the next one is further out still
+        allowed.append(v)
+    if not allowed:
+        return Beyond(side, winner_value, (), f"{text}; nothing past it to try: "
+                                              f"{stop or 'the engine takes no value past it'}.")
+    shown = ", ".join(_fmt(v) for v in allowed)
+    beside = "it" if len(allowed) == 1 else "them"
+    return Beyond(side, winner_value, (winner_value, *allowed),
+                  f"{text}. Next: {shown}, with {label} rerun beside {beside} at the same budget.")
+
+
 def _values(spec: PhaseSpec, base: TrainConfig, p: dict) -> list[Any]:
     values = list(p["values"]) if p.get("values") is not None else list(spec.values(base, p))
     if not values:

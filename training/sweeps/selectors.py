@@ -11,7 +11,7 @@ from django.http import Http404
 from guidance.models import Finding
 from training import access
 from training.models import Evaluation, MetricPoint, Run, Sweep, SweepMember, SweepPhase
-from training.sweeps import rules
+from training.sweeps import plan, rules
 
 GB = 1e9
 
@@ -183,7 +183,7 @@ def sweep_state(sweep: Sweep) -> dict[str, Any]:
         out_phases.append({
             "id": phase.id, "index": phase.index, "key": phase.key, "title": phase.title, "axis": phase.axis,
             "rule": phase.rule, "rule_params": phase.rule_params, "held": phase.held, "budget": phase.budget,
-            "verdict": phase.verdict, "members": rows,
+            "verdict": phase.verdict, "members": rows, "beyond": _beyond(sweep, phase, by_phase.get(phase.id, [])),
         })
     winner = next((m for m in members if m.id == sweep.winner_id), None)
     return {
@@ -195,6 +195,24 @@ def sweep_state(sweep: Sweep) -> dict[str, Any]:
         if winner else None,
         "run_ids": run_ids,
     }
+
+
+def _beyond(sweep: Sweep, phase: SweepPhase, members: list[SweepMember]) -> dict[str, Any] | None:
+    """plan.beyond for a decided phase of a procedure: whether its winner sits at an edge of the values swept, the
+    values past it, and the winner's run a follow-up sweep builds on (None when that run is gone or not succeeded:
+    then the values are said but no sweep is offered)."""
+    template = plan.TEMPLATES.get(sweep.template)
+    winner_name = (phase.verdict or {}).get("winner")
+    winner = next((m for m in members if m.name == winner_name), None)
+    if template is None or winner is None:
+        return None
+    found = plan.beyond(template, phase.key, rule=phase.rule, axis=phase.axis, swept=[m.value for m in members],
+                        winner_value=winner.value, winner_config=winner.config, params=phase.params)
+    if found is None:
+        return None
+    builds_on = winner.run_id if winner.run is not None and winner.run.status == Run.Status.SUCCEEDED else None
+    later = phase.key if phase.key != template.phases[0].key else None  # the sweep form's blank: the first phase
+    return {**found.as_dict(), "template": sweep.template, "phase": later, "base_run": builds_on}
 
 
 def stalled_sweep_ids(*, now, grace_s: float = 30.0) -> list[int]:

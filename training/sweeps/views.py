@@ -3,6 +3,7 @@ resume, confirm the next phase, apply the winner) and the member points its char
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -27,8 +28,9 @@ from training.sweeps.selectors import get_sweep_for_user, seconds_per_step, swee
 SWEEPS_PER_PAGE = 50
 # A chart draws at most this many training-loss points per member (every eval point is kept: they are few).
 CHART_POINTS = 1000
-# The initial values of the form that a link may set (the guidance page, a run's page, Compare).
-PREFILL = ("template", "base_run", "dataset", "preset")
+# The initial values of the form that a link may set (the guidance page, a run's page, Compare, a verdict's next
+# values).
+PREFILL = ("template", "base_run", "dataset", "preset", "phase", "values")
 
 
 @login_required
@@ -183,6 +185,11 @@ def _shown_state(state: dict[str, Any]) -> dict[str, Any]:
         phase["budget_text"] = _text(phase["budget"])
         for m in phase["members"]:
             m["values_text"] = _text(m["values"])
+        beyond = phase["beyond"]
+        if beyond and beyond["values"] and beyond["base_run"]:
+            query = {"template": beyond["template"], "phase": beyond["phase"], "base_run": beyond["base_run"],
+                     "values": values_text(beyond["values"])}
+            beyond["query"] = urlencode({k: v for k, v in query.items() if v is not None})
     return state
 
 
@@ -193,7 +200,8 @@ def sweep_detail(request: HttpRequest, sweep_id: int) -> HttpResponse:
     can_control = role in ("member", "admin")
     state = _shown_state(json_safe(sweep_state(sweep)))
     data = {"id": sweep.id, "ws": f"/ws/sweeps/{sweep.id}/", "state": state, "rules": RULE_TEXT,
-            "points_url": reverse("sweep_points", args=[sweep.id]), "run_url": reverse("run_detail", args=[0])}
+            "points_url": reverse("sweep_points", args=[sweep.id]), "run_url": reverse("run_detail", args=[0]),
+            "new_url": reverse("sweep_new") if can_control else None}
     steps = (sweep.base_config or {}).get("max_steps")
     winner = state["winner"]
     return render(request, "training/sweep_detail.html", {
