@@ -1,7 +1,6 @@
 """The run list: the user's teams' runs only, with status, progress, queue position and findings, paginated, and
 fast with 10,000 runs (a fixed number of queries whatever the page holds)."""
 import re
-import time
 
 import pytest
 from django.db import connection
@@ -66,23 +65,19 @@ def test_queries_do_not_grow_with_the_page(world, member_client):
     assert len(full) == len(few), [q["sql"][:120] for q in full.captured_queries]
 
 
-def test_ten_thousand_runs_page_fast(world):
-    _bulk_runs(world, 10_000)
-    with connection.cursor() as cursor:
-        cursor.execute("ANALYZE training_run")
+def test_a_thousand_runs_page_through_in_a_fixed_number_of_queries(world):
+    """1,000 runs: every page answers, the last one included, with as many queries as the first. The time target at
+    10,000 runs (p95 <= 150 ms) is the benchmark's (bench/api.py --pages-only, docs/benchmarks.md), not a test's."""
+    _bulk_runs(world, 1_000)
     client = client_for(world.member)
-    timings = []
-    for page in ["1", "2", "100", "200"] * 5:
-        started = time.perf_counter()
-        response = client.get(f"/runs/?page={page}")
-        timings.append(time.perf_counter() - started)
+    counts = {}
+    for page in ("1", "10", "21"):
+        with CaptureQueriesContext(connection) as queries:
+            response = client.get(f"/runs/?page={page}")
         assert response.status_code == 200
-    assert re.search(r"page 1 of 201|page \d+ of 201", response.content.decode())
-    timings.sort()
-    p95 = timings[int(len(timings) * 0.95) - 1]
-    print(f"run list with 10,000 runs: p50 {timings[len(timings) // 2] * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms")
-    # The design's target is 150 ms p95 (bench/ measures it); here, on a shared CI box, a wide margin.
-    assert p95 < 0.5
+        assert f"page {page} of 21" in response.content.decode()
+        counts[page] = len(queries)
+    assert len(set(counts.values())) == 1, counts
 
 
 def test_a_get_does_not_write_not_even_the_lost_run_check(world, member_client):
