@@ -15,6 +15,7 @@ from dashboard.models import Team
 from guidance import changes
 from guidance.links import IMPACT, guidance_url
 from guidance.models import Finding
+from training import curves
 from training.access import User, team_ids_for
 from training.models import Dataset, MetricPoint, Run, RunEvent, Sample, Sweep, Worker
 from training.run_config import value_text
@@ -101,18 +102,10 @@ def run_lineage(run: Run) -> list[tuple[int, int | None]]:
     return list(reversed(chain))
 
 
-CURVE_END = 2**31 - 1  # "up to the last step" for the last part of a curve
-
-
-def curve_parts(run: Run) -> list[tuple[int, int, int]]:
-    """A run's curve as (source run id, after step, up to step): each run of its resume chain, its points after
-    the step it started from (-1: all), up to the checkpoint the next one continued from (CURVE_END: all)."""
-    lineage = run_lineage(run) if run.resumed_from_id else [(run.id, None)]
-    parts = []
-    for index, (source, start_after) in enumerate(lineage):
-        upto = (lineage[index + 1][1] or 0) if index + 1 < len(lineage) else CURVE_END
-        parts.append((source, -1 if start_after is None else start_after, upto))
-    return parts
+def curve_parts(run: Run) -> list[curves.Part]:
+    """The run's curve as its resume chain's parts (training.curves): what the run page, Compare, sweeps and the API
+    draw or serve as the run's points."""
+    return curves.curve_parts(run_lineage(run))
 
 
 def _curve_filter(run: Run) -> Q:
@@ -121,7 +114,7 @@ def _curve_filter(run: Run) -> Q:
         part = Q(run_id=source)
         if after >= 0:
             part &= Q(step__gt=after)
-        if upto < CURVE_END:
+        if upto < curves.CURVE_END:
             part &= Q(step__lte=upto)
         where |= part
     return where
