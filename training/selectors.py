@@ -121,6 +121,9 @@ def _curve_filter(run: Run) -> Q:
 
 
 POINT_FIELDS = ("step", *MetricPoint.SERIES)
+# A point of a run's curve: its values and the run of the resume chain that logged it (the run itself, or one it
+# resumed from), so that a page or a script can tell the curve it continues from its own.
+CURVE_FIELDS = (*POINT_FIELDS, "run")
 
 
 def point_dict(point: MetricPoint | dict[str, Any]) -> dict[str, Any]:
@@ -131,11 +134,12 @@ def point_dict(point: MetricPoint | dict[str, Any]) -> dict[str, Any]:
 
 def run_points(run: Run, *, after_step: int = 0, limit: int | None = None,
                before_step: int | None = None) -> list[dict[str, Any]]:
-    """The run's curve after after_step (and before before_step) in step order, joined to the runs it resumed from."""
+    """The run's curve after after_step (and before before_step) in step order, joined to the runs it resumed from:
+    dicts of CURVE_FIELDS."""
     points = MetricPoint.objects.filter(_curve_filter(run), step__gt=after_step)
     if before_step is not None:
         points = points.filter(step__lt=before_step)
-    points = points.order_by("step").values(*POINT_FIELDS)
+    points = points.order_by("step").values(*CURVE_FIELDS)
     if limit is not None:
         points = points[:limit]
     return list(points)
@@ -156,12 +160,12 @@ def run_point_chunks(run: Run, *, after_step: int = 0, before_step: int | None =
 
 def run_point_rows(run: Run, *, after_step: int = 0, before_step: int | None = None,
                    chunk_size: int = 10_000) -> Iterable[tuple]:
-    """run_points as tuples of POINT_FIELDS, in one query read through a server-side cursor `chunk_size` rows at a
+    """run_points as tuples of CURVE_FIELDS, in one query read through a server-side cursor `chunk_size` rows at a
     time: an export of a 100,000-step curve, without a dict per point or a query per chunk."""
     points = MetricPoint.objects.filter(_curve_filter(run), step__gt=after_step)
     if before_step is not None:
         points = points.filter(step__lt=before_step)
-    return points.order_by("step").values_list(*POINT_FIELDS).iterator(chunk_size=chunk_size)
+    return points.order_by("step").values_list(*CURVE_FIELDS).iterator(chunk_size=chunk_size)
 
 
 def event_dict(event: RunEvent) -> dict[str, Any]:
