@@ -108,6 +108,13 @@ def curve_parts(run: Run) -> list[curves.Part]:
     return curves.curve_parts(run_lineage(run))
 
 
+def run_earlier_parts(run: Run) -> list[dict[str, Any]]:
+    """The parts of the run's curve that earlier runs logged (its resume chain before it, oldest first), as the run
+    page draws them apart from its own points: each run, the steps it contributes and the words for it."""
+    return [{"run": part.run, "after": part.after, "upto": part.upto,
+             "label": f"run #{part.run}, up to step {part.upto}"} for part in curve_parts(run)[:-1]]
+
+
 def _curve_filter(run: Run) -> Q:
     where = Q()
     for source, after, upto in curve_parts(run):
