@@ -15,6 +15,7 @@ from dashboard.models import Team
 from guidance import changes
 from guidance.links import IMPACT, guidance_url
 from guidance.models import Finding
+from training import curves
 from training.access import User, team_ids_for
 from training.models import Dataset, MetricPoint, Run, RunEvent, Sample, Sweep, Worker
 from training.run_config import value_text
@@ -101,18 +102,17 @@ def run_lineage(run: Run) -> list[tuple[int, int | None]]:
     return list(reversed(chain))
 
 
-CURVE_END = 2**31 - 1  # "up to the last step" for the last part of a curve
+def curve_parts(run: Run) -> list[curves.Part]:
+    """The run's curve as its resume chain's parts (training.curves): what the run page, Compare, sweeps and the API
+    draw or serve as the run's points."""
+    return curves.curve_parts(run_lineage(run))
 
 
-def curve_parts(run: Run) -> list[tuple[int, int, int]]:
-    """A run's curve as (source run id, after step, up to step): each run of its resume chain, its points after
-    the step it started from (-1: all), up to the checkpoint the next one continued from (CURVE_END: all)."""
-    lineage = run_lineage(run) if run.resumed_from_id else [(run.id, None)]
-    parts = []
-    for index, (source, start_after) in enumerate(lineage):
-        upto = (lineage[index + 1][1] or 0) if index + 1 < len(lineage) else CURVE_END
-        parts.append((source, -1 if start_after is None else start_after, upto))
-    return parts
+def run_earlier_parts(run: Run) -> list[dict[str, Any]]:
+    """The parts of the run's curve that earlier runs logged (its resume chain before it, oldest first), as the run
+    page draws them apart from its own points: each run, the steps it contributes and the words for it."""
+    return [{"run": part.run, "after": part.after, "upto": part.upto,
+             "label": f"run #{part.run}, up to step {part.upto}"} for part in curve_parts(run)[:-1]]
 
 
 def _curve_filter(run: Run) -> Q:
@@ -121,13 +121,16 @@ def _curve_filter(run: Run) -> Q:
         part = Q(run_id=source)
         if after >= 0:
             part &= Q(step__gt=after)
-        if upto < CURVE_END:
+        if upto < curves.CURVE_END:
             part &= Q(step__lte=upto)
         where |= part
     return where
 
 
 POINT_FIELDS = ("step", *MetricPoint.SERIES)
+# A point of a run's curve: its values and the run of the resume chain that logged it (the run itself, or one it
+# resumed from), so that a page or a script can tell the curve it continues from its own.
+CURVE_FIELDS = (*POINT_FIELDS, "run")
 
 
 def point_dict(point: MetricPoint | dict[str, Any]) -> dict[str, Any]:
@@ -138,11 +141,12 @@ def point_dict(point: MetricPoint | dict[str, Any]) -> dict[str, Any]:
 
 def run_points(run: Run, *, after_step: int = 0, limit: int | None = None,
                before_step: int | None = None) -> list[dict[str, Any]]:
-    """The run's curve after after_step (and before before_step) in step order, joined to the runs it resumed from."""
+    """The run's curve after after_step (and before before_step) in step order, joined to the runs it resumed from:
+    dicts of CURVE_FIELDS."""
     points = MetricPoint.objects.filter(_curve_filter(run), step__gt=after_step)
     if before_step is not None:
         points = points.filter(step__lt=before_step)
-    points = points.order_by("step").values(*POINT_FIELDS)
+    points = points.order_by("step").values(*CURVE_FIELDS)
     if limit is not None:
         points = points[:limit]
     return list(points)
@@ -163,12 +167,12 @@ def run_point_chunks(run: Run, *, after_step: int = 0, before_step: int | None =
 
 def run_point_rows(run: Run, *, after_step: int = 0, before_step: int | None = None,
                    chunk_size: int = 10_000) -> Iterable[tuple]:
-    """run_points as tuples of POINT_FIELDS, in one query read through a server-side cursor `chunk_size` rows at a
+    """run_points as tuples of CURVE_FIELDS, in one query read through a server-side cursor `chunk_size` rows at a
     time: an export of a 100,000-step curve, without a dict per point or a query per chunk."""
     points = MetricPoint.objects.filter(_curve_filter(run), step__gt=after_step)
     if before_step is not None:
         points = points.filter(step__lt=before_step)
-    return points.order_by("step").values_list(*POINT_FIELDS).iterator(chunk_size=chunk_size)
+    return points.order_by("step").values_list(*CURVE_FIELDS).iterator(chunk_size=chunk_size)
 
 
 def event_dict(event: RunEvent) -> dict[str, Any]:

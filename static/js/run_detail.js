@@ -22,13 +22,34 @@ const CHARTS = [
     traces: [{ key: "peak_vram_bytes", name: "peak VRAM", color: "#0891b2", scale: 1 / GIB }] },
 ];
 
-// One series per metric: the steps already drawn (a point is drawn once) and the points waiting for the next frame.
+// A resumed run's curve starts with the points of the runs it continues (data.earlier, oldest first, each up to the
+// step the next one resumed from): each is drawn as that run's, muted and dashed, after the run's own traces (which
+// keep their places: data[0] is the run's own train loss) and before them in the legend.
+const EARLIER_COLORS = { eval_loss: "#f2a7a7" };
+const EARLIER_COLOR = "#9ca3af";
+const EARLIER_DASHES = ["dash", "dot", "dashdot"];
+const earlierRuns = new Set(data.earlier.map((part) => part.run));
+for (const chart of CHARTS) {
+  const own = chart.traces.map((trace) => ({ ...trace, part: "own" }));
+  const earlier = data.earlier.flatMap((part, rank) => chart.traces.map((trace, index) => ({
+    ...trace, part: part.run, name: part.label, hover: `run #${part.run} ${trace.name}`,
+    color: EARLIER_COLORS[trace.key] || EARLIER_COLOR, dash: EARLIER_DASHES[rank % EARLIER_DASHES.length],
+    legendgroup: `run-${part.run}`, legendrank: rank + 1, inLegend: index === 0,
+  })));
+  chart.traces = [...own, ...earlier];
+}
+
+// One series per run of the curve and metric: the steps already drawn (a point is drawn once) and the points
+// waiting for the next frame.
 const series = new Map();
+const seriesKey = (part, key) => `${part}:${key}`;
 for (const chart of CHARTS) {
   chart.traces.forEach((trace, index) => {
-    series.set(trace.key, { chart, index, scale: trace.scale || 1, seen: new Set(), lastStep: -1, pending: [] });
+    series.set(seriesKey(trace.part, trace.key),
+      { key: trace.key, chart, index, scale: trace.scale || 1, seen: new Set(), lastStep: -1, pending: [] });
   });
 }
+const ownSeries = [...series.values()].filter((s) => s.chart.traces[s.index].part === "own");
 let lastStep = 0; // the highest step received: a reconnect asks for it again and what came after it
 let lastSeq = 0; // the highest event seq received
 let lastLossStep = 0; // the highest training step drawn: a status sent a moment ago may be a step behind it
@@ -42,8 +63,11 @@ function number(value) {
 }
 
 function addRow(row) {
-  for (const [key, s] of series) {
+  // A stored point names the run that logged it; a live one is the run's own.
+  const part = earlierRuns.has(row.run) ? row.run : "own";
+  for (const { key } of ownSeries) {
     if (!(key in row) || row[key] === null || row[key] === undefined) continue;
+    const s = series.get(seriesKey(part, key));
     if (s.seen.has(row.step)) continue;
     s.seen.add(row.step);
     const value = number(row[key]);
@@ -83,7 +107,7 @@ function flush() {
   flushScheduled = false;
   for (const chart of CHARTS) {
     const el = document.getElementById(chart.id);
-    const batch = chart.traces.map((trace) => series.get(trace.key));
+    const batch = chart.traces.map((trace) => series.get(seriesKey(trace.part, trace.key)));
     if (!batch.some((s) => s.pending.length)) continue;
     const inOrder = batch.every((s) => !s.pending.length || s.pending[0][0] > s.lastStep);
     if (inOrder) {
@@ -109,24 +133,30 @@ function flush() {
       Plotly.relayout(el, { annotations: chart.annotations });
     }
     el.dataset.points = String(el.data[0].x.length);
+    el.dataset.earlierPoints = String(chart.traces.reduce((sum, trace, index) =>
+      sum + (trace.part !== "own" && trace.key === chart.traces[0].key ? el.data[index].x.length : 0), 0));
   }
 }
 
 function initCharts() {
   const shapes = [];
   const annotations = [];
-  if (data.resumed_from_step) {
-    shapes.push({ type: "line", xref: "x", yref: "paper", x0: data.resumed_from_step, x1: data.resumed_from_step,
+  // Where each run of the curve took over from the one before it.
+  for (const part of data.earlier) {
+    shapes.push({ type: "line", xref: "x", yref: "paper", x0: part.upto, x1: part.upto,
       y0: 0, y1: 1, line: { color: "#9ca3af", dash: "dot", width: 1 } });
-    annotations.push({ x: data.resumed_from_step, y: 1, xref: "x", yref: "paper", text: "resumed", showarrow: false,
+    annotations.push({ x: part.upto, y: 1, xref: "x", yref: "paper", text: "resumed", showarrow: false,
       xanchor: "left", yanchor: "top", font: { size: 10, color: "#6b7280" } });
   }
   for (const chart of CHARTS) {
     const traces = chart.traces.map((trace) => ({
       x: [], y: [], name: trace.name, type: "scatter",
       mode: trace.markers ? "lines+markers" : "lines",
-      line: { color: trace.color, width: 1.6 }, marker: { size: 5 },
-      hovertemplate: "step %{x}<br>%{y:.4g}<extra>" + trace.name + "</extra>",
+      line: { color: trace.color, width: trace.part === "own" ? 1.6 : 1.4, dash: trace.dash || "solid" },
+      marker: { size: trace.part === "own" ? 5 : 4 },
+      hovertemplate: "step %{x}<br>%{y:.4g}<extra>" + (trace.hover || trace.name) + "</extra>",
+      ...(trace.part === "own" ? {} : { legendgroup: trace.legendgroup, legendrank: trace.legendrank,
+        showlegend: trace.inLegend }),
     }));
     // Until its first point a chart says so, rather than showing bare axes.
     chart.annotations = annotations;

@@ -6,13 +6,16 @@ from html import unescape as html_unescape
 from pathlib import Path
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.utils import timezone
 from django.utils.html import escape
 
 from guidance import content
 from guidance.models import Finding
 from tests.factories import make_preset, tiny_overrides
-from training.models import Run, RunEvent, Sample
+from tests.integration.conftest import communicator, run_async, session_cookie
+from training.live import send as live
+from training.models import MetricPoint, Run, RunEvent, Sample
 from training.runs import services
 
 from .conftest import client_for, named_run
@@ -147,6 +150,59 @@ def test_resume_creates_a_continuation_whose_page_says_where_it_joins(world, mem
     assert run_data(page)["resumed_from_step"] == 5
     assert f"Resumed as <a href=\"/runs/{continuation.id}/\"" in member_client.get(
         f"/runs/{world.run.id}/").content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_queued_continuation_of_two_resumes_draws_the_curve_it_continues(world, member_client):
+    """Run 1 stopped (checkpoint 10), its continuation lost (checkpoint 20), resumed again and still queued: its page
+    names the earlier runs and the steps each gives, and its socket replays their points up to those steps, each
+    with the run that logged it, never what an earlier run trained after the checkpoint resumed from; the run's own
+    live points follow from there, each step once."""
+    now = timezone.now()
+
+    def lose_and_resume(run: Run, steps: range, checkpoint: int) -> Run:
+        MetricPoint.objects.bulk_create([MetricPoint(run=run, step=s, loss=3.0 - s / 20, time=now,
+                                                     eval_loss=2.9 - s / 20 if s % 5 == 0 else None) for s in steps])
+        Run.objects.filter(id=run.id).update(status=Run.Status.LOST, last_checkpoint_path=f"/ckpt/{checkpoint}",
+                                             last_checkpoint_step=checkpoint)
+        run.refresh_from_db()
+        return services.run_resume(run=run, user=world.member)
+
+    first = world.run
+    second = lose_and_resume(first, range(1, 15), checkpoint=10)
+    third = lose_and_resume(second, range(10, 27), checkpoint=20)  # from its checkpoint: step 10 again
+    assert third.status == Run.Status.QUEUED
+
+    page = member_client.get(f"/runs/{third.id}/")
+    assert run_data(page)["earlier"] == [
+        {"run": first.id, "after": -1, "upto": 10, "label": f"run #{first.id}, up to step 10",
+         "url": f"/runs/{first.id}/"},
+        {"run": second.id, "after": 10, "upto": 20, "label": f"run #{second.id}, up to step 20",
+         "url": f"/runs/{second.id}/"}]
+    note = re.search(r'<p class="note" id="continues">(.*?)</p>', page.content.decode(), re.S).group(1)
+    assert f"run #{first.id} up to step 10 and run #{second.id} up to step 20 (dashed, grey), then this one" in note
+    assert run_data(member_client.get(f"/runs/{first.id}/"))["earlier"] == []
+    cookie = session_cookie(world.member)
+
+    async def scenario():
+        socket = communicator(third.id, cookie)
+        assert (await socket.connect(timeout=10))[0]
+        await socket.send_json_to({"type": "replay", "after_step": 0})
+        replay = await socket.receive_json_from(timeout=10)
+        assert replay["type"] == "replay" and replay["done"]
+        drawn = [(p["step"], p["run"]) for p in replay["points"]]
+        assert drawn == [(s, first.id) for s in range(1, 11)] + [(s, second.id) for s in range(11, 21)]
+        assert [p["step"] for p in replay["points"] if p["eval_loss"] is not None] == [5, 10, 15, 20]
+        # The worker starts the run from step 20's checkpoint: it logs 20 again, then its own.
+        await sync_to_async(live.send_run_message)(third.id, "points", {"points": [
+            {"kind": "metrics", "step": 20, "loss": 1.9}, {"kind": "metrics", "step": 21, "loss": 1.85}],
+            "after": {"metrics": None, "eval": None}})
+        message = await socket.receive_json_from(timeout=10)
+        assert message["type"] == "points" and [p["step"] for p in message["points"]] == [21]
+        assert await socket.receive_nothing(timeout=0.3)
+        await socket.disconnect()
+
+    run_async(scenario)
 
 
 def test_adapter_files_download_for_the_team_only(world, member_client, tmp_path):

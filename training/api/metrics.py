@@ -1,5 +1,7 @@
 """A run's metric points for the API: its whole curve (joined across its resume chain, as the run page draws it), a
-step range, one point in `every`, as JSON or CSV, streamed a chunk of the replay's size at a time.
+step range, one point in `every`, as JSON or CSV, streamed a chunk of the replay's size at a time. Each point's last
+field, `run`, is the run that logged it: a continuation's steps up to where it resumed are an earlier run's (keep
+run == the run asked for to get only its own).
 
     ?after=S     only steps > S          ?before=S   only steps < S
     ?every=N     the 1st, N+1th, 2N+1th ... point of the range, every point with an eval loss, and the last one
@@ -24,7 +26,7 @@ from training.api.errors import bad_request
 from training.engine.events import json_safe
 from training.models import Run
 
-FIELDS = selectors.POINT_FIELDS
+FIELDS = selectors.CURVE_FIELDS
 EVAL = FIELDS.index("eval_loss")
 FORMATS = ("json", "csv")
 PARAMETERS = [

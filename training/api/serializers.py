@@ -287,7 +287,9 @@ class MetricsSerializer(serializers.Serializer):
     count = serializers.IntegerField()
     every = serializers.IntegerField()
     points = AnyList(child=AnyList(), help_text="A list a stored point, in step order: its values in the order of "
-                                                "fields (null: the point lacks it; \"nan\", \"inf\": non-finite)")
+                                                "fields (null: the point lacks it; \"nan\", \"inf\": non-finite); "
+                                                "the last, run, is the run that logged it (for a resumed run, an "
+                                                "earlier run of its chain up to the step it resumed from)")
 
 
 class EvaluationsSerializer(serializers.Serializer):

@@ -217,7 +217,7 @@ def runs_resume(run_id: RunId, queue: Annotated[str | None, typer.Option()] = No
 @runs_app.command("metrics")
 def runs_metrics(run_id: RunId,
                  csv: Annotated[bool, typer.Option(help="CSV with a header row (else JSON)")] = False) -> None:
-    """The run's metric points (its resume chain's curve)."""
+    """The run's metric points (its resume chain's curve; a point's run column names the run that logged it)."""
     response = api().request("GET", f"/runs/{run_id}/metrics/", params={"format": "csv" if csv else "json"})
     sys.stdout.write(response.text)
 

@@ -194,11 +194,14 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     can_control = role in ("member", "admin")
     status = selectors.run_status_dict(run)
     events = selectors.run_events(run)
+    earlier = selectors.run_earlier_parts(run)
     data = {
         "id": run.id,
         "ws": f"/ws/runs/{run.id}/",
         "status": status,
         "resumed_from_step": run.resumed_from_step,
+        # The replay's points of these runs are drawn as theirs (muted, dashed), apart from the run's own.
+        "earlier": [{**part, "url": reverse("run_detail", args=[part["run"]])} for part in earlier],
         "can_control": can_control,
         "playground_url": reverse("run_playground", args=[run.id]),
         "sweep_url": f"{reverse('sweep_new')}?base_run={run.id}",
@@ -225,6 +228,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "adapter_origin": _adapter_origin(events),
         "trackers": tracker_links(run),
         "continuations": run.continuations.filter(team=run.team).order_by("id"),
+        "earlier": earlier,
         "config": [(name, value_text(run.config.get(name))) for name in TrainConfig.model_fields
                    if name in run.config],
         "run_data": data,

@@ -77,8 +77,9 @@ class RunWatcher:
         if run.resumed_from_id and run.resumed_from_step:
             try:
                 started = RunEvent.objects.filter(run_id=run.resumed_from_id, type="started").order_by("seq").first()
-                history = [p for chunk in selectors.run_point_chunks(run.resumed_from) for p in chunk
-                           if p["step"] <= run.resumed_from_step]
+                # The run's own curve before the step it resumed from: the earlier runs' parts, read only so far.
+                history = [p for chunk in selectors.run_point_chunks(run, before_step=run.resumed_from_step + 1)
+                           for p in chunk]
                 # The earlier run's config and warmup first, so its points are judged as they were then.
                 self.watcher.feed_many([*([{"type": "started", **started.data}] if started else []),
                                         *_events_from_points(history)])

@@ -3,13 +3,14 @@ websocket show it."""
 from __future__ import annotations
 
 import math
+from operator import itemgetter
 from typing import Any
 
 from django.db.models import Count, Max, Min, QuerySet
 from django.http import Http404
 
 from guidance.models import Finding
-from training import access
+from training import access, curves, selectors
 from training.models import Evaluation, MetricPoint, Run, Sweep, SweepMember, SweepPhase
 from training.sweeps import plan, rules
 
@@ -52,16 +53,17 @@ def member_results(members: list[SweepMember]) -> dict[str, dict[str, Any]]:
     """Each member's result dict (rules.py's keys), read in four queries for the whole phase."""
     runs = {m.run_id: m.run for m in members if m.run_id}
     run_ids = list(runs)
-    lineage = {rid: _curve_run_ids(runs[rid]) for rid in run_ids}
-    all_ids = sorted({i for ids in lineage.values() for i in ids})
+    parts = {rid: selectors.curve_parts(runs[rid]) for rid in run_ids}
+    all_ids = sorted({part.run for run_parts in parts.values() for part in run_parts})
     points: dict[int, list[tuple]] = {i: [] for i in all_ids}
     for row in (MetricPoint.objects.filter(run_id__in=all_ids).order_by("run_id", "step")
                 .values_list("run_id", "step", "loss", "eval_loss", "learning_rate", "tokens_per_s",
                              "peak_vram_bytes")):
         points[row[0]].append(row[1:])
-    findings: dict[int, list[str]] = {i: [] for i in all_ids}
-    for run_id, code, step in Finding.objects.filter(run_id__in=all_ids).values_list("run_id", "code", "step"):
-        findings[run_id].append(f"{code}@{step}")
+    findings: dict[int, list[tuple[int, str]]] = {i: [] for i in all_ids}
+    for run_id, code, step in (Finding.objects.filter(run_id__in=all_ids).order_by("step", "code")
+                               .values_list("run_id", "code", "step")):
+        findings[run_id].append((step, code))
     judged = _suite_errors(members, runs)
     out = {}
     for m in members:
@@ -75,9 +77,11 @@ def member_results(members: list[SweepMember]) -> dict[str, dict[str, Any]]:
                 result["status"] = status
             result["suite_error"] = error
         if run is not None:
-            curve = _joined_curve(run, lineage[run.id], points)
+            curve = curves.joined(parts[run.id], points, step=itemgetter(0))
             result.update(_figures(curve))
-            result["findings"] = [f for i in lineage[run.id] for f in findings[i]]
+            # An earlier run's findings after the checkpoint its continuation resumed from were trained over.
+            result["findings"] = [f"{code}@{step}" for step, code in
+                                  curves.joined(parts[run.id], findings, step=itemgetter(0))]
             result["trainable_params"] = (run.started or {}).get("trainable_params")
             result["init_s"] = (run.started or {}).get("load_s")
         out[m.name] = result
@@ -109,26 +113,6 @@ def _suite_errors(members: list[SweepMember], runs: dict[int, Run]) -> dict[int,
         else:
             out[run_id] = ("succeeded", 1.0 - float(figure))
     return out
-
-
-def _curve_run_ids(run: Run) -> list[int]:
-    """The run and the runs it resumes, oldest first: a resumed member's curve is the whole member's."""
-    ids, current, seen = [], run, set()
-    while current is not None and current.id not in seen:
-        seen.add(current.id)
-        ids.insert(0, current.id)
-        current = current.resumed_from if current.resumed_from_id else None
-    return ids
-
-
-def _joined_curve(run: Run, ids: list[int], points: dict[int, list[tuple]]) -> list[tuple]:
-    """Each run's points up to where its continuation took over (the continuation's resumed_from_step)."""
-    runs = {r.id: r for r in Run.objects.filter(id__in=ids).only("id", "resumed_from_step")} if len(ids) > 1 else {}
-    curve: list[tuple] = []
-    for i, rid in enumerate(ids):
-        cut = runs[ids[i + 1]].resumed_from_step if i + 1 < len(ids) else None
-        curve += [p for p in points.get(rid, []) if cut is None or p[0] <= cut]
-    return curve
 
 
 def _figures(curve: list[tuple]) -> dict[str, Any]:

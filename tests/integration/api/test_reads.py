@@ -94,13 +94,13 @@ def test_metrics_as_json_and_csv_with_a_range_and_downsampling(api_world):
     body = client.get(f"/api/v1/runs/{a.run.id}/metrics/").json()
     assert body["run"] == a.run.id and body["count"] == 100 and body["every"] == 1
     assert body["fields"] == ["step", "epoch", "tokens_seen", "loss", "eval_loss", "grad_norm", "learning_rate",
-                              "tokens_per_s", "peak_vram_bytes"]
+                              "tokens_per_s", "peak_vram_bytes", "run"]
     points = [dict(zip(body["fields"], p)) for p in body["points"]]
     assert [p["step"] for p in points] == list(range(1, 101))
     assert points[49]["loss"] == "nan" and points[9]["eval_loss"] == pytest.approx(2.0)
     assert points[8]["eval_loss"] is None
     assert points[0] == {"step": 1, "epoch": 0.01, "tokens_seen": 64, "loss": 1.99, "eval_loss": None, "grad_norm": 1.0,
-                         "learning_rate": 2e-4, "tokens_per_s": 900.0, "peak_vram_bytes": 2**20}
+                         "learning_rate": 2e-4, "tokens_per_s": 900.0, "peak_vram_bytes": 2**20, "run": a.run.id}
     ranged = client.get(f"/api/v1/runs/{a.run.id}/metrics/", after=20, before=31).json()
     assert [p[0] for p in ranged["points"]] == list(range(21, 31)) and ranged["count"] == 10
     every = client.get(f"/api/v1/runs/{a.run.id}/metrics/", every=25).json()
@@ -115,7 +115,7 @@ def test_metrics_as_json_and_csv_with_a_range_and_downsampling(api_world):
     assert rows[5][body["fields"].index("loss")] == "nan" and rows[5][body["fields"].index("eval_loss")] == "1.6"
 
 
-def test_a_resumed_runs_metrics_are_its_whole_curve(api_world):
+def test_a_resumed_runs_metrics_are_its_whole_curve_each_point_naming_the_run_that_logged_it(api_world):
     a = api_world.a
     add_points(a.run, range(1, 41))
     Run.objects.filter(id=a.run.id).update(status=Run.Status.STOPPED, last_checkpoint_path="/ckpt/30",
@@ -126,9 +126,16 @@ def test_a_resumed_runs_metrics_are_its_whole_curve(api_world):
     continuation = Run.objects.get(id=resumed.json()["id"])
     assert resumed.json()["resumed_from"] == a.run.id and resumed.json()["resumed_from_step"] == 30
     add_points(continuation, range(31, 61))
-    steps = [p[0] for p in api_world.client(a.viewer).get(
-        f"/api/v1/runs/{continuation.id}/metrics/").json()["points"]]
-    assert steps == list(range(1, 61))
+    client = api_world.client(a.viewer)
+    body = client.get(f"/api/v1/runs/{continuation.id}/metrics/").json()
+    assert body["fields"][-1] == "run"
+    # Up to the checkpoint the stopped run's points (its 31-40 were trained again), then the continuation's own.
+    assert [(p[0], p[-1]) for p in body["points"]] == ([(s, a.run.id) for s in range(1, 31)]
+                                                     + [(s, continuation.id) for s in range(31, 61)])
+    rows = list(csv.reader(io.StringIO(client.get(f"/api/v1/runs/{continuation.id}/metrics/", format="csv", after=28,
+                                                  before=33).body.decode())))
+    assert [(r[0], r[-1]) for r in rows] == [("step", "run"), ("29", str(a.run.id)), ("30", str(a.run.id)),
+                                             ("31", str(continuation.id)), ("32", str(continuation.id))]
 
 
 def test_events_findings_samples_evaluations_and_adapter(api_world, tmp_path):

@@ -6,12 +6,13 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import timezone
 
 from dashboard.models import Membership
+from guidance.models import Finding
 from tests.factories import idle_queue, make_member, make_team, tiny_overrides
 from training.models import MetricPoint, Run, Sweep, SweepMember, SweepPhase
 from training.runs import services as runs
 from training.sweeps import services
 from training.sweeps import signals as sweep_signals
-from training.sweeps.selectors import stalled_sweep_ids, sweep_state
+from training.sweeps.selectors import member_results, stalled_sweep_ids, sweep_state
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -290,3 +291,43 @@ def test_a_sweep_judged_on_an_eval_suite_waits_for_the_evaluations_and_reads_the
     sweep.refresh_from_db()
     assert sweep.winner.name == "r=4"
     assert "r = 4: the best error (1 - macro_f1 on colours), 0.250" in sweep.verdict
+
+
+def test_a_resumed_members_result_is_its_chains_curve_each_step_once(team_member):
+    """Lost twice and resumed twice: the member is judged on the earlier runs' points up to each checkpoint resumed
+    from, then its own; what an earlier run trained after that checkpoint (and found there) was trained over."""
+    _, user, _ = team_member
+    sweep = create(team_member, "r")
+    member = phase_members(sweep, 0)[0]
+    now = timezone.now()
+
+    def record(run: Run, steps: range) -> None:
+        # The learning rate holds the step: the result's curve is (learning rate, loss) pairs.
+        MetricPoint.objects.bulk_create([MetricPoint(run=run, step=s, loss=float(run.id), learning_rate=float(s),
+                                                     time=now) for s in steps])
+
+    def find(run: Run, step: int) -> None:
+        Finding.objects.create(run=run, code="loss_spike", severity="warning", step=step, title="t", message="m")
+
+    def lose_and_resume(run: Run, steps: range, checkpoint: int) -> Run:
+        record(run, steps)
+        find(run, steps[-1])  # after the checkpoint: trained over by the continuation
+        Run.objects.filter(id=run.id).update(status=Run.Status.LOST, last_checkpoint_path=f"/c/{checkpoint}",
+                                             last_checkpoint_step=checkpoint)
+        run.refresh_from_db()
+        return runs.run_resume(run=run, user=user)
+
+    first = member.run
+    find(first, 3)
+    second = lose_and_resume(first, range(1, 6), checkpoint=4)
+    third = lose_and_resume(second, range(4, 10), checkpoint=8)  # re-logs step 4, the one it resumed from
+    record(third, range(8, STEPS + 1))
+    find(third, 10)
+    SweepMember.objects.filter(id=member.id).update(run=third)
+    member.refresh_from_db()
+
+    result = member_results([member])[member.name]
+    assert [lr for lr, _ in result["curve"]] == list(range(1, STEPS + 1))
+    assert [loss for _, loss in result["curve"]] == [first.id] * 4 + [second.id] * 4 + [third.id] * 4
+    assert result["last_step"] == STEPS
+    assert result["findings"] == ["loss_spike@3", "loss_spike@10"]
