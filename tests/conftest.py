@@ -20,16 +20,7 @@ BROWSER_FIXTURES = {"browser", "page"}
 LEFT_OUT = pytest.StashKey[int]()
 
 
-@pytest.hookimpl(trylast=True)  # after pytest-django's own ordering
 def pytest_collection_modifyitems(config, items):
-    """The tests that train a real model first: under xdist the long ones then start early and the many short ones
-    fill the workers' gaps at the end, instead of one worker finishing a 2-minute test alone (the last 3% of the
-    suite took 8 of its 51 minutes on a 2-core machine). A stable sort: every worker collects the same order."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-    _leave_out_the_browser_tests_without_a_browser(config, items)
-
-
-def _leave_out_the_browser_tests_without_a_browser(config, items):
     """Without Chromium the browser tests are left out with one line saying what to install, unless
     TUNEBOARD_REQUIRE_BROWSER=1 (.ci/run): there they run, and fail for want of it."""
     if shutil.which(CHROMIUM) or os.environ.get("TUNEBOARD_REQUIRE_BROWSER") == "1":
