@@ -292,7 +292,7 @@ def _describe(reason: Any, *, held: bool = False) -> str:
     reason = str(reason or "")
     if reason == YIELDED:
         return (f"kept its worker for {settings.TUNEBOARD_PLAYGROUND_HOLD_MAX_S:g} s while runs waited for it, the "
-                "longest a chat may: the worker went on to them; send again to load it once they are done")
+                "longest a chat may: the worker went on to them")
     if reason == "idle":
         idle = f"idle for {settings.TUNEBOARD_PLAYGROUND_IDLE_S:g} s"
         return f"{idle}; its worker went on to the runs that waited for it" if held else idle
