@@ -233,9 +233,11 @@ REDIS_URL = redis_url("REDIS_URL", f"redis://127.0.0.1:{env_int('TUNEBOARD_REDIS
 TUNEBOARD_DEFAULT_QUEUE = env_str("TUNEBOARD_DEFAULT_QUEUE", "gpu")
 # A stopping run that has not ended this long after its stop file appeared is killed (its step hangs).
 TUNEBOARD_STOP_KILL_AFTER_S = env_float("TUNEBOARD_STOP_KILL_AFTER_S", 120.0, minimum=1.0)
-# A playground's loaded model is released this long after its last prompt; it also gives way at once (after the
-# reply it is writing) to a run queued on its worker's queue.
+# A playground's loaded model is released this long after its last prompt; while it is used, the runs queued for its
+# worker wait (training/playground/hold.py), but for HOLD_MAX_S at most: a chat that goes on longer with runs waiting
+# gives its worker to them (a team cannot keep another's runs waiting by chatting on).
 TUNEBOARD_PLAYGROUND_IDLE_S = env_float("TUNEBOARD_PLAYGROUND_IDLE_S", 300.0, minimum=1.0)
+TUNEBOARD_PLAYGROUND_HOLD_MAX_S = env_float("TUNEBOARD_PLAYGROUND_HOLD_MAX_S", 1800.0, minimum=1.0)
 # Workers heartbeat every HEARTBEAT_S and, each time, mark runs lost whose worker has been silent SILENT_S; the web
 # process makes the same lost-run check every HEARTBEAT_S (training/workers/heartbeat.py), so it holds with every
 # worker dead. A killed worker's last beat is at most HEARTBEAT_S before the kill and the next lost-run check at most

@@ -76,7 +76,8 @@ function showState(next) {
   hold.hidden = !(state.is_live && progress.runs_waiting && progress.held_until);
   if (!hold.hidden) {
     hold.textContent = `A run is queued for this worker: it keeps this chat until ${clock(progress.held_until)} `
-      + "(its idle time after your last message), then goes to the run.";
+      + "(its idle time after your last message, or the longest a chat keeps a worker while runs wait), then goes "
+      + "to the run.";
   }
   const end = $("#session-end");
   end.hidden = state.is_live;

@@ -21,10 +21,19 @@ def _prefix(worker_name: str) -> str:
     return f"waiting: a playground chat holds the worker {worker_name} "
 
 
-def hold_reason(*, worker_name: str, until: datetime) -> str:
+def hold_reason(*, worker_name: str, until: datetime, capped: bool = False) -> str:
     """What a held run's page says: which worker, until when, and why then (said to any team: no chat is named)."""
     at = timezone.localtime(until).strftime("%H:%M:%S %Z").strip()
-    return f"{_prefix(worker_name)}until {at} ({settings.TUNEBOARD_PLAYGROUND_IDLE_S:g} s after its last message)"
+    why = (f"the longest a chat keeps its worker while runs wait, {settings.TUNEBOARD_PLAYGROUND_HOLD_MAX_S:g} s"
+           if capped else f"{settings.TUNEBOARD_PLAYGROUND_IDLE_S:g} s after its last message")
+    return f"{_prefix(worker_name)}until {at} ({why})"
+
+
+def held_until(*, last_active: float, idle_s: float, held_since: float | None, max_s: float) -> float:
+    """When the chat gives its worker up (epoch seconds): `idle_s` after it was last active, and, while runs wait
+    for it (since `held_since`), `max_s` after they began to wait at the latest."""
+    until = last_active + idle_s
+    return until if held_since is None else min(until, held_since + max_s)
 
 
 def free_slot(queue: str) -> str | None:
@@ -38,14 +47,14 @@ def free_slot(queue: str) -> str | None:
     return None
 
 
-def runs_hold(*, session: PlaygroundSession, until: datetime) -> bool:
+def runs_hold(*, session: PlaygroundSession, until: datetime, capped: bool = False) -> bool:
     """Mark the runs queued for the session's queue as waiting for this chat (those no other reason holds); False,
     and nothing marked, when none is queued or a free slot of the queue will take them."""
     queued = Run.objects.filter(queue=session.queue, status=Run.Status.QUEUED)
     if not queued.exists() or free_slot(session.queue) is not None:
         runs_unhold(worker_name=session.worker_name)
         return False
-    reason = hold_reason(worker_name=session.worker_name, until=until)
+    reason = hold_reason(worker_name=session.worker_name, until=until, capped=capped)
     mine = queued.filter(Q(held_reason="") | Q(held_reason__startswith=_prefix(session.worker_name)))
     changed = list(mine.exclude(held_reason=reason).values_list("id", flat=True))
     if changed:

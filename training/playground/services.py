@@ -37,6 +37,7 @@ Status = PlaygroundSession.Status
 POLL_S = 0.5
 # At most this many prompts wait for a session's worker: a page (or API client) that sends faster is told to wait.
 MAX_WAITING = 8
+YIELDED = "yielded"  # the serving process's end reason when the chat gave its worker to the runs waiting for it
 
 
 def requests_key(session_id: int) -> str:
@@ -231,6 +232,7 @@ def _follow(session: PlaygroundSession, process: TrainingProcess) -> None:
     stderr: list[str] = []
     last_check, active_at = 0.0, time.time()
     held = False  # runs waited for this chat at some point
+    held_since: float | None = None  # since when runs wait for it now
     try:
         for lines in process.batches(timeout=POLL_S):
             for line in lines:
@@ -250,9 +252,17 @@ def _follow(session: PlaygroundSession, process: TrainingProcess) -> None:
                     relay.stop("ended")  # released by the user, or its run deleted
                     continue
                 # An active chat keeps its worker until it has been idle for its idle time, when the serving process
-                # ends by itself: the runs queued for the worker meanwhile wait, saying until when.
-                until = max(active_at, relay.last_prompt_at) + settings.TUNEBOARD_PLAYGROUND_IDLE_S
-                waiting = hold.runs_hold(session=session, until=datetime.fromtimestamp(until, dt_timezone.utc))
+                # ends by itself: the runs queued for the worker meanwhile wait, saying until when; but for
+                # HOLD_MAX_S at most, when the chat gives the worker to them.
+                last_active, idle_s = max(active_at, relay.last_prompt_at), settings.TUNEBOARD_PLAYGROUND_IDLE_S
+                cap = settings.TUNEBOARD_PLAYGROUND_HOLD_MAX_S
+                until = hold.held_until(last_active=last_active, idle_s=idle_s, held_since=held_since, max_s=cap)
+                if held_since is not None and time.time() >= until and until < last_active + idle_s:
+                    relay.stop(YIELDED)  # the serving process ends after the reply it is writing
+                    continue
+                waiting = hold.runs_hold(session=session, until=datetime.fromtimestamp(until, dt_timezone.utc),
+                                         capped=until < last_active + idle_s)
+                held_since = (held_since or time.time()) if waiting else None
                 held = held or waiting
                 _show_hold(session, waiting=waiting, until=until)
     finally:
@@ -280,6 +290,9 @@ def _show_hold(session: PlaygroundSession, *, waiting: bool, until: float) -> No
 
 def _describe(reason: Any, *, held: bool = False) -> str:
     reason = str(reason or "")
+    if reason == YIELDED:
+        return (f"kept its worker for {settings.TUNEBOARD_PLAYGROUND_HOLD_MAX_S:g} s while runs waited for it, the "
+                "longest a chat may: the worker went on to them")
     if reason == "idle":
         idle = f"idle for {settings.TUNEBOARD_PLAYGROUND_IDLE_S:g} s"
         return f"{idle}; its worker went on to the runs that waited for it" if held else idle

@@ -1,12 +1,14 @@
 """The playground keeps its place (issue 34), on the real database, Redis, a worker and the tiny model: a run queued
 for the worker while a chat is active waits with the reason on its page (naming no chat or team) and starts once the
-chat has been idle; a worker of the queue with a free slot takes a queued run instead of holding it; the system
+chat has been idle, or once the chat has kept it for the longest hold; a worker of the queue with a free slot takes a
+queued run instead of holding it; the system
 prompt reaches the prompt the model continues, rendered as training rendered the dataset's system turns; Stop ends
 the reply being generated, its text so far kept, and the chat goes on."""
 import time
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.utils import timezone
 
 from tests.factories import make_dataset, make_member, make_run, make_team, tiny_overrides
@@ -15,6 +17,7 @@ from training.engine.serve import render_chat
 from training.models import PlaygroundSession, Run, Worker
 from training.playground import hold, services
 from training.runs import services as runs
+from tests.workers import start_worker, stop_worker
 from transformers import AutoTokenizer
 
 from .conftest import IDLE_S, replies, socket, until
@@ -86,6 +89,59 @@ def test_a_run_queued_while_a_chat_is_active_waits_with_its_reason_and_starts_on
     assert theirs.status == Run.Status.SUCCEEDED and theirs.worker.name == playground_worker.name
     assert theirs.held_reason == ""
     assert theirs.started_at >= PlaygroundSession.objects.get(id=session.id).ended_at
+
+
+HOLD_MAX_S = 8
+
+
+@pytest.fixture
+def capped_worker(tmp_path):
+    """A playground worker whose chats keep it for HOLD_MAX_S at most while runs wait for it."""
+    worker = start_worker(queue=f"{settings.TUNEBOARD_DEFAULT_QUEUE}-capped", name=f"capped-{tmp_path.name}@test",
+                          log=tmp_path / "worker.log", env={"TUNEBOARD_PLAYGROUND_IDLE_S": str(IDLE_S),
+                                                            "TUNEBOARD_PLAYGROUND_HOLD_MAX_S": str(HOLD_MAX_S)})
+    yield worker
+    stop_worker(worker)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_chat_that_goes_on_gives_its_worker_to_the_waiting_run_after_the_longest_hold(
+        capped_worker, tiny_model, tmp_path):
+    team, user, _, run = trained(capped_worker, tiny_model, tmp_path)
+    session = services.playground_start(run=run, user=user)
+    other_team = make_team("Waiting team")
+    stranger = make_member(other_team)
+    cookie = session_cookie(user)
+
+    async def chat():
+        comm = socket(session.id, cookie)
+        assert (await comm.connect())[0]
+        await until(comm, lambda m, _: m["type"] == "status" and m["status"] == "ready")
+        theirs = await sync_to_async(lambda: runs.run_create(
+            team=other_team, user=stranger, dataset=make_dataset(other_team, stranger, tmp_dir=tmp_path),
+            queue=capped_worker.queue, overrides=tiny_overrides(tiny_model, max_steps=2)))()
+        queued_at, n, seen, held = time.monotonic(), 0, [], ""
+        # A message every 2 s, well inside the idle time: only the cap ends this chat.
+        while not any(m["type"] == "status" and not m["is_live"] for m in seen):
+            assert time.monotonic() - queued_at < HOLD_MAX_S + 60, "the chat kept its worker past the cap"
+            n += 1
+            await comm.send_json_to(ask(f"more-{n}", "And the grass?"))
+            seen += await until(comm, lambda m, ms, r=f"more-{n}": len(replies(ms, r)) == 2
+                                or m["type"] == "status" and not m["is_live"])
+            reasons = await sync_to_async(lambda: Run.objects.get(id=theirs.id).held_reason)()
+            if reasons:
+                held = reasons
+            await comm.receive_nothing(timeout=2)
+        await comm.disconnect()
+        return theirs, held, [m for m in seen if m["type"] == "status"][-1], time.monotonic() - queued_at
+
+    theirs, held, ended, kept_for = run_async(chat)
+    assert held.endswith(f"(the longest a chat keeps its worker while runs wait, {HOLD_MAX_S} s)"), held
+    assert ended["end_reason"].startswith(f"kept its worker for {HOLD_MAX_S} s while runs waited for it"), ended
+    assert HOLD_MAX_S <= kept_for < IDLE_S + HOLD_MAX_S + 30
+    theirs = wait_terminal(theirs, timeout=240)
+    assert theirs.status == Run.Status.SUCCEEDED and theirs.worker.name == capped_worker.name
 
 
 @pytest.mark.slow
