@@ -15,7 +15,7 @@ from django.test import Client
 
 from tests.e2e.conftest import WebServer
 from tests.factories import make_dataset, make_member, make_team, tiny_overrides
-from training.models import Run
+from training.models import Run, Worker
 from training.runs import services
 
 
@@ -58,7 +58,14 @@ def wait_for_run(run: Run, predicate: Callable[[Run], bool], *, timeout: float, 
 
 
 def wait_terminal(run: Run, timeout: float = 120) -> Run:
-    return wait_for_run(run, lambda r: r.is_terminal, timeout=timeout, what=f"run {run.id} to end")
+    """The run ended, and its worker done with it: the worker's last writes (the compare packs, then the slot's
+    release) follow the terminal status, and a test's teardown flush racing them deadlocked once. A lost run's
+    worker is gone: nothing follows."""
+    run = wait_for_run(run, lambda r: r.is_terminal, timeout=timeout, what=f"run {run.id} to end")
+    if run.status != Run.Status.LOST:
+        wait_for(lambda: not Worker.current_runs.through.objects.filter(run_id=run.id).exists(), timeout=30,
+                 what=f"run {run.id}'s worker to release it")
+    return run
 
 
 def session_cookie(user) -> str:

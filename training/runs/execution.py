@@ -362,8 +362,10 @@ def run_execute(*, run: Run, observers: Sequence[Observer] = ()) -> None:
         if not isinstance(exc, Exception):
             raise
     finally:
-        run_release(run_id=run.id)
+        # Packed before the release, which is then the worker's last write for the run (its slot serves nothing else
+        # until this task returns either way): whoever sees the run released sees the worker done with it.
         _series_packs_build(run)
+        run_release(run_id=run.id)
 
 
 def _series_packs_build(run: Run) -> None:
