@@ -36,6 +36,14 @@ def trained(worker, tiny_model, tmp_path, *, system: str | None = None):
     return team, user, dataset, run
 
 
+async def ready_chat(session_id: int, cookie: str):
+    """The chat's websocket, once its model is loaded."""
+    comm = socket(session_id, cookie)
+    assert (await comm.connect())[0]
+    await until(comm, lambda m, _: m["type"] == "status" and m["status"] == "ready")
+    return comm
+
+
 def ask(request_id: str, prompt: str, **fields) -> dict:
     return {"type": "generate", "id": request_id, "prompt": prompt, "temperature": 0, "max_new_tokens": 8, **fields}
 
@@ -51,9 +59,7 @@ def test_a_run_queued_while_a_chat_is_active_waits_with_its_reason_and_starts_on
     cookie = session_cookie(user)
 
     async def chat():
-        comm = socket(session.id, cookie)
-        assert (await comm.connect())[0]
-        await until(comm, lambda m, _: m["type"] == "status" and m["status"] == "ready")
+        comm = await ready_chat(session.id, cookie)
         await comm.send_json_to(ask("one", "What colour is the sky?"))
         await until(comm, lambda m, ms: len(replies(ms, "one")) == 2)
         # Another team's run is queued for the worker: it waits while this chat goes on for longer than the idle
@@ -115,9 +121,7 @@ def test_a_chat_that_goes_on_gives_its_worker_to_the_waiting_run_after_the_longe
     cookie = session_cookie(user)
 
     async def chat():
-        comm = socket(session.id, cookie)
-        assert (await comm.connect())[0]
-        await until(comm, lambda m, _: m["type"] == "status" and m["status"] == "ready")
+        comm = await ready_chat(session.id, cookie)
         theirs = await sync_to_async(lambda: runs.run_create(
             team=other_team, user=stranger, dataset=make_dataset(other_team, stranger, tmp_dir=tmp_path),
             queue=capped_worker.queue, overrides=tiny_overrides(tiny_model, max_steps=2)))()
@@ -152,9 +156,7 @@ def test_the_system_prompt_reaches_the_rendered_prompt_and_stop_ends_a_reply(pla
     cookie = session_cookie(user)
 
     async def chat():
-        comm = socket(session.id, cookie)
-        assert (await comm.connect())[0]
-        await until(comm, lambda m, _: m["type"] == "status" and m["status"] == "ready")
+        comm = await ready_chat(session.id, cookie)
         await comm.send_json_to(ask("plain", "What colour is the sky?"))
         plain = await until(comm, lambda m, ms: len(replies(ms, "plain")) == 2)
         await comm.send_json_to(ask("system", "What colour is the sky?", system=SYSTEM))
