@@ -156,7 +156,7 @@ def reference_samples() -> tuple[Sample, ...]:
     return tuple(Sample(shape=row["shape"], setup=Setup.of(row["config"], backend=row["backend"]), gpu=row["gpu"],
                    peak_bytes=row["peak_bytes"], tokens_per_s=row["tokens_per_s"], mean_tokens=row["mean_tokens"],
                    oom=row.get("oom", False), gpu_total_bytes=row.get("gpu_total_bytes"), label=row["section"])
-            for row in reference.ROWS)
+            for row in reference.rows())
 
 
 def scaled_to_gpu(constants: Constants, from_gpu: str, to_gpu: str) -> Constants:
@@ -189,7 +189,7 @@ def defaults_from(rows: Sequence[Sample], backend: str, load_in_4bit: bool, gpu:
 
 
 def default_constants(backend: str, load_in_4bit: bool, gpu: str) -> Constants:
-    """Uncalibrated for this team on this GPU: fitted on the figures in docs/benchmarks.md (reference.ROWS)."""
+    """Uncalibrated for this team on this GPU: fitted on the figures in docs/benchmarks.md (reference.rows())."""
     key = (backend, bool(load_in_4bit), gpu)
     if key not in _DEFAULTS:
         measured_here = any(s.gpu == gpu and s.tokens_per_s for s in reference_samples())

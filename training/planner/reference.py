@@ -2,6 +2,7 @@
 of its own on a GPU yet. Each row: the section it comes from, the config's fields that matter, the figures."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -74,4 +75,8 @@ def grid_rows(path: Path) -> list[dict]:
     return rows
 
 
-ROWS += [row for path in GRID_FILES for row in grid_rows(path)]
+@functools.cache
+def rows() -> tuple[dict, ...]:
+    """ROWS and the grid's rows. The grid's shapes are built on the meta device (transformers, torch), so on the
+    first plan and not at import: a web server or worker that plans nothing starts without importing torch."""
+    return (*ROWS, *(row for path in GRID_FILES for row in grid_rows(path)))

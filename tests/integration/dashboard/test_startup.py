@@ -52,3 +52,13 @@ def test_a_bad_detector_threshold_stops_start_up_naming_it():
     assert "TUNEBOARD_DETECTOR_THRESHOLDS: unknown detector threshold(s) flat_step; allowed: window" in result.stderr
     result = run(["manage.py", "check"], TUNEBOARD_DETECTOR_THRESHOLDS='{"flat_steps": -1}')
     assert result.returncode != 0 and "flat_steps must be greater than 0" in result.stderr
+
+
+def test_the_web_server_and_the_worker_start_without_the_training_libraries():
+    """The web process and the worker import torch and transformers only when they plan or train: every start of
+    either (a deploy, a restarted worker, `make dev`) would otherwise spend seconds of CPU on them."""
+    code = ("import sys, django; django.setup(); import dashboard.asgi, dashboard.urls, training.tasks; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'accelerate') if m in sys.modules))")
+    result = run(["-c", code], DJANGO_SETTINGS_MODULE="dashboard.settings")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[-2] == "[]", result.stdout
