@@ -65,5 +65,21 @@ def run_cli(config: dict, tmp_path, *extra_args, stop_after_step=None, timeout=2
     return code, events
 
 
+def run_here(config: dict) -> list[dict]:
+    """The engine's run in this test process, its events as the CLI would print them. For the tests of what a run
+    does (the hf backend): the libraries are imported once per test process, where `run_cli` spends a process and
+    its imports (seconds of CPU) on each run. The CLI itself (exit codes, the stop file, the unsloth backend's own
+    process) keeps `run_cli`."""
+    import io
+
+    from training.engine.config import parse_config
+    from training.engine.events import EventSink
+    from training.engine.runner import run
+
+    out = io.StringIO()
+    run(parse_config(config), EventSink(out))
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
 def of_type(events, type_):
     return [e for e in events if e["type"] == type_]

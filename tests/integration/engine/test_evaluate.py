@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from .conftest import ROOT, base_config, of_type, run_cli
+from .conftest import ROOT, base_config, of_type, run_here
 
 pytestmark = pytest.mark.slow
 
@@ -36,9 +36,8 @@ def adapters(tiny_llama, tiny_qwen, data_dir, tmp_path_factory):
     out = {}
     for name, model, bias in (("none", tiny_llama, "none"), ("all", tiny_qwen, "all")):
         tmp = tmp_path_factory.mktemp(f"adapter-{name}")
-        code, events = run_cli(base_config(model, data_dir, tmp / "out", max_steps=12, learning_rate=2e-2,
-                                           bias=bias), tmp)
-        assert code == 0, events[-1]
+        events = run_here(base_config(model, data_dir, tmp / "out", max_steps=12, learning_rate=2e-2, bias=bias))
+        assert events[-1]["type"] == "finished", events[-1]
         out[name] = (model, events[-1]["adapter_path"])
     return out
 

@@ -14,7 +14,7 @@ import pytest
 from tests.families import FAMILIES, family_tokenizer
 from training.datasets.stats import profile, tokenizer_encoder
 
-from .conftest import ROOT
+from .conftest import ROOT, run_here
 
 # a family loads a 128k-262k vocabulary: the ten together take more than the suite's
 # 600 s default on a loaded 2-core machine
@@ -59,16 +59,6 @@ def _config(model: str, train_file, out_dir, **overrides) -> dict:
             "warmup_steps": 0, "logging_steps": 1, "r": 4, "lora_alpha": 8, "output_dir": str(out_dir), **overrides}
 
 
-def _run(config: dict) -> list[dict]:
-    from training.engine.config import parse_config
-    from training.engine.events import EventSink
-    from training.engine.runner import run
-
-    out = io.StringIO()  # in this process: the libraries are imported once for the whole suite
-    run(parse_config(config), EventSink(out))
-    return [json.loads(line) for line in out.getvalue().splitlines()]
-
-
 def _check(config_file) -> dict:
     from training.engine.__main__ import main
 
@@ -103,7 +93,8 @@ def test_a_family_checks_profiles_and_trains_on_answers_and_on_every_token(name,
 
     # a few steps each way; answers-only trains fewer tokens per step than full loss on the same rows
     for answers_only in (True, False):
-        events = _run(_config(model, train_file, tmp_path / f"out-{answers_only}", completion_only_loss=answers_only))
+        config = _config(model, train_file, tmp_path / f"out-{answers_only}", completion_only_loss=answers_only)
+        events = run_here(config)
         assert events[-1]["type"] == "finished", events[-1]
         assert [e["step"] for e in events if e["type"] == "metrics"] == [1, 2]
         codes = {e["code"] for e in events if e["type"] == "warning"}
@@ -121,6 +112,6 @@ def test_check_refuses_answers_the_template_rewrites_before_a_model_loads(family
                              capture_output=True, text=True, timeout=600)
     verdict = json.loads(checked.stdout)
     assert not verdict["ok"] and "rewrites assistant turn 2" in verdict["errors"]["completion_only_loss"]
-    events = _run(_config(model, train_file, tmp_path / "out"))
+    events = run_here(_config(model, train_file, tmp_path / "out"))
     assert events[-1]["type"] == "failed" and "completion_only_loss" in events[-1]["errors"]
     assert not any(e["type"] == "started" for e in events)  # refused before the model loaded

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, base_config, of_type, run_cli
+from .conftest import ROOT, base_config, of_type, run_cli, run_here
 
 pytestmark = pytest.mark.slow
 
@@ -50,8 +50,8 @@ def test_accumulation_changes_the_optimizer_step_count(tiny_llama, data_dir, tmp
     for accum in (1, 4):
         config = base_config(tiny_llama, data_dir, tmp_path / f"out{accum}", max_steps=None, num_train_epochs=1,
                              per_device_train_batch_size=4, gradient_accumulation_steps=accum)
-        code, events = run_cli(config, tmp_path)
-        assert code == 0, events[-1]
+        events = run_here(config)
+        assert events[-1]["type"] == "finished", events[-1]
         steps[accum] = events[-1]["step"]
         assert events[0]["derived"]["total_steps"] == steps[accum]
     assert steps == {1: 16, 4: 4}  # 64 rows / micro-batch 4 = 16 micro-batches
@@ -86,15 +86,15 @@ def test_formats_text_and_prompt_completion_train(tiny_llama, data_dir, tmp_path
         extra = {"completion_only_loss": True} if fmt == "prompt_completion" else {}
         config = base_config(tiny_llama, data_dir, tmp_path / fmt, train_file=str(data_dir / f"{fmt}.jsonl"),
                              max_steps=3, **extra)
-        code, events = run_cli(config, tmp_path)
-        assert code == 0, events[-1]
+        events = run_here(config)
+        assert events[-1]["type"] == "finished", events[-1]
         assert events[0]["data_format"] == fmt
 
 
 def test_merge_to_16bit_writes_a_loadable_model(tiny_llama, data_dir, tmp_path):
     config = base_config(tiny_llama, data_dir, tmp_path / "out", max_steps=2, merge_16bit=True)
-    code, events = run_cli(config, tmp_path)
-    assert code == 0, events[-1]
+    events = run_here(config)
+    assert events[-1]["type"] == "finished", events[-1]
     merged = Path(events[-1]["merged_path"])
     from transformers import AutoModelForCausalLM
 
@@ -176,8 +176,8 @@ def test_the_range_tests_exponential_ramp_trains_from_start_lr_up_to_the_rate(ti
     """learning_rate 1: "LR increases smoothly from very small to large": the same factor every step."""
     config = base_config(tiny_llama, data_dir, tmp_path / "out", max_steps=9, learning_rate=1e-2, warmup_steps=0,
                          lr_scheduler_type="exponential_range", lr_scheduler_kwargs={"start_lr": 1e-6})
-    code, events = run_cli(config, tmp_path)
-    assert code == 0, events[-1]
+    events = run_here(config)
+    assert events[-1]["type"] == "finished", events[-1]
     rates = [m["learning_rate"] for m in of_type(events, "metrics")]
     assert len(rates) == 9 and rates[0] == pytest.approx(1e-6) and rates[-1] == pytest.approx(1e-2)
     assert [b / a for a, b in zip(rates, rates[1:])] == pytest.approx([10 ** 0.5] * 8)
@@ -192,8 +192,7 @@ def test_early_stopping_stops_when_eval_loss_stops_improving_and_keeps_the_best_
 
     config = base_config(tiny_llama, data_dir, tmp_path / "out", max_steps=20, learning_rate=1.0, eval_split=0.25,
                          eval_steps=2, early_stopping_patience=2, early_stopping_threshold=0.02)
-    code, events = run_cli(config, tmp_path)
-    assert code == 0, events[-1]
+    events = run_here(config)
     finished = events[-1]
     evals = of_type(events, "eval")
     best = min(evals, key=lambda e: (e["eval_loss"], e["step"]))
