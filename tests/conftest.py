@@ -55,6 +55,16 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def fast_password_hasher():
+    """tests/hashers.py; Django caches its hashers, read again here (a plain settings assignment sends no signal)."""
+    from django.contrib.auth import hashers
+
+    settings.PASSWORD_HASHERS = ["tests.hashers.FewIterationsPBKDF2PasswordHasher", *settings.PASSWORD_HASHERS]
+    hashers.get_hashers.cache_clear()
+    hashers.get_hashers_by_algorithm.cache_clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def isolated_session(tmp_path_factory):
     token = uuid.uuid4().hex[:10]
     var = tmp_path_factory.mktemp("var")
