@@ -13,8 +13,11 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from dashboard.env import env_bool  # noqa: E402
 from dashboard.tokens.websocket import TokenOrSession  # noqa: E402
+from training.engine.libraries import import_up_front  # noqa: E402
 from training.routing import websocket_urlpatterns  # noqa: E402
 from training.workers.heartbeat import start_web_lost_run_check  # noqa: E402
+
+import_up_front()  # before the first request: two request threads must not import transformers at once
 
 application = ProtocolTypeRouter({
     "http": django_asgi_app,

@@ -17,6 +17,17 @@ def check_services(**kwargs) -> None:
     exit_unless_services_up("The Tuneboard worker")
 
 
+@signals.worker_init.connect
+def import_training_libraries(**kwargs) -> None:
+    """A worker with slots (a thread each) imports them before its first task (training/engine/libraries.py)."""
+    from django.conf import settings
+
+    if settings.CELERY_WORKER_POOL == "threads":
+        from training.engine.libraries import import_up_front
+
+        import_up_front()
+
+
 @signals.worker_ready.connect
 def start_heartbeat(sender, **kwargs) -> None:
     from training.workers import heartbeat

@@ -54,11 +54,16 @@ def test_a_bad_detector_threshold_stops_start_up_naming_it():
     assert result.returncode != 0 and "flat_steps must be greater than 0" in result.stderr
 
 
-def test_the_web_server_and_the_worker_start_without_the_training_libraries():
-    """The web process and the worker import torch and transformers only when they plan or train: every start of
-    either (a deploy, a restarted worker, `make dev`) would otherwise spend seconds of CPU on them."""
-    code = ("import sys, django; django.setup(); import dashboard.asgi, dashboard.urls, training.tasks; "
-            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'accelerate') if m in sys.modules))")
-    result = run(["-c", code], DJANGO_SETTINGS_MODULE="dashboard.settings")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split("\n")[-2] == "[]", result.stdout
+def test_a_one_slot_worker_starts_without_the_training_libraries_and_the_web_server_imports_them_before_serving():
+    """A worker with one slot imports torch and transformers only when a task needs them (every worker start would
+    spend seconds of CPU on them otherwise); the web server, whose request threads would import them at the same
+    moment, imports them before it serves (training/engine/libraries.py)."""
+    libraries = "sorted(m for m in ('torch', 'transformers', 'accelerate') if m in sys.modules)"
+    code = f"import sys, django; django.setup(); import dashboard.celery, training.tasks; print({libraries})"
+    worker = run(["-c", code], DJANGO_SETTINGS_MODULE="dashboard.settings", TUNEBOARD_WORKER_SLOTS="1")
+    assert worker.returncode == 0, worker.stderr[-2000:]
+    assert worker.stdout.split("\n")[-2] == "[]", worker.stdout
+    web = run(["-c", f"import sys; import dashboard.asgi; print({libraries})"],
+              DJANGO_SETTINGS_MODULE="dashboard.settings", TUNEBOARD_WEB_LOST_RUN_CHECK="0")
+    assert web.returncode == 0, web.stderr[-2000:]
+    assert web.stdout.split("\n")[-2] == "['accelerate', 'torch', 'transformers']", web.stdout
